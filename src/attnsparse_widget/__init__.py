@@ -1,0 +1,18 @@
+"""attnsparse-widget: see what sparse attention does to a real transformer.
+
+    >>> import attnsparse_widget as aw
+    >>> model, tok = aw.load_model()                      # embedded SmolLM2-135M-Instruct, offline
+    >>> res = aw.compare(model, "The cat sat on the mat.", mask="sink_window", sparsity=0.5, tokenizer=tok)
+    >>> res.metrics.achieved_sparsity, res.metrics.delta_ppl
+"""
+
+from __future__ import annotations
+
+from . import masks
+from .capture import UnsupportedModelError
+from .compare import Comparison, clear_cache, compare
+from .metrics import Metrics
+from .models import load_model
+
+__all__ = ["Comparison", "Metrics", "UnsupportedModelError", "clear_cache", "compare", "load_model", "masks"]
+__version__ = "0.1.0"

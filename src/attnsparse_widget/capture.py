@@ -1,0 +1,358 @@
+"""The one capture path: an attention function registered with transformers' ``AttentionInterface``.
+
+``attention_forward`` is the eager attention of transformers (``q·kᵀ·scaling``, soft-capping, the model's additive
+mask, float32 softmax, ``·v``) with two additions: it applies the active sparse mask *after QKᵀ and before the
+softmax*, and it hands the post-softmax probabilities (float32) and the keep-mask to a :class:`Recorder`.
+
+It is registered together with ``eager_mask`` under the same name in ``AttentionMaskInterface``: without a mask
+function transformers silently passes no mask at all (stack.md §5.4), and ``eager_mask`` always materialises the
+model's own causal / padding / sliding-window mask as an additive float mask (0 or ``finfo.min``).
+
+A model is switched to it only inside :func:`attention_active`, which restores the model's own implementation,
+its train/eval mode and every hook on exit, also when the body raises (KeyboardInterrupt included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AttentionInterface, AttentionMaskInterface, PreTrainedModel
+from transformers.masking_utils import eager_mask
+
+from .masks import Mask, MaskContext
+
+Tensor = torch.Tensor
+ATTN_NAME = "attnsparse"
+
+# Families whose attention goes through AttentionInterface (transformers 5.x), for error messages.
+SUPPORTED_FAMILIES = (
+    "Llama/SmolLM2, Qwen2/Qwen3, Mistral, Mixtral, Gemma 1-3, Phi/Phi-3, OLMo, Granite, GPT-2, GPT-NeoX, OPT, "
+    "BERT/RoBERTa/DistilBERT/ELECTRA/ModernBERT"
+)
+
+
+class UnsupportedModelError(TypeError):
+    """The model's attention does not run through transformers' ``AttentionInterface``."""
+
+
+def unsupported(model: nn.Module, why: str) -> UnsupportedModelError:
+    return UnsupportedModelError(
+        f"{type(model).__name__} cannot be analysed: {why}. attnsparse-widget swaps the attention function through "
+        f"transformers' AttentionInterface, which this model class does not use. Families that work: "
+        f"{SUPPORTED_FAMILIES}."
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ the plan
+@dataclass
+class Plan:
+    """What the attention function does during one forward pass.
+
+    ``mask`` None means dense. ``sparse_layers`` None means every layer; otherwise only those layers are sparse
+    (the per-layer perplexity curve). ``recorder`` None means nothing is captured.
+    """
+
+    layer_of: Callable[[nn.Module], int]
+    mask: Mask | None = None
+    sparse_layers: frozenset[int] | None = None
+    recorder: Recorder | None = None
+    seed: int = 0
+    calls: int = 0
+
+    def mask_for(self, layer: int) -> Mask | None:
+        if self.mask is None or (self.sparse_layers is not None and layer not in self.sparse_layers):
+            return None
+        return self.mask
+
+
+class Recorder:
+    """Receives, per attention call, the float32 probabilities, the keep-mask and the model's allowed set."""
+
+    def record(self, layer: int, probs: Tensor, keep: Tensor | None, allowed: Tensor) -> None:
+        raise NotImplementedError
+
+
+_ACTIVE: contextvars.ContextVar[Plan | None] = contextvars.ContextVar("attnsparse_plan", default=None)
+
+
+# ------------------------------------------------------------------------------------------- the attention function
+def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    """``[B, H_kv, T, D]`` → ``[B, H_kv·n_rep, T, D]``, each key/value head shared by ``n_rep`` query heads (GQA)."""
+    if n_rep == 1:
+        return x
+    b, h, t, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, t, d).reshape(b, h * n_rep, t, d)
+
+
+def allowed_from(attention_mask: Tensor | None, module: nn.Module, n_q: int, n_k: int, device: torch.device) -> Tensor:
+    """Bool ``[B|1, 1, Tq, Tk]``: the pairs the model's own mask allows (causal, padding, its own sliding window)."""
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            return attention_mask
+        return attention_mask > torch.finfo(attention_mask.dtype).min / 2
+    q = torch.arange(n_k - n_q, n_k, device=device).unsqueeze(-1)
+    k = torch.arange(n_k, device=device).unsqueeze(0)
+    allowed = (k <= q) if getattr(module, "is_causal", True) else torch.ones(n_q, n_k, dtype=torch.bool, device=device)
+    return allowed[None, None]
+
+
+def attention_forward(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    softcap: float | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor]:
+    """Eager attention plus the active plan's sparse mask and capture. Shapes as transformers passes them:
+    query ``[B, H, Tq, D]``, key/value ``[B, H_kv, Tk, D]``; returns ``([B, Tq, H, D], [B, H, Tq, Tk])``."""
+    for unsupported_kw in ("s_aux", "sinks"):
+        if kwargs.get(unsupported_kw) is not None:
+            raise NotImplementedError(
+                f"{type(module).__name__} passes learned attention sinks ({unsupported_kw}); attnsparse-widget does not "
+                f"model them yet"
+            )
+    plan = _ACTIVE.get()
+    n_rep = query.shape[1] // key.shape[1]
+    key_states = repeat_kv(key, n_rep)
+    value_states = repeat_kv(value, n_rep)
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+
+    scores = torch.matmul(query, key_states.transpose(2, 3)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if attention_mask is not None:
+        scores = scores + attention_mask
+
+    keep = None
+    allowed = None
+    if plan is not None:
+        plan.calls += 1
+        layer = plan.layer_of(module)
+        allowed = allowed_from(attention_mask, module, scores.shape[-2], scores.shape[-1], scores.device)
+        mask = plan.mask_for(layer)
+        if mask is not None:
+            ctx = MaskContext(
+                causal=bool(getattr(module, "is_causal", True)),
+                layer=layer,
+                n_heads=query.shape[1],
+                kv_groups=n_rep,
+                seed=plan.seed,
+            )
+            keep = sparse_keep(mask, scores, allowed, ctx)
+            # Dropped pairs get exactly what the model's own mask gives excluded pairs: finfo.min, additive-style.
+            scores = scores.masked_fill(allowed & ~keep, torch.finfo(scores.dtype).min)
+
+    probs32 = nn.functional.softmax(scores, dim=-1, dtype=torch.float32)
+    probs = probs32.to(value.dtype)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    out = torch.matmul(probs, value_states).transpose(1, 2).contiguous()
+    if plan is not None and plan.recorder is not None:
+        plan.recorder.record(layer, probs32, keep, allowed)
+    return out, probs
+
+
+def sparse_keep(mask: Mask, scores: Tensor, allowed: Tensor, ctx: MaskContext) -> Tensor:
+    """The final keep-mask ``[B, H|1, Tq, Tk]`` of ``mask`` for one attention call, within the model's ``allowed``.
+
+    Masks work in compact positions (no padding): each padded batch row is reduced to its valid keys and queries,
+    masked there, and scattered back. Rows the model itself leaves empty (padding queries) stay as the model has
+    them.
+    """
+    b, n_heads, n_q, n_k = scores.shape
+    allowed = allowed.expand(b, 1, n_q, n_k)
+    logits = scores.float().masked_fill(~allowed, float("-inf")) if mask.score_dependent else None
+    if b == 1 and bool(allowed[0, 0].any(-1).all()) and bool(allowed[0, 0].any(0).all()):
+        # no padding: the common case, no compaction
+        return mask.keep(n_k, n_queries=n_q, scores=None if logits is None else logits[0], ctx=ctx) & allowed
+    out = allowed.expand(b, n_heads, n_q, n_k).clone()  # rows left alone keep what the model allows
+    query_key = torch.arange(n_k - n_q, n_k, device=scores.device)  # the key position of each query
+    for row in range(b):
+        ok = allowed[row, 0]
+        valid_key = ok.any(0)
+        keys = valid_key.nonzero().squeeze(-1)
+        # padding queries (not themselves a valid token) stay as the model has them
+        queries = (ok.any(1) & valid_key[query_key]).nonzero().squeeze(-1)
+        if queries.numel() == 0:
+            continue
+        sub = None if logits is None else logits[row][:, queries][:, :, keys]
+        keep = mask.keep(int(keys.numel()), n_queries=int(queries.numel()), scores=sub, ctx=ctx)
+        out[row][:, queries[:, None], keys[None, :]] = keep.expand(n_heads, -1, -1)
+    return out & allowed
+
+
+# ------------------------------------------------------------------------------------------------ registration
+_registered = False
+
+
+def register() -> None:
+    """Register the attention function and its mask function under ``"attnsparse"`` (idempotent)."""
+    global _registered
+    if not _registered:
+        AttentionInterface.register(ATTN_NAME, attention_forward)
+        AttentionMaskInterface.register(ATTN_NAME, eager_mask)
+        _registered = True
+
+
+# ---------------------------------------------------------------------------------------------- model structure
+def layer_stack(model: nn.Module) -> nn.ModuleList | None:
+    """The model's list of transformer blocks (``model.model.layers``, ``transformer.h``, ``encoder.layer``...)."""
+    n = num_layers(model)
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    return None
+
+
+def num_layers(model: nn.Module) -> int:
+    config = text_config(model)
+    for name in ("num_hidden_layers", "n_layer", "num_layers"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    raise unsupported(model, "its config has no num_hidden_layers")
+
+
+def text_config(model: nn.Module) -> Any:
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def layer_indexer(model: nn.Module) -> Callable[[nn.Module], int]:
+    """A function mapping an attention module (as passed to the attention function) to its layer index."""
+    stack = layer_stack(model)
+    index: dict[int, int] = {}
+    if stack is not None:
+        for i, block in enumerate(stack):
+            for sub in block.modules():
+                index[id(sub)] = i
+
+    def layer_of(module: nn.Module) -> int:
+        found = index.get(id(module))
+        if found is not None:
+            return found
+        idx = getattr(module, "layer_idx", None)
+        if isinstance(idx, int):
+            return idx
+        raise unsupported(model, "an attention module could not be matched to a layer")
+
+    return layer_of
+
+
+# -------------------------------------------------------------------------------------------- switching a model
+def _configs(model: nn.Module) -> list[Any]:
+    """Every config object whose attention implementation a switch may change."""
+    seen: dict[int, Any] = {}
+    pending = [m.config for m in model.modules() if isinstance(m, PreTrainedModel)]
+    while pending:
+        config = pending.pop()
+        if id(config) in seen:
+            continue
+        seen[id(config)] = config
+        for key in getattr(config, "sub_configs", {}) or {}:
+            sub = getattr(config, key, None)
+            if sub is not None:
+                pending.append(sub)
+    return list(seen.values())
+
+
+def check_supported(model: nn.Module) -> None:
+    """Raise :class:`UnsupportedModelError` for models that do not route attention through the interface."""
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(
+            f"model must be a transformers PreTrainedModel (or a hub id / local path / (model, tokenizer) tuple), "
+            f"got {type(model).__name__}"
+        )
+    if not type(model)._can_set_attn_implementation():
+        raise unsupported(model, "its attention classes do not call ALL_ATTENTION_FUNCTIONS")
+    if getattr(text_config(model), "reorder_and_upcast_attn", False):
+        raise unsupported(model, "config.reorder_and_upcast_attn=True takes GPT-2's private attention path")
+
+
+@contextlib.contextmanager
+def attention_active(model: PreTrainedModel, plan: Plan) -> Iterator[Plan]:
+    """Run ``model`` with :func:`attention_forward` and ``plan`` inside the block; restore everything after.
+
+    Restores the attention implementation of every config, the train/eval mode of every module, and the plan
+    context, whatever happens in the block.
+    """
+    register()
+    check_supported(model)
+    saved_impl = [(c, c.__dict__.get("_attn_implementation_internal")) for c in _configs(model)]
+    saved_modes = [(m, m.training) for m in model.modules()]
+    token = _ACTIVE.set(plan)
+    try:
+        model.set_attn_implementation(ATTN_NAME)
+        model.eval()
+        yield plan
+    finally:
+        _ACTIVE.reset(token)
+        for config, impl in saved_impl:
+            config._attn_implementation_internal = impl
+        for module, mode in saved_modes:
+            module.training = mode
+
+
+@dataclass
+class LayerOutputs:
+    """Outputs of every transformer block of one forward pass, to restart later passes from any block."""
+
+    outputs: list[Any] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def capture_layer_outputs(model: nn.Module, into: LayerOutputs) -> Iterator[LayerOutputs]:
+    """Record each block's output (as returned) during the passes inside the block."""
+    stack = layer_stack(model)
+    if stack is None:
+        yield into
+        return
+    into.outputs = [None] * len(stack)
+    handles = []
+
+    def hook_for(i: int) -> Callable[..., None]:
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            into.outputs[i] = output
+
+        return hook
+
+    try:
+        for i, block in enumerate(stack):
+            handles.append(block.register_forward_hook(hook_for(i)))
+        yield into
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def start_at_layer(model: nn.Module, layer: int, outputs: LayerOutputs) -> Iterator[None]:
+    """Skip blocks ``0 .. layer-1`` by replaying their recorded outputs: the pass starts computing at ``layer``.
+
+    Exact when the recorded outputs came from a pass with the same inputs and the same masks on those blocks.
+    """
+    stack = layer_stack(model)
+    if stack is None or layer == 0:
+        yield
+        return
+    replaced = []
+    try:
+        for i in range(layer):
+            block = stack[i]
+            recorded = outputs.outputs[i]
+            block.forward = (lambda *a, _out=recorded, **k: _out)  # type: ignore[method-assign]
+            replaced.append(block)
+        yield
+    finally:
+        for block in replaced:
+            del block.forward

@@ -1,0 +1,97 @@
+"""``attnsparse``: the command line.
+
+    attnsparse compare --text "..." --mask sink_window --sparsity 0.5
+    attnsparse masks                      # every mask id with its description and parameters
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from . import masks
+
+DEFAULT_TEXT = (
+    "Attention lets every token look back at every earlier token. Sparse attention keeps only some of those "
+    "pairs: a window of recent tokens, a few global ones, or the highest-scoring keys. This tool shows which "
+    "pairs were dropped and what that did to the model's predictions."
+)
+
+
+def _parse_value(raw: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(raw.lower(), raw)
+
+
+def _mask_params(pairs: Sequence[str]) -> dict[str, Any]:
+    params = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--param expects NAME=VALUE (e.g. --param sinks=4), got {pair!r}")
+        params[name] = _parse_value(raw)
+    return params
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attnsparse", description="See what sparse attention does to a model.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    cmp = sub.add_parser("compare", help="run a text densely and with a sparse mask, print the metrics")
+    cmp.add_argument("--text", default=DEFAULT_TEXT, help="input text (default: a short paragraph)")
+    cmp.add_argument("--model", default=None, help="hub id or local path (default: embedded SmolLM2-135M)")
+    cmp.add_argument("--mask", default="sink_window", help=f"mask id, one of: {', '.join(masks.ids())}")
+    cmp.add_argument("--sparsity", type=float, default=None, help="fraction of allowed pairs dropped, [0, 1)")
+    cmp.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a mask parameter")
+    cmp.add_argument("--tokens", type=int, default=20, help="greedy continuation length (default 20)")
+    cmp.add_argument("--max-tokens", type=int, default=None, help="truncate the text to this many tokens")
+    cmp.add_argument("--no-per-layer", action="store_true", help="skip the per-layer perplexity curves")
+    cmp.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    sub.add_parser("masks", help="list every mask with its description and parameters")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "masks":
+        for info in masks.available():
+            params = ", ".join(f"{k}={v}" for k, v in info["params"].items()) or "-"
+            print(f"{info['id']:<16}{info['description']}\n{'':<16}params: {params}; budget: {info['budget']}")
+        return 0
+
+    from .compare import compare
+
+    start = time.perf_counter()
+    try:
+        res = compare(
+            args.model,
+            args.text,
+            mask=args.mask,
+            sparsity=args.sparsity,
+            per_layer=not args.no_per_layer,
+            continuation_tokens=args.tokens,
+            max_tokens=args.max_tokens,
+            **_mask_params(args.param),
+        )
+    except (ValueError, TypeError, ImportError) as err:
+        print(f"attnsparse: error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"mask": res.mask.label(), **res.metrics.to_dict(), "continuations": res.continuations}))
+    else:
+        print(res.summary())
+        print(f"\n({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""The mask library: every sparse pattern by id, with its rule, paper and parameters.
+
+    >>> from attnsparse_widget import masks
+    >>> [m["id"] for m in masks.available()][:3]
+    ['dense', 'sliding_window', 'dilated_window']
+    >>> masks.build("sliding_window", 6, window=2).astype(int)[3]
+    array([0, 0, 1, 1, 0, 0])
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from .base import Mask, MaskContext, SparsityOutOfReach, check_sparsity, sparsity_of
+from .selection import TopK
+from .windows import Dense, SlidingWindow
+
+_ORDER: tuple[type[Mask], ...] = (
+    Dense,
+    SlidingWindow,
+    TopK,
+)
+REGISTRY: dict[str, type[Mask]] = {cls.id: cls for cls in _ORDER}
+
+__all__ = [
+    "REGISTRY",
+    "Mask",
+    "MaskContext",
+    "SparsityOutOfReach",
+    "available",
+    "build",
+    "get",
+    "ids",
+    "sparsity_of",
+]
+
+
+def ids() -> list[str]:
+    """Every mask id, in the library's teaching order."""
+    return list(REGISTRY)
+
+
+def available() -> list[dict[str, Any]]:
+    """One record per mask: id, one-line description, paper, budget parameter, and parameters with defaults."""
+    out = []
+    for cls in REGISTRY.values():
+        out.append(
+            {
+                "id": cls.id,
+                "description": cls.description,
+                "paper": cls.paper,
+                "rule": inspect.getdoc(cls) or "",
+                "budget": cls.budget,
+                "score_dependent": cls.score_dependent,
+                "supports_encoder": cls.supports_encoder,
+                "params": {f.name: f.default for f in fields(cls)},
+            }
+        )
+    return out
+
+
+def get(name: str | Mask, **params: Any) -> Mask:
+    """The pattern ``name`` with ``params`` (unknown ids and parameters get a message listing the valid ones)."""
+    if isinstance(name, Mask):
+        if params:
+            raise TypeError(f"pass parameters to the mask's constructor, not alongside an instance: got {params}")
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"mask must be a mask id (str) or a Mask instance, got {type(name).__name__}")
+    cls = REGISTRY.get(name)
+    if cls is None:
+        close = difflib.get_close_matches(name, REGISTRY, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown mask {name!r}.{hint} Valid ids: {', '.join(REGISTRY)}")
+    valid = {f.name for f in fields(cls)}
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        listed = ", ".join(sorted(valid)) or "none"
+        raise ValueError(f"mask {name!r} has no parameter {', '.join(map(repr, unknown))}; its parameters: {listed}")
+    return cls(**params)
+
+
+def resolve(name: str | Mask, n_keys: int, sparsity: float | None, causal: bool = True, **params: Any) -> Mask:
+    """The pattern with its budget set: from ``sparsity`` if given, else from ``params``/defaults.
+
+    Passing both ``sparsity`` and the budget parameter is ambiguous and raises.
+    """
+    mask = get(name, **params)
+    if sparsity is None:
+        return mask
+    check_sparsity(sparsity)
+    if mask.budget is not None and mask.budget in params:
+        raise ValueError(
+            f"pass either sparsity={sparsity} or {mask.budget}={params[mask.budget]} for {mask.id!r}, not both: "
+            f"the sparsity slider sets {mask.budget}"
+        )
+    return mask.with_sparsity(sparsity, n_keys, causal)
+
+
+def build(
+    name: str | Mask,
+    seq_len: int,
+    sparsity: float | None = None,
+    scores: Any = None,
+    causal: bool = True,
+    *,
+    layer: int = 0,
+    n_heads: int = 1,
+    seed: int = 0,
+    **params: Any,
+) -> np.ndarray:
+    """The final boolean keep-mask of pattern ``name`` over ``seq_len`` tokens.
+
+    Returns ``[T, T]``, or ``[H, T, T]`` when the pattern differs per head (``scores`` given as ``[H, T, T]``, or a
+    head-dependent pattern with ``n_heads > 1``). Score-dependent patterns need ``scores`` (attention logits).
+    """
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+    mask = resolve(name, seq_len, sparsity, causal, **params)
+    score_t = None
+    if scores is not None:
+        score_t = torch.as_tensor(np.asarray(scores), dtype=torch.float32)
+        if score_t.dim() not in (2, 3) or tuple(score_t.shape[-2:]) != (seq_len, seq_len):
+            raise ValueError(f"scores must have shape [T, T] or [H, T, T] with T={seq_len}, got {tuple(score_t.shape)}")
+        n_heads = score_t.shape[0] if score_t.dim() == 3 else n_heads
+    ctx = MaskContext(causal=causal, layer=layer, n_heads=n_heads, seed=seed)
+    keep = mask.keep(seq_len, scores=score_t, ctx=ctx)
+    if keep.shape[0] == 1 and (score_t is None or score_t.dim() == 2):
+        keep = keep[0]
+    return keep.cpu().numpy()

@@ -1,0 +1,256 @@
+"""The contract every sparse-attention pattern follows.
+
+A pattern is a small frozen dataclass: its fields are its parameters (with the paper's defaults, scaled for short
+teaching texts where the paper's value would be a no-op), and its class attributes say what it is. The engine only
+ever talks to a pattern through :meth:`Mask.keep`, which returns the *final* keep-mask
+
+    M'(i, j) = (M(i, j) & C(i, j)) | (i == j)
+
+where ``C`` is the allowed set (``j <= i`` for causal models, everything for encoders). The diagonal is always kept
+so no query row is ever empty (sparse-patterns.md §4: an empty row is a 0/0 softmax).
+
+Positions: queries are the *last* ``n_queries`` positions of the ``n_keys`` keys (``n_queries == n_keys`` for a full
+forward pass, ``1`` when decoding with a KV cache). Masks never see padding: the engine compacts each padded row
+to its valid tokens before calling them, and scatters the result back.
+
+The sparsity slider: ``s = 1 - kept / allowed`` over the realised mask (sparse-patterns.md §0). ``with_sparsity``
+turns one requested ``s`` into the pattern's budget parameter, by the closed form the spec gives where there is
+one, else by bisection of the integer budget on the realised mask (score-dependent patterns are realised on a
+recency-ordered surrogate score: their kept *count* hardly depends on the scores, see spec §3.2). The achieved
+value is always measured again on the mask actually applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+Tensor = torch.Tensor
+
+
+class SparsityOutOfReach(UserWarning):
+    """The requested sparsity is outside what the pattern can realise at this length; the nearest value is used."""
+
+
+@dataclass(frozen=True)
+class MaskContext:
+    """What a pattern may know besides positions and scores."""
+
+    causal: bool = True
+    layer: int = 0
+    n_heads: int = 1
+    kv_groups: int = 1  # query heads per key/value head (GQA); patterns that share a selection per group use it
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Mask:
+    """Base class of every pattern. Subclasses set the class attributes and implement ``pattern`` or ``select``."""
+
+    id: ClassVar[str] = ""
+    description: ClassVar[str] = ""  # one line, shown in dropdowns
+    paper: ClassVar[str] = ""  # short citation, e.g. "Xiao et al. 2023, StreamingLLM (arXiv 2309.17453)"
+    budget: ClassVar[str | None] = None  # the integer field the sparsity slider sets; None: no slider
+    score_dependent: ClassVar[bool] = False  # True: `select` reads the layer's attention logits
+    row_local: ClassVar[bool] = True  # row i depends only on row i (and positions): exact under KV-cache decoding
+    supports_encoder: ClassVar[bool] = True  # False for decode-time ideas (KV eviction) that need causality
+
+    # ----------------------------------------------------------------------------------------------- to implement
+    def pattern(self, q: Tensor, k: Tensor, ctx: MaskContext) -> Tensor:
+        """Static patterns: the raw rule ``M`` as a bool tensor broadcast from positions.
+
+        ``q`` has shape ``[Tq, 1]`` and ``k`` shape ``[1, Tk]`` (int64 positions). Return a bool tensor of shape
+        ``[Tq, Tk]`` or ``[H, Tq, Tk]`` (head-dependent patterns). No need to apply causality or the diagonal.
+        """
+        raise NotImplementedError
+
+    def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
+        """Score-dependent patterns: the raw rule ``M`` from the layer's attention logits.
+
+        ``scores`` is float32 ``[H, Tq, Tk]``: ``q·k * scaling`` (after any logit soft-capping), with ``-inf`` on
+        pairs that are not allowed (future keys, keys the model's own mask excludes). Return bool ``[H, Tq, Tk]``
+        (or ``[1, Tq, Tk]`` for a selection shared by all heads).
+        """
+        raise NotImplementedError
+
+    def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
+        """Smallest and largest meaningful value of the budget field at this length (denser as it grows)."""
+        return 1, max(1, n_keys)
+
+    def closed_form_budget(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
+        """The spec's closed-form budget for ``sparsity``, or None to bisect on the realised mask."""
+        return None
+
+    # ------------------------------------------------------------------------------------------------- provided
+    def keep(
+        self,
+        n_keys: int,
+        *,
+        n_queries: int | None = None,
+        scores: Tensor | None = None,
+        ctx: MaskContext | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """The final keep-mask ``(M & C) | diagonal`` as bool ``[H or 1, Tq, Tk]``."""
+        ctx = ctx or MaskContext()
+        n_queries = n_keys if n_queries is None else n_queries
+        if scores is not None:
+            device = scores.device
+        q = torch.arange(n_keys - n_queries, n_keys, device=device).unsqueeze(-1)
+        k = torch.arange(n_keys, device=device).unsqueeze(0)
+        if self.score_dependent:
+            if scores is None:
+                raise ValueError(
+                    f"mask {self.id!r} is chosen from attention scores: pass scores=[heads, queries, keys] "
+                    f"(or [queries, keys])"
+                )
+            if scores.dim() == 2:
+                scores = scores.unsqueeze(0)
+            scores = scores.float()
+            if ctx.causal:
+                scores = scores.masked_fill(k > q, float("-inf"))
+            raw = self.select(scores, ctx)
+        else:
+            raw = self.pattern(q, k, ctx)
+        if raw.dim() == 2:
+            raw = raw.unsqueeze(0)
+        allowed = (k <= q) if ctx.causal else torch.ones_like(k > q)
+        return (raw & allowed) | (k == q)
+
+    def with_budget(self, value: int) -> Mask:
+        """A copy with the budget field set."""
+        assert self.budget is not None
+        return dataclasses.replace(self, **{self.budget: int(value)})
+
+    def with_sparsity(self, sparsity: float, n_keys: int, causal: bool = True) -> Mask:
+        """A copy whose budget realises ``sparsity`` as closely as the pattern can at this length.
+
+        Warns with :class:`SparsityOutOfReach` (and uses the nearest reachable value) when ``sparsity`` is outside
+        :meth:`reachable_range`.
+        """
+        check_sparsity(sparsity)
+        if self.budget is None:
+            return self
+        lo, hi = self.budget_range(n_keys, causal)
+        closed = self.closed_form_budget(sparsity, n_keys, causal)
+        if closed is not None:
+            best = min(max(closed, lo), hi)
+        else:
+            best = self._bisect_budget(sparsity, n_keys, causal, lo, hi)
+        chosen = self.with_budget(best)
+        achieved = chosen.realised_sparsity(n_keys, causal)
+        smin, smax = self.reachable_range(n_keys, causal)
+        if sparsity > smax + 0.5 / max(1, n_keys) or sparsity < smin - 0.5 / max(1, n_keys):
+            warnings.warn(
+                f"{self.id}: sparsity {sparsity:.3f} cannot be reached at {n_keys} tokens; this pattern reaches "
+                f"{smin:.3f} to {smax:.3f} here, so {achieved:.3f} is used ({self.budget}={best}).",
+                SparsityOutOfReach,
+                stacklevel=2,
+            )
+        return chosen
+
+    def reachable_range(self, n_keys: int, causal: bool = True) -> tuple[float, float]:
+        """(min, max) sparsity the budget can realise at this length."""
+        if self.budget is None:
+            s = self.realised_sparsity(n_keys, causal)
+            return s, s
+        lo, hi = self.budget_range(n_keys, causal)
+        return self.with_budget(hi).realised_sparsity(n_keys, causal), self.with_budget(lo).realised_sparsity(
+            n_keys, causal
+        )
+
+    def realised_sparsity(self, n_keys: int, causal: bool = True) -> float:
+        """Sparsity of the mask realised at this length (surrogate scores for score-dependent patterns)."""
+        ctx = MaskContext(causal=causal)
+        scores = surrogate_scores(n_keys) if self.score_dependent else None
+        keep = self.keep(n_keys, scores=scores, ctx=ctx)
+        return sparsity_of(keep, causal)
+
+    def _bisect_budget(self, target: float, n_keys: int, causal: bool, lo: int, hi: int) -> int:
+        # Sparsity falls as the budget grows: find the smallest budget whose sparsity is <= target, then pick
+        # whichever neighbour is nearer the target.
+        def s(b: int) -> float:
+            return self.with_budget(b).realised_sparsity(n_keys, causal)
+
+        a, b = lo, hi
+        while a < b:
+            mid = (a + b) // 2
+            if s(mid) <= target:
+                b = mid
+            else:
+                a = mid + 1
+        if a > lo and abs(s(a - 1) - target) < abs(s(a) - target):
+            return a - 1
+        return a
+
+    def params(self) -> dict[str, Any]:
+        """The pattern's parameters and their current values."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def label(self) -> str:
+        """A self-describing name, e.g. ``sink_window(sinks=4, window=60)``."""
+        inner = ", ".join(f"{k}={v}" for k, v in self.params().items())
+        return f"{self.id}({inner})"
+
+
+# --------------------------------------------------------------------------------------------------- shared math
+def check_sparsity(sparsity: Any) -> float:
+    """Validate a sparsity value; raise a message naming the value and the valid range."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise TypeError(f"sparsity must be a number in [0, 1), got {sparsity!r} ({type(sparsity).__name__})")
+    if not math.isfinite(sparsity) or not 0.0 <= sparsity < 1.0:
+        raise ValueError(
+            f"sparsity must be in [0, 1) (the fraction of allowed query-key pairs dropped), got {sparsity!r}; "
+            f"use e.g. 0.5 to drop half"
+        )
+    return float(sparsity)
+
+
+def sparsity_of(keep: Tensor, causal: bool) -> float:
+    """Achieved sparsity of a final keep-mask ``[..., Tq, Tk]`` for queries at the last Tq positions."""
+    n_q, n_k = keep.shape[-2], keep.shape[-1]
+    allowed = allowed_pairs(n_q, n_k, causal)
+    heads = keep[..., :, :].numel() // (n_q * n_k)
+    return 1.0 - float(keep.sum()) / (allowed * heads)
+
+
+def allowed_pairs(n_queries: int, n_keys: int, causal: bool) -> int:
+    """Number of allowed (query, key) pairs for queries at the last ``n_queries`` of ``n_keys`` positions."""
+    if not causal:
+        return n_queries * n_keys
+    first = n_keys - n_queries  # row `first` has first+1 keys, the last row has n_keys
+    return (first + 1 + n_keys) * n_queries // 2
+
+
+def window_count(n: int, w: int) -> int:
+    """Kept causal pairs of a window of ``w`` keys including self over ``n`` tokens: Kwin(W) = N·W − W(W−1)/2."""
+    w = max(0, min(w, n))
+    return n * w - w * (w - 1) // 2
+
+
+def window_for_sparsity(sparsity: float, n: int) -> int:
+    """Winv(s): the window (keys incl. self) whose causal sparsity is closest to ``sparsity`` (spec §1, verified)."""
+    raw = ((2 * n + 1) - math.sqrt((2 * n + 1) ** 2 - 4 * (1 - sparsity) * n * (n + 1))) / 2
+    w = min(max(1, round(raw)), n)
+    # round() on the real root is within one of the best integer; settle ties on the exact count
+    total = n * (n + 1) / 2
+    candidates = [c for c in (w - 1, w, w + 1) if 1 <= c <= n]
+    return min(candidates, key=lambda c: abs(1 - window_count(n, c) / total - sparsity))
+
+
+def diagonal(n_queries: int, n_keys: int, device: torch.device | str | None = None) -> Tensor:
+    """Bool ``[Tq, Tk]``: True where key == query, for queries at the last ``n_queries`` positions."""
+    q = torch.arange(n_keys - n_queries, n_keys, device=device).unsqueeze(-1)
+    return torch.arange(n_keys, device=device).unsqueeze(0) == q
+
+
+def surrogate_scores(n: int) -> Tensor:
+    """Recency-ordered logits ``-(i - j)``: the stand-in used to size score-dependent budgets."""
+    i = torch.arange(n).unsqueeze(-1)
+    j = torch.arange(n).unsqueeze(0)
+    return -(i - j).float().unsqueeze(0)

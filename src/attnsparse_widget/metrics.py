@@ -1,0 +1,96 @@
+"""Quality metrics of a sparse run against the dense run (sparse-patterns.md §5). Pure functions, float32.
+
+Attention rows (``P`` dense, ``Q`` sparse, ``S_i`` the kept keys of row i):
+    mass recall   R_i = Σ_{j∈S_i} P_ij                     (dense probability on kept pairs)
+    row KL        KL(Q_i ‖ P_i) = Σ_{j∈S_i} Q_ij log(Q_ij / P_ij)   (forward KL(P‖Q) is infinite whenever R_i < 1)
+Next-token distributions (``p`` dense, ``q`` sparse, over the vocabulary, per position t):
+    KL_t = Σ_v p_t(v) log(p_t(v) / q_t(v));  top-1 agreement = mean_t [argmax p_t = argmax q_t]
+Perplexity:  PPL = exp(mean_t −log p(x_{t+1} | x_≤t));  ΔNLL = log PPL_sparse − log PPL_dense.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+Tensor = torch.Tensor
+_TINY = 1e-30  # floor for dense probabilities that underflowed to 0 where the sparse row still has mass
+
+
+def token_nll(logits: Tensor, ids: Tensor) -> Tensor:
+    """Negative log-likelihood of each next token: ``logits [T, V]``, ``ids [T]`` → ``[T-1]`` (float32)."""
+    logp = torch.log_softmax(logits[:-1].float(), dim=-1)
+    return -logp.gather(-1, ids[1:, None]).squeeze(-1)
+
+
+def perplexity(nll: Tensor) -> float:
+    return math.exp(float(nll.mean())) if nll.numel() else float("nan")
+
+
+def next_token_kl(dense_logits: Tensor, sparse_logits: Tensor) -> Tensor:
+    """KL(p_dense ‖ p_sparse) of the next-token distribution at every position: ``[T, V]`` x2 → ``[T]``."""
+    logp = torch.log_softmax(dense_logits.float(), dim=-1)
+    logq = torch.log_softmax(sparse_logits.float(), dim=-1)
+    return (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)
+
+
+def top1_agreement(dense_logits: Tensor, sparse_logits: Tensor) -> float:
+    return float((dense_logits.argmax(-1) == sparse_logits.argmax(-1)).float().mean())
+
+
+def mass_recall(dense: Tensor, keep: Tensor) -> Tensor:
+    """Per row: dense probability on kept pairs. ``dense [H, Tq, Tk]``, ``keep [H|1, Tq, Tk]`` → ``[H, Tq]``."""
+    return (dense.float() * keep).sum(-1)
+
+
+def row_kl(sparse: Tensor, dense: Tensor) -> Tensor:
+    """KL(sparse ‖ dense) per row, over the sparse row's support: ``[H, Tq, Tk]`` x2 → ``[H, Tq]``."""
+    q = sparse.float()
+    p = dense.float().clamp_min(_TINY)
+    terms = torch.where(q > 0, q * (torch.log(q.clamp_min(_TINY)) - torch.log(p)), torch.zeros_like(q))
+    return terms.sum(-1).clamp_min(0.0)
+
+
+def achieved_sparsity(keep: Tensor, allowed: Tensor) -> Tensor:
+    """Per head: 1 − kept/allowed. ``keep [H|1, Tq, Tk]``, ``allowed [Tq, Tk]`` → ``[H|1]``."""
+    total = allowed.sum().clamp_min(1)
+    return 1.0 - (keep & allowed).flatten(1).sum(-1).float() / total
+
+
+@dataclass
+class Metrics:
+    """Everything measured for one comparison. Per-layer lists have one value per layer; ``*_per_head`` are
+    ``[layers][heads]``. Perplexity fields are None for encoders (no next-token head)."""
+
+    requested_sparsity: float | None
+    achieved_sparsity: float
+    achieved_sparsity_per_head: list[list[float]]
+    mass_recall: list[float]
+    mass_recall_per_head: list[list[float]]
+    mass_recall_min: float
+    mass_recall_p5: float
+    kl: list[float]
+    kl_per_head: list[list[float]]
+    output_relative_error: float
+    dense_ppl: float | None = None
+    sparse_ppl: float | None = None
+    delta_ppl: float | None = None
+    delta_nll: float | None = None
+    next_token_kl: float | None = None
+    top1_agreement: float | None = None
+    per_layer_delta_ppl: list[float] | None = None
+    cumulative_delta_ppl: list[float] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarise_rows(values: list[Tensor]) -> tuple[float, float]:
+    """(min, 5th percentile) over all rows of all heads of all layers."""
+    flat = torch.cat([v.flatten() for v in values]).numpy() if values else np.zeros(1)
+    return float(flat.min()), float(np.percentile(flat, 5))

@@ -1,0 +1,46 @@
+"""Plain-text rendering of a comparison, for the command line and for ``print(res.summary())``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .compare import Comparison
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def summary_table(res: Comparison) -> str:
+    """Headline metrics, the per-layer curve and both continuations, as aligned text."""
+    m = res.metrics
+    lines = [
+        f"model   {res.model_name}  ({res.n_layers} layers x {res.n_heads} heads, {len(res.tokens)} tokens)",
+        f"mask    {res.mask.label()}",
+        f"        {res.mask.description}",
+        "",
+        f"{'sparsity requested':<26}{_fmt(m.requested_sparsity)}",
+        f"{'sparsity achieved':<26}{_fmt(m.achieved_sparsity)}",
+        f"{'perplexity dense':<26}{_fmt(m.dense_ppl)}",
+        f"{'perplexity sparse':<26}{_fmt(m.sparse_ppl)}   (delta {_fmt(m.delta_ppl)}, dNLL {_fmt(m.delta_nll, 4)} nats)",
+        f"{'next-token KL(d||s)':<26}{_fmt(m.next_token_kl, 4)}",
+        f"{'top-1 agreement':<26}{_fmt(m.top1_agreement)}",
+        f"{'attention mass recall':<26}{_fmt(sum(m.mass_recall) / len(m.mass_recall))}"
+        f"   (min {_fmt(m.mass_recall_min)}, 5th pct {_fmt(m.mass_recall_p5)})",
+        f"{'output relative error':<26}{_fmt(m.output_relative_error, 4)}",
+    ]
+    if m.per_layer_delta_ppl is not None:
+        lines += ["", f"{'layer':>5}  {'recall':>7}  {'KL(s||d)':>9}  {'dPPL only l':>11}  {'dPPL 0..l':>10}"]
+        cumulative = m.cumulative_delta_ppl or [None] * len(m.per_layer_delta_ppl)
+        for layer, (r, kl, iso, cum) in enumerate(zip(m.mass_recall, m.kl, m.per_layer_delta_ppl, cumulative)):
+            lines.append(f"{layer:>5}  {r:>7.3f}  {kl:>9.4f}  {iso:>11.3f}  {_fmt(cum):>10}")
+    if res.continuations:
+        lines += ["", "continuation (greedy)"]
+        for name in ("dense", "sparse"):
+            lines.append(f"  {name:<7}{res.continuations[name]!r}")
+    for note in m.notes:
+        lines.append(f"note: {note}")
+    lines += ["", "A post-hoc mask on a dense-trained model shows degradation, not how a model trained with sparse",
+              "attention (NSA, DSA) behaves."]
+    return "\n".join(lines)
