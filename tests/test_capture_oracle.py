@@ -120,7 +120,7 @@ def test_dense_capture_equals_eager_encoder_with_padding(minilm):
 @pytest.mark.parametrize("mask_id", STATIC_MASKS)
 def test_static_sparse_equals_eager_with_explicit_mask_tiny(tiny, mask_id):
     name, model = tiny
-    n = 16
+    n = 48  # several blocks of every block pattern
     ids = random_ids(n, seed=1)
     mask = masks.resolve(mask_id, n, 0.4)
     heads = model.config.num_attention_heads
@@ -148,8 +148,9 @@ def test_static_sparse_equals_eager_with_explicit_mask_tiny(tiny, mask_id):
 @pytest.mark.parametrize("mask_id", [m for m in STATIC_MASKS if m != "dense"])
 def test_static_sparse_equals_eager_default_model(default_model, mask_id):
     model, tok = default_model
-    ids = tok("Sparse attention keeps a few pairs and drops the rest; here we check it exactly.",
-              return_tensors="pt").input_ids
+    ids = tok("Sparse attention keeps a few pairs and drops the rest. Here we check, layer by layer and head by "
+              "head, that what the engine computes is exactly what the stock eager attention computes when it is "
+              "handed the same mask explicitly, as an additive float mask.", return_tensors="pt").input_ids
     n = ids.shape[1]
     mask = masks.resolve(mask_id, n, 0.5)
     store, logits = capture(model, ids, mask=mask)

@@ -18,13 +18,30 @@ import numpy as np
 import torch
 
 from .base import Mask, MaskContext, SparsityOutOfReach, check_sparsity, sparsity_of
-from .selection import TopK
-from .windows import Dense, SlidingWindow
+from .bigbird import BigBird
+from .blocks import NSA, BlockTopK, MoBA, Quest
+from .selection import DSA, H2O, TopK, VerticalSlash
+from .sparse_transformer import Fixed, Strided
+from .windows import Chunked, Dense, DilatedWindow, GlobalLocal, SinkWindow, SlidingWindow
 
 _ORDER: tuple[type[Mask], ...] = (
     Dense,
     SlidingWindow,
+    DilatedWindow,
+    Chunked,
+    SinkWindow,
+    GlobalLocal,
+    BigBird,
+    Strided,
+    Fixed,
     TopK,
+    DSA,
+    NSA,
+    VerticalSlash,
+    BlockTopK,
+    MoBA,
+    H2O,
+    Quest,
 )
 REGISTRY: dict[str, type[Mask]] = {cls.id: cls for cls in _ORDER}
 

@@ -16,7 +16,7 @@ to its valid tokens before calling them, and scatters the result back.
 The sparsity slider: ``s = 1 - kept / allowed`` over the realised mask (sparse-patterns.md §0). ``with_sparsity``
 turns one requested ``s`` into the pattern's budget parameter, by the closed form the spec gives where there is
 one, else by bisection of the integer budget on the realised mask (score-dependent patterns are realised on a
-recency-ordered surrogate score: their kept *count* hardly depends on the scores, see spec §3.2). The achieved
+surrogate score that prefers the earliest keys: their kept *count* hardly depends on the scores, see spec §3.2). The achieved
 value is always measured again on the mask actually applied.
 """
 
@@ -250,7 +250,12 @@ def diagonal(n_queries: int, n_keys: int, device: torch.device | str | None = No
 
 
 def surrogate_scores(n: int) -> Tensor:
-    """Recency-ordered logits ``-(i - j)``: the stand-in used to size score-dependent budgets."""
-    i = torch.arange(n).unsqueeze(-1)
+    """Logits ``-j`` that prefer the earliest keys: the stand-in used to size score-dependent budgets.
+
+    Real attention concentrates on the first tokens (sinks) and on recent ones; selections driven by the earliest
+    keys overlap least with forced local blocks and windows, so the budget sized here keeps as many pairs as a
+    typical real selection (and exactly as many for token-level top-k and DSA, whose counts do not depend on the
+    scores).
+    """
     j = torch.arange(n).unsqueeze(0)
-    return -(i - j).float().unsqueeze(0)
+    return (-j.float()).expand(n, n).unsqueeze(0).clone()

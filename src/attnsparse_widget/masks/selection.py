@@ -51,3 +51,156 @@ class TopK(Mask):
         if causal:
             return window_for_sparsity(sparsity, n_keys)
         return max(1, round((1 - sparsity) * n_keys))
+
+
+@dataclass(frozen=True)
+class DSA(Mask):
+    """keep(i, j) = j == i, or j is among the ``k - 1`` other keys with the highest index score
+    I[i, j] = Σ_h softmax(q_i^h·K^h)[j]; one set per query, shared by every head of the layer.
+
+    DeepSeek Sparse Attention (DeepSeek-V3.2-Exp; adopted by GLM-5): a lightning indexer
+    I[t,s] = Σ_j w[t,j]·ReLU(q^I[t,j]·k^I[s]) picks k = 2048 keys per query, applied as an additive -inf mask
+    shared by all heads. A dense-trained model has no indexer weights, so this is the *oracle* indexer: the
+    layer's own dense attention summed over heads, exactly the target the real indexer is trained to match
+    (its warm-up loss is KL(p_t ‖ softmax(I_t)) with p_t that sum). k = 2048 is a no-op below 2048 tokens; the
+    slider sets k = round(Winv(s)).
+    """
+
+    id = "dsa"
+    description = "DeepSeek Sparse Attention: top-`k` keys per query, one set shared by all heads (oracle indexer)"
+    paper = "DeepSeek-AI 2025, DeepSeek-V3.2 (DSA) (arXiv 2512.02556); GLM-5"
+    budget = "k"
+    score_dependent = True
+    k: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"dsa: k must be >= 1 key per query, got {self.k}")
+
+    def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
+        index = torch.softmax(scores, dim=-1).nan_to_num(0.0).sum(0, keepdim=True)
+        index = index.masked_fill(~torch.isfinite(scores[:1]), float("-inf"))
+        return topk_keep(index, self.k)
+
+    def closed_form_budget(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
+        return TopK.closed_form_budget(self, sparsity, n_keys, causal)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class H2O(Mask):
+    """Greedy heavy hitters plus a recent window, per head (H2O's ``local_heavy_hitter_mask``).
+
+    With H = kv_budget // 2 heavy and R = kv_budget − H recent keys: rows t < H keep all keys; the running score
+    acc[j] starts as the summed (unmasked) softmax of rows 0..H−1; each later row t keeps {t} ∪ topk(acc, H − 1)
+    and then adds its own unmasked softmax to acc, zeroing keys it evicted (they never return). Finally
+    keep(t, j) |= t − j < R. Zhang et al. 2023 (arXiv 2306.14048); paper: heavy ratio = recent ratio = 0.1
+    ("20 % KV"), which drops ≈ 64 % of causal pairs, not 80 % (sparse-patterns.md §2.8). The slider sets the
+    total per-row budget (bisection). A decode-time idea: causal models only, and not row-local (row t depends
+    on the rows before it).
+    """
+
+    id = "h2o"
+    description = "Heavy hitters: keep the keys with the most accumulated attention plus a recent window (H2O)"
+    paper = "Zhang et al. 2023, H2O: Heavy-Hitter Oracle (arXiv 2306.14048)"
+    budget = "kv_budget"
+    score_dependent = True
+    row_local = False
+    supports_encoder = False
+    kv_budget: int = 64
+
+    def __post_init__(self) -> None:
+        if self.kv_budget < 2:
+            raise ValueError(f"h2o: kv_budget must be >= 2 keys (heavy + recent), got {self.kv_budget}")
+
+    def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
+        return 2, max(2, 2 * n_keys)
+
+    def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
+        heads, n_q, n_k = scores.shape
+        heavy = self.kv_budget // 2
+        recent = self.kv_budget - heavy
+        probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # each row's unmasked attention
+        first = n_k - n_q  # key position of query row 0
+        keep = torch.zeros_like(scores, dtype=torch.bool)
+        acc = torch.zeros(heads, n_k, dtype=probs.dtype, device=scores.device)
+        for r in range(n_q):
+            t = first + r
+            if t < heavy:
+                keep[:, r, : t + 1] = True
+                acc += probs[:, r]
+                continue
+            if t == heavy and r > 0:
+                acc[:, heavy:] = 0
+            chosen = torch.zeros(heads, n_k, dtype=torch.bool, device=scores.device)
+            if heavy > 1:
+                candidates = acc.masked_fill(torch.arange(n_k, device=scores.device) >= t, float("-inf"))
+                idx = candidates.topk(min(heavy - 1, n_k), dim=-1).indices
+                chosen.scatter_(-1, idx, True)
+                chosen &= torch.isfinite(candidates)
+            chosen[:, t] = True
+            keep[:, r] = chosen
+            acc = (acc + probs[:, r]) * chosen
+        q = torch.arange(first, n_k, device=scores.device).unsqueeze(-1)
+        k = torch.arange(n_k, device=scores.device).unsqueeze(0)
+        return keep | ((q - k) < recent)
+
+
+@dataclass(frozen=True)
+class VerticalSlash(Mask):
+    """keep(i, j) = j in V or (i − j) in S: a set V of key columns and a set S of diagonals, per head.
+
+    MInference's vertical-slash pattern (Jiang et al. 2024, arXiv 2407.02490): from the softmax of the last
+    ``last_q`` queries, V = the top-v columns by summed attention and S = the top-s diagonal offsets by summed
+    attention; the first ``sink_columns`` columns and the ``local_diagonals`` nearest diagonals are forced
+    (MInference forces 30 and 30-100; here 4 and 4 for short texts), and v : s is fixed by
+    ``vertical_fraction`` (MInference's default (1000, 6096) ≈ 0.14; search grid up to 0.97). Budget = v + s
+    (bisection). Not row-local: every row uses the last queries' statistics.
+    """
+
+    id = "vertical_slash"
+    description = "Top columns plus top diagonals chosen from the last queries' attention (MInference)"
+    paper = "Jiang et al. 2024, MInference 1.0 (arXiv 2407.02490)"
+    budget = "size"
+    score_dependent = True
+    row_local = False
+    size: int = 7096
+    vertical_fraction: float = 0.14
+    last_q: int = 64
+    sink_columns: int = 4
+    local_diagonals: int = 4
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"vertical_slash: size must be >= 1, got {self.size}")
+        if not 0.0 <= self.vertical_fraction <= 1.0:
+            raise ValueError(f"vertical_slash: vertical_fraction must be in [0, 1], got {self.vertical_fraction}")
+        if self.last_q < 1 or self.sink_columns < 0 or self.local_diagonals < 0:
+            raise ValueError("vertical_slash: last_q must be >= 1, sink_columns and local_diagonals >= 0")
+
+    def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
+        return 1, max(1, 2 * n_keys)
+
+    def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
+        heads, n_q, n_k = scores.shape
+        device = scores.device
+        last = torch.softmax(scores[:, -min(self.last_q, n_q):], dim=-1).nan_to_num(0.0)  # [H, Lq, Tk]
+        q_last = torch.arange(n_k - last.shape[1], n_k, device=device).unsqueeze(-1)
+        k = torch.arange(n_k, device=device).unsqueeze(0)
+        offset = (q_last - k).clamp_min(0)  # diagonal index of each entry (future entries carry zero mass)
+        vertical = last.sum(1)  # [H, Tk]
+        slash = torch.zeros(heads, n_k, dtype=last.dtype, device=device).scatter_add_(
+            -1, offset.flatten().expand(heads, -1), last.flatten(1)
+        )
+        vertical[:, : self.sink_columns] = float("inf")
+        slash[:, : self.local_diagonals] = float("inf")
+        n_v = min(n_k, round(self.size * self.vertical_fraction))
+        n_s = min(n_k, self.size - n_v)
+        cols = torch.zeros(heads, n_k, dtype=torch.bool, device=device)
+        diags = torch.zeros(heads, n_k, dtype=torch.bool, device=device)
+        if n_v > 0:
+            cols.scatter_(-1, vertical.topk(n_v, dim=-1).indices, True)
+        if n_s > 0:
+            diags.scatter_(-1, slash.topk(n_s, dim=-1).indices, True)
+        q = torch.arange(n_k - n_q, n_k, device=device).unsqueeze(-1)
+        gap = (q - k).clamp(0, n_k - 1)
+        return cols[:, None, :] | diags.gather(-1, gap.flatten().expand(heads, -1)).view(heads, n_q, n_k)

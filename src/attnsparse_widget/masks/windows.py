@@ -52,3 +52,130 @@ class SlidingWindow(Mask):
 
     def closed_form_budget(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
         return window_for_sparsity(sparsity, n_keys) if causal else None
+
+
+@dataclass(frozen=True)
+class DilatedWindow(Mask):
+    """keep(i, j) = (i - j) % dilation == 0 and (i - j) < window * dilation (causal);
+    encoder: |i - j| % dilation == 0 and |i - j| <= (window // 2) * dilation.
+
+    Longformer's dilated sliding window (Beltagy et al. 2020, §3.1): ``window`` keys (the query included) spaced
+    ``dilation`` apart, receptive field ``window * dilation``. The paper used it on a few heads of upper layers
+    and found post-hoc dilation on RoBERTa weights hurt (footnote 6). Slider: fix ``dilation``, bisect ``window``
+    (kept per row = min(i // d + 1, W)).
+    """
+
+    id = "dilated_window"
+    description = "A window of `window` keys spaced `dilation` apart (Longformer dilated window)"
+    paper = "Beltagy et al. 2020, Longformer (arXiv 2004.05150)"
+    budget = "window"
+    window: int = 512
+    dilation: int = 2
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ValueError(f"dilated_window: window must be >= 1 key, got {self.window}")
+        if self.dilation < 1:
+            raise ValueError(f"dilated_window: dilation must be >= 1 (1 = plain window), got {self.dilation}")
+
+    def pattern(self, q: Tensor, k: Tensor, ctx: MaskContext) -> Tensor:
+        d = self.dilation
+        if ctx.causal:
+            gap = q - k
+            return (gap % d == 0) & (gap < self.window * d)
+        gap = (q - k).abs()
+        return (gap % d == 0) & (gap <= (self.window // 2) * d)
+
+    def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
+        return 1, max(1, (n_keys if causal else 2 * n_keys) // self.dilation + 1)
+
+
+@dataclass(frozen=True)
+class Chunked(Mask):
+    """keep(i, j) = i // chunk == j // chunk: each token sees only its own chunk (block-local attention).
+
+    transformers' ``chunked_overlay`` (Llama-4's ``attention_chunk_size``). Causal count ≈ N(chunk + 1)/2, so
+    chunk ≈ 2(1 − s)E/N − 1; the library bisects ``chunk`` on the realised mask.
+    """
+
+    id = "chunked"
+    description = "Tokens see only their own chunk of `chunk` tokens (block-local, Llama-4 style)"
+    paper = "transformers chunked_overlay / Llama 4 attention_chunk_size"
+    budget = "chunk"
+    chunk: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.chunk < 1:
+            raise ValueError(f"chunked: chunk must be >= 1 token, got {self.chunk}")
+
+    def pattern(self, q: Tensor, k: Tensor, ctx: MaskContext) -> Tensor:
+        return torch.div(q, self.chunk, rounding_mode="floor") == torch.div(k, self.chunk, rounding_mode="floor")
+
+
+@dataclass(frozen=True)
+class SinkWindow(Mask):
+    """keep(i, j) = j < sinks or i - j < window: the first ``sinks`` tokens plus the ``window`` most recent.
+
+    StreamingLLM (Xiao et al. 2023, arXiv 2309.17453): "attention sinks", with 4 initial tokens sufficing
+    (``start_size=4``; ``recent_size`` 512 or 2000 in the reference scripts); MInference calls it "A-shape".
+    Kept = Kwin(sinks + window) exactly, so window = round(Winv(s)) − sinks. Positions are not re-indexed as
+    StreamingLLM's cache does (sparse-patterns.md §2.2): within the training length this is harmless.
+    Encoder: the first ``sinks`` tokens as global columns and |i − j| <= window // 2.
+    """
+
+    id = "sink_window"
+    description = "The first `sinks` tokens plus the `window` most recent (StreamingLLM attention sinks)"
+    paper = "Xiao et al. 2023, Efficient Streaming Language Models with Attention Sinks (arXiv 2309.17453)"
+    budget = "window"
+    sinks: int = 4
+    window: int = 512
+
+    def __post_init__(self) -> None:
+        if self.sinks < 0:
+            raise ValueError(f"sink_window: sinks must be >= 0, got {self.sinks}")
+        if self.window < 1:
+            raise ValueError(f"sink_window: window must be >= 1 key, got {self.window}")
+
+    def pattern(self, q: Tensor, k: Tensor, ctx: MaskContext) -> Tensor:
+        local = (q - k) < self.window if ctx.causal else (q - k).abs() <= self.window // 2
+        return (k < self.sinks) | local
+
+    def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
+        return 1, max(1, n_keys if causal else 2 * n_keys)
+
+    def closed_form_budget(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
+        if not causal:
+            return None
+        return max(1, window_for_sparsity(sparsity, n_keys) - self.sinks)
+
+
+@dataclass(frozen=True)
+class GlobalLocal(Mask):
+    """keep(i, j) = i - j < window or G[j] or G[i], with G = the first ``n_global`` tokens (causal);
+    encoder: |i - j| <= window // 2 or G[i] or G[j].
+
+    Longformer's global + sliding-window attention (Beltagy et al. 2020, §3.1): global attention is symmetric, "a
+    token with a global attention attends to all tokens across the sequence, and all tokens in the sequence
+    attend to it"; [CLS] for classification, question tokens for QA. A dense-trained model has one set of
+    projections, so the global tokens use the shared ones. Slider: bisect ``window`` with the global set fixed.
+    """
+
+    id = "global_local"
+    description = "A local window plus `n_global` global tokens that see and are seen by all (Longformer)"
+    paper = "Beltagy et al. 2020, Longformer (arXiv 2004.05150)"
+    budget = "window"
+    window: int = 512
+    n_global: int = 1
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ValueError(f"global_local: window must be >= 1 key, got {self.window}")
+        if self.n_global < 0:
+            raise ValueError(f"global_local: n_global must be >= 0, got {self.n_global}")
+
+    def pattern(self, q: Tensor, k: Tensor, ctx: MaskContext) -> Tensor:
+        local = (q - k) < self.window if ctx.causal else (q - k).abs() <= self.window // 2
+        return local | (k < self.n_global) | (q < self.n_global)
+
+    def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
+        return 1, max(1, n_keys if causal else 2 * n_keys)

@@ -1,0 +1,223 @@
+"""Block selections: each query (or query block) keeps whole key blocks chosen from pooled logits.
+
+NSA (DeepSeek), MoBA (Kimi), MInference block-sparse and Quest. Mean-pooling keys is linear, so a query's score
+against a pooled key block, q·mean(k_B), is the mean of its logits over the block: these patterns can be computed
+exactly from the layer's logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import Mask, MaskContext, Tensor, window_for_sparsity
+
+
+def key_block_stats(scores: Tensor, block: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row and key block: (sum of finite logits, count of finite logits, max logit). ``[H, Tq, nb]`` each."""
+    heads, n_q, n_k = scores.shape
+    n_blocks = -(-n_k // block)
+    pad = n_blocks * block - n_k
+    padded = torch.nn.functional.pad(scores, (0, pad), value=float("-inf")).view(heads, n_q, n_blocks, block)
+    finite = torch.isfinite(padded)
+    total = torch.where(finite, padded, torch.zeros_like(padded)).sum(-1)
+    return total, finite.sum(-1), padded.amax(-1)
+
+
+def block_means(scores: Tensor, block: int) -> Tensor:
+    """Mean logit of each row over each key block's allowed keys, -inf where the block has none."""
+    total, count, _ = key_block_stats(scores, block)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("-inf")))
+
+
+def expand_blocks(chosen: Tensor, block: int, n_keys: int) -> Tensor:
+    """``[..., nb]`` block choice → ``[..., Tk]`` token choice."""
+    return chosen.repeat_interleave(block, dim=-1)[..., :n_keys]
+
+
+def top_blocks(block_scores: Tensor, n: int) -> Tensor:
+    """Bool choice of the ``n`` best finite blocks of each row."""
+    n = max(0, min(n, block_scores.shape[-1]))
+    chosen = torch.zeros_like(block_scores, dtype=torch.bool)
+    if n:
+        chosen.scatter_(-1, block_scores.topk(n, dim=-1).indices, True)
+    return chosen & (block_scores > float("-inf"))
+
+
+def _positions(n_q: int, n_k: int, device: torch.device) -> Tensor:
+    return torch.arange(n_k - n_q, n_k, device=device)
+
+
+@dataclass(frozen=True)
+class NSA(Mask):
+    """keep(t, s) = s // block in I_t or t − s < window, where I_t = the first block, the 2 local blocks
+    (the query's own and the previous one) and the top of the rest by selection importance, n blocks in all.
+
+    Native Sparse Attention (Yuan et al. 2025, arXiv 2502.11089), selection ∪ sliding-window branches as one
+    mask (the compressed branch is not a token mask; the trained gates are absent, so one softmax is taken over
+    the union). Importance: compressed keys are mean-pooled complete blocks (as fla-org's implementation,
+    compression block = stride = selection block), p_cmp = softmax over complete blocks of q·mean(k) per head,
+    summed over the heads of a GQA group (Eq. 10): one selection per key/value head. Paper: l = 32, d = 16,
+    l' = 64, n = 16 (1 initial + 2 local), w = 512; defaults here scaled for short texts: block 8, window 16,
+    n = 8. Slider: bisect n (kept/row ≈ (n − 2)·block + window).
+    """
+
+    id = "nsa"
+    description = "Native Sparse Attention: top-`n` key blocks per query (shared per KV group) + a sliding window"
+    paper = "Yuan et al. 2025, Native Sparse Attention (DeepSeek) (arXiv 2502.11089)"
+    budget = "n"
+    score_dependent = True
+    n: int = 8
+    block: int = 8
+    window: int = 16
+
+    def __post_init__(self) -> None:
+        if self.n < 3:
+            raise ValueError(f"nsa: n must be >= 3 (1 initial + 2 local blocks are always selected), got {self.n}")
+        if self.block < 1 or self.window < 1:
+            raise ValueError(f"nsa: block and window must be >= 1, got block={self.block}, window={self.window}")
+
+    def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
+        return 3, max(3, -(-n_keys // self.block))
+
+    def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
+        heads, n_q, n_k = scores.shape
+        device = scores.device
+        b = self.block
+        q = _positions(n_q, n_k, device)
+        qb = torch.div(q, b, rounding_mode="floor")
+        n_blocks = -(-n_k // b)
+        kb = torch.arange(n_blocks, device=device)
+        means = block_means(scores, b)
+        complete = (kb + 1) * b <= q.unsqueeze(-1) + 1  # [Tq, nb]: compression sees complete blocks only
+        means = means.masked_fill(~complete, float("-inf"))
+        p_cmp = torch.softmax(means, dim=-1).nan_to_num(0.0)  # rows with no complete block: all zero
+        groups = max(1, ctx.kv_groups) if heads % max(1, ctx.kv_groups) == 0 else 1
+        shared = p_cmp.view(heads // groups, groups, n_q, n_blocks).sum(1)  # one importance per KV group
+        forced = (kb == 0) | (kb == qb.unsqueeze(-1)) | (kb == qb.unsqueeze(-1) - 1)
+        visible = kb <= qb.unsqueeze(-1)
+        ranked = shared.masked_fill(forced, float("inf")).masked_fill(~visible, float("-inf"))
+        chosen = top_blocks(ranked, self.n).repeat_interleave(groups, dim=0)
+        k = torch.arange(n_k, device=device)
+        return expand_blocks(chosen, b, n_k) | ((q.unsqueeze(-1) - k) < self.window)
+
+
+@dataclass(frozen=True)
+class MoBA(Mask):
+    """keep(i, j) = j // block in the top-``k`` blocks of g[i, :], where g[i, b] = q_i·mean(K_b) (the mean logit
+    over key block b), the query's own block has g = +∞ and future blocks −∞; per head.
+
+    Mixture of Block Attention (Lu et al. / Kimi 2025, arXiv 2502.13189), the parameter-free gate of
+    ``moba_attn_varlen_naive``. Repo example: block 4096, top-k 12; paper speed test 64 blocks, top-3. Defaults
+    here: block 16, k 3. Slider: k = round(Winv(s) / block) as the spec's closed form, then the nearest on the
+    realised mask. MoBA "requires continue training": expect degradation post hoc.
+    """
+
+    id = "moba"
+    description = "Mixture of Block Attention: own block + top-`k` key blocks by mean-pooled key score (Kimi)"
+    paper = "Lu et al. 2025, MoBA: Mixture of Block Attention (arXiv 2502.13189)"
+    budget = "k"
+    score_dependent = True
+    k: int = 3
+    block: int = 16
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"moba: k must be >= 1 block (the own block), got {self.k}")
+        if self.block < 1:
+            raise ValueError(f"moba: block must be >= 1 token, got {self.block}")
+
+    def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
+        return 1, max(1, -(-n_keys // self.block))
+
+    def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
+        heads, n_q, n_k = scores.shape
+        q = _positions(n_q, n_k, scores.device)
+        own = torch.div(q, self.block, rounding_mode="floor").unsqueeze(-1)
+        kb = torch.arange(-(-n_k // self.block), device=scores.device)
+        gate = block_means(scores, self.block)
+        if ctx.causal:
+            gate = gate.masked_fill(kb > own, float("-inf")).masked_fill(kb == own, float("inf"))
+        return expand_blocks(top_blocks(gate, self.k), self.block, n_k)
+
+
+@dataclass(frozen=True)
+class BlockTopK(Mask):
+    """keep(i, j) = j // block in TB[i // block]: each query block keeps its top ``top_k`` key blocks by the
+    pooled score mean(Q_qb)·mean(K_kb) = the mean logit over the block pair; causal blocks only.
+
+    MInference's block-sparse pattern (Jiang et al. 2024, arXiv 2407.02490, ``_build_block_index``): 64 x 64
+    blocks, top_k = 100. Defaults here: block 16. In the diagonal block only the causal pairs enter the mean
+    (the logits of future pairs are not given to masks). Slider: top_k ≈ Winv(s) / block, then the nearest on
+    the realised mask. Not row-local: a row's choice depends on the other queries of its block.
+    """
+
+    id = "block_topk"
+    description = "Each query block keeps its top-`top_k` key blocks by pooled Q·K score (MInference block-sparse)"
+    paper = "Jiang et al. 2024, MInference 1.0 (arXiv 2407.02490)"
+    budget = "top_k"
+    score_dependent = True
+    row_local = False
+    top_k: int = 100
+    block: int = 16
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.block < 1:
+            raise ValueError(f"block_topk: top_k and block must be >= 1, got top_k={self.top_k}, block={self.block}")
+
+    def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
+        return 1, max(1, -(-n_keys // self.block))
+
+    def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
+        heads, n_q, n_k = scores.shape
+        b = self.block
+        q = _positions(n_q, n_k, scores.device)
+        qb = torch.div(q, b, rounding_mode="floor")
+        total, count, _ = key_block_stats(scores, b)  # [H, Tq, nkb]
+        n_qb = int(qb.max()) + 1
+        pooled_total = torch.zeros(heads, n_qb, total.shape[-1], device=scores.device).index_add_(1, qb, total)
+        pooled_count = torch.zeros_like(pooled_total).index_add_(1, qb, count.to(pooled_total.dtype))
+        pooled = torch.where(pooled_count > 0, pooled_total / pooled_count.clamp_min(1),
+                             torch.full_like(pooled_total, float("-inf")))
+        chosen = top_blocks(pooled, self.top_k)[:, qb]  # back to rows
+        return expand_blocks(chosen, b, n_k)
+
+
+@dataclass(frozen=True)
+class Quest(Mask):
+    """keep(i, j) = j // page in P_i, where P_i = the max(3, token_budget // page) pages with the highest
+    page score for query i; per head.
+
+    Quest (Tang et al. 2024, arXiv 2406.10774) scores a page by an upper bound of q·k over it, Σ_d max(q_d·min_p
+    k_d, q_d·max_p k_d), from per-page min/max keys. Masks receive logits, not keys, so this uses the exact page
+    maximum max_{j∈p} q·k_j, the quantity the bound approximates (an oracle Quest). Quest's defaults: page 16 (8 here, for
+    short texts), token budget 1024 (MInference port), at least 3 pages, the first two layers left dense and decoding only;
+    here every layer of a full pass is sparsified. Slider: token_budget = round(Winv(s)), the spec's closed form.
+    """
+
+    id = "quest"
+    description = "Query-aware page selection: top pages of `page` tokens by max key score, `token_budget` tokens (Quest)"
+    paper = "Tang et al. 2024, Quest: Query-Aware Sparsity (arXiv 2406.10774)"
+    budget = "token_budget"
+    score_dependent = True
+    supports_encoder = False
+    token_budget: int = 1024
+    page: int = 8
+
+    def __post_init__(self) -> None:
+        if self.token_budget < 1 or self.page < 1:
+            raise ValueError(
+                f"quest: token_budget and page must be >= 1, got token_budget={self.token_budget}, page={self.page}"
+            )
+
+    def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
+        return 1, max(1, n_keys + 3 * self.page)
+
+    def closed_form_budget(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
+        return window_for_sparsity(sparsity, n_keys)
+
+    def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
+        _, _, page_max = key_block_stats(scores, self.page)
+        pages = max(3, self.token_budget // self.page)
+        return expand_blocks(top_blocks(page_max, pages), self.page, scores.shape[-1])
