@@ -1,7 +1,8 @@
 """Score-dependent masks against a plain reference written here.
 
 The reference is a separate attention function, registered through transformers' own interface: eager math, then
-the keep-set chosen by straightforward per-row numpy code from the layer's logits, then the mask and softmax.
+the keep-set chosen by the per-row loops of tests/reference_masks.py from the layer's logits, then the mask and
+softmax.
 Our engine (capture.py + masks/) must produce the same attention and logits on the real default model.
 """
 
@@ -11,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+import reference_masks
 import torch
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import eager_mask
@@ -21,40 +23,11 @@ from attnsparse_widget.store import AttentionStore
 
 MIN = torch.finfo(torch.float32).min
 TEXT = "Each query keeps only its best keys; the reference picks them with plain loops over rows and heads."
-Selector = Callable[[np.ndarray, object], np.ndarray]  # logits [H, T, T] (-inf = not allowed), mask -> keep
+SCORE_MASKS = [m for m, cls in masks.REGISTRY.items() if cls.score_dependent]
+GROUPS = 3  # SmolLM2: 9 query heads share 3 key/value heads (NSA selects once per group)
 
 
-def ref_topk(logits: np.ndarray, mask) -> np.ndarray:
-    """Per head and row: the diagonal plus the k-1 highest other allowed logits."""
-    h, n, _ = logits.shape
-    keep = np.zeros_like(logits, dtype=bool)
-    for head in range(h):
-        for i in range(n):
-            others = [j for j in range(i) if np.isfinite(logits[head, i, j])]
-            best = sorted(others, key=lambda j: -logits[head, i, j])[: mask.k - 1]
-            keep[head, i, best + [i]] = True
-    return keep
-
-
-def ref_dsa(logits: np.ndarray, mask) -> np.ndarray:
-    """One set per row for all heads: the diagonal plus the k-1 best keys by the summed dense attention."""
-    h, n, _ = logits.shape
-    keep = np.zeros((1, n, n), dtype=bool)
-    for i in range(n):
-        index = np.zeros(n)
-        for head in range(h):
-            row = logits[head, i, : i + 1].astype(np.float64)
-            p = np.exp(row - row.max())
-            index[: i + 1] += p / p.sum()
-        best = sorted(range(i), key=lambda j: -index[j])[: mask.k - 1]
-        keep[0, i, best + [i]] = True
-    return keep
-
-
-REFERENCES: dict[str, Selector] = {"topk": ref_topk, "dsa": ref_dsa}
-
-
-def reference_attention(select: Selector, mask) -> Callable:
+def reference_attention(mask) -> Callable:
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         n_rep = query.shape[1] // key.shape[1]
         key = key.repeat_interleave(n_rep, dim=1)
@@ -62,7 +35,7 @@ def reference_attention(select: Selector, mask) -> Callable:
         scores = torch.matmul(query, key.transpose(2, 3)) * scaling + attention_mask
         allowed = attention_mask[0, 0] > MIN / 2
         logits = np.where(allowed.numpy(), scores[0].float().numpy(), -np.inf)
-        keep = torch.from_numpy(select(logits, mask))[None]
+        keep = torch.from_numpy(reference_masks.for_mask(mask, logits.shape[-1], logits, groups=GROUPS))[None]
         scores = scores.masked_fill(~keep & allowed, MIN)
         probs = torch.softmax(scores.float(), dim=-1)
         return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
@@ -70,7 +43,7 @@ def reference_attention(select: Selector, mask) -> Callable:
     return attention
 
 
-@pytest.mark.parametrize("mask_id", sorted(REFERENCES))
+@pytest.mark.parametrize("mask_id", SCORE_MASKS)
 def test_score_dependent_mask_equals_reference(default_model, mask_id):
     model, tok = default_model
     ids = tok(TEXT, return_tensors="pt").input_ids
@@ -81,7 +54,7 @@ def test_score_dependent_mask_equals_reference(default_model, mask_id):
         ours = model(input_ids=ids).logits
 
     name = f"reference_{mask_id}"
-    AttentionInterface.register(name, reference_attention(REFERENCES[mask_id], mask))
+    AttentionInterface.register(name, reference_attention(mask))
     AttentionMaskInterface.register(name, eager_mask)
     before = model.config._attn_implementation
     model.set_attn_implementation(name)

@@ -98,6 +98,11 @@ class Mask:
     ) -> Tensor:
         """The final keep-mask ``(M & C) | diagonal`` as bool ``[H or 1, Tq, Tk]``."""
         ctx = ctx or MaskContext()
+        if not ctx.causal and not self.supports_encoder:
+            raise ValueError(
+                f"mask {self.id!r} is a decoding-time pattern and needs a causal model; for encoders use one of the "
+                f"symmetric patterns (sliding_window, global_local, bigbird, strided, topk, ...)"
+            )
         n_queries = n_keys if n_queries is None else n_queries
         if scores is not None:
             device = scores.device

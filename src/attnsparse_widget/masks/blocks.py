@@ -68,6 +68,7 @@ class NSA(Mask):
     paper = "Yuan et al. 2025, Native Sparse Attention (DeepSeek) (arXiv 2502.11089)"
     budget = "n"
     score_dependent = True
+    supports_encoder = False  # complete-block compression and local blocks are causal ideas
     n: int = 8
     block: int = 8
     window: int = 16

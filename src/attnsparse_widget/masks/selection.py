@@ -145,6 +145,9 @@ class H2O(Mask):
         return keep | ((q - k) < recent)
 
 
+_FORCED = 1e6
+
+
 @dataclass(frozen=True)
 class VerticalSlash(Mask):
     """keep(i, j) = j in V or (i − j) in S: a set V of key columns and a set S of diagonals, per head.
@@ -152,7 +155,8 @@ class VerticalSlash(Mask):
     MInference's vertical-slash pattern (Jiang et al. 2024, arXiv 2407.02490): from the softmax of the last
     ``last_q`` queries, V = the top-v columns by summed attention and S = the top-s diagonal offsets by summed
     attention; the first ``sink_columns`` columns and the ``local_diagonals`` nearest diagonals are forced
-    (MInference forces 30 and 30-100; here 4 and 4 for short texts), and v : s is fixed by
+    (MInference forces 30 and 30-100; here 4 and 4 for short texts; when the budget is smaller than the
+    forced set, the first columns and nearest diagonals win), and v : s is fixed by
     ``vertical_fraction`` (MInference's default (1000, 6096) ≈ 0.14; search grid up to 0.97). Budget = v + s
     (bisection). Not row-local: every row uses the last queries' statistics.
     """
@@ -163,6 +167,7 @@ class VerticalSlash(Mask):
     budget = "size"
     score_dependent = True
     row_local = False
+    supports_encoder = False  # "the last queries" is a prefill-then-decode idea
     size: int = 7096
     vertical_fraction: float = 0.14
     last_q: int = 64
@@ -191,8 +196,10 @@ class VerticalSlash(Mask):
         slash = torch.zeros(heads, n_k, dtype=last.dtype, device=device).scatter_add_(
             -1, offset.flatten().expand(heads, -1), last.flatten(1)
         )
-        vertical[:, : self.sink_columns] = float("inf")
-        slash[:, : self.local_diagonals] = float("inf")
+        # forced entries rank first, the first columns and the nearest diagonals first (attention sums are <= last_q,
+        # so these priorities sit above every real value and stay distinct in float32)
+        vertical[:, : self.sink_columns] = _FORCED - torch.arange(min(self.sink_columns, n_k), device=device)
+        slash[:, : self.local_diagonals] = _FORCED - torch.arange(min(self.local_diagonals, n_k), device=device)
         n_v = min(n_k, round(self.size * self.vertical_fraction))
         n_s = min(n_k, self.size - n_v)
         cols = torch.zeros(heads, n_k, dtype=torch.bool, device=device)
