@@ -117,7 +117,7 @@ def _load_default(cache_dir: str | os.PathLike[str] | None) -> tuple[PreTrainedM
         _convert_default(gguf, target)
     try:
         return _load_folder(target, torch.float32)
-    except (OSError, ValueError):  # a damaged cache: rebuild it once
+    except Exception:  # noqa: BLE001 - any failure to read our own cache (truncated file, bad header): rebuild once
         shutil.rmtree(target, ignore_errors=True)
         _convert_default(gguf, target)
         return _load_folder(target, torch.float32)
