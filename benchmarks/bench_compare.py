@@ -22,7 +22,6 @@ from collections.abc import Callable
 import torch
 
 import attnsparse_widget as aw
-from attnsparse_widget import compare as compare_module
 from attnsparse_widget.compare import per_layer_curves
 
 PARAGRAPH = (
@@ -74,8 +73,7 @@ def main() -> None:
         lambda: per_layer_curves(res.metrics, model, ids, res.mask, res.dense, res.sparse, 0), args.repeat
     )
     aw.clear_cache()
-    full = median_seconds(lambda: (compare_module.clear_cache(), aw.compare(run, text, args.mask, args.sparsity)),
-                          1)
+    full = median_seconds(lambda: (aw.clear_cache(), aw.compare(run, text, args.mask, args.sparsity)), 1)
 
     n = ids.shape[1]
     print(f"default model, {n} tokens, mask {res.mask.label()}, {torch.get_num_threads()} threads")

@@ -150,3 +150,11 @@ def test_available_is_complete():
     for info, cls in zip(masks.available(), masks.REGISTRY.values()):
         assert info["params"] == cls().params()
     assert list(itertools.islice(ids, 3)) == ["dense", "sliding_window", "dilated_window"]
+
+
+def test_masks_md_is_generated_from_the_code():
+    from pathlib import Path
+
+    assert (Path(__file__).parent.parent / "MASKS.md").read_text() == masks.reference_markdown(), (
+        "MASKS.md is stale: run `python -m attnsparse_widget.masks > MASKS.md`"
+    )

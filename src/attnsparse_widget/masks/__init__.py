@@ -151,3 +151,27 @@ def build(
     if keep.shape[0] == 1 and (score_t is None or score_t.dim() == 2):
         keep = keep[0]
     return keep.cpu().numpy()
+
+
+def reference_markdown() -> str:
+    """MASKS.md: every mask's rule, paper, parameters and slider mapping, from the docstrings (the one source)."""
+    lines = [
+        "# The masks",
+        "",
+        "Generated from the code by `python -m attnsparse_widget.masks > MASKS.md`; every rule below is the",
+        "docstring of the class that implements it. Conventions (sparse-patterns.md §0): `i` is the query position,",
+        "`j` the key position; the engine always applies `(M(i, j) & allowed(i, j)) | (i == j)`, where `allowed` is",
+        "`j <= i` for causal models (plus the model's own padding and sliding-window mask), so no row is ever empty",
+        "and no future key is ever kept. Sparsity = 1 − kept / allowed, measured on the mask actually applied.",
+        "",
+        "| id | budget (slider) | parameters (defaults) | encoder | description |",
+        "|---|---|---|---|---|",
+    ]
+    for info in available():
+        params = ", ".join(f"`{k}={v}`" for k, v in info["params"].items()) or "–"
+        enc = "yes" if info["supports_encoder"] else "no"
+        lines.append(f"| `{info['id']}` | {info['budget'] or '–'} | {params} | {enc} | {info['description']} |")
+    for info in available():
+        kind = "score-dependent (reads the layer's logits)" if info["score_dependent"] else "static (positions only)"
+        lines += ["", f"## `{info['id']}`", "", f"*{info['paper']}* — {kind}.", "", info["rule"]]
+    return "\n".join(lines) + "\n"
