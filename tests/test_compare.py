@@ -87,7 +87,7 @@ def test_recall_kl_and_sparsity_match_a_numpy_recomputation(res):
 
 
 def test_perplexity_matches_a_direct_recomputation(res, smol):
-    model, tok = smol
+    model, _ = smol
     ids = torch.tensor([res.token_ids])
     with torch.no_grad():
         logits = model(ids).logits[0]  # the model's own sdpa attention

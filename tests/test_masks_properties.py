@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from attnsparse_widget import masks
 from attnsparse_widget.masks.base import MaskContext, SparsityOutOfReach
 
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI runs the same examples every time (a failure reproduces; no flaky runs)
+SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 ALL = masks.ids()
 ENCODER = [m for m in ALL if masks.REGISTRY[m].supports_encoder]
 
@@ -50,7 +51,7 @@ def tolerance(mask, n: int) -> float:
 @SETTINGS
 @given(n=lengths, s=sparsities)
 def test_causal_invariants(name, n, s):
-    mask, keep, _ = realise(name, n, s)
+    _, keep, _ = realise(name, n, s)
     keep = keep.numpy()
     assert keep.dtype == bool and keep.shape[-2:] == (n, n) and keep.shape[0] in (1, 3)
     assert keep[:, np.arange(n), np.arange(n)].all(), "diagonal dropped"
@@ -77,7 +78,7 @@ def test_deterministic(name, n, s, seed):
 
 
 @pytest.mark.parametrize("name", [m for m in ALL if masks.REGISTRY[m].budget is not None])
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(min_value=2, max_value=300), s=sparsities)
 def test_achieved_sparsity_follows_the_request(name, n, s):
     with warnings.catch_warnings(record=True) as caught:
@@ -109,5 +110,5 @@ def test_decoding_row_equals_last_row(name, n, s):
 def test_mask_accepts_two_dimensional_scores(name):
     n = 12
     scores = np.random.default_rng(0).normal(size=(n, n)) if masks.REGISTRY[name].score_dependent else None
-    keep = masks.build(name, n, scores=scores, **({} if masks.REGISTRY[name].budget is None else {}))
+    keep = masks.build(name, n, scores=scores)
     assert keep.shape == (n, n) or keep.shape[1:] == (n, n)

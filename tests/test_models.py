@@ -109,8 +109,9 @@ def test_local_folder_round_trip(tmp_path):
     """A saved model folder loads back with the right class, in eval mode, with identical outputs."""
     model = build("gpt2")
     model.save_pretrained(tmp_path)
+    from tokenizers import Tokenizer
+    from tokenizers import models as tok_models
     from transformers import PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, models as tok_models
 
     PreTrainedTokenizerFast(tokenizer_object=Tokenizer(tok_models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))) \
         .save_pretrained(tmp_path)

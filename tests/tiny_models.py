@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import (
     AutoModelForCausalLM,
-    GemmaConfig,
     Gemma2Config,
+    GemmaConfig,
     GPT2Config,
     LlamaConfig,
     MistralConfig,

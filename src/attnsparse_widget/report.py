@@ -26,8 +26,10 @@ def summary_table(res: Comparison) -> str:
         f"{'perplexity sparse':<26}{_fmt(m.sparse_ppl)}   (delta {_fmt(m.delta_ppl)}, dNLL {_fmt(m.delta_nll, 4)} nats)",
         f"{'next-token KL(d||s)':<26}{_fmt(m.next_token_kl, 4)}",
         f"{'top-1 agreement':<26}{_fmt(m.top1_agreement)}",
-        f"{'attention mass recall':<26}{_fmt(sum(m.mass_recall) / len(m.mass_recall))}"
-        f"   (min {_fmt(m.mass_recall_min)}, 5th pct {_fmt(m.mass_recall_p5)})",
+        (
+            f"{'attention mass recall':<26}{_fmt(sum(m.mass_recall) / len(m.mass_recall))}"
+            f"   (min {_fmt(m.mass_recall_min)}, 5th pct {_fmt(m.mass_recall_p5)})"
+        ),
         f"{'output relative error':<26}{_fmt(m.output_relative_error, 4)}",
     ]
     if m.per_layer_delta_ppl is not None:

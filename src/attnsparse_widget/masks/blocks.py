@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Mask, MaskContext, Tensor, window_for_sparsity
+from .base import Mask, MaskContext, Tensor
 
 
 def key_block_stats(scores: Tensor, block: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -111,8 +111,8 @@ class MoBA(Mask):
 
     Mixture of Block Attention (Lu et al. / Kimi 2025, arXiv 2502.13189), the parameter-free gate of
     ``moba_attn_varlen_naive``. Repo example: block 4096, top-k 12; paper speed test 64 blocks, top-3. Defaults
-    here: block 16, k 3. Slider: k = round(Winv(s) / block) as the spec's closed form, then the nearest on the
-    realised mask. MoBA "requires continue training": expect degradation post hoc.
+    here: block 16, k 3. Slider: bisection of k on the realised mask (the spec estimates k ≈ Winv(s) / block).
+    MoBA "requires continue training": expect degradation post hoc.
     """
 
     id = "moba"
@@ -133,7 +133,7 @@ class MoBA(Mask):
         return 1, max(1, -(-n_keys // self.block))
 
     def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
-        heads, n_q, n_k = scores.shape
+        _, n_q, n_k = scores.shape
         q = _positions(n_q, n_k, scores.device)
         own = torch.div(q, self.block, rounding_mode="floor").unsqueeze(-1)
         kb = torch.arange(-(-n_k // self.block), device=scores.device)
@@ -150,8 +150,8 @@ class BlockTopK(Mask):
 
     MInference's block-sparse pattern (Jiang et al. 2024, arXiv 2407.02490, ``_build_block_index``): 64 x 64
     blocks, top_k = 100. Defaults here: block 16. In the diagonal block only the causal pairs enter the mean
-    (the logits of future pairs are not given to masks). Slider: top_k ≈ Winv(s) / block, then the nearest on
-    the realised mask. Not row-local: a row's choice depends on the other queries of its block.
+    (the logits of future pairs are not given to masks). Slider: bisection of top_k on the realised mask (the spec
+    estimates top_k ≈ Winv(s) / block). Not row-local: a row's choice depends on the other queries of its block.
     """
 
     id = "block_topk"
@@ -194,7 +194,8 @@ class Quest(Mask):
     k_d, q_d·max_p k_d), from per-page min/max keys. Masks receive logits, not keys, so this uses the exact page
     maximum max_{j∈p} q·k_j, the quantity the bound approximates (an oracle Quest). Quest's defaults: page 16 (8 here, for
     short texts), token budget 1024 (MInference port), at least 3 pages, the first two layers left dense and decoding only;
-    here every layer of a full pass is sparsified. Slider: token_budget = round(Winv(s)), the spec's closed form.
+    here every layer of a full pass is sparsified. Slider: the spec's closed form round(Winv(s)) ignores the
+    rounding to whole pages, so the budget is bisected on the realised mask instead.
     """
 
     id = "quest"
@@ -214,9 +215,6 @@ class Quest(Mask):
 
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
         return 1, max(1, n_keys + 3 * self.page)
-
-    def closed_form_budget(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
-        return window_for_sparsity(sparsity, n_keys)
 
     def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
         _, _, page_max = key_block_stats(scores, self.page)
