@@ -86,6 +86,8 @@ def test_resolve_model_accepts_every_form(default_model):
     assert resolve_model(None) == default_model
     assert resolve_model((model, tok)) == (model, tok)
     assert resolve_model(model, tok) == (model, tok)
+    assert resolve_model(model) == (model, tok)  # the default model carries its tokenizer
+    assert models.display_name(model).startswith("SmolLM2-135M-Instruct")
     assert resolve_model(str(models.minilm_path()))[0].__class__.__name__ == "BertModel"
 
 

@@ -37,7 +37,7 @@ from .capture import (
     unsupported,
 )
 from .masks import Mask
-from .models import resolve_model
+from .models import display_name, resolve_model
 from .store import AttentionStore
 
 Tensor = torch.Tensor
@@ -327,8 +327,7 @@ def compare(
     if is_lm and continuation_tokens > 0:
         continuations = {"dense": decode(dense.continuation), "sparse": decode(sparse.continuation)}
     return Comparison(
-        model_name=str(getattr(config, "_name_or_path", "") or getattr(model, "name_or_path", "")
-                       or type(model).__name__),
+        model_name=display_name(model),
         text=text or "",
         token_ids=ids[0].tolist(),
         tokens=[decode([i]) for i in ids[0].tolist()],

