@@ -158,3 +158,12 @@ def test_masks_md_is_generated_from_the_code():
     assert (Path(__file__).parent.parent / "MASKS.md").read_text() == masks.reference_markdown(), (
         "MASKS.md is stale: run `python -m attnsparse_widget.masks > MASKS.md`"
     )
+
+
+def test_parameters_are_type_checked():
+    assert masks.get("sliding_window", window=8.0).window == 8  # an integral float (e.g. from JSON) is fine
+    for bad in ("8", 8.5, float("nan"), None, True):
+        with pytest.raises(TypeError, match="sliding_window: window must be"):
+            masks.get("sliding_window", window=bad)
+    with pytest.raises(ValueError, match=r"vertical_fraction must be in \[0, 1\]"):
+        masks.get("vertical_slash", vertical_fraction=1.5)

@@ -59,6 +59,28 @@ class Mask:
     score_dependent: ClassVar[bool] = False  # True: `select` reads the layer's attention logits
     row_local: ClassVar[bool] = True  # row i depends only on row i (and positions): exact under KV-cache decoding
     supports_encoder: ClassVar[bool] = True  # False for decode-time ideas (KV eviction) that need causality
+    minimums: ClassVar[dict[str, int]] = {}  # parameter -> smallest valid value (checked on construction)
+
+    def __post_init__(self) -> None:
+        """Check every parameter: its type (an int field takes ints, integral floats are converted), its minimum,
+        then any rule of the pattern's own (:meth:`validate`)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            wants_int = isinstance(f.default, int)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                kind = "an int" if wants_int else "a finite number"
+                raise TypeError(f"{self.id}: {f.name} must be {kind}, got {value!r}")
+            if wants_int and not isinstance(value, int):
+                if not float(value).is_integer():
+                    raise TypeError(f"{self.id}: {f.name} must be a whole number, got {value!r}")
+                object.__setattr__(self, f.name, int(value))
+            low = self.minimums.get(f.name)
+            if low is not None and getattr(self, f.name) < low:
+                raise ValueError(f"{self.id}: {f.name} must be >= {low}, got {value!r}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Rules beyond per-parameter minimums (override; raise ValueError naming the parameter)."""
 
     # ----------------------------------------------------------------------------------------------- to implement
     def pattern(self, q: Tensor, k: Tensor, ctx: MaskContext) -> Tensor:

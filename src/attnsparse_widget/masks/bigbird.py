@@ -27,16 +27,11 @@ class BigBird(Mask):
     id = "bigbird"
     description = "Global blocks + neighbouring blocks + `n_random` random blocks per query block (BigBird)"
     paper = "Zaheer et al. 2020, Big Bird: Transformers for Longer Sequences (arXiv 2007.14062)"
+    minimums = {"block": 1, "n_global": 0, "n_random": 0}
     budget = "n_random"
     block: int = 8
     n_global: int = 1
     n_random: int = 3
-
-    def __post_init__(self) -> None:
-        if self.block < 1:
-            raise ValueError(f"bigbird: block must be >= 1 token, got {self.block}")
-        if self.n_global < 0 or self.n_random < 0:
-            raise ValueError(f"bigbird: n_global and n_random must be >= 0, got {self.n_global}, {self.n_random}")
 
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
         return 0, max(0, -(-n_keys // self.block))

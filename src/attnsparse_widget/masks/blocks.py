@@ -66,18 +66,13 @@ class NSA(Mask):
     id = "nsa"
     description = "Native Sparse Attention: top-`n` key blocks per query (shared per KV group) + a sliding window"
     paper = "Yuan et al. 2025, Native Sparse Attention (DeepSeek) (arXiv 2502.11089)"
+    minimums = {"n": 3, "block": 1, "window": 1}  # n counts the forced first block and 2 local blocks
     budget = "n"
     score_dependent = True
     supports_encoder = False  # complete-block compression and local blocks are causal ideas
     n: int = 8
     block: int = 8
     window: int = 16
-
-    def __post_init__(self) -> None:
-        if self.n < 3:
-            raise ValueError(f"nsa: n must be >= 3 (1 initial + 2 local blocks are always selected), got {self.n}")
-        if self.block < 1 or self.window < 1:
-            raise ValueError(f"nsa: block and window must be >= 1, got block={self.block}, window={self.window}")
 
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
         return 3, max(3, -(-n_keys // self.block))
@@ -118,16 +113,11 @@ class MoBA(Mask):
     id = "moba"
     description = "Mixture of Block Attention: own block + top-`k` key blocks by mean-pooled key score (Kimi)"
     paper = "Lu et al. 2025, MoBA: Mixture of Block Attention (arXiv 2502.13189)"
+    minimums = {"k": 1, "block": 1}  # k counts the query's own block
     budget = "k"
     score_dependent = True
     k: int = 3
     block: int = 16
-
-    def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"moba: k must be >= 1 block (the own block), got {self.k}")
-        if self.block < 1:
-            raise ValueError(f"moba: block must be >= 1 token, got {self.block}")
 
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
         return 1, max(1, -(-n_keys // self.block))
@@ -157,15 +147,12 @@ class BlockTopK(Mask):
     id = "block_topk"
     description = "Each query block keeps its top-`top_k` key blocks by pooled Q·K score (MInference block-sparse)"
     paper = "Jiang et al. 2024, MInference 1.0 (arXiv 2407.02490)"
+    minimums = {"top_k": 1, "block": 1}
     budget = "top_k"
     score_dependent = True
     row_local = False
     top_k: int = 100
     block: int = 16
-
-    def __post_init__(self) -> None:
-        if self.top_k < 1 or self.block < 1:
-            raise ValueError(f"block_topk: top_k and block must be >= 1, got top_k={self.top_k}, block={self.block}")
 
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
         return 1, max(1, -(-n_keys // self.block))
@@ -201,17 +188,12 @@ class Quest(Mask):
     id = "quest"
     description = "Query-aware page selection: top pages of `page` tokens by max key score, `token_budget` tokens (Quest)"
     paper = "Tang et al. 2024, Quest: Query-Aware Sparsity (arXiv 2406.10774)"
+    minimums = {"token_budget": 1, "page": 1}
     budget = "token_budget"
     score_dependent = True
     supports_encoder = False
     token_budget: int = 1024
     page: int = 8
-
-    def __post_init__(self) -> None:
-        if self.token_budget < 1 or self.page < 1:
-            raise ValueError(
-                f"quest: token_budget and page must be >= 1, got token_budget={self.token_budget}, page={self.page}"
-            )
 
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
         return 1, max(1, n_keys + 3 * self.page)

@@ -36,13 +36,10 @@ class TopK(Mask):
     id = "topk"
     description = "Each query keeps its `k` highest-scoring keys, per head (oracle dynamic sparsity)"
     paper = "Generic top-k attention; cf. Gupta et al. 2021 (arXiv 2106.06899), MInference (arXiv 2407.02490)"
+    minimums = {"k": 1}
     budget = "k"
     score_dependent = True
     k: int = 64
-
-    def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"topk: k must be >= 1 key per query, got {self.k}")
 
     def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
         return topk_keep(scores, self.k)
@@ -69,13 +66,10 @@ class DSA(Mask):
     id = "dsa"
     description = "DeepSeek Sparse Attention: top-`k` keys per query, one set shared by all heads (oracle indexer)"
     paper = "DeepSeek-AI 2025, DeepSeek-V3.2 (DSA) (arXiv 2512.02556); GLM-5"
+    minimums = {"k": 1}
     budget = "k"
     score_dependent = True
     k: int = 2048
-
-    def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"dsa: k must be >= 1 key per query, got {self.k}")
 
     def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
         index = torch.softmax(scores, dim=-1).nan_to_num(0.0).sum(0, keepdim=True)
@@ -102,15 +96,12 @@ class H2O(Mask):
     id = "h2o"
     description = "Heavy hitters: keep the keys with the most accumulated attention plus a recent window (H2O)"
     paper = "Zhang et al. 2023, H2O: Heavy-Hitter Oracle (arXiv 2306.14048)"
+    minimums = {"kv_budget": 2}  # one heavy hitter (the query itself) and one recent key
     budget = "kv_budget"
     score_dependent = True
     row_local = False
     supports_encoder = False
     kv_budget: int = 64
-
-    def __post_init__(self) -> None:
-        if self.kv_budget < 2:
-            raise ValueError(f"h2o: kv_budget must be >= 2 keys (heavy + recent), got {self.kv_budget}")
 
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
         return 2, max(2, 2 * n_keys)
@@ -164,6 +155,7 @@ class VerticalSlash(Mask):
     id = "vertical_slash"
     description = "Top columns plus top diagonals chosen from the last queries' attention (MInference)"
     paper = "Jiang et al. 2024, MInference 1.0 (arXiv 2407.02490)"
+    minimums = {"size": 1, "last_q": 1, "sink_columns": 0, "local_diagonals": 0}
     budget = "size"
     score_dependent = True
     row_local = False
@@ -174,13 +166,9 @@ class VerticalSlash(Mask):
     sink_columns: int = 4
     local_diagonals: int = 4
 
-    def __post_init__(self) -> None:
-        if self.size < 1:
-            raise ValueError(f"vertical_slash: size must be >= 1, got {self.size}")
+    def validate(self) -> None:
         if not 0.0 <= self.vertical_fraction <= 1.0:
             raise ValueError(f"vertical_slash: vertical_fraction must be in [0, 1], got {self.vertical_fraction}")
-        if self.last_q < 1 or self.sink_columns < 0 or self.local_diagonals < 0:
-            raise ValueError("vertical_slash: last_q must be >= 1, sink_columns and local_diagonals >= 0")
 
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
         return 1, max(1, 2 * n_keys)

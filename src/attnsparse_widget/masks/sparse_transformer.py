@@ -23,12 +23,9 @@ class Strided(Mask):
     id = "strided"
     description = "The last `stride` tokens plus every `stride`-th earlier token (Sparse Transformer, strided)"
     paper = "Child et al. 2019, Generating Long Sequences with Sparse Transformers (arXiv 1904.10509)"
+    minimums = {"stride": 1}
     budget = "stride"
     stride: int = 32
-
-    def __post_init__(self) -> None:
-        if self.stride < 1:
-            raise ValueError(f"strided: stride must be >= 1, got {self.stride}")
 
     def pattern(self, q: Tensor, k: Tensor, ctx: MaskContext) -> Tensor:
         gap = (q - k).abs()
@@ -51,14 +48,13 @@ class Fixed(Mask):
     id = "fixed"
     description = "Each token's own block plus the last `summary` tokens of every block (Sparse Transformer, fixed)"
     paper = "Child et al. 2019, Generating Long Sequences with Sparse Transformers (arXiv 1904.10509)"
+    minimums = {"stride": 1, "summary": 0}
     budget = "stride"
     stride: int = 32
     summary: int = 8
 
-    def __post_init__(self) -> None:
-        if self.stride < 1:
-            raise ValueError(f"fixed: stride must be >= 1, got {self.stride}")
-        if not 0 <= self.summary <= self.stride:
+    def validate(self) -> None:
+        if self.summary > self.stride:
             raise ValueError(f"fixed: summary must be in [0, stride={self.stride}], got {self.summary}")
 
     def with_budget(self, value: int) -> Mask:

@@ -35,12 +35,9 @@ class SlidingWindow(Mask):
     id = "sliding_window"
     description = "Each token sees only the `window` most recent tokens (Mistral / Longformer local window)"
     paper = "Jiang et al. 2023, Mistral 7B (arXiv 2310.06825); Beltagy et al. 2020, Longformer (arXiv 2004.05150)"
+    minimums = {"window": 1}
     budget = "window"
     window: int = 4096
-
-    def __post_init__(self) -> None:
-        if self.window < 1:
-            raise ValueError(f"sliding_window: window must be >= 1 key (the query itself counts), got {self.window}")
 
     def pattern(self, q: Tensor, k: Tensor, ctx: MaskContext) -> Tensor:
         if ctx.causal:
@@ -68,15 +65,10 @@ class DilatedWindow(Mask):
     id = "dilated_window"
     description = "A window of `window` keys spaced `dilation` apart (Longformer dilated window)"
     paper = "Beltagy et al. 2020, Longformer (arXiv 2004.05150)"
+    minimums = {"window": 1, "dilation": 1}
     budget = "window"
     window: int = 512
     dilation: int = 2
-
-    def __post_init__(self) -> None:
-        if self.window < 1:
-            raise ValueError(f"dilated_window: window must be >= 1 key, got {self.window}")
-        if self.dilation < 1:
-            raise ValueError(f"dilated_window: dilation must be >= 1 (1 = plain window), got {self.dilation}")
 
     def pattern(self, q: Tensor, k: Tensor, ctx: MaskContext) -> Tensor:
         d = self.dilation
@@ -101,12 +93,9 @@ class Chunked(Mask):
     id = "chunked"
     description = "Tokens see only their own chunk of `chunk` tokens (block-local, Llama-4 style)"
     paper = "transformers chunked_overlay / Llama 4 attention_chunk_size"
+    minimums = {"chunk": 1}
     budget = "chunk"
     chunk: int = 8192
-
-    def __post_init__(self) -> None:
-        if self.chunk < 1:
-            raise ValueError(f"chunked: chunk must be >= 1 token, got {self.chunk}")
 
     def pattern(self, q: Tensor, k: Tensor, ctx: MaskContext) -> Tensor:
         return torch.div(q, self.chunk, rounding_mode="floor") == torch.div(k, self.chunk, rounding_mode="floor")
@@ -126,15 +115,10 @@ class SinkWindow(Mask):
     id = "sink_window"
     description = "The first `sinks` tokens plus the `window` most recent (StreamingLLM attention sinks)"
     paper = "Xiao et al. 2023, Efficient Streaming Language Models with Attention Sinks (arXiv 2309.17453)"
+    minimums = {"sinks": 0, "window": 1}
     budget = "window"
     sinks: int = 4
     window: int = 512
-
-    def __post_init__(self) -> None:
-        if self.sinks < 0:
-            raise ValueError(f"sink_window: sinks must be >= 0, got {self.sinks}")
-        if self.window < 1:
-            raise ValueError(f"sink_window: window must be >= 1 key, got {self.window}")
 
     def pattern(self, q: Tensor, k: Tensor, ctx: MaskContext) -> Tensor:
         local = (q - k) < self.window if ctx.causal else (q - k).abs() <= self.window // 2
@@ -163,15 +147,10 @@ class GlobalLocal(Mask):
     id = "global_local"
     description = "A local window plus `n_global` global tokens that see and are seen by all (Longformer)"
     paper = "Beltagy et al. 2020, Longformer (arXiv 2004.05150)"
+    minimums = {"window": 1, "n_global": 0}
     budget = "window"
     window: int = 512
     n_global: int = 1
-
-    def __post_init__(self) -> None:
-        if self.window < 1:
-            raise ValueError(f"global_local: window must be >= 1 key, got {self.window}")
-        if self.n_global < 0:
-            raise ValueError(f"global_local: n_global must be >= 0, got {self.n_global}")
 
     def pattern(self, q: Tensor, k: Tensor, ctx: MaskContext) -> Tensor:
         local = (q - k) < self.window if ctx.causal else (q - k).abs() <= self.window // 2
