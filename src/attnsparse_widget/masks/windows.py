@@ -10,6 +10,17 @@ import torch
 from .base import Mask, MaskContext, Tensor, window_for_sparsity
 
 
+def local_window(q: Tensor, k: Tensor, window: int, causal: bool) -> Tensor:
+    """The local part every window pattern shares: ``i - j < window`` (causal, ``window`` keys including the
+    query), ``|i - j| <= window // 2`` (encoder)."""
+    return (q - k) < window if causal else (q - k).abs() <= window // 2
+
+
+def window_budget_range(n_keys: int, causal: bool) -> tuple[int, int]:
+    """A window of 1 key up to the whole text (both sides of the query for an encoder)."""
+    return 1, max(1, n_keys if causal else 2 * n_keys)
+
+
 @dataclass(frozen=True)
 class Dense(Mask):
     """keep(i, j) = True (every allowed pair). The baseline: the model's own attention."""
@@ -40,12 +51,10 @@ class SlidingWindow(Mask):
     window: int = 4096
 
     def pattern(self, q: Tensor, k: Tensor, ctx: MaskContext) -> Tensor:
-        if ctx.causal:
-            return (q - k) < self.window
-        return (q - k).abs() <= self.window // 2
+        return local_window(q, k, self.window, ctx.causal)
 
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
-        return 1, max(1, n_keys if causal else 2 * n_keys)
+        return window_budget_range(n_keys, causal)
 
     def closed_form_budget(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
         return window_for_sparsity(sparsity, n_keys) if causal else None
@@ -121,11 +130,11 @@ class SinkWindow(Mask):
     window: int = 512
 
     def pattern(self, q: Tensor, k: Tensor, ctx: MaskContext) -> Tensor:
-        local = (q - k) < self.window if ctx.causal else (q - k).abs() <= self.window // 2
+        local = local_window(q, k, self.window, ctx.causal)
         return (k < self.sinks) | local
 
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
-        return 1, max(1, n_keys if causal else 2 * n_keys)
+        return window_budget_range(n_keys, causal)
 
     def closed_form_budget(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
         if not causal:
@@ -153,8 +162,8 @@ class GlobalLocal(Mask):
     n_global: int = 1
 
     def pattern(self, q: Tensor, k: Tensor, ctx: MaskContext) -> Tensor:
-        local = (q - k) < self.window if ctx.causal else (q - k).abs() <= self.window // 2
+        local = local_window(q, k, self.window, ctx.causal)
         return local | (k < self.n_global) | (q < self.n_global)
 
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
-        return 1, max(1, n_keys if causal else 2 * n_keys)
+        return window_budget_range(n_keys, causal)
