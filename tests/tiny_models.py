@@ -15,7 +15,7 @@ from transformers import (
 
 VOCAB = 96
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-              max_position_embeddings=128)
+              max_position_embeddings=512)
 
 
 def configs() -> dict[str, object]:

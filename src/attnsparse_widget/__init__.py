@@ -4,6 +4,7 @@
     >>> model, tok = aw.load_model()                      # embedded SmolLM2-135M-Instruct, offline
     >>> res = aw.compare(model, "The cat sat on the mat.", mask="sink_window", sparsity=0.5, tokenizer=tok)
     >>> res.metrics.achieved_sparsity, res.metrics.delta_ppl
+    >>> aw.show(model, "The cat sat on the mat.", mask="sink_window", sparsity=0.5)   # the widget, in a notebook
 """
 
 from __future__ import annotations
@@ -13,6 +14,17 @@ from .capture import UnsupportedModelError
 from .compare import Comparison, clear_cache, compare
 from .metrics import Metrics
 from .models import load_model
+from .widget import AttentionDiffWidget, show
 
-__all__ = ["Comparison", "Metrics", "UnsupportedModelError", "clear_cache", "compare", "load_model", "masks"]
+__all__ = [
+    "AttentionDiffWidget",
+    "Comparison",
+    "Metrics",
+    "UnsupportedModelError",
+    "clear_cache",
+    "compare",
+    "load_model",
+    "masks",
+    "show",
+]
 __version__ = "0.1.0"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -391,6 +391,26 @@ def output_metrics(metrics: M.Metrics, dense_logits: Tensor, sparse_logits: Tens
         metrics.notes.append("a one-token text has no next token to score: perplexity is undefined (nan)")
 
 
+def iter_per_layer(
+    model: PreTrainedModel,
+    ids: Tensor,
+    mask: Mask,
+    dense: PassResult,
+    sparse: PassResult,
+    dense_ppl: float,
+    seed: int = 0,
+) -> Iterator[tuple[str, int, float]]:
+    """Yield ``("isolated", l, ΔPPL)`` with the mask at layer l only, for every l, then ``("cumulative", l, ΔPPL)``
+    with the mask at layers 0..l. One replayed pass each, so a caller can show progress or stop early."""
+    n_layers = num_layers(model)
+    for layer in range(n_layers):
+        nll = replay_nll(model, ids, mask, frozenset({layer}), layer, dense.layer_outputs, seed)
+        yield "isolated", layer, M.perplexity(nll) - dense_ppl
+    for layer in range(n_layers):
+        nll = replay_nll(model, ids, mask, frozenset(), layer + 1, sparse.layer_outputs, seed)
+        yield "cumulative", layer, M.perplexity(nll) - dense_ppl
+
+
 def per_layer_curves(
     metrics: M.Metrics,
     model: PreTrainedModel,
@@ -400,21 +420,15 @@ def per_layer_curves(
     sparse: PassResult,
     seed: int,
 ) -> None:
-    """Perplexity delta with the mask at layer l only, and at layers 0..l (cumulative), for every l."""
-    assert metrics.dense_ppl is not None and metrics.sparse_ppl is not None
-    n_layers = num_layers(model)
+    """Fill ``per_layer_delta_ppl`` and ``cumulative_delta_ppl`` of ``metrics``."""
+    assert metrics.dense_ppl is not None
     if layer_stack(model) is None:
         metrics.notes.append("per-layer curves computed without replay (block list not found): L full passes")
-    isolated, cumulative = [], []
-    for layer in range(n_layers):
-        nll = replay_nll(model, ids, mask, frozenset({layer}), layer, dense.layer_outputs, seed)
-        isolated.append(M.perplexity(nll) - metrics.dense_ppl)
-    for layer in range(n_layers - 1):
-        nll = replay_nll(model, ids, mask, frozenset(), layer + 1, sparse.layer_outputs, seed)
-        cumulative.append(M.perplexity(nll) - metrics.dense_ppl)
-    cumulative.append(metrics.sparse_ppl - metrics.dense_ppl)
-    metrics.per_layer_delta_ppl = isolated
-    metrics.cumulative_delta_ppl = cumulative
+    curves: dict[str, list[float]] = {"isolated": [], "cumulative": []}
+    for kind, _, value in iter_per_layer(model, ids, mask, dense, sparse, metrics.dense_ppl, seed):
+        curves[kind].append(value)
+    metrics.per_layer_delta_ppl = curves["isolated"]
+    metrics.cumulative_delta_ppl = curves["cumulative"]
 
 
 # ------------------------------------------------------------------------------------------------------- input

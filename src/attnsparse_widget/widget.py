@@ -1,0 +1,266 @@
+"""``AttentionDiffWidget``: the notebook view of a comparison. Python owns the state and the computation; the
+frontend (``js/``) renders and reports intent by setting the input traits.
+
+Changing ``text`` re-runs both passes, changing ``mask``/``sparsity``/``mask_params`` only the sparse pass (the
+dense pass is cached), and changing ``layer``/``head``/``zoom`` runs no model at all. Requests coalesce: a worker
+thread always computes the latest state, abandons stale work between steps, and never publishes a stale result.
+The per-layer perplexity curve fills in after the main view, one layer at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import torch
+import traitlets as t
+
+from . import masks
+from .compare import Comparison, compare, iter_per_layer
+from .models import display_name, resolve_model
+from .payload import gallery_payload, view_payload
+
+STATIC = Path(__file__).parent / "static"
+CAVEAT = (
+    "A post-hoc mask on a model trained with dense attention shows degradation, not how a model trained with "
+    "sparse attention (NSA, DSA) behaves. MLA compresses the KV cache and drops no pairs."
+)
+DEFAULT_TEXT = (
+    "The lighthouse keeper wrote in his log every evening. The storm came from the west, and the ships stayed in "
+    "the harbour until the wind turned."
+)
+_MODEL_INPUTS = ("text", "mask", "sparsity", "mask_params")
+_VIEW_INPUTS = ("layer", "head", "zoom", "position")
+
+
+def _esm() -> Path | str:
+    bundle = STATIC / "widget.js"
+    if bundle.is_file():
+        return bundle
+    return (  # multi-line on purpose: anywidget reads a one-line string with a suffix as a file path
+        "export default {\n  render({ el }) {\n    el.textContent = 'attnsparse-widget: the frontend bundle is "
+        "missing (src/attnsparse_widget/static/widget.js); build it with npm install && npm run build.';\n  },\n};\n"
+    )
+
+
+class AttentionDiffWidget(anywidget.AnyWidget):
+    """Dense vs sparse attention of one model on one text, with controls that re-run the engine."""
+
+    _esm = _esm()
+    _css = STATIC / "widget.css" if (STATIC / "widget.css").is_file() else ""
+
+    # inputs: set from Python or by the frontend's controls
+    text = t.Unicode(DEFAULT_TEXT).tag(sync=True)
+    mask = t.Unicode("sink_window").tag(sync=True)
+    sparsity = t.Float(0.5).tag(sync=True)
+    mask_params = t.Dict().tag(sync=True)
+    layer = t.Int(0).tag(sync=True)
+    head = t.Int(-1).tag(sync=True)  # -1: the mean over heads
+    zoom = t.List(t.Int(), default_value=[]).tag(sync=True)  # [q0, q1, k0, k1] or [] for the whole map
+    position = t.Int(-1).tag(sync=True)  # query position of the next-token top-5 (-1: the last)
+
+    # outputs: computed here, drawn by the frontend
+    catalog = t.List().tag(sync=True)
+    caveat = t.Unicode(CAVEAT).tag(sync=True)
+    info = t.Dict().tag(sync=True)
+    metrics = t.Dict().tag(sync=True)
+    view = t.Dict().tag(sync=True)
+    gallery = t.Dict().tag(sync=True)
+    status = t.Dict({"busy": False, "error": None, "stage": "", "started": 0.0, "request": 0}).tag(sync=True)
+
+    def __init__(self, model: Any = None, tokenizer: Any = None, *, threaded: bool = True, **kwargs: Any) -> None:
+        self._model, self._tokenizer = resolve_model(model, tokenizer)
+        self._threaded = threaded
+        self._lock = threading.Lock()
+        self._pending: set[str] = set()
+        self._generation = 0
+        self._worker: threading.Thread | None = None
+        self._result: Comparison | None = None
+        params = {k: kwargs.pop(k) for k in list(kwargs) if k not in self.trait_names()}
+        if params:
+            kwargs["mask_params"] = {**kwargs.get("mask_params", {}), **params}
+        super().__init__(**kwargs)
+        self.catalog = [
+            {k: info[k] for k in ("id", "description", "paper", "budget", "params", "score_dependent")}
+            for info in masks.available()
+        ]
+        self.observe(self._on_model_input, names=list(_MODEL_INPUTS))
+        self.observe(self._on_view_input, names=list(_VIEW_INPUTS))
+        self._submit("model")
+
+    # ----------------------------------------------------------------------------------------------- requests
+    def _on_model_input(self, change: dict[str, Any]) -> None:
+        self._submit("model")
+
+    def _on_view_input(self, change: dict[str, Any]) -> None:
+        self._submit("view")
+
+    def _submit(self, kind: str) -> None:
+        with self._lock:
+            self._generation += 1
+            self._pending.add(kind)
+            running = self._worker is not None and self._worker.is_alive()
+        if not self._threaded:
+            self._drain()
+        elif not running:
+            self._worker = threading.Thread(target=self._drain, name="attnsparse-widget", daemon=True)
+            self._worker.start()
+
+    def wait(self, timeout: float | None = 120) -> AttentionDiffWidget:
+        """Block until the latest request is fully computed (per-layer curve included). Returns the widget."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                worker = self._worker
+                idle = not self._pending and (worker is None or not worker.is_alive())
+            if idle:
+                return self
+            if worker is not None:
+                worker.join(0.05)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("the widget is still computing")
+
+    @property
+    def result(self) -> Comparison | None:
+        """The comparison currently displayed (None before the first one or after an error)."""
+        return self._result
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    return
+                kinds, self._pending = self._pending, set()
+                generation = self._generation
+            self._run(kinds, generation)
+
+    def _stale(self, generation: int) -> bool:
+        with self._lock:
+            return generation != self._generation
+
+    # -------------------------------------------------------------------------------------------- computation
+    def _run(self, kinds: set[str], generation: int) -> None:
+        started = time.time() * 1000
+        if "model" in kinds or self._result is None:
+            self.status = {"busy": True, "error": None, "stage": "running the model", "started": started,
+                           "request": generation}
+            try:
+                res = compare(
+                    (self._model, self._tokenizer), self.text, mask=self.mask, sparsity=self.sparsity,
+                    per_layer=False, continuation_tokens=20, **self.mask_params,
+                )
+            except (ValueError, TypeError, NotImplementedError) as err:
+                if not self._stale(generation):
+                    self._result = None
+                    self.status = {"busy": False, "error": str(err), "stage": "", "started": started,
+                                   "request": generation}
+                return
+            except Exception as err:  # noqa: BLE001 - shown in the widget; the kernel must stay usable
+                if not self._stale(generation):
+                    self._result = None
+                    self.status = {"busy": False, "error": f"{type(err).__name__}: {err}",
+                                   "detail": traceback.format_exc(limit=3), "stage": "", "started": started,
+                                   "request": generation}
+                return
+            if self._stale(generation):
+                return
+            self._result = res
+            with self.hold_sync():
+                self.info = self._info(res)
+                self.metrics = self._metrics(res)
+                self._publish_view(res)
+                self.gallery = gallery_payload(res)
+                self.status = {"busy": True, "error": None, "stage": "per-layer curve", "started": started,
+                               "request": generation, "progress": 0.0}
+            self._fill_per_layer(res, generation, started)
+        elif self._result is not None:
+            self._publish_view(self._result)
+        if not self._stale(generation):
+            self.status = {**self.status, "busy": False, "stage": "", "request": generation}
+
+    def _fill_per_layer(self, res: Comparison, generation: int, started: float) -> None:
+        m = res.metrics
+        if m.dense_ppl is None:
+            return
+        ids = torch.tensor([res.token_ids], device=next(self._model.parameters()).device)
+        isolated: list[float] = []
+        cumulative: list[float] = []
+        total = 2 * res.n_layers
+        for kind, _, value in iter_per_layer(self._model, ids, res.mask, res.dense, res.sparse, m.dense_ppl):
+            if self._stale(generation):
+                return  # a newer request arrived: stop, its own curve will follow
+            (isolated if kind == "isolated" else cumulative).append(value)
+            with self.hold_sync():
+                self.metrics = {**self.metrics, "per_layer_delta_ppl": list(isolated),
+                                "cumulative_delta_ppl": list(cumulative)}
+                self.status = {**self.status, "progress": (len(isolated) + len(cumulative)) / total}
+        m.per_layer_delta_ppl = isolated
+        m.cumulative_delta_ppl = cumulative
+
+    def _publish_view(self, res: Comparison) -> None:
+        layer = min(max(self.layer, 0), res.n_layers - 1)
+        head = self.head if -1 <= self.head < res.n_heads else -1
+        view = view_payload(res, layer, head, self.zoom or None)
+        if res.metrics.dense_ppl is not None:
+            position = self.position if -len(res.tokens) <= self.position < len(res.tokens) else -1
+            view["position"] = position % len(res.tokens)
+            view["next_tokens"] = res.next_token_top(position, k=5)
+        self.view = view
+
+    @staticmethod
+    def _info(res: Comparison) -> dict[str, Any]:
+        return {
+            "model": res.model_name,
+            "n_layers": res.n_layers,
+            "n_heads": res.n_heads,
+            "n_tokens": len(res.tokens),
+            "tokens": res.tokens,
+            "causal": res.causal,
+            "mask": res.mask.id,
+            "mask_label": res.mask.label(),
+            "mask_params": res.mask.params(),
+            "budget": res.mask.budget,
+            "reachable": list(res.mask.reachable_range(len(res.tokens), res.causal)),
+        }
+
+    @staticmethod
+    def _metrics(res: Comparison) -> dict[str, Any]:
+        out = {k: _finite(v) for k, v in res.metrics.to_dict().items()}
+        out["continuations"] = res.continuations
+        out["continuation_tokens"] = {
+            name: [res._decode([i]) for i in getattr(res, name).continuation] for name in ("dense", "sparse")
+        } if res.continuations else {}
+        return out
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/inf: send None instead (the frontend shows 'n/a')."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def show(
+    model: Any = None,
+    text: str = DEFAULT_TEXT,
+    mask: str = "sink_window",
+    sparsity: float = 0.5,
+    *,
+    tokenizer: Any = None,
+    **mask_params: Any,
+) -> AttentionDiffWidget:
+    """Display dense vs sparse attention of ``model`` on ``text`` inline; ``model=None`` is the embedded default.
+
+    Returns the widget: set ``w.sparsity = 0.8`` or ``w.mask = "topk"`` from Python, or use its controls.
+    """
+    return AttentionDiffWidget(model, tokenizer, text=text, mask=mask, sparsity=sparsity, mask_params=mask_params)
+
+
+__all__ = ["AttentionDiffWidget", "display_name", "show"]
