@@ -1,4 +1,9 @@
-"""Every mask against its plain reference (tests/reference_masks.py), and the spec's count formulas."""
+"""Every mask against a plain reference, and the spec's count formulas (sparse-patterns.md §1, verify_sparsity.py).
+
+The references are per-row loops written from the spec's formulas, sharing no code with the library: the causal
+ones live in tests/reference_masks.py (the real-model oracle test uses them too); BigBird (with its documented
+random-block hash) and the encoder forms of the score-dependent masks are written here.
+"""
 
 from __future__ import annotations
 
@@ -30,14 +35,33 @@ SCORE_CASES = {
     "block_topk": [{"top_k": 1, "block": 4}, {"top_k": 2, "block": 3}],
     "quest": [{"token_budget": 4, "page": 2}, {"token_budget": 12, "page": 3}],
     "h2o": [{"kv_budget": 2}, {"kv_budget": 5}, {"kv_budget": 8}],
-    "vertical_slash": [{"size": 6, "vertical_fraction": 0.5, "last_q": 4, "sink_columns": 1, "local_diagonals": 1},
-                       {"size": 9, "vertical_fraction": 0.2, "last_q": 30, "sink_columns": 0, "local_diagonals": 2}],
+    "vertical_slash": [
+        {"size": 6, "vertical_fraction": 0.5, "last_q": 4, "sink_columns": 1, "local_diagonals": 1},
+        {"size": 9, "vertical_fraction": 0.2, "last_q": 30, "sink_columns": 0, "local_diagonals": 2},
+    ],
 }
 
 
 def test_every_issue_mask_is_registered():
-    expected = {"dense", "sliding_window", "dilated_window", "chunked", "sink_window", "global_local", "bigbird",
-                "strided", "fixed", "topk", "dsa", "nsa", "vertical_slash", "block_topk", "moba", "h2o", "quest"}
+    expected = {
+        "dense",
+        "sliding_window",
+        "dilated_window",
+        "chunked",
+        "sink_window",
+        "global_local",
+        "bigbird",
+        "strided",
+        "fixed",
+        "topk",
+        "dsa",
+        "nsa",
+        "vertical_slash",
+        "block_topk",
+        "moba",
+        "h2o",
+        "quest",
+    }
     assert set(masks.ids()) == expected
     for info in masks.available():
         assert info["description"] and "\n" not in info["description"]
@@ -89,6 +113,139 @@ def test_bigbird_structure():
             assert len(random_blocks) == min(r, len(eligible))
 
 
+def _mix32(x: int) -> int:
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & 0xFFFFFFFF
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & 0xFFFFFFFF
+    return (x >> 16) ^ x
+
+
+def _rank(seed: int, layer: int, head: int, qb: int, kb: int) -> int:
+    h = _mix32(seed & 0xFFFFFFFF)
+    for part in (layer, head, qb, kb):
+        h = _mix32(h ^ part)
+    return h
+
+
+def bigbird_reference(n, block, n_global, n_random, causal, heads, seed, layer):
+    """BigBird from its docstring: fixed blocks plus the n_random eligible blocks of smallest hash rank."""
+    nb = -(-n // block)
+    keep = np.zeros((heads, n, n), dtype=bool)
+    for h in range(heads):
+        for i in range(n):
+            qb = i // block
+            if causal:
+                eligible = [kb for kb in range(n_global, qb - 1)]
+            else:
+                eligible = [kb for kb in range(nb) if kb >= n_global and kb != nb - 1 and abs(qb - kb) > 1]
+            rand = sorted(eligible, key=lambda kb: (_rank(seed, layer, h, qb, kb), kb))[:n_random]
+            for j in range(n):
+                kb = j // block
+                if causal:
+                    rule = kb < n_global or kb in (qb - 1, qb) or kb in rand
+                else:
+                    glob = kb < n_global or qb < n_global or kb == nb - 1 or qb == nb - 1
+                    rule = glob or abs(qb - kb) <= 1 or kb in rand
+                keep[h, i, j] = (rule and (j <= i or not causal)) or i == j
+    return keep
+
+
+@pytest.mark.parametrize("n", [1, 9, 40, 67])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"block": 4, "n_global": 1, "n_random": 2},
+        {"block": 3, "n_global": 0, "n_random": 1},
+        {"block": 5, "n_global": 2, "n_random": 0},
+    ],
+)
+@pytest.mark.parametrize("causal", [True, False])
+def test_bigbird_equals_reference(n, params, causal):
+    for seed, layer in [(0, 0), (7, 3), (-1, 11)]:
+        ours = masks.get("bigbird", **params).keep(n, ctx=MaskContext(causal=causal, n_heads=3, seed=seed, layer=layer))
+        expected = bigbird_reference(n, **params, causal=causal, heads=3, seed=seed, layer=layer)
+        np.testing.assert_array_equal(ours.numpy(), expected)
+
+
+def _softmax(row):
+    e = np.exp(row - row.max())
+    return e / e.sum()
+
+
+def _keep_best(score: dict, k: int) -> list:
+    return sorted(score, key=lambda c: -score[c])[:k]
+
+
+def topk_encoder_reference(logits, k):
+    h, n, _ = logits.shape
+    keep = np.zeros((h, n, n), dtype=bool)
+    for head in range(h):
+        for i in range(n):
+            others = {j: logits[head, i, j] for j in range(n) if j != i}
+            keep[head, i, _keep_best(others, k - 1) + [i]] = True
+    return keep
+
+
+def dsa_encoder_reference(logits, k):
+    h, n, _ = logits.shape
+    keep = np.zeros((1, n, n), dtype=bool)
+    for i in range(n):
+        index = sum(_softmax(logits[head, i].astype(np.float64)) for head in range(h))
+        others = {j: index[j] for j in range(n) if j != i}
+        keep[0, i, _keep_best(others, k - 1) + [i]] = True
+    return keep
+
+
+def moba_encoder_reference(logits, k, block):
+    h, n, _ = logits.shape
+    keep = np.zeros((h, n, n), dtype=bool)
+    for head in range(h):
+        for i in range(n):
+            own = i // block
+            gate = {b: np.mean(logits[head, i, b * block : (b + 1) * block]) for b in range(-(-n // block)) if b != own}
+            chosen = [own] + _keep_best(gate, k - 1)
+            for j in range(n):
+                keep[head, i, j] = j // block in chosen or i == j
+    return keep
+
+
+def block_topk_encoder_reference(logits, top_k, block):
+    h, n, _ = logits.shape
+    keep = np.zeros((h, n, n), dtype=bool)
+    nb = -(-n // block)
+    for head in range(h):
+        for qb in range(nb):
+            rows = range(qb * block, min(n, (qb + 1) * block))
+            pooled = {
+                kb: np.mean(logits[head, qb * block : (qb + 1) * block, kb * block : (kb + 1) * block])
+                for kb in range(nb)
+            }
+            chosen = _keep_best(pooled, top_k)
+            for i in rows:
+                for j in range(n):
+                    keep[head, i, j] = j // block in chosen or i == j
+    return keep
+
+
+ENCODER_SCORE_CASES = [
+    ("topk", {"k": 1}, topk_encoder_reference),
+    ("topk", {"k": 5}, topk_encoder_reference),
+    ("dsa", {"k": 3}, dsa_encoder_reference),
+    ("moba", {"k": 1, "block": 4}, moba_encoder_reference),
+    ("moba", {"k": 2, "block": 3}, moba_encoder_reference),
+    ("block_topk", {"top_k": 1, "block": 4}, block_topk_encoder_reference),
+    ("block_topk", {"top_k": 2, "block": 3}, block_topk_encoder_reference),
+]
+
+
+@pytest.mark.parametrize("name, params, reference", ENCODER_SCORE_CASES)
+@pytest.mark.parametrize("n", [1, 7, 19])
+def test_score_dependent_encoder_masks_equal_reference(name, params, reference, n):
+    logits = np.random.default_rng(n + 100).normal(size=(4, n, n)).astype(np.float32)
+    ours = masks.get(name, **params).keep(n, scores=torch.from_numpy(logits), ctx=MaskContext(causal=False, n_heads=4))
+    expected = reference(logits, **params)
+    np.testing.assert_array_equal(np.broadcast_to(ours.numpy(), (4, n, n)), np.broadcast_to(expected, (4, n, n)))
+
+
 # ----------------------------------------------------------------------------------- count formulas (spec §1)
 @pytest.mark.parametrize("n", [1, 10, 128, 1024])
 def test_window_count_formula(n):
@@ -103,12 +260,58 @@ def test_window_inverse_matches_spec_values():
     assert [window_for_sparsity(s, 1024) for s in (0.5, 0.9, 0.99)] == [300, 53, 5]
 
 
-@pytest.mark.parametrize("stride, expected", [(8, 0.861), (16, 0.908), (23, 0.913), (32, 0.908), (64, 0.864),
-                                              (256, 0.560)])
+@pytest.mark.parametrize(
+    "stride, expected", [(8, 0.861), (16, 0.908), (23, 0.913), (32, 0.908), (64, 0.864), (256, 0.560)]
+)
 def test_strided_sparsity_matches_spec(stride, expected):
     n = 1024
     keep = masks.build("strided", n, stride=stride)
     assert round(1 - keep.sum() / (n * (n + 1) / 2), 3) == expected
+
+
+def _causal_sparsity(keep: np.ndarray) -> float:
+    n = keep.shape[-1]
+    return 1 - keep.sum() / (keep.shape[0] * n * (n + 1) / 2) if keep.ndim == 3 else 1 - keep.sum() / (n * (n + 1) / 2)
+
+
+@pytest.mark.parametrize("window, expected", [(64, 0.8717), (256, 0.5568)])
+def test_sink_window_sparsity_matches_verify_script(window, expected):
+    assert round(_causal_sparsity(masks.build("sink_window", 1024, sinks=4, window=window)), 4) == expected
+
+
+@pytest.mark.parametrize(
+    "stride, summary, expected",
+    [(8, 1, 0.8673), (16, 2, 0.8605), (23, 2, 0.8918), (32, 4, 0.8468), (64, 8, 0.8195), (256, 32, 0.6556)],
+)
+def test_fixed_sparsity_matches_verify_script(stride, summary, expected):
+    keep = masks.build("fixed", 1024, stride=stride, summary=summary)
+    assert round(_causal_sparsity(keep), 4) == expected
+
+
+def test_bigbird_sparsity_matches_verify_script():
+    """b=16, g=1, r=2 at N=1024: 0.8634 whatever blocks are drawn (every draw has the same count)."""
+    keep = masks.build("bigbird", 1024, block=16, n_global=1, n_random=2, n_heads=2)
+    assert round(_causal_sparsity(keep), 4) == 0.8634
+
+
+def test_nsa_count_matches_verify_script():
+    """l' = 16, n = 8 (1 initial + 2 local), w = 64 at N=1024: s ≈ 0.726 and at most (n − 2)·l' + w = 160 keys
+    per row (the local blocks lie inside the window)."""
+    n = 1024
+    logits = torch.randn(2, n, n, generator=torch.Generator().manual_seed(0))
+    keep = masks.get("nsa", n=8, block=16, window=64).keep(n, scores=logits, ctx=MaskContext(n_heads=2)).numpy()
+    assert int(keep.sum(-1).max()) == 160
+    assert abs(_causal_sparsity(keep) - 0.7261) < 0.01
+
+
+def test_closed_forms_are_the_spec_inverse():
+    """Window, sinks + window, top-k and DSA take W = round(Winv(s)) (minus the sinks) without any search."""
+    for s in (0.0, 0.5, 0.9, 0.99):
+        w = window_for_sparsity(s, 1024)
+        assert masks.resolve("sliding_window", 1024, s).window == w
+        assert masks.resolve("topk", 1024, s).k == w
+        assert masks.resolve("dsa", 1024, s).k == w
+        assert masks.resolve("sink_window", 1024, s).window == max(1, w - 4)
 
 
 def test_h2o_twenty_percent_kv_drops_about_64_percent():
@@ -129,15 +332,27 @@ def test_errors_name_the_problem():
         masks.build("topk", 10, sparsity=0.5)
     with pytest.raises(ValueError, match="causal model|encoder"):
         masks.build("h2o", 10, scores=np.zeros((10, 10)), causal=False)
-    for name, bad in [("sliding_window", {"window": 0}), ("chunked", {"chunk": 0}), ("nsa", {"n": 2}),
-                      ("dilated_window", {"dilation": 0}), ("moba", {"block": 0}), ("fixed", {"summary": 40})]:
+    for name, bad in [
+        ("sliding_window", {"window": 0}),
+        ("chunked", {"chunk": 0}),
+        ("nsa", {"n": 2}),
+        ("dilated_window", {"dilation": 0}),
+        ("moba", {"block": 0}),
+        ("fixed", {"summary": 200}),
+    ]:
         with pytest.raises(ValueError, match=name):
             masks.get(name, **bad)
 
 
 def test_block_larger_than_text_works():
-    for name, params in [("moba", {"block": 500}), ("nsa", {"block": 500, "window": 3}), ("chunked", {"chunk": 500}),
-                         ("bigbird", {"block": 500}), ("quest", {"page": 500}), ("block_topk", {"block": 500})]:
+    for name, params in [
+        ("moba", {"block": 500}),
+        ("nsa", {"block": 500, "window": 3}),
+        ("chunked", {"chunk": 500}),
+        ("bigbird", {"block": 500}),
+        ("quest", {"page": 500}),
+        ("block_topk", {"block": 500}),
+    ]:
         n = 20
         scores = np.random.default_rng(0).normal(size=(n, n)) if masks.REGISTRY[name].score_dependent else None
         keep = masks.build(name, n, scores=scores, **params)

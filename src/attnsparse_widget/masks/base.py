@@ -108,6 +108,14 @@ class Mask:
         """The spec's closed-form budget for ``sparsity``, or None to bisect on the realised mask."""
         return None
 
+    def budget_guess(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
+        """An estimate of the budget (the spec's approximate count formula) that the bisection starts from.
+
+        Only a speed-up: the search gallops out from it and bisects on the realised mask, so a poor guess costs a
+        few more evaluations, never a different answer.
+        """
+        return None
+
     # ------------------------------------------------------------------------------------------------- provided
     def keep(
         self,
@@ -146,8 +154,9 @@ class Mask:
             raw = self.pattern(q, k, ctx)
         if raw.dim() == 2:
             raw = raw.unsqueeze(0)
-        allowed = (k <= q) if ctx.causal else torch.ones_like(k > q)
-        return (raw & allowed) | (k == q)
+        out = raw & (k <= q) if ctx.causal else raw.clone()  # a fresh tensor, finished in place
+        out.diagonal(offset=n_keys - n_queries, dim1=-2, dim2=-1).fill_(True)
+        return out
 
     def with_budget(self, value: int) -> Mask:
         """A copy with the budget field set."""
@@ -164,14 +173,14 @@ class Mask:
         if self.budget is None:
             return self
         lo, hi = self.budget_range(n_keys, causal)
+        s = self._sparsity_of_budget(n_keys, causal)
         closed = self.closed_form_budget(sparsity, n_keys, causal)
         if closed is not None:
             best = min(max(closed, lo), hi)
         else:
-            best = self._bisect_budget(sparsity, n_keys, causal, lo, hi)
-        chosen = self.with_budget(best)
-        achieved = chosen.realised_sparsity(n_keys, causal)
-        smin, smax = self.reachable_range(n_keys, causal)
+            best = self._bisect_budget(sparsity, n_keys, causal, lo, hi, s)
+        achieved = s(best)
+        smin, smax = s(hi), s(lo)
         if sparsity > smax + 0.5 / max(1, n_keys) or sparsity < smin - 0.5 / max(1, n_keys):
             warnings.warn(
                 f"{self.id}: sparsity {sparsity:.3f} cannot be reached at {n_keys} tokens; this pattern reaches "
@@ -179,7 +188,7 @@ class Mask:
                 SparsityOutOfReach,
                 stacklevel=2,
             )
-        return chosen
+        return self.with_budget(best)
 
     def reachable_range(self, n_keys: int, causal: bool = True) -> tuple[float, float]:
         """(min, max) sparsity the budget can realise at this length."""
@@ -198,13 +207,45 @@ class Mask:
         keep = self.keep(n_keys, scores=scores, ctx=ctx)
         return sparsity_of(keep, causal)
 
-    def _bisect_budget(self, target: float, n_keys: int, causal: bool, lo: int, hi: int) -> int:
-        # Sparsity falls as the budget grows: find the smallest budget whose sparsity is <= target, then pick
-        # whichever neighbour is nearer the target.
-        def s(b: int) -> float:
-            return self.with_budget(b).realised_sparsity(n_keys, causal)
+    def _sparsity_of_budget(self, n_keys: int, causal: bool):
+        """``budget -> realised sparsity``, memoised (one search evaluates a budget once)."""
+        memo: dict[int, float] = {}
 
+        def s(b: int) -> float:
+            if b not in memo:
+                memo[b] = self.with_budget(b).realised_sparsity(n_keys, causal)
+            return memo[b]
+
+        return s
+
+    def _bisect_budget(self, target: float, n_keys: int, causal: bool, lo: int, hi: int, s=None) -> int:
+        # Sparsity falls as the budget grows: find the smallest budget whose sparsity is <= target (hi if none),
+        # then pick whichever neighbour is nearer the target. The bracket is found by galloping out from the
+        # pattern's budget_guess (if any), then bisected.
+        s = s or self._sparsity_of_budget(n_keys, causal)
         a, b = lo, hi
+        guess = self.budget_guess(target, n_keys, causal)
+        if guess is not None and lo < hi:
+            g = min(max(int(guess), lo), hi)
+            step = 1
+            if s(g) <= target:  # the answer is <= g
+                b = g
+                while b > lo:
+                    probe = max(lo, b - step)
+                    if s(probe) > target:
+                        a = probe + 1
+                        break
+                    b, step = probe, step * 2
+                a = min(a, b)
+            else:  # the answer is > g
+                a = g + 1
+                while a < hi:
+                    probe = min(hi, a - 1 + step)
+                    if s(probe) <= target:
+                        b = probe
+                        break
+                    a, step = probe + 1, step * 2
+                a = min(a, hi)
         while a < b:
             mid = (a + b) // 2
             if s(mid) <= target:
@@ -268,6 +309,14 @@ def window_for_sparsity(sparsity: float, n: int) -> int:
     total = n * (n + 1) / 2
     candidates = [c for c in (w - 1, w, w + 1) if 1 <= c <= n]
     return min(candidates, key=lambda c: abs(1 - window_count(n, c) / total - sparsity))
+
+
+def keys_per_row_for_sparsity(sparsity: float, n: int, causal: bool = True) -> int:
+    """Keys per row whose "keep min(i + 1, k)" count realises ``sparsity``: Winv(s) causally, (1 − s)·n for an
+    encoder. The starting point of most budget guesses (spec §3.2: budgeted selections keep min(i + 1, budget))."""
+    if causal:
+        return window_for_sparsity(sparsity, n)
+    return max(1, round((1 - sparsity) * n))
 
 
 def diagonal(n_queries: int, n_keys: int, device: torch.device | str | None = None) -> Tensor:

@@ -8,32 +8,67 @@ exactly from the layer's logits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from .base import Mask, MaskContext, Tensor
+from .base import Mask, MaskContext, Tensor, keys_per_row_for_sparsity
 
 
-def key_block_stats(scores: Tensor, block: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per row and key block: (sum of finite logits, count of finite logits, max logit). ``[H, Tq, nb]`` each."""
-    heads, n_q, n_k = scores.shape
-    n_blocks = -(-n_k // block)
-    pad = n_blocks * block - n_k
-    padded = torch.nn.functional.pad(scores, (0, pad), value=float("-inf")).view(heads, n_q, n_blocks, block)
-    finite = torch.isfinite(padded)
-    total = torch.where(finite, padded, torch.zeros_like(padded)).sum(-1)
-    return total, finite.sum(-1), padded.amax(-1)
+def _per_key_block(x: Tensor, block: int, reduce) -> Tensor:
+    """``reduce(view, -1)`` over key blocks of ``x [..., Tk]`` → ``[..., nb]``, without copying ``x``: the complete
+    blocks as one strided view, the ragged last block (if any) on its own."""
+    n_k = x.shape[-1]
+    full = n_k // block
+    parts = []
+    if full:
+        parts.append(reduce(x[..., : full * block].unfold(-1, block, block), -1))
+    if full * block < n_k:
+        parts.append(reduce(x[..., full * block :], -1).unsqueeze(-1))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+
+def _block_sums(scores: Tensor, block: int) -> tuple[Tensor, Tensor]:
+    """Per row and key block: the sum of the allowed (finite) logits and their count, ``[H, Tq, nb]`` each."""
+    total = _per_key_block(scores.nan_to_num(neginf=0.0), block, torch.sum)
+    count = _per_key_block(scores > float("-inf"), block, lambda v, d: v.sum(d, dtype=torch.int32))
+    return total, count.to(total.dtype)
+
+
+def _mean(total: Tensor, count: Tensor) -> Tensor:
+    return (total / count.clamp_min(1.0)).masked_fill_(count == 0, float("-inf"))
 
 
 def block_means(scores: Tensor, block: int) -> Tensor:
-    """Mean logit of each row over each key block's allowed keys, -inf where the block has none."""
-    total, count, _ = key_block_stats(scores, block)
-    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("-inf")))
+    """Mean logit of each row over each key block's allowed keys (``[H, Tq, nb]``), -inf where the block has none.
+
+    Mean-pooling keys is linear, so this is exactly the pooled score q·mean(k_B) over the block's allowed keys.
+    """
+    return _mean(*_block_sums(scores, block))
+
+
+def block_pair_means(scores: Tensor, block: int, q_block: Tensor) -> Tensor:
+    """Mean logit over the allowed pairs of each (query block, key block): ``[H, nqb, nkb]``, query blocks numbered
+    from ``q_block[0]`` (``q_block``: each query row's block, non-decreasing). By bilinearity this is exactly
+    mean(Q_qb)·mean(K_kb) when every pair of the two blocks is allowed."""
+    total, count = _block_sums(scores, block)
+    rows = q_block - q_block[0]
+    shape = (scores.shape[0], int(rows[-1]) + 1, total.shape[-1])
+    total = torch.zeros(shape, dtype=total.dtype, device=scores.device).index_add_(1, rows, total)
+    count = torch.zeros(shape, dtype=count.dtype, device=scores.device).index_add_(1, rows, count)
+    return _mean(total, count)
+
+
+def block_max(scores: Tensor, block: int) -> Tensor:
+    """Largest logit of each row in each key block (``[H, Tq, nb]``, -inf where the block has no allowed key)."""
+    return _per_key_block(scores, block, lambda v, d: v.amax(d))
 
 
 def expand_blocks(chosen: Tensor, block: int, n_keys: int) -> Tensor:
     """``[..., nb]`` block choice → ``[..., Tk]`` token choice."""
-    return chosen.repeat_interleave(block, dim=-1)[..., :n_keys]
+    shape = chosen.shape
+    out = chosen.unsqueeze(-1).expand(*shape, block).reshape(*shape[:-1], shape[-1] * block)
+    return out[..., :n_keys]
 
 
 def top_blocks(block_scores: Tensor, n: int) -> Tensor:
@@ -66,7 +101,8 @@ class NSA(Mask):
     id = "nsa"
     description = "Native Sparse Attention: top-`n` key blocks per query (shared per KV group) + a sliding window"
     paper = "Yuan et al. 2025, Native Sparse Attention (DeepSeek) (arXiv 2502.11089)"
-    minimums = {"n": 3, "block": 1, "window": 1}  # n counts the forced first block and 2 local blocks
+    # n counts the forced first block and 2 local blocks
+    minimums: ClassVar[dict[str, int]] = {"n": 3, "block": 1, "window": 1}
     budget = "n"
     score_dependent = True
     supports_encoder = False  # complete-block compression and local blocks are causal ideas
@@ -76,6 +112,11 @@ class NSA(Mask):
 
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
         return 3, max(3, -(-n_keys // self.block))
+
+    def budget_guess(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
+        # spec §1: n ≈ 2 + ((1 − s)·avg_row − w) / l' (the 2 local blocks sit inside the window)
+        avg_row = (1 - sparsity) * (n_keys + 1) / 2
+        return round(2 + (avg_row - self.window) / self.block)
 
     def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
         heads, n_q, n_k = scores.shape
@@ -88,7 +129,7 @@ class NSA(Mask):
         means = block_means(scores, b)
         complete = (kb + 1) * b <= q.unsqueeze(-1) + 1  # [Tq, nb]: compression sees complete blocks only
         means = means.masked_fill(~complete, float("-inf"))
-        p_cmp = torch.softmax(means, dim=-1).nan_to_num(0.0)  # rows with no complete block: all zero
+        p_cmp = torch.softmax(means, dim=-1).nan_to_num_(0.0)  # rows with no complete block: all zero
         groups = max(1, ctx.kv_groups) if heads % max(1, ctx.kv_groups) == 0 else 1
         shared = p_cmp.view(heads // groups, groups, n_q, n_blocks).sum(1)  # one importance per KV group
         forced = (kb == 0) | (kb == qb.unsqueeze(-1)) | (kb == qb.unsqueeze(-1) - 1)
@@ -102,18 +143,19 @@ class NSA(Mask):
 @dataclass(frozen=True)
 class MoBA(Mask):
     """keep(i, j) = j // block in the top-``k`` blocks of g[i, :], where g[i, b] = q_i·mean(K_b) (the mean logit
-    over key block b), the query's own block has g = +∞ and future blocks −∞; per head.
+    over key block b), the query's own block has g = +∞ and future blocks −∞; per head. Encoder: the same gate
+    without the future exclusion (every block competes, the own block is still always selected).
 
     Mixture of Block Attention (Lu et al. / Kimi 2025, arXiv 2502.13189), the parameter-free gate of
     ``moba_attn_varlen_naive``. Repo example: block 4096, top-k 12; paper speed test 64 blocks, top-3. Defaults
-    here: block 16, k 3. Slider: bisection of k on the realised mask (the spec estimates k ≈ Winv(s) / block).
+    here: block 16, k 3. Slider: bisection of k on the realised mask, from the spec's estimate k ≈ Winv(s) / block.
     MoBA "requires continue training": expect degradation post hoc.
     """
 
     id = "moba"
     description = "Mixture of Block Attention: own block + top-`k` key blocks by mean-pooled key score (Kimi)"
     paper = "Lu et al. 2025, MoBA: Mixture of Block Attention (arXiv 2502.13189)"
-    minimums = {"k": 1, "block": 1}  # k counts the query's own block
+    minimums: ClassVar[dict[str, int]] = {"k": 1, "block": 1}  # k counts the query's own block
     budget = "k"
     score_dependent = True
     k: int = 3
@@ -122,6 +164,9 @@ class MoBA(Mask):
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
         return 1, max(1, -(-n_keys // self.block))
 
+    def budget_guess(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
+        return round(keys_per_row_for_sparsity(sparsity, n_keys, causal) / self.block)  # spec: Winv(s) / block
+
     def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
         _, n_q, n_k = scores.shape
         q = _positions(n_q, n_k, scores.device)
@@ -129,7 +174,8 @@ class MoBA(Mask):
         kb = torch.arange(-(-n_k // self.block), device=scores.device)
         gate = block_means(scores, self.block)
         if ctx.causal:
-            gate = gate.masked_fill(kb > own, float("-inf")).masked_fill(kb == own, float("inf"))
+            gate = gate.masked_fill(kb > own, float("-inf"))
+        gate = gate.masked_fill(kb == own, float("inf"))
         return expand_blocks(top_blocks(gate, self.k), self.block, n_k)
 
 
@@ -147,7 +193,7 @@ class BlockTopK(Mask):
     id = "block_topk"
     description = "Each query block keeps its top-`top_k` key blocks by pooled Q·K score (MInference block-sparse)"
     paper = "Jiang et al. 2024, MInference 1.0 (arXiv 2407.02490)"
-    minimums = {"top_k": 1, "block": 1}
+    minimums: ClassVar[dict[str, int]] = {"top_k": 1, "block": 1}
     budget = "top_k"
     score_dependent = True
     row_local = False
@@ -157,18 +203,15 @@ class BlockTopK(Mask):
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
         return 1, max(1, -(-n_keys // self.block))
 
+    def budget_guess(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
+        return round(keys_per_row_for_sparsity(sparsity, n_keys, causal) / self.block)  # spec: Winv(s) / block
+
     def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
-        heads, n_q, n_k = scores.shape
+        _, n_q, n_k = scores.shape
         b = self.block
-        q = _positions(n_q, n_k, scores.device)
-        qb = torch.div(q, b, rounding_mode="floor")
-        total, count, _ = key_block_stats(scores, b)  # [H, Tq, nkb]
-        n_qb = int(qb.max()) + 1
-        pooled_total = torch.zeros(heads, n_qb, total.shape[-1], device=scores.device).index_add_(1, qb, total)
-        pooled_count = torch.zeros_like(pooled_total).index_add_(1, qb, count.to(pooled_total.dtype))
-        pooled = torch.where(pooled_count > 0, pooled_total / pooled_count.clamp_min(1),
-                             torch.full_like(pooled_total, float("-inf")))
-        chosen = top_blocks(pooled, self.top_k)[:, qb]  # back to rows
+        qb = torch.div(_positions(n_q, n_k, scores.device), b, rounding_mode="floor")
+        pooled = block_pair_means(scores, b, qb)  # [H, nqb, nkb]
+        chosen = top_blocks(pooled, self.top_k)[:, qb - qb[0]]  # back to rows
         return expand_blocks(chosen, b, n_k)
 
 
@@ -186,9 +229,11 @@ class Quest(Mask):
     """
 
     id = "quest"
-    description = "Query-aware page selection: top pages of `page` tokens by max key score, `token_budget` tokens (Quest)"
+    description = (
+        "Query-aware page selection: top pages of `page` tokens by max key score, `token_budget` tokens (Quest)"
+    )
     paper = "Tang et al. 2024, Quest: Query-Aware Sparsity (arXiv 2406.10774)"
-    minimums = {"token_budget": 1, "page": 1}
+    minimums: ClassVar[dict[str, int]] = {"token_budget": 1, "page": 1}
     budget = "token_budget"
     score_dependent = True
     supports_encoder = False
@@ -198,7 +243,9 @@ class Quest(Mask):
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
         return 1, max(1, n_keys + 3 * self.page)
 
+    def budget_guess(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
+        return keys_per_row_for_sparsity(sparsity, n_keys, causal)  # spec §1: T = round(Winv(s))
+
     def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
-        _, _, page_max = key_block_stats(scores, self.page)
         pages = max(3, self.token_budget // self.page)
-        return expand_blocks(top_blocks(page_max, pages), self.page, scores.shape[-1])
+        return expand_blocks(top_blocks(block_max(scores, self.page), pages), self.page, scores.shape[-1])

@@ -4,10 +4,11 @@ MInference vertical-slash. Each reads the layer's own attention logits."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from .base import Mask, MaskContext, Tensor, diagonal, window_for_sparsity
+from .base import Mask, MaskContext, Tensor, keys_per_row_for_sparsity, sparsity_of, window_for_sparsity
 
 
 def topk_keep(scores: Tensor, k: int) -> Tensor:
@@ -15,14 +16,21 @@ def topk_keep(scores: Tensor, k: int) -> Tensor:
 
     The diagonal (the query's own key) counts towards ``k``, so row i keeps exactly min(i + 1, k) keys and the
     count formula of a window applies (the H2O reference does the same: ``topk(acc, H - 1) ∪ {t}``).
+    One unsorted ``topk`` of size k: if the diagonal is among the k picks they are exactly the diagonal plus the
+    k − 1 best others; if not, the smallest pick gives its place to the diagonal.
     """
-    k = max(1, min(k, scores.shape[-1]))
     n_q, n_k = scores.shape[-2], scores.shape[-1]
-    diag = diagonal(n_q, n_k, scores.device)
-    ranked = scores.masked_fill(diag, float("inf"))
-    idx = ranked.topk(k, dim=-1).indices
-    keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
-    return keep & torch.isfinite(ranked)
+    k = max(1, min(k, n_k))
+    first = n_k - n_q
+    values, idx = scores.topk(k, dim=-1, sorted=False)
+    q = torch.arange(first, n_k, device=scores.device).unsqueeze(-1)
+    has_diag = (idx == q).any(-1, keepdim=True)
+    take = values > float("-inf")
+    smallest = values.argmin(-1, keepdim=True)
+    take.scatter_(-1, smallest, take.gather(-1, smallest) & has_diag)
+    keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, take)
+    keep.diagonal(offset=first, dim1=-2, dim2=-1).fill_(True)
+    return keep
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,7 @@ class TopK(Mask):
     id = "topk"
     description = "Each query keeps its `k` highest-scoring keys, per head (oracle dynamic sparsity)"
     paper = "Generic top-k attention; cf. Gupta et al. 2021 (arXiv 2106.06899), MInference (arXiv 2407.02490)"
-    minimums = {"k": 1}
+    minimums: ClassVar[dict[str, int]] = {"k": 1}
     budget = "k"
     score_dependent = True
     k: int = 64
@@ -66,14 +74,14 @@ class DSA(Mask):
     id = "dsa"
     description = "DeepSeek Sparse Attention: top-`k` keys per query, one set shared by all heads (oracle indexer)"
     paper = "DeepSeek-AI 2025, DeepSeek-V3.2 (DSA) (arXiv 2512.02556); GLM-5"
-    minimums = {"k": 1}
+    minimums: ClassVar[dict[str, int]] = {"k": 1}
     budget = "k"
     score_dependent = True
     k: int = 2048
 
     def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
-        index = torch.softmax(scores, dim=-1).nan_to_num(0.0).sum(0, keepdim=True)
-        index = index.masked_fill(~torch.isfinite(scores[:1]), float("-inf"))
+        index = torch.softmax(scores, dim=-1).sum(0, keepdim=True).nan_to_num_(0.0)  # rows with no key: 0
+        index = index.masked_fill_(scores[:1] == float("-inf"), float("-inf"))
         return topk_keep(index, self.k)
 
     def closed_form_budget(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
@@ -89,14 +97,16 @@ class H2O(Mask):
     and then adds its own unmasked softmax to acc, zeroing keys it evicted (they never return). Finally
     keep(t, j) |= t − j < R. Zhang et al. 2023 (arXiv 2306.14048); paper: heavy ratio = recent ratio = 0.1
     ("20 % KV"), which drops ≈ 64 % of causal pairs, not 80 % (sparse-patterns.md §2.8). The slider sets the
-    total per-row budget (bisection). A decode-time idea: causal models only, and not row-local (row t depends
-    on the rows before it).
+    total per-row budget (bisection from the spec's guess H + R = round(Winv(s))). A decode-time idea: causal
+    models only, and not row-local (row t depends on the rows before it); called with fewer query rows than keys,
+    the missing earlier rows count as zero attention. Each row's running score is non-zero on exactly the H keys
+    the previous row kept, so the greedy loop carries those H (key, score) pairs: O(T·H) per head instead of O(T²).
     """
 
     id = "h2o"
     description = "Heavy hitters: keep the keys with the most accumulated attention plus a recent window (H2O)"
     paper = "Zhang et al. 2023, H2O: Heavy-Hitter Oracle (arXiv 2306.14048)"
-    minimums = {"kv_budget": 2}  # one heavy hitter (the query itself) and one recent key
+    minimums: ClassVar[dict[str, int]] = {"kv_budget": 2}  # one heavy hitter (the query itself) and one recent key
     budget = "kv_budget"
     score_dependent = True
     row_local = False
@@ -106,34 +116,39 @@ class H2O(Mask):
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
         return 2, max(2, 2 * n_keys)
 
+    def budget_guess(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
+        return keys_per_row_for_sparsity(sparsity, n_keys, causal)  # spec §1: H + R = round(Winv(s))
+
     def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
         heads, n_q, n_k = scores.shape
+        device = scores.device
         heavy = self.kv_budget // 2
         recent = self.kv_budget - heavy
-        probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # each row's unmasked attention
         first = n_k - n_q  # key position of query row 0
-        keep = torch.zeros_like(scores, dtype=torch.bool)
-        acc = torch.zeros(heads, n_k, dtype=probs.dtype, device=scores.device)
-        for r in range(n_q):
-            t = first + r
-            if t < heavy:
-                keep[:, r, : t + 1] = True
-                acc += probs[:, r]
-                continue
-            if t == heavy and r > 0:
-                acc[:, heavy:] = 0
-            chosen = torch.zeros(heads, n_k, dtype=torch.bool, device=scores.device)
-            if heavy > 1:
-                candidates = acc.masked_fill(torch.arange(n_k, device=scores.device) >= t, float("-inf"))
-                idx = candidates.topk(min(heavy - 1, n_k), dim=-1).indices
-                chosen.scatter_(-1, idx, True)
-                chosen &= torch.isfinite(candidates)
-            chosen[:, t] = True
-            keep[:, r] = chosen
-            acc = (acc + probs[:, r]) * chosen
-        q = torch.arange(first, n_k, device=scores.device).unsqueeze(-1)
-        k = torch.arange(n_k, device=scores.device).unsqueeze(0)
-        return keep | ((q - k) < recent)
+        q = torch.arange(first, n_k, device=device).unsqueeze(-1)
+        k = torch.arange(n_k, device=device).unsqueeze(0)
+        keep = ((q - k) < recent).expand(heads, n_q, n_k).clone()  # the recent band
+        dense_rows = max(0, min(heavy - first, n_q))  # rows t < heavy keep every key
+        keep[:, :dense_rows] = True
+        if dense_rows == n_q:
+            return keep
+        probs = torch.softmax(scores, dim=-1)  # each row's unmasked attention (NaN only on rows with no key)
+        # After any row the running score is non-zero only on the `heavy` keys that row kept, so it is carried as
+        # (ids, vals) pairs: the greedy step "topk(acc, H - 1) ∪ {t}" evicts the smallest pair and puts t there.
+        ids = torch.arange(heavy, device=device).expand(heads, heavy).contiguous()
+        if dense_rows:  # summed softmax of the dense rows 0..H-1 over keys 0..H-1 (zero beyond, as in H2O)
+            vals = probs[:, :dense_rows, :heavy].sum(1).nan_to_num_(0.0)
+        else:  # decoding rows only: the earlier rows are unknown and count as zero attention
+            vals = torch.zeros(heads, heavy, device=device)
+        picks = torch.empty(heads, n_q - dense_rows, heavy, dtype=torch.long, device=device)
+        for r in range(dense_rows, n_q):  # inherently sequential: each row evicts from what the last one kept
+            slot = vals.argmin(-1, keepdim=True)
+            ids.scatter_(-1, slot, first + r)
+            vals.scatter_(-1, slot, 0.0)
+            vals.add_(probs[:, r].gather(-1, ids).nan_to_num_(0.0))
+            picks[:, r - dense_rows] = ids
+        keep[:, dense_rows:].scatter_(-1, picks, True)
+        return keep
 
 
 _FORCED = 1e6
@@ -149,13 +164,16 @@ class VerticalSlash(Mask):
     (MInference forces 30 and 30-100; here 4 and 4 for short texts; when the budget is smaller than the
     forced set, the first columns and nearest diagonals win), and v : s is fixed by
     ``vertical_fraction`` (MInference's default (1000, 6096) ≈ 0.14; search grid up to 0.97). Budget = v + s
-    (bisection). Not row-local: every row uses the last queries' statistics.
+    ("size"), bisected on the canonical realisation (first v columns, nearest s diagonals: count Kwin(v + s),
+    see ``realised_sparsity``); on real attention the chosen far columns/diagonals are shorter, so the achieved
+    sparsity (always measured on the applied mask) can be somewhat higher. Not row-local: every row uses the last
+    queries' statistics. Causal models only (the "last queries" are a prefill-then-decode idea).
     """
 
     id = "vertical_slash"
     description = "Top columns plus top diagonals chosen from the last queries' attention (MInference)"
     paper = "Jiang et al. 2024, MInference 1.0 (arXiv 2407.02490)"
-    minimums = {"size": 1, "last_q": 1, "sink_columns": 0, "local_diagonals": 0}
+    minimums: ClassVar[dict[str, int]] = {"size": 1, "last_q": 1, "sink_columns": 0, "local_diagonals": 0}
     budget = "size"
     score_dependent = True
     row_local = False
@@ -173,10 +191,13 @@ class VerticalSlash(Mask):
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
         return 1, max(1, 2 * n_keys)
 
+    def budget_guess(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
+        return keys_per_row_for_sparsity(sparsity, n_keys, causal)  # kept/row ≈ v + s
+
     def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
         heads, n_q, n_k = scores.shape
         device = scores.device
-        last = torch.softmax(scores[:, -min(self.last_q, n_q):], dim=-1).nan_to_num(0.0)  # [H, Lq, Tk]
+        last = torch.softmax(scores[:, -min(self.last_q, n_q) :], dim=-1).nan_to_num(0.0)  # [H, Lq, Tk]
         q_last = torch.arange(n_k - last.shape[1], n_k, device=device).unsqueeze(-1)
         k = torch.arange(n_k, device=device).unsqueeze(0)
         offset = (q_last - k).clamp_min(0)  # diagonal index of each entry (future entries carry zero mass)
@@ -184,6 +205,12 @@ class VerticalSlash(Mask):
         slash = torch.zeros(heads, n_k, dtype=last.dtype, device=device).scatter_add_(
             -1, offset.flatten().expand(heads, -1), last.flatten(1)
         )
+        return self._keep_from_stats(vertical, slash, n_q)
+
+    def _keep_from_stats(self, vertical: Tensor, slash: Tensor, n_q: int) -> Tensor:
+        """The mask from column scores ``vertical [H, Tk]`` and diagonal scores ``slash [H, Tk]`` (offset i − j)."""
+        heads, n_k = vertical.shape
+        device = vertical.device
         # forced entries rank first, the first columns and the nearest diagonals first (attention sums are <= last_q,
         # so these priorities sit above every real value and stay distinct in float32)
         vertical[:, : self.sink_columns] = _FORCED - torch.arange(min(self.sink_columns, n_k), device=device)
@@ -196,6 +223,33 @@ class VerticalSlash(Mask):
             cols.scatter_(-1, vertical.topk(n_v, dim=-1).indices, True)
         if n_s > 0:
             diags.scatter_(-1, slash.topk(n_s, dim=-1).indices, True)
-        q = torch.arange(n_k - n_q, n_k, device=device).unsqueeze(-1)
-        gap = (q - k).clamp(0, n_k - 1)
-        return cols[:, None, :] | diags.gather(-1, gap.flatten().expand(heads, -1)).view(heads, n_q, n_k)
+        return cols[:, None, :] | toeplitz_lower(diags, n_q)
+
+    def realised_sparsity(self, n_keys: int, causal: bool = True) -> float:
+        """Sparsity of the pattern's canonical realisation: the first v columns and the nearest s diagonals.
+
+        That is the shape vertical-slash is built for (sink columns + local diagonals), and row i then keeps exactly
+        min(i + 1, v + s) keys, the spec's "kept/row ≈ v + s" (count Kwin(v + s)). No score matrix can stand in
+        for it: within one query row a column j is the diagonal i − j, so scores that favour the first columns
+        favour the farthest, shortest diagonals (sizing on them made real masks ~3x denser than asked).
+        """
+        ramp = -torch.arange(n_keys, dtype=torch.float32).unsqueeze(0)
+        keep = (
+            self._keep_from_stats(ramp.clone(), ramp.clone(), n_keys)
+            & torch.ones(n_keys, n_keys, dtype=torch.bool).tril()
+        )
+        keep.diagonal(dim1=-2, dim2=-1).fill_(True)
+        return sparsity_of(keep, causal)
+
+
+def toeplitz_lower(diags: Tensor, n_queries: int) -> Tensor:
+    """``[H, Tq, Tk]`` bool with ``out[h, r, j] = diags[h, i - j]`` for ``j <= i`` (``i = Tk - Tq + r``), else False.
+
+    Built as a strided view of one padded row (no per-element gather): with ``w = [reversed(diags), False * Tk]``,
+    ``w[Tk - 1 - i + j] = diags[i - j]``; rows of the view ``v[a, j] = w[a + j]`` are taken at ``a = Tk - 1 - i``.
+    """
+    heads, n_k = diags.shape
+    w = torch.cat([diags.flip(-1), torch.zeros_like(diags)], dim=-1).contiguous()  # [H, 2 Tk]
+    view = w.as_strided((heads, n_k, n_k), (w.stride(0), 1, 1))  # view[h, a, j] = w[h, a + j]
+    rows = torch.arange(n_queries - 1, -1, -1, device=diags.device)  # a = Tk - 1 - i for i = Tk - Tq .. Tk - 1
+    return view[:, rows]

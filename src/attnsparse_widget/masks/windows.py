@@ -3,11 +3,13 @@ global + local. Every rule is a pure function of query position ``i`` and key po
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from .base import Mask, MaskContext, Tensor, window_for_sparsity
+from .base import Mask, MaskContext, Tensor, keys_per_row_for_sparsity, window_for_sparsity
 
 
 def local_window(q: Tensor, k: Tensor, window: int, causal: bool) -> Tensor:
@@ -27,7 +29,7 @@ class Dense(Mask):
 
     id = "dense"
     description = "No sparsity: the model's own attention (baseline)"
-    paper = "Vaswani et al. 2017, Attention Is All You Need"
+    paper = "Vaswani et al. 2017, Attention Is All You Need (arXiv 1706.03762)"
 
     def pattern(self, q: Tensor, k: Tensor, ctx: MaskContext) -> Tensor:
         return torch.ones(q.shape[0], k.shape[1], dtype=torch.bool, device=q.device)
@@ -46,7 +48,7 @@ class SlidingWindow(Mask):
     id = "sliding_window"
     description = "Each token sees only the `window` most recent tokens (Mistral / Longformer local window)"
     paper = "Jiang et al. 2023, Mistral 7B (arXiv 2310.06825); Beltagy et al. 2020, Longformer (arXiv 2004.05150)"
-    minimums = {"window": 1}
+    minimums: ClassVar[dict[str, int]] = {"window": 1}
     budget = "window"
     window: int = 4096
 
@@ -58,6 +60,9 @@ class SlidingWindow(Mask):
 
     def closed_form_budget(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
         return window_for_sparsity(sparsity, n_keys) if causal else None
+
+    def budget_guess(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
+        return keys_per_row_for_sparsity(sparsity, n_keys, causal)  # encoder: |i − j| <= window // 2
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ class DilatedWindow(Mask):
     id = "dilated_window"
     description = "A window of `window` keys spaced `dilation` apart (Longformer dilated window)"
     paper = "Beltagy et al. 2020, Longformer (arXiv 2004.05150)"
-    minimums = {"window": 1, "dilation": 1}
+    minimums: ClassVar[dict[str, int]] = {"window": 1, "dilation": 1}
     budget = "window"
     window: int = 512
     dilation: int = 2
@@ -90,6 +95,15 @@ class DilatedWindow(Mask):
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
         return 1, max(1, (n_keys if causal else 2 * n_keys) // self.dilation + 1)
 
+    def budget_guess(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
+        # causal count ≈ N·W − d·W²/2 (rows before (W−1)·d keep i // d + 1)
+        kept = (1 - sparsity) * n_keys * ((n_keys + 1) / 2 if causal else n_keys)
+        d = self.dilation
+        if not causal:  # about window + 1 keys per row
+            return round(kept / n_keys)
+        disc = n_keys**2 - 2 * d * kept
+        return round((n_keys - math.sqrt(disc)) / d) if disc >= 0 else n_keys // d + 1
+
 
 @dataclass(frozen=True)
 class Chunked(Mask):
@@ -102,12 +116,18 @@ class Chunked(Mask):
     id = "chunked"
     description = "Tokens see only their own chunk of `chunk` tokens (block-local, Llama-4 style)"
     paper = "transformers chunked_overlay / Llama 4 attention_chunk_size"
-    minimums = {"chunk": 1}
+    minimums: ClassVar[dict[str, int]] = {"chunk": 1}
     budget = "chunk"
     chunk: int = 8192
 
     def pattern(self, q: Tensor, k: Tensor, ctx: MaskContext) -> Tensor:
         return torch.div(q, self.chunk, rounding_mode="floor") == torch.div(k, self.chunk, rounding_mode="floor")
+
+    def budget_guess(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
+        # causal count ≈ N(chunk + 1)/2 ⇒ chunk ≈ 2(1 − s)E/N − 1; encoder count ≈ N·chunk
+        if causal:
+            return round((1 - sparsity) * (n_keys + 1) - 1)
+        return round((1 - sparsity) * n_keys)
 
 
 @dataclass(frozen=True)
@@ -124,7 +144,7 @@ class SinkWindow(Mask):
     id = "sink_window"
     description = "The first `sinks` tokens plus the `window` most recent (StreamingLLM attention sinks)"
     paper = "Xiao et al. 2023, Efficient Streaming Language Models with Attention Sinks (arXiv 2309.17453)"
-    minimums = {"sinks": 0, "window": 1}
+    minimums: ClassVar[dict[str, int]] = {"sinks": 0, "window": 1}
     budget = "window"
     sinks: int = 4
     window: int = 512
@@ -141,6 +161,9 @@ class SinkWindow(Mask):
             return None
         return max(1, window_for_sparsity(sparsity, n_keys) - self.sinks)
 
+    def budget_guess(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
+        return keys_per_row_for_sparsity(sparsity, n_keys, causal) - self.sinks
+
 
 @dataclass(frozen=True)
 class GlobalLocal(Mask):
@@ -156,7 +179,7 @@ class GlobalLocal(Mask):
     id = "global_local"
     description = "A local window plus `n_global` global tokens that see and are seen by all (Longformer)"
     paper = "Beltagy et al. 2020, Longformer (arXiv 2004.05150)"
-    minimums = {"window": 1, "n_global": 0}
+    minimums: ClassVar[dict[str, int]] = {"window": 1, "n_global": 0}
     budget = "window"
     window: int = 512
     n_global: int = 1
@@ -167,3 +190,8 @@ class GlobalLocal(Mask):
 
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
         return window_budget_range(n_keys, causal)
+
+    def budget_guess(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
+        # the global columns take about n_global keys of every row's share
+        keys = keys_per_row_for_sparsity(sparsity, n_keys, causal) - self.n_global
+        return keys if causal else 2 * keys
