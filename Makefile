@@ -11,4 +11,5 @@ demo: setup
 	.venv/bin/attnsparse compare --text "$(DEMO_TEXT)" --mask sink_window --sparsity 0.5
 
 test: setup
+	npm test --silent
 	.venv/bin/python -m pytest

@@ -90,7 +90,7 @@ export function mainFigure(v: View, tokens: string[], title: string): Figure {
       { ...common, type: "heatmap", z: sparseShown, zmin: 0, zmax, colorscale: "Viridis", colorbar: { x: 0.64, len: 0.8, title: { text: "p" } }, xaxis: "x2", yaxis: "y", name: "sparse" },
       { ...common, type: "heatmap", z: diff, zmid: 0, zmin: -dmax, zmax: dmax, colorscale: "RdBu", colorbar: { x: 1.0, len: 0.8, title: { text: "Δ" } }, xaxis: "x3", yaxis: "y", name: "sparse − dense" },
       {
-        type: "scatter", mode: "markers", x: drops.x, y: drops.y, xaxis: "x", yaxis: "y", name: "dropped, high dense weight",
+        type: "scatter", mode: "markers", x: drops.x, y: drops.y, xaxis: "x3", yaxis: "y", name: "dropped, high dense weight",
         marker: { symbol: "x-thin-open", size: 7, color: "#ff2d55", line: { width: 2, color: "#ff2d55" } },
         hovertemplate: "dropped pair with dense weight %{customdata:.3f}<extra></extra>", customdata: drops.w,
       },
@@ -105,8 +105,8 @@ export function mainFigure(v: View, tokens: string[], title: string): Figure {
       plot_bgcolor: "#d9d9d9",
       annotations: [
         { text: "dense", x: 0.15, y: 1.04, xref: "paper", yref: "paper", showarrow: false },
-        { text: "sparse (grey = dropped)", x: 0.49, y: 1.04, xref: "paper", yref: "paper", showarrow: false },
-        { text: "sparse − dense (× = dropped, heavy)", x: 0.85, y: 1.04, xref: "paper", yref: "paper", showarrow: false },
+        { text: "sparse (grey: dropped)", x: 0.49, y: 1.04, xref: "paper", yref: "paper", showarrow: false },
+        { text: "sparse − dense", x: 0.85, y: 1.04, xref: "paper", yref: "paper", showarrow: false },
       ],
       margin: { l: 60, r: 20, t: 60, b: 50 },
       showlegend: false,

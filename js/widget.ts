@@ -12,6 +12,9 @@ const CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: [
 function h<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string, string> = {}, text?: string) {
   const el = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  // Keys typed into a control (arrows on a slider, letters in the text box) are the control's, not notebook
+  // shortcuts: Lumino stops matching key bindings at an element carrying this attribute, the target included.
+  if (tag === "input" || tag === "select" || tag === "textarea") el.setAttribute("data-lm-suppress-shortcuts", "true");
   if (text !== undefined) el.textContent = text; // textContent, never innerHTML: user text stays literal
   return el;
 }

