@@ -7,7 +7,7 @@ tokens:
   - one plain forward pass (the model's own attention implementation, nothing captured): the unit;
   - compare() without per-layer curves or continuations, dense pass cached (what a changed mask costs),
     and with a cold dense pass;
-  - the per-layer and cumulative perplexity curves / (L x one forward);
+  - the per-layer (isolated) and the cumulative perplexity curves, each / (L x one forward);
   - the full compare() with everything.
 Times are medians of --repeat runs. Ratios are what to read: they carry over between machines.
 """
@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 
 import attnsparse_widget as aw
-from attnsparse_widget.compare import per_layer_curves
+from attnsparse_widget.compare import iter_per_layer
 
 PARAGRAPH = (
     "In the winter of that year the river froze from bank to bank, and the children of the village walked across "
@@ -69,9 +69,20 @@ def main() -> None:
         lambda: aw.compare(run, text, args.mask, args.sparsity, per_layer=False, continuation_tokens=0), args.repeat
     )
     res = aw.compare(run, text, args.mask, args.sparsity, per_layer=False, continuation_tokens=0)
-    curves = median_seconds(
-        lambda: per_layer_curves(res.metrics, model, ids, res.mask, res.dense, res.sparse, 0), args.repeat
-    )
+
+    def curve_times() -> dict[str, float]:
+        """Seconds spent on the isolated curve (mask at layer l only) and on the cumulative one (layers 0..l)."""
+        spent = {"isolated": 0.0, "cumulative": 0.0}
+        start = time.perf_counter()
+        for kind, _, _ in iter_per_layer(model, ids, res.mask, res.dense, res.sparse, res.metrics.dense_ppl):
+            now = time.perf_counter()
+            spent[kind] += now - start
+            start = now
+        return spent
+
+    runs = [curve_times() for _ in range(args.repeat)]
+    isolated = statistics.median(r["isolated"] for r in runs)
+    cumulative = statistics.median(r["cumulative"] for r in runs)
     aw.clear_cache()
     full = median_seconds(lambda: (aw.clear_cache(), aw.compare(run, text, args.mask, args.sparsity)), 1)
 
@@ -82,8 +93,10 @@ def main() -> None:
           f"{warm_compare / forward:.2f} x forward")
     print(f"{'compare(), cold (dense + sparse passes)':<58}{cold_compare * 1000:>9.1f} ms   "
           f"{cold_compare / forward:.2f} x forward")
-    print(f"{'per-layer + cumulative curves, both (2L variants)':<58}{curves * 1000:>9.1f} ms   "
-          f"{curves / (n_layers * forward):.2f} x (L x forward)")
+    print(f"{'per-layer delta, mask at layer l only (L variants)':<58}{isolated * 1000:>9.1f} ms   "
+          f"{isolated / (n_layers * forward):.2f} x (L x forward)")
+    print(f"{'cumulative delta, mask at layers 0..l (L variants)':<58}{cumulative * 1000:>9.1f} ms   "
+          f"{cumulative / (n_layers * forward):.2f} x (L x forward)")
     print(f"{'full compare() incl. curves and 2 x 20-token continuations':<58}{full * 1000:>9.1f} ms   "
           f"{full / forward:.2f} x forward")
 
