@@ -2,13 +2,17 @@
 # well under a second).
 .PHONY: setup demo test
 
-DEMO_TEXT = The lighthouse keeper wrote in his log every evening. That autumn the storm came from the west, and the fishing boats stayed in the harbour until the wind turned. On the third day the sea was calm again, the gulls came back to the rocks, and the first boat went out at dawn with the keeper's youngest son at the helm.
+PORT ?= 8888
+# no browser is launched where there is none to show (no display); running as root needs --allow-root
+LAB_FLAGS = --ip=127.0.0.1 --port=$(PORT) $(if $(DISPLAY),,--no-browser) $(if $(filter 0,$(shell id -u)),--allow-root)
 
 setup:
 	bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/attnsparse compare --text "$(DEMO_TEXT)" --mask sink_window --sparsity 0.5
+	.venv/bin/python -c "import attnsparse_widget as aw; aw.load_model()"  # converts the default model once
+	@echo "Starting JupyterLab on notebooks/01_quickstart.ipynb; open the http://127.0.0.1:$(PORT)/... URL it prints."
+	.venv/bin/jupyter lab notebooks/01_quickstart.ipynb $(LAB_FLAGS)
 
 test: setup
 	npm test --silent

@@ -1,13 +1,17 @@
 // attnsparse-widget frontend: renders what the kernel computed and reports intent by setting input traits.
+//
+// Python owns the state and the computation (src/attnsparse_widget/widget.py). Here every trait change repaints
+// only what depends on it, and a pane that is not on screen is only marked stale and painted when it is shown.
 import Plotly from "plotly.js-cartesian-dist-min";
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { decodeMatrix, type MatrixPayload } from "./payload";
-import { firstDivergence, layerFigure, mainFigure, maskFigure, plotlySafe, type Figure, type View } from "./figures";
-import { galleryOrder, restitch, slotAt, type GalleryPayload, type SortKey } from "./gallery";
+import { cellInfo, firstDivergence, heavyDrops, layerFigure, mainFigure, maskFigure, visibleToken, type Figure, type View } from "./figures";
+import { galleryFigure, galleryOrder, restitch, slotAt, slotInfo, type GalleryPayload, type SortKey } from "./gallery";
 import "./widget.css";
 
 type Model = AnyModel<Record<string, any>>;
-const CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["sendDataToCloud", "lasso2d", "select2d"] };
+type Pane = "main" | "gallery" | "output" | "mask";
+const CONFIG = { displaylogo: false, responsive: false, modeBarButtonsToRemove: ["sendDataToCloud", "lasso2d", "select2d", "autoScale2d"] };
 
 function h<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string, string> = {}, text?: string) {
   const el = document.createElement(tag);
@@ -23,6 +27,10 @@ function fmt(v: unknown, digits = 3): string {
   return typeof v === "number" && Number.isFinite(v) ? v.toFixed(digits) : "n/a";
 }
 
+function pct(v: unknown, digits = 1): string {
+  return typeof v === "number" && Number.isFinite(v) ? `${(100 * v).toFixed(digits)}%` : "…";
+}
+
 function decodeView(v: Record<string, any>): View {
   return {
     dense: decodeMatrix(v.dense as MatrixPayload),
@@ -34,11 +42,19 @@ function decodeView(v: Record<string, any>): View {
   };
 }
 
-function draw(el: HTMLElement, fig: Figure, counter: string) {
-  performance.mark(`attnsparse:${counter}:start`);
-  return Plotly.react(el, fig.data, fig.layout, CONFIG).then(() => {
-    el.dataset[counter] = String(Number(el.dataset[counter] ?? 0) + 1);
-    performance.mark(`attnsparse:${counter}:end`);
+/** Event wiring per plot, run once after its first draw: plotly gives the element its `.on` only then. */
+const wiring = new WeakMap<HTMLElement, (plot: any) => void>();
+
+/** Draw with Plotly.react, then count the paint on the element (tests and benchmarks wait on these marks). */
+function draw(el: HTMLElement, fig: Figure, width: number, height: number): Promise<void> {
+  const name = el.dataset.name ?? "plot";
+  const seq = Number(el.dataset.rendered ?? 0) + 1;
+  performance.mark(`attnsparse:${name}:start:${seq}`);
+  return Plotly.react(el, fig.data, { ...fig.layout, width, height, autosize: false }, CONFIG).then(() => {
+    const wire = wiring.get(el);
+    if (wire) { wiring.delete(el); wire(el); }
+    el.dataset.rendered = String(seq);
+    performance.mark(`attnsparse:${name}:end:${seq}`);
   });
 }
 
@@ -47,80 +63,116 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   const root = h("div", { class: "asw-root" });
   el.appendChild(root);
 
+  // ------------------------------------------------------------------------------------------------ the page
   const caveat = h("div", { class: "asw-caveat" }, m.get("caveat"));
   const controls = h("div", { class: "asw-controls" });
-  const text = h("textarea", { class: "asw-text", rows: "3", "aria-label": "input text" }) as HTMLTextAreaElement;
-  const run = h("button", { class: "asw-run" }, "Run text");
+  const text = h("textarea", { class: "asw-text", rows: "3", "aria-label": "input text", placeholder: "text to analyse" }) as HTMLTextAreaElement;
+  const run = h("button", { class: "asw-run", title: "run the model on this text (Ctrl+Enter)" }, "Run text");
   const maskSel = h("select", { class: "asw-mask", "aria-label": "mask" }) as HTMLSelectElement;
-  const maskDesc = h("div", { class: "asw-mask-desc" });
+  const maskPaper = h("div", { class: "asw-mask-desc" });
   const slider = h("input", { type: "range", min: "0", max: "99", step: "1", class: "asw-sparsity", "aria-label": "sparsity" }) as HTMLInputElement;
   const sparsityLabel = h("span", { class: "asw-sparsity-label" });
   const params = h("div", { class: "asw-params" });
   const layer = h("input", { type: "range", min: "0", max: "0", step: "1", class: "asw-layer", "aria-label": "layer" }) as HTMLInputElement;
   const layerLabel = h("span", { class: "asw-layer-label" });
   const headSel = h("select", { class: "asw-head", "aria-label": "head" }) as HTMLSelectElement;
-  const busy = h("span", { class: "asw-busy" });
-  const error = h("div", { class: "asw-error" });
+  const busy = h("span", { class: "asw-busy", role: "status" });
+  const error = h("div", { class: "asw-error", role: "alert" });
+  const tooltip = h("div", { class: "asw-tooltip" });
 
   const row = (...kids: HTMLElement[]) => { const r = h("div", { class: "asw-row" }); r.append(...kids); return r; };
   controls.append(
     row(text, run),
-    row(h("label", {}, "mask"), maskSel, maskDesc),
+    row(h("label", {}, "mask"), maskSel, maskPaper),
     row(h("label", {}, "sparsity"), slider, sparsityLabel, params),
     row(h("label", {}, "layer"), layer, layerLabel, h("label", {}, "head"), headSel, busy),
   );
 
-  const tabs = h("div", { class: "asw-tabs" });
-  const panes: Record<string, HTMLElement> = {};
-  const tabNames = [["main", "Dense vs sparse"], ["gallery", "Head gallery"], ["output", "Output shift"], ["mask", "Mask"]];
+  const tabs = h("div", { class: "asw-tabs", role: "tablist" });
+  const panes = {} as Record<Pane, HTMLElement>;
+  const tabNames: [Pane, string][] = [["main", "Dense vs sparse"], ["gallery", "Head gallery"], ["output", "Output shift"], ["mask", "Mask"]];
   for (const [key, label] of tabNames) {
-    const b = h("button", { class: "asw-tab", "data-tab": key }, label);
+    const b = h("button", { class: "asw-tab", "data-tab": key, role: "tab" }, label);
     b.onclick = () => select(key);
     tabs.appendChild(b);
     panes[key] = h("div", { class: "asw-pane", "data-pane": key });
   }
-  const mainPlot = h("div", { class: "asw-plot asw-main" });
-  panes.main.append(mainPlot);
+  const plot = (name: string, cls: string) => h("div", { class: `asw-plot ${cls}`, "data-name": name });
+  const mainPlot = plot("main", "asw-main");
+  const drops = h("div", { class: "asw-drops" });
+  panes.main.append(mainPlot, drops);
+
   const sortSel = h("select", { class: "asw-sort", "aria-label": "gallery order" }) as HTMLSelectElement;
-  for (const [v, l] of [["grid", "layer × head grid"], ["kl", "most changed first (KL)"], ["mass_lost", "most mass lost first"]]) {
+  for (const [v, l] of [["grid", "layer × head grid"], ["kl", "most changed first (KL sparse‖dense)"], ["mass_lost", "most attention mass lost first"]]) {
     sortSel.appendChild(h("option", { value: v }, l));
   }
-  const galleryPlot = h("div", { class: "asw-plot asw-gallery" });
-  panes.gallery.append(row(h("label", {}, "order"), sortSel), galleryPlot);
+  const galleryPlot = plot("gallery", "asw-gallery");
+  panes.gallery.append(row(h("label", {}, "order"), sortSel, h("span", { class: "asw-hint" }, "each thumbnail is scaled to its head's own peak; click one to open it")), galleryPlot);
+
   const headline = h("div", { class: "asw-headline" });
-  const layerPlot = h("div", { class: "asw-plot asw-layers" });
   const progress = h("div", { class: "asw-progress" });
+  const layerPlot = plot("layers", "asw-layers");
   const conts = h("div", { class: "asw-continuations" });
+  const positionInput = h("input", { type: "number", min: "0", step: "1", class: "asw-position", "aria-label": "position" }) as HTMLInputElement;
   const nextTok = h("div", { class: "asw-next" });
-  panes.output.append(headline, progress, layerPlot, conts, nextTok);
-  const maskPlot = h("div", { class: "asw-plot asw-maskplot" });
+  panes.output.append(headline, progress, layerPlot, conts,
+    row(h("label", {}, "next token after position"), positionInput, h("span", { class: "asw-hint" }, "(or click a row of the heatmaps)")), nextTok);
+
+  const maskPlot = plot("mask", "asw-maskplot");
   const maskInfo = h("div", { class: "asw-mask-info" });
   panes.mask.append(maskInfo, maskPlot);
-  root.append(caveat, controls, error, tabs, ...Object.values(panes));
+  root.append(caveat, controls, error, tabs, ...Object.values(panes), tooltip);
 
-  let current = "main";
-  function select(key: string) {
+  // ---------------------------------------------------------------------------------------------- the state
+  let current: Pane = "main";
+  const stale: Record<Pane, boolean> = { main: true, gallery: true, output: true, mask: true };
+  let view: View | null = null; // decoded once per `view` message, reused by every painter and the tooltip
+  let gallery: { g: GalleryPayload; dense: Float32Array[]; sparse: Float32Array[]; order: [number, number][] } | null = null;
+
+  // every change of an input trait is marked, so a browser test can time "slider released → heatmaps repainted"
+  const set = (name: string, value: unknown) => { performance.mark(`attnsparse:intent:${name}`); m.set(name, value); m.save_changes(); };
+  const width = () => Math.max(480, root.clientWidth || el.clientWidth || 1000);
+
+  function select(key: Pane) {
     current = key;
     for (const [k, p] of Object.entries(panes)) p.style.display = k === key ? "" : "none";
-    for (const b of Array.from(tabs.children)) b.classList.toggle("active", (b as HTMLElement).dataset.tab === key);
-    refresh();
+    for (const b of Array.from(tabs.children)) {
+      const on = (b as HTMLElement).dataset.tab === key;
+      b.classList.toggle("active", on);
+      b.setAttribute("aria-selected", String(on));
+    }
+    if (stale[key]) paint(key);
   }
 
-  const set = (name: string, value: unknown) => { m.set(name, value); m.save_changes(); };
+  function invalidate(...keys: Pane[]) {
+    for (const k of keys) stale[k] = true;
+    if (keys.includes(current)) paint(current);
+  }
+
+  function paint(key: Pane) {
+    stale[key] = false;
+    if (key === "main") paintMain();
+    else if (key === "gallery") paintGallery();
+    else if (key === "output") paintOutput();
+    else paintMask();
+  }
+
+  // ---------------------------------------------------------------------------------------------- controls
   run.onclick = () => set("text", text.value);
-  maskSel.onchange = () => { set("mask_params", {}); set("mask", maskSel.value); };
-  slider.oninput = () => { sparsityLabel.dataset.requested = slider.value; paintSparsity(); };
+  text.onkeydown = (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); set("text", text.value); } };
+  maskSel.onchange = () => { m.set("mask_params", {}); set("mask", maskSel.value); };
+  slider.oninput = () => paintSparsity();
   slider.onchange = () => set("sparsity", Number(slider.value) / 100);
   layer.oninput = () => { layerLabel.textContent = `L${layer.value}`; };
   layer.onchange = () => set("layer", Number(layer.value));
   headSel.onchange = () => set("head", Number(headSel.value));
-  sortSel.onchange = () => paintGallery();
+  sortSel.onchange = () => { gallery = null; paintGallery(); };
+  positionInput.onchange = () => set("position", Number(positionInput.value));
 
   function paintCatalog() {
     maskSel.replaceChildren();
     for (const info of m.get("catalog") ?? []) {
-      const o = h("option", { value: info.id, title: info.description }, `${info.id} — ${info.description}`);
-      maskSel.appendChild(o);
+      maskSel.appendChild(h("option", { value: info.id, title: info.paper }, `${info.id} — ${info.description}`));
     }
     maskSel.value = m.get("mask");
   }
@@ -129,40 +181,60 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
     const info = (m.get("catalog") ?? []).find((c: any) => c.id === m.get("mask"));
     params.replaceChildren();
     if (!info) return;
-    maskDesc.textContent = info.paper;
-    const chosen = { ...(m.get("info")?.mask_params ?? {}), ...(m.get("mask_params") ?? {}) };
+    maskPaper.textContent = info.paper;
+    const applied = m.get("info")?.mask === info.id ? (m.get("info")?.mask_params ?? {}) : {};
+    const chosen = { ...applied, ...(m.get("mask_params") ?? {}) };
     for (const [name, def] of Object.entries(info.params as Record<string, number>)) {
-      if (name === info.budget) continue; // the sparsity slider sets the budget
-      const input = h("input", { type: "number", value: String(chosen[name] ?? def), step: Number.isInteger(def) ? "1" : "0.01", title: `default ${def}` }) as HTMLInputElement;
+      if (name === info.budget) {
+        if (name in applied) params.appendChild(h("span", { class: "asw-param asw-budget", title: "set by the sparsity slider" }, `${name} = ${applied[name]}`));
+        continue;
+      }
+      const input = h("input", { type: "number", value: String(chosen[name] ?? def), step: Number.isInteger(def) ? "1" : "0.01", title: `paper default ${def}`, "aria-label": name }) as HTMLInputElement;
       input.onchange = () => set("mask_params", { ...(m.get("mask_params") ?? {}), [name]: Number(input.value) });
       const lab = h("label", { class: "asw-param" }, `${name} `);
       lab.appendChild(input);
       params.appendChild(lab);
     }
+    if (Object.keys(m.get("mask_params") ?? {}).length) {
+      const reset = h("button", { class: "asw-reset", title: "back to the paper's defaults" }, "defaults");
+      reset.onclick = () => set("mask_params", {});
+      params.appendChild(reset);
+    }
   }
 
   function paintSparsity() {
-    const req = Number(slider.value);
-    const achieved = m.get("metrics")?.achieved_sparsity;
-    sparsityLabel.textContent = `requested ${req}% · achieved ${typeof achieved === "number" ? (100 * achieved).toFixed(1) + "%" : "…"}`;
+    const met = m.get("metrics") ?? {};
+    const info = m.get("info") ?? {};
+    const achieved = met.achieved_sparsity;
+    let textOut = `requested ${slider.value}% · achieved ${pct(achieved)}`;
+    const [lo, hi] = info.reachable ?? [];
+    const req = Number(slider.value) / 100;
+    if (typeof lo === "number" && typeof hi === "number" && (req > hi + 0.01 || req < lo - 0.01)) {
+      textOut += ` (this mask reaches ${pct(lo, 0)}–${pct(hi, 0)} at ${info.n_tokens} tokens)`;
+    }
+    sparsityLabel.textContent = textOut;
     sparsityLabel.dataset.achieved = typeof achieved === "number" ? String(achieved) : "";
   }
 
-  function paintInfo() {
+  function paintControls() {
     const info = m.get("info") ?? {};
-    const n = info.n_layers ?? 1;
-    layer.max = String(n - 1);
-    layer.value = String(m.get("layer"));
+    layer.max = String((info.n_layers ?? 1) - 1);
+    if (document.activeElement !== layer) layer.value = String(m.get("layer"));
     layerLabel.textContent = `L${m.get("layer")}`;
     const heads = info.n_heads ?? 0;
+    const groups = info.n_kv_heads && info.n_kv_heads < heads ? heads / info.n_kv_heads : 1;
     if (headSel.options.length !== heads + 1) {
       headSel.replaceChildren(h("option", { value: "-1" }, "mean of heads"));
-      for (let i = 0; i < heads; i++) headSel.appendChild(h("option", { value: String(i) }, `H${i}`));
+      for (let i = 0; i < heads; i++) {
+        headSel.appendChild(h("option", { value: String(i) }, groups > 1 ? `H${i} (KV head ${Math.floor(i / groups)})` : `H${i}`));
+      }
     }
     headSel.value = String(m.get("head"));
     if (document.activeElement !== text) text.value = m.get("text");
-    slider.value = String(Math.round(100 * m.get("sparsity")));
+    if (document.activeElement !== slider) slider.value = String(Math.round(100 * m.get("sparsity")));
     maskSel.value = m.get("mask");
+    positionInput.max = String(Math.max(0, (info.n_tokens ?? 1) - 1));
+    paintSparsity();
   }
 
   let timer: ReturnType<typeof setInterval> | undefined;
@@ -173,135 +245,215 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
     root.dataset.busy = s.busy ? "1" : "0";
     root.dataset.request = String(s.request ?? 0);
     if (timer) clearInterval(timer);
+    timer = undefined;
+    const curve = s.stage === "per-layer curve";
     const tick = () => {
       const secs = ((Date.now() - (s.started ?? Date.now())) / 1000).toFixed(1);
-      const pct = s.progress !== undefined && s.stage === "per-layer curve" ? ` ${Math.round(100 * s.progress)}%` : "";
-      busy.textContent = s.busy ? `⏳ ${s.stage}${pct} · ${secs} s` : "";
+      busy.textContent = s.busy ? `⏳ ${s.stage}${curve ? ` ${Math.round(100 * (s.progress ?? 0))}%` : ""} · ${secs} s` : "";
     };
     tick();
     if (s.busy) timer = setInterval(tick, 200);
-    progress.textContent = s.busy && s.stage === "per-layer curve" ? `per-layer curve: ${Math.round(100 * (s.progress ?? 0))}% (one forward pass per point)` : "";
+    progress.textContent = s.busy && curve
+      ? `per-layer curve: ${Math.round(100 * (s.progress ?? 0))}% (a replayed forward pass per layer, filling in as it goes)` : "";
   }
 
+  // ------------------------------------------------------------------------------------------------ painters
   function paintMain() {
     const v = m.get("view");
     const info = m.get("info");
-    if (!v?.dense || !info) return;
-    const view = decodeView(v);
+    if (!view || !v || !info) return;
     const head = v.head < 0 ? "mean of heads" : `H${v.head}`;
-    const title = `L${v.layer} ${head} · ${info.mask_label}` + (v.factor > 1 ? ` · ${v.factor}×${v.factor} tokens per cell (zoom for detail)` : "");
-    draw(mainPlot, mainFigure(view, info.tokens, title), "rendered");
-    draw(maskPlot, maskFigure(view, `${info.mask_label}: requested ${fmt(m.get("metrics")?.requested_sparsity)}, achieved ${fmt(m.get("metrics")?.achieved_sparsity)}`), "rendered");
-    maskInfo.textContent = `keep-pattern at layer ${v.layer}; reachable sparsity at this length: ${fmt(info.reachable?.[0])} – ${fmt(info.reachable?.[1])}`;
+    const pooled = v.factor > 1 ? ` · ${v.factor}×${v.factor} tokens per cell (drag to zoom for full resolution)` : "";
+    const title = `L${v.layer} ${head} · ${info.mask_label}${pooled}`;
+    const w = width();
+    const side = 0.28 * w; // one panel's width: make the panels about square
+    draw(mainPlot, mainFigure(view, info.tokens, title), w, Math.round(Math.min(720, Math.max(320, side + 140))));
+    drops.replaceChildren();
+    const heavy = heavyDrops(view, 5);
+    if (heavy.length) {
+      drops.appendChild(h("span", {}, "heaviest dropped pairs (dense weight): "));
+      const name = (p: number) => (view!.factor > 1 ? `${p}…` : JSON.stringify(visibleToken(info.tokens[p] ?? "")));
+      heavy.forEach((d, i) => drops.appendChild(h("span", { class: "asw-drop" }, `${i ? " · " : ""}${name(d.q)} → ${name(d.k)} ${d.w.toFixed(3)}`)));
+    } else {
+      drops.textContent = "no pair with dense weight was dropped in this view";
+    }
+  }
+
+  function paintMask() {
+    const info = m.get("info");
+    const met = m.get("metrics") ?? {};
+    if (!view || !info) return;
+    const v = m.get("view");
+    const label = `${info.mask_label}: requested ${pct(met.requested_sparsity)}, achieved ${pct(met.achieved_sparsity)}`;
+    const w = Math.min(width(), 620);
+    draw(maskPlot, maskFigure(view, label), w, w);
+    const perHead = met.achieved_sparsity_per_head?.[v.layer] ?? [];
+    const spread = perHead.length ? ` Achieved at layer ${v.layer}, per head: ${perHead.map((s: number) => pct(s, 0)).join(" ")}.` : "";
+    maskInfo.textContent = `The keep-pattern at layer ${v.layer} (${v.head < 0 ? "fraction of heads keeping each pair" : `head ${v.head}`}); ` +
+      `dark = kept, light = dropped, white = never allowed. Reachable sparsity at ${info.n_tokens} tokens: ` +
+      `${pct(info.reachable?.[0], 0)} – ${pct(info.reachable?.[1], 0)}.${spread}`;
   }
 
   function paintGallery() {
     const g = m.get("gallery") as GalleryPayload & { dense: MatrixPayload; sparse: MatrixPayload };
     if (!g?.dense) return;
-    const order = galleryOrder(g, sortSel.value as SortKey);
-    const dense = restitch(decodeMatrix(g.dense), g, order);
-    const sparse = restitch(decodeMatrix(g.sparse), g, order);
-    const c = g.cell;
-    const labels = order.map(([l, hh], k) => ({ text: `L${l}H${hh}`, x: (k % g.n_heads) * c + 1, y: Math.floor(k / g.n_heads) * c + 1 }));
-    const ann = (xref: string) => labels.map((a) => ({ text: a.text, x: a.x, y: a.y, xref, yref: "y", showarrow: false, xanchor: "left", yanchor: "top", font: { size: 8, color: "white" } }));
-    const hover = (k: number) => order[k];
-    const custom = dense.map((r, y) => Array.from(r, (_, x) => { const s = hover(Math.floor(y / c) * g.n_heads + Math.floor(x / c)); return s ? `L${s[0]}H${s[1]} KL ${fmt(g.kl[s[0] * g.n_heads + s[1]], 4)} mass lost ${fmt(g.mass_lost[s[0] * g.n_heads + s[1]])}` : ""; }));
-    const trace = (z: Float32Array[], xaxis: string) => ({ type: "heatmap", z, xaxis, yaxis: "y", colorscale: "Viridis", showscale: false, zsmooth: false, customdata: custom, hovertemplate: "%{customdata}<extra></extra>" });
-    const fig: Figure = {
-      data: [trace(dense, "x"), trace(sparse, "x2")],
-      layout: {
-        xaxis: { domain: [0, 0.48], showticklabels: false, title: { text: "dense" } },
-        xaxis2: { domain: [0.52, 1], showticklabels: false, title: { text: "sparse" } },
-        yaxis: { autorange: "reversed", showticklabels: false },
-        annotations: [...ann("x"), ...ann("x2")],
-        height: Math.max(400, 14 * g.n_layers * 2), margin: { l: 10, r: 10, t: 10, b: 40 }, uirevision: "gallery",
-      },
-    };
-    galleryPlot.dataset.order = JSON.stringify(order.slice(0, 5));
-    draw(galleryPlot, fig, "rendered");
-    (galleryPlot as any).__order = order;
-    (galleryPlot as any).__gallery = g;
+    if (!gallery || gallery.g !== g) {
+      const order = galleryOrder(g, sortSel.value as SortKey);
+      gallery = { g, order, dense: restitch(decodeMatrix(g.dense), g, order), sparse: restitch(decodeMatrix(g.sparse), g, order) };
+    }
+    const w = width();
+    const pitch = g.cell + 1;
+    const cellPx = (0.49 * w - 8) / (g.n_heads * pitch);
+    const hgt = Math.round(Math.min(4000, g.n_layers * pitch * cellPx + 40));
+    galleryPlot.dataset.order = JSON.stringify(gallery.order.slice(0, 5));
+    draw(galleryPlot, galleryFigure(gallery.dense, gallery.sparse, g, gallery.order, sortSel.value as SortKey), w, hgt);
   }
 
   function paintOutput() {
     const met = m.get("metrics") ?? {};
     const info = m.get("info") ?? {};
     headline.replaceChildren();
-    const cells: [string, string][] = [
-      ["perplexity dense", fmt(met.dense_ppl)], ["perplexity sparse", fmt(met.sparse_ppl)], ["Δ perplexity", fmt(met.delta_ppl)],
-      ["sparsity achieved", fmt(met.achieved_sparsity)], ["next-token KL", fmt(met.next_token_kl, 4)], ["top-1 agreement", fmt(met.top1_agreement)],
+    const cells: [string, string, string][] = [
+      ["perplexity dense", fmt(met.dense_ppl), "exp of the mean next-token NLL, dense attention"],
+      ["perplexity sparse", fmt(met.sparse_ppl), "the same with the sparse mask at every layer"],
+      ["Δ perplexity", fmt(met.delta_ppl), "sparse − dense"],
+      ["sparsity achieved", pct(met.achieved_sparsity), "fraction of allowed query-key pairs dropped"],
+      ["next-token KL", fmt(met.next_token_kl, 4), "KL(dense ‖ sparse) of the next-token distribution, mean over positions"],
+      ["top-1 agreement", pct(met.top1_agreement), "positions where both predict the same next token"],
     ];
-    for (const [k, v] of cells) { const d = h("div", { class: "asw-metric" }); d.append(h("span", {}, k), h("b", { "data-metric": k }, v)); headline.appendChild(d); }
-    if (info.n_layers) draw(layerPlot, layerFigure(met, info.n_layers, m.get("layer")), "rendered");
+    for (const [k, val, tip] of cells) {
+      const d = h("div", { class: "asw-metric", title: tip });
+      d.append(h("span", {}, k), h("b", { "data-metric": k }, val));
+      headline.appendChild(d);
+    }
+    if (info.n_layers) {
+      if (met.dense_ppl === null || met.dense_ppl === undefined) {
+        layerPlot.style.display = "none";
+      } else {
+        layerPlot.style.display = "";
+        draw(layerPlot, layerFigure(met, info.n_layers, m.get("layer")), width(), 340);
+      }
+    }
     conts.replaceChildren();
     const toks = met.continuation_tokens ?? {};
     if (toks.dense) {
       const split = firstDivergence(toks.dense, toks.sparse);
+      const table = h("div", { class: "asw-cont-grid" });
       for (const name of ["dense", "sparse"]) {
-        const box = h("div", { class: "asw-cont" });
-        box.appendChild(h("b", {}, `${name}: `));
-        (toks[name] as string[]).forEach((t, i) => box.appendChild(h("span", { class: i === split ? "asw-diverge" : i > split ? "asw-after" : "" }, t)));
-        conts.appendChild(box);
+        const box = h("div", { class: "asw-cont", "data-regime": name });
+        box.appendChild(h("b", {}, `${name} continuation`));
+        const line = h("div", { class: "asw-cont-text" });
+        (toks[name] as string[]).forEach((t, i) => line.appendChild(h("span", { class: i === split ? "asw-diverge" : i > split ? "asw-after" : "" }, visibleToken(t))));
+        box.appendChild(line);
+        table.appendChild(box);
       }
+      conts.appendChild(table);
+      conts.appendChild(h("div", { class: "asw-hint" }, split < Math.max(toks.dense.length, toks.sparse.length)
+        ? `greedy decoding; the continuations part at token ${split + 1} (highlighted)` : "greedy decoding; the continuations are identical"));
+    } else if (info.causal === false) {
+      conts.textContent = "an encoder has no next-token head: perplexity and continuations do not apply";
     }
     const v = m.get("view") ?? {};
     nextTok.replaceChildren();
     if (v.next_tokens) {
-      nextTok.appendChild(h("div", {}, `next token after position ${v.position} (${info.tokens?.[v.position] ?? ""}):`));
+      if (document.activeElement !== positionInput) positionInput.value = String(v.position);
+      nextTok.appendChild(h("div", {}, `after position ${v.position} (${JSON.stringify(visibleToken(info.tokens?.[v.position] ?? ""))}):`));
+      const both = new Set((v.next_tokens.dense as [string, number][]).map(([t]) => t).filter((t) => v.next_tokens.sparse.some(([s]: [string, number]) => s === t)));
       const table = h("table");
       for (const name of ["dense", "sparse"]) {
         const tr = h("tr");
         tr.appendChild(h("th", {}, name));
-        for (const [tok, p] of v.next_tokens[name]) tr.appendChild(h("td", {}, `${JSON.stringify(tok)} ${(100 * p).toFixed(1)}%`));
+        for (const [tok, p] of v.next_tokens[name] as [string, number][]) {
+          tr.appendChild(h("td", { class: both.has(tok) ? "asw-shared" : "" }, `${JSON.stringify(visibleToken(tok))} ${(100 * p).toFixed(1)}%`));
+        }
         table.appendChild(tr);
       }
       nextTok.appendChild(table);
     }
   }
 
-  function refresh() {
-    paintStatus();
-    paintInfo();
-    paintSparsity();
-    if (current === "main" || current === "mask") paintMain();
-    if (current === "gallery") paintGallery();
-    if (current === "output") paintOutput();
-  }
-
-  // clicks on plots report intent back to the kernel
-  const onClick = (plot: HTMLElement, handler: (pt: any) => void) =>
-    (plot as any).on?.("plotly_click", (ev: any) => ev?.points?.[0] && handler(ev.points[0]));
-  const wire = () => {
-    onClick(layerPlot, (pt) => { if (pt.data?.type === "bar") { set("layer", Number(pt.x)); select("main"); } });
-    onClick(galleryPlot, (pt) => {
-      const slot = slotAt(pt.x, pt.y, (galleryPlot as any).__gallery, (galleryPlot as any).__order);
-      if (slot) { set("layer", slot[0]); set("head", slot[1]); select("main"); }
+  // ------------------------------------------------------------------------------- plots report intent back
+  const showTip = (ev: any, lines: string[]) => {
+    tooltip.replaceChildren(...lines.map((l) => h("div", {}, l)));
+    const box = root.getBoundingClientRect();
+    const e = ev?.event as MouseEvent | undefined;
+    if (!e) return;
+    tooltip.style.left = `${e.clientX - box.left + 14}px`;
+    tooltip.style.top = `${e.clientY - box.top + 14}px`;
+    tooltip.style.display = "block";
+  };
+  const hideTip = () => { tooltip.style.display = "none"; };
+  const on = (p: HTMLElement, name: string, fn: (ev: any) => void) => (p as any).on(name, fn);
+  wiring.set(mainPlot, () => {
+    on(mainPlot, "plotly_hover", (ev) => {
+      const pt = ev?.points?.[0];
+      const idx = pt?.pointNumber ?? pt?.pointIndex;
+      if (view && Array.isArray(idx)) showTip(ev, cellInfo(view, m.get("info")?.tokens ?? [], idx[0], idx[1]));
     });
-    onClick(mainPlot, (pt) => { set("position", Number(pt.y)); });
-    (mainPlot as any).on?.("plotly_relayout", (ev: any) => {
-      if (ev["xaxis.autorange"] || ev["yaxis.autorange"]) { set("zoom", []); return; }
-      const x0 = ev["xaxis.range[0]"] ?? ev["xaxis2.range[0]"], x1 = ev["xaxis.range[1]"] ?? ev["xaxis2.range[1]"];
+    on(mainPlot, "plotly_unhover", hideTip);
+    on(mainPlot, "plotly_click", (ev) => { const pt = ev?.points?.[0]; if (pt && typeof pt.y === "number") set("position", pt.y); });
+    on(mainPlot, "plotly_relayout", (ev) => {
+      if (ev["xaxis.autorange"] || ev["yaxis.autorange"] || ev["xaxis2.autorange"] || ev["xaxis3.autorange"]) { set("zoom", []); return; }
+      const xr = ["xaxis", "xaxis2", "xaxis3"].map((a) => [ev[`${a}.range[0]`], ev[`${a}.range[1]`]]).find(([a]) => typeof a === "number");
       const y0 = ev["yaxis.range[0]"], y1 = ev["yaxis.range[1]"];
-      if ([x0, x1, y0, y1].every((v) => typeof v === "number")) {
-        set("zoom", [Math.floor(Math.min(y0, y1)), Math.ceil(Math.max(y0, y1)) + 1, Math.floor(Math.min(x0, x1)), Math.ceil(Math.max(x0, x1)) + 1]);
+      const factor = view?.factor ?? 1;
+      if (xr && typeof y0 === "number" && typeof y1 === "number") {
+        const [x0, x1] = xr as [number, number];
+        set("zoom", [Math.floor(Math.min(y0, y1)), Math.ceil(Math.max(y0, y1)) + factor, Math.floor(Math.min(x0, x1)), Math.ceil(Math.max(x0, x1)) + factor]);
       }
     });
-  };
+  });
+  wiring.set(galleryPlot, () => {
+    on(galleryPlot, "plotly_hover", (ev) => {
+      const pt = ev?.points?.[0];
+      const slot = gallery && pt ? slotAt(pt.x, pt.y, gallery.g, gallery.order) : null;
+      if (slot && gallery) showTip(ev, slotInfo(gallery.g, slot)); else hideTip();
+    });
+    on(galleryPlot, "plotly_unhover", hideTip);
+    on(galleryPlot, "plotly_click", (ev) => {
+      const pt = ev?.points?.[0];
+      const slot = gallery && pt ? slotAt(pt.x, pt.y, gallery.g, gallery.order) : null;
+      if (slot) { hideTip(); m.set("layer", slot[0]); set("head", slot[1]); select("main"); }
+    });
+  });
+  wiring.set(layerPlot, () => on(layerPlot, "plotly_click", (ev) => {
+    const pt = ev?.points?.[0];
+    if (pt && typeof pt.x === "number") { set("layer", pt.x); select("main"); }
+  }));
+
+  // -------------------------------------------------------------------------------------- trait → painters
+  const onView = () => { performance.mark("attnsparse:view-arrived"); const v = m.get("view"); view = v?.dense ? decodeView(v) : null; invalidate("main", "mask", "output"); };
+  m.on("change:catalog", () => { paintCatalog(); paintParams(); });
+  m.on("change:mask", () => { paintParams(); paintControls(); });
+  m.on("change:mask_params", paintParams);
+  m.on("change:info", () => { paintParams(); paintControls(); gallery = null; });
+  m.on("change:view", onView);
+  m.on("change:metrics", () => { paintSparsity(); invalidate("output", "mask"); });
+  m.on("change:gallery", () => invalidate("gallery"));
+  m.on("change:status", paintStatus);
+  for (const name of ["text", "sparsity", "layer", "head"]) m.on(`change:${name}`, paintControls);
 
   paintCatalog();
   paintParams();
+  paintControls();
+  paintStatus();
+  view = m.get("view")?.dense ? decodeView(m.get("view")) : null;
   select("main");
-  requestAnimationFrame(() => wire());
-  m.on("change:catalog", () => { paintCatalog(); paintParams(); });
-  m.on("change:mask", () => { paintParams(); refresh(); });
-  m.on("change:info", () => { paintParams(); refresh(); });
-  for (const name of ["view", "metrics", "status", "layer", "head", "text", "sparsity"]) m.on(`change:${name}`, refresh);
-  m.on("change:gallery", () => current === "gallery" && paintGallery());
 
-  const resize = new ResizeObserver(() => { for (const p of [mainPlot, galleryPlot, layerPlot, maskPlot]) if (p.offsetParent && (p as any).data) Plotly.Plots.resize(p); });
+  // the output area may be laid out after render (or resized later): repaint the visible pane at the new width
+  let lastWidth = 0;
+  let pending: ReturnType<typeof setTimeout> | undefined;
+  const resize = new ResizeObserver(() => {
+    const w = width();
+    if (Math.abs(w - lastWidth) < 8) return;
+    lastWidth = w;
+    clearTimeout(pending);
+    pending = setTimeout(() => { for (const k of Object.keys(stale) as Pane[]) stale[k] = true; paint(current); }, 100);
+  });
   resize.observe(root);
   return () => {
     resize.disconnect();
+    clearTimeout(pending);
     if (timer) clearInterval(timer);
     for (const p of [mainPlot, galleryPlot, layerPlot, maskPlot]) Plotly.purge(p);
   };

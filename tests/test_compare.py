@@ -265,3 +265,34 @@ def test_unsupported_model_is_named():
                                            attention_types=[[["global", "local"], 1]], max_position_embeddings=64))
     with pytest.raises(aw.UnsupportedModelError, match="GPTNeoForCausalLM.*Families that work"):
         aw.compare((model, ToyTokenizer()), "hello", per_layer=False, continuation_tokens=0)
+
+
+def test_two_threads_on_one_model_do_not_interfere():
+    """Two widgets on the same model compute in two threads: each comparison equals the one computed alone."""
+    import threading
+
+    model, tok = build("llama"), ToyTokenizer()
+    jobs = [("the first text, with its own mask", "sink_window", 0.5), ("and another one", "topk", 0.3)]
+    alone = [aw.compare((model, tok), t, mask=m, sparsity=s, continuation_tokens=4) for t, m, s in jobs]
+    aw.clear_cache()
+    together: list = [None, None]
+    errors: list = []
+
+    def run(i: int) -> None:
+        try:
+            for _ in range(3):
+                t, m, s = jobs[i]
+                together[i] = aw.compare((model, tok), t, mask=m, sparsity=s, continuation_tokens=4)
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    for a, b in zip(alone, together):
+        assert a.metrics.sparse_ppl == b.metrics.sparse_ppl and a.metrics.per_layer_delta_ppl == b.metrics.per_layer_delta_ppl
+        assert np.array_equal(a.attention(1, "sparse"), b.attention(1, "sparse"))
+    assert model.config._attn_implementation == "sdpa"

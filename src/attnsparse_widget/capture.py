@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -279,22 +281,43 @@ def check_supported(model: nn.Module) -> None:
         raise unsupported(model, "config.reorder_and_upcast_attn=True takes GPT-2's private attention path")
 
 
+_model_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock that serialises switched passes of one model: two widgets (threads) on the same model must not
+    switch its attention implementation under each other's feet."""
+    with _locks_guard:
+        lock = _model_locks.get(model)
+        if lock is None:
+            lock = _model_locks[model] = threading.RLock()
+        return lock
+
+
 @contextlib.contextmanager
 def attention_active(model: PreTrainedModel, plan: Plan) -> Iterator[Plan]:
     """Run ``model`` with :func:`attention_forward` and ``plan`` inside the block; restore everything after.
 
     Restores the attention implementation of every config, the train/eval mode of every module, and the plan
-    context, whatever happens in the block.
+    context, whatever happens in the block. Holds the model's :func:`model_lock` throughout.
     """
     register()
     check_supported(model)
+    with model_lock(model):
+        with _switched(model, plan):
+            yield plan
+
+
+@contextlib.contextmanager
+def _switched(model: PreTrainedModel, plan: Plan) -> Iterator[None]:
     saved_impl = [(c, c.__dict__.get("_attn_implementation_internal")) for c in _configs(model)]
     saved_modes = [(m, m.training) for m in model.modules()]
     token = _ACTIVE.set(plan)
     try:
         model.set_attn_implementation(ATTN_NAME)
         model.eval()
-        yield plan
+        yield
     finally:
         _ACTIVE.reset(token)
         for config, impl in saved_impl:

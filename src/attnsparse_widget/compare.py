@@ -205,6 +205,7 @@ class Comparison:
     sparse: PassResult
     n_layers: int
     n_heads: int
+    n_kv_heads: int  # key/value heads (fewer than n_heads under grouped-query attention)
     _decode: Callable[[list[int]], str] = field(repr=False, default=lambda ids: "")
 
     def attention(self, layer: int, which: str = "dense") -> np.ndarray:
@@ -339,6 +340,7 @@ def compare(
         sparse=sparse,
         n_layers=num_layers(model),
         n_heads=config.num_attention_heads,
+        n_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
         _decode=decode,
     )
 

@@ -3,7 +3,7 @@
 Matrices go as float16 bytes with their shape (``{"shape": [r, c], "dtype": "f2", "data": bytes}``); the frontend
 decodes them into Float32Array rows for plotly. Never JSON lists of floats. A map wider than ``MAX_SIDE`` is shown
 as a block-mean overview (``factor`` tokens per cell); a zoom region narrower than ``MAX_SIDE`` comes at full
-resolution. Gallery thumbnails are uint8, each scaled to its own maximum.
+resolution. Gallery thumbnails are uint8, each head's dense and sparse pair scaled to that head's maximum.
 """
 
 from __future__ import annotations
@@ -77,26 +77,35 @@ def clip_region(region: list[int] | None, n: int) -> tuple[int, int, int, int]:
     return q0, max(q0 + 1, min(q1, n)), k0, max(k0 + 1, min(k1, n))
 
 
-def _thumbnail(values: np.ndarray, side: int) -> np.ndarray:
-    factor = max(1, math.ceil(values.shape[-1] / side))
-    pooled = np.nan_to_num(block_mean(values, factor))
-    peak = pooled.max(axis=(-1, -2), keepdims=True)
-    return np.round(255 * pooled / np.where(peak > 0, peak, 1)).astype(np.uint8)
+def _thumbnails(dense: np.ndarray, sparse: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[H, T, T]`` x2 → uint8 ``[H, c, c]`` x2, block-mean pooled to at most ``side`` cells a side. Each head's
+    dense and sparse thumbnails share one scale (that head's peak over both), so they compare by eye."""
+    factor = max(1, math.ceil(dense.shape[-1] / side))
+    pooled = [np.nan_to_num(block_mean(m, factor)) for m in (dense, sparse)]
+    peak = np.maximum(*(p.max(axis=(-1, -2), keepdims=True) for p in pooled))
+    scale = 255 / np.where(peak > 0, peak, 1)
+    return tuple(np.round(p * scale).astype(np.uint8) for p in pooled)  # type: ignore[return-value]
 
 
 def gallery_payload(res: Comparison, side: int = THUMB) -> dict[str, Any]:
     """Every layer x head as a small dense and sparse thumbnail, stitched into one grid per regime, plus the
     per-head change scores the gallery sorts by (KL(sparse‖dense) and attention mass lost)."""
-    dense = np.stack([_thumbnail(res.attention(layer, "dense"), side) for layer in range(res.n_layers)])
-    sparse = np.stack([_thumbnail(res.attention(layer, "sparse"), side) for layer in range(res.n_layers)])
+    pairs = [_thumbnails(res.attention(layer, "dense"), res.attention(layer, "sparse"), side)
+             for layer in range(res.n_layers)]
+    dense = np.stack([d for d, _ in pairs])
+    sparse = np.stack([s for _, s in pairs])
     cell = dense.shape[-1]
+
+    def stitch(thumbs: np.ndarray) -> dict[str, Any]:
+        # [L, H, c, c] -> one [L*c, H*c] image, so the browser draws one heatmap, not L*H subplots
+        return matrix(thumbs.transpose(0, 2, 1, 3).reshape(res.n_layers * cell, res.n_heads * cell), "u1")
+
     return {
         "n_layers": res.n_layers,
         "n_heads": res.n_heads,
         "cell": cell,
-        # [L, H, c, c] -> one [L*c, H*c] image each, so the browser draws one heatmap, not L*H subplots
-        "dense": matrix(dense.transpose(0, 2, 1, 3).reshape(res.n_layers * cell, res.n_heads * cell), "u1"),
-        "sparse": matrix(sparse.transpose(0, 2, 1, 3).reshape(res.n_layers * cell, res.n_heads * cell), "u1"),
+        "dense": stitch(dense),
+        "sparse": stitch(sparse),
         "kl": [float(v) for row in res.metrics.kl_per_head for v in row],
         "mass_lost": [1.0 - float(v) for row in res.metrics.mass_recall_per_head for v in row],
     }

@@ -10,6 +10,7 @@ The per-layer perplexity curve fills in after the main view, one layer at a time
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 import traceback
@@ -73,9 +74,14 @@ class AttentionDiffWidget(anywidget.AnyWidget):
     gallery = t.Dict().tag(sync=True)
     status = t.Dict({"busy": False, "error": None, "stage": "", "started": 0.0, "request": 0}).tag(sync=True)
 
-    def __init__(self, model: Any = None, tokenizer: Any = None, *, threaded: bool = True, **kwargs: Any) -> None:
+    def __init__(self, model: Any = None, tokenizer: Any = None, *, threaded: bool | None = None,
+                 **kwargs: Any) -> None:
+        """``threaded``: compute in a worker thread so the kernel stays responsive and rapid changes coalesce (the
+        default), or in the kernel's own thread (``False``). None picks the worker thread everywhere except Google
+        Colab, whose frontend holds widget messages sent from a background thread until the next message from the
+        main thread (googlecolab/colabtools#3373)."""
         self._model, self._tokenizer = resolve_model(model, tokenizer)
-        self._threaded = threaded
+        self._threaded = ("google.colab" not in sys.modules) if threaded is None else threaded
         self._lock = threading.Lock()
         self._pending: set[str] = set()
         self._generation = 0
@@ -218,6 +224,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             "model": res.model_name,
             "n_layers": res.n_layers,
             "n_heads": res.n_heads,
+            "n_kv_heads": res.n_kv_heads,
             "n_tokens": len(res.tokens),
             "tokens": res.tokens,
             "causal": res.causal,

@@ -42,6 +42,15 @@ print("KERNEL", json.dumps({"achieved": w.metrics["achieved_sparsity"], "sparse_
       "per_layer": len(w.metrics["per_layer_delta_ppl"] or [])}))"""
 
 
+SEVERAL = [
+    f"import attnsparse_widget as aw\na = aw.show(None, {TEXT!r}, mask='sink_window', sparsity=0.5)\na",
+    "b = aw.show(None, 'A second widget on another text, with its own mask.', mask='topk', sparsity=0.3)\nb",
+    "a  # the first widget again: a second view of the same model",
+    """import json\na.wait(300); b.wait(300)
+print("KERNEL", json.dumps({"a": [a.mask, a.sparsity, a.status["request"]], "b": [b.mask, b.sparsity, b.status["request"]]}))""",
+]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -54,6 +63,13 @@ def server(tmp_path_factory):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(SHOW), nbformat.v4.new_code_cell(STATE)])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, root / "widget.ipynb")
+    several = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in SEVERAL])
+    several.metadata["kernelspec"] = nb.metadata["kernelspec"]
+    nbformat.write(several, root / "several.ipynb")
+    # no "get notified about Jupyter news?" toast over the screenshots
+    (root / ".cfg" / "labconfig").mkdir(parents=True)
+    (root / ".cfg" / "labconfig" / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
     port = free_port()
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(root / ".cfg"), "JUPYTER_RUNTIME_DIR": str(root / ".rt"),
            "JUPYTERLAB_WORKSPACES_DIR": str(root / ".ws")}
@@ -127,6 +143,18 @@ def achieved_label(page) -> float:
     return float(page.locator(".asw-sparsity-label").get_attribute("data-achieved"))
 
 
+TIMINGS = """() => {
+  const marks = performance.getEntriesByType("mark");
+  const last = (pred) => marks.filter(pred).slice(-1)[0];
+  const intent = last((m) => m.name === "attnsparse:intent:sparsity");
+  const arrived = last((m) => m.name === "attnsparse:view-arrived");
+  const painted = last((m) => m.name.startsWith("attnsparse:main:end:") && arrived && m.startTime >= arrived.startTime);
+  const start = arrived && marks.filter((m) => m.name.startsWith("attnsparse:main:start:") && m.startTime >= arrived.startTime)[0];
+  return { intent_to_painted_ms: painted.startTime - intent.startTime, arrival_to_painted_ms: painted.startTime - arrived.startTime,
+           plotly_react_ms: painted.startTime - start.startTime };
+}"""
+
+
 def open_notebook(browser, url: str):
     page = browser.new_page(viewport={"width": 1500, "height": 1100})
     errors: list[str] = []
@@ -167,6 +195,9 @@ def test_widget_in_a_real_browser(server, browser, app):
     assert achieved_label(page) == pytest.approx(moved["achieved"], abs=1e-9)
     assert moved["achieved"] > first["achieved"] + 0.1
     assert sparse_checksum(page) != before
+    timings = page.evaluate(TIMINGS)  # slider released -> heatmaps repainted, measured in the page
+    assert 0 <= timings["arrival_to_painted_ms"] <= timings["intent_to_painted_ms"]
+    (ARTIFACTS / f"{app}-timings.json").write_text(json.dumps(timings, indent=1))
     ppl_shown = page.locator("[data-metric='perplexity sparse']")
     page.locator(".asw-tab[data-tab='output']").click()
     page.wait_for_function("() => document.querySelector('.asw-layers')?.dataset.rendered")
@@ -186,5 +217,52 @@ def test_widget_in_a_real_browser(server, browser, app):
     page.locator(".asw-tab[data-tab='gallery']").click()
     page.wait_for_function("() => document.querySelector('.asw-gallery')?.dataset.rendered")
     page.locator(".asw-root").screenshot(path=str(ARTIFACTS / f"{app}-gallery.png"))
+    assert not errors, errors
+    page.close()
+
+
+def roots_state(page) -> list[dict]:
+    return page.evaluate("""() => Array.from(document.querySelectorAll('.asw-root')).map((r) => ({
+        busy: r.dataset.busy, request: Number(r.dataset.request), mask: r.querySelector('.asw-mask').value,
+        sparsity: r.querySelector('.asw-sparsity').value,
+        title: r.querySelector('.asw-main .gtitle')?.textContent ?? '' }))""")
+
+
+def test_several_widgets_and_a_second_view(server, browser):
+    """Two widgets in one notebook stay independent; displaying one again gives a second live view of it."""
+    url = f"{server}/lab/workspaces/{uuid.uuid4().hex[:8]}/tree/several.ipynb"
+    page, errors = open_notebook(browser, url)
+    for i in range(3):
+        run_cell(page, i)
+    page.wait_for_function(
+        "() => { const r = document.querySelectorAll('.asw-root'); return r.length === 3 && Array.from(r).every("
+        "(x) => x.dataset.busy === '0' && x.querySelector('.asw-main')?.dataset.rendered); }", timeout=300_000)
+    a1, b, a2 = roots_state(page)
+    assert a1["mask"] == a2["mask"] == "sink_window" and b["mask"] == "topk"
+    assert a1["title"] == a2["title"] and "topk" in b["title"]
+
+    # change b through its own slider: a's two views do not move
+    slider = page.locator(".asw-root").nth(1).locator(".asw-sparsity")
+    slider.focus()
+    for _ in range(20):
+        page.keyboard.press("ArrowRight")
+    page.wait_for_function(
+        "n => { const r = document.querySelectorAll('.asw-root')[1]; return r.dataset.busy === '0' && Number(r.dataset.request) > n; }",
+        arg=b["request"], timeout=300_000)
+    # switch a's mask from its second view: both views of a follow, b stays
+    page.locator(".asw-root").nth(2).locator(".asw-mask").select_option("sliding_window")
+    page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('.asw-root')).filter((r, i) => i !== 1).every((r) =>"
+        " r.dataset.busy === '0' && r.querySelector('.asw-main .gtitle')?.textContent.includes('sliding_window'))",
+        timeout=300_000)
+    a1, b2, a2 = roots_state(page)
+    assert a1["mask"] == a2["mask"] == "sliding_window" and a1["title"] == a2["title"]
+    assert b2["mask"] == "topk" and b2["sparsity"] == "50" and "topk" in b2["title"]
+    run_cell(page, 3)
+    out = page.locator(".jp-Notebook .jp-Cell").nth(3).locator(".jp-OutputArea-output")
+    out.filter(has_text="KERNEL").wait_for(timeout=300_000)
+    kernel = json.loads(re.search(r"KERNEL (\{.*\})", out.inner_text()).group(1))
+    assert kernel["a"][:2] == ["sliding_window", 0.5] and kernel["b"][:2] == ["topk", 0.5]
+    page.locator(".jp-Notebook").screenshot(path=str(ARTIFACTS / "lab-several.png"))
     assert not errors, errors
     page.close()
