@@ -81,7 +81,8 @@ export function galleryFigure(dense: Float32Array[], sparse: Float32Array[], g: 
     layout: {
       xaxis: { ...plain, domain: [0, 0.49], title: { text: "dense" } },
       xaxis2: { ...plain, domain: [0.51, 1], title: { text: "sparse" } },
-      yaxis: { autorange: "reversed", showticklabels: false, showgrid: false, zeroline: false, scaleanchor: "x" },
+      // no scaleanchor: the widget sizes the figure so that cells come out square
+      yaxis: { autorange: "reversed", showticklabels: false, showgrid: false, zeroline: false },
       showlegend: false,
       plot_bgcolor: "#ffffff",
       hovermode: "closest",

@@ -304,7 +304,7 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
     const w = width();
     const pitch = g.cell + 1;
     const cellPx = (0.49 * w - 8) / (g.n_heads * pitch);
-    const hgt = Math.round(Math.min(4000, g.n_layers * pitch * cellPx + 40));
+    const hgt = Math.round(Math.min(4000, g.n_layers * pitch * cellPx + 40)); // + the margins: square cells
     galleryPlot.dataset.order = JSON.stringify(gallery.order.slice(0, 5));
     draw(galleryPlot, galleryFigure(gallery.dense, gallery.sparse, g, gallery.order, sortSel.value as SortKey), w, hgt);
   }

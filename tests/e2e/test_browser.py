@@ -214,6 +214,18 @@ def test_widget_in_a_real_browser(server, browser, app):
     assert achieved_label(page) == pytest.approx(switched["achieved"], abs=1e-9)
     assert "topk" in page.locator(".asw-main .gtitle").text_content()
 
+    # bad input: the error shows inside the widget, which stays usable
+    text_box = page.locator(".asw-text")
+    text_box.fill("   ")
+    page.locator(".asw-run").click()
+    page.locator(".asw-error").filter(has_text="empty").wait_for(timeout=60_000)
+    request = int(page.locator(".asw-root").get_attribute("data-request"))
+    text_box.fill(TEXT)
+    page.locator(".asw-run").click()
+    settled(page, request)
+    assert page.locator(".asw-error").is_hidden()
+
+    page.set_viewport_size({"width": 1500, "height": 2400})  # the whole gallery on the screenshot
     page.locator(".asw-tab[data-tab='gallery']").click()
     page.wait_for_function("() => document.querySelector('.asw-gallery')?.dataset.rendered")
     page.locator(".asw-root").screenshot(path=str(ARTIFACTS / f"{app}-gallery.png"))
