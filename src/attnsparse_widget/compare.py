@@ -250,6 +250,26 @@ class Comparison:
             out[name] = [(self._decode([int(i)]), float(p)) for p, i in zip(top.values, top.indices)]
         return out
 
+    def export_gif(self, path: Any, view: str = "side_by_side", head: int | None = None, layers: Any = None,
+                   duration_ms: int = 700, size: tuple[int, int] | None = None) -> Any:
+        """Write an animated GIF stepping through the layers (see :func:`attnsparse_widget.export.export_gif`);
+        returns a report with the path, the frame count and the seconds it took."""
+        from .export import export_gif
+
+        return export_gif(self, path, view=view, head=head, layers=layers, duration_ms=duration_ms, size=size)
+
+    def export_png(self, path: Any, layer: int = 0, head: int | None = None, view: str = "side_by_side") -> Any:
+        """Write a PNG of one layer's view (see :func:`attnsparse_widget.export.export_png`)."""
+        from .export import export_png
+
+        return export_png(self, path, layer=layer, head=head, view=view)
+
+    def to_html(self, path: Any = None, head: int | None = None) -> str:
+        """A self-contained offline HTML page of this comparison (see :func:`attnsparse_widget.export.to_html`)."""
+        from .export import to_html
+
+        return to_html(self, path, head=head)
+
     def summary(self) -> str:
         """A readable table of the headline metrics and the continuations."""
         from .report import summary_table

@@ -1,9 +1,9 @@
-"""What travels to the browser: attention maps as binary buffers, only for what is on screen.
+"""What travels to the browser: figures whose arrays are binary buffers, only for what is on screen.
 
-Matrices go as float16 bytes with their shape (``{"shape": [r, c], "dtype": "f2", "data": bytes}``); the frontend
-decodes them into Float32Array rows for plotly. Never JSON lists of floats. A map wider than ``MAX_SIDE`` is shown
-as a block-mean overview (``factor`` tokens per cell); a zoom region narrower than ``MAX_SIDE`` comes at full
-resolution. Gallery thumbnails are uint8, each head's dense and sparse pair scaled to that head's maximum.
+Every numpy array inside a figure (see :mod:`attnsparse_widget.figures`) becomes ``{"shape": [r, c], "dtype":
+"f2" | "u1", "data": bytes}``: float16 for probabilities (NaN kept), uint8 for codes and thumbnails. anywidget sends
+the bytes as binary websocket frames and the frontend decodes them into Float32Array rows for plotly. Never JSON
+lists of floats. Gallery thumbnails are uint8, each head's dense and sparse pair scaled to that head's maximum.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from einops import reduce
+
+from .figures import block_mean, heavy_drops, main_figure, map_view, mask_figure, view_title
 
 if TYPE_CHECKING:
     from .compare import Comparison
 
-MAX_SIDE = 256  # cells per axis sent for the main view
 THUMB = 24  # cells per axis of a gallery thumbnail
 
 
@@ -27,54 +27,41 @@ def matrix(values: np.ndarray, dtype: str = "f2") -> dict[str, Any]:
     return {"shape": list(arr.shape), "dtype": dtype, "data": arr.tobytes()}
 
 
-def block_mean(values: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over ``factor x factor`` blocks of the last two axes (edges padded with NaN and ignored)."""
-    if factor <= 1:
-        return values
-    rows, cols = values.shape[-2:]
-    pad_r, pad_c = -rows % factor, -cols % factor
-    padded = np.pad(values.astype(np.float32), [(0, 0)] * (values.ndim - 2) + [(0, pad_r), (0, pad_c)],
-                    constant_values=np.nan)
-    return reduce(padded, "... (r a) (c b) -> ... r c", np.nanmean, a=factor, b=factor)
-
-
-def _head_view(res: Comparison, layer: int, head: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    dense = res.attention(layer, "dense")
-    sparse = res.attention(layer, "sparse")
-    keep = res.keep_mask(layer).astype(np.float32)
-    if head < 0:  # the mean over heads
-        return dense.mean(0), sparse.mean(0), keep.mean(0)
-    return dense[head], sparse[head], keep[head]
+def encode(value: Any) -> Any:
+    """``value`` with every 2-D numpy array replaced by a binary :func:`matrix` entry (uint8 stays uint8, the rest
+    goes as float16) and tuples as lists; everything else as it is."""
+    if isinstance(value, np.ndarray) and value.ndim == 2:
+        return matrix(value, "u1" if value.dtype == np.uint8 else "f2")
+    if isinstance(value, dict):
+        return {k: encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encode(v) for v in value]
+    return value
 
 
 def view_payload(res: Comparison, layer: int, head: int, region: list[int] | None = None) -> dict[str, Any]:
-    """Dense, sparse and keep maps of one layer and head (``head=-1``: mean over heads) for the main view.
+    """The main view and the mask preview of ``layer`` and ``head`` (-1: mean over heads), ready to send.
 
-    ``region`` = [q0, q1, k0, k1] (half-open) zooms in; the shown block is pooled to at most ``MAX_SIDE`` cells.
-    """
-    n = len(res.tokens)
-    q0, q1, k0, k1 = clip_region(region, n)
-    dense, sparse, keep = (m[q0:q1, k0:k1] for m in _head_view(res, layer, head))
-    allowed = res.allowed_mask(layer)[q0:q1, k0:k1].astype(np.float32)
-    factor = max(1, math.ceil(max(q1 - q0, k1 - k0) / MAX_SIDE))
-    return {
+    Besides the two figures: per cell, its state code (figures.NOT_ALLOWED, KEPT, PARTLY_KEPT, DROPPED) and the
+    percentage of its pairs kept (the tooltip's data), and the heaviest dropped pairs."""
+    view = map_view(res, layer, head, region)
+    return encode({
         "layer": layer,
         "head": head,
-        "region": [q0, q1, k0, k1],
-        "factor": factor,
-        "dense": matrix(block_mean(dense, factor)),
-        "sparse": matrix(block_mean(sparse, factor)),
-        "keep": matrix(block_mean(keep, factor)),
-        "allowed": matrix(block_mean(allowed, factor)),
-    }
+        "region": view.region,
+        "factor": view.factor,
+        "figure": main_figure(view, res.tokens, view_title(res, view)),
+        "mask_figure": mask_figure(view, mask_label(res)),
+        "states": view.states(),
+        "kept_pct": np.round(100 * np.nan_to_num(view.kept_fraction())).astype(np.uint8),
+        "drops": heavy_drops(view),
+    })
 
 
-def clip_region(region: list[int] | None, n: int) -> tuple[int, int, int, int]:
-    if not region or len(region) != 4:
-        return 0, n, 0, n
-    q0, q1, k0, k1 = (int(v) for v in region)
-    q0, k0 = max(0, min(q0, n - 1)), max(0, min(k0, n - 1))
-    return q0, max(q0 + 1, min(q1, n)), k0, max(k0 + 1, min(k1, n))
+def mask_label(res: Comparison) -> str:
+    m = res.metrics
+    req = "–" if m.requested_sparsity is None else f"{m.requested_sparsity:.1%}"
+    return f"{res.mask.label()}: requested {req}, achieved {m.achieved_sparsity:.1%}"
 
 
 def _thumbnails(dense: np.ndarray, sparse: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,3 +96,6 @@ def gallery_payload(res: Comparison, side: int = THUMB) -> dict[str, Any]:
         "kl": [float(v) for row in res.metrics.kl_per_head for v in row],
         "mass_lost": [1.0 - float(v) for row in res.metrics.mass_recall_per_head for v in row],
     }
+
+
+__all__ = ["encode", "gallery_payload", "matrix", "view_payload"]

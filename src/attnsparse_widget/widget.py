@@ -24,7 +24,9 @@ import traitlets as t
 from . import masks
 from .compare import Comparison, compare, iter_per_layer
 from .models import display_name, resolve_model
-from .payload import gallery_payload, view_payload
+from .figures import layer_figure
+from .export import gif_bytes
+from .payload import encode, gallery_payload, view_payload
 
 STATIC = Path(__file__).parent / "static"
 CAVEAT = (
@@ -71,8 +73,10 @@ class AttentionDiffWidget(anywidget.AnyWidget):
     info = t.Dict().tag(sync=True)
     metrics = t.Dict().tag(sync=True)
     view = t.Dict().tag(sync=True)
+    layer_chart = t.Dict().tag(sync=True)  # the per-layer perplexity figure (fills in as it is computed)
     gallery = t.Dict().tag(sync=True)
     status = t.Dict({"busy": False, "error": None, "stage": "", "started": 0.0, "request": 0}).tag(sync=True)
+    export_path = t.Unicode("").tag(sync=True)  # the Export button also writes its GIF here when set
 
     def __init__(self, model: Any = None, tokenizer: Any = None, *, threaded: bool | None = None,
                  **kwargs: Any) -> None:
@@ -83,10 +87,14 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         self._model, self._tokenizer = resolve_model(model, tokenizer)
         self._threaded = ("google.colab" not in sys.modules) if threaded is None else threaded
         self._lock = threading.Lock()
-        self._pending: set[str] = set()
-        self._generation = 0
+        self._pending: set[str] = set()  # "model", "view", "export": what the worker still has to do
+        self._generation = 0  # bumped by every request; the frontend waits for its own number
+        self._model_generation = 0  # bumped by requests that need the model to run again
+        self._running = False  # a worker is draining the requests (set and cleared under the lock)
         self._worker: threading.Thread | None = None
         self._result: Comparison | None = None
+        self._export_request: dict[str, Any] = {}
+        self.on_msg(self._on_custom_message)
         params = {k: kwargs.pop(k) for k in list(kwargs) if k not in self.trait_names()}
         if params:
             kwargs["mask_params"] = {**kwargs.get("mask_params", {}), **params}
@@ -106,28 +114,39 @@ class AttentionDiffWidget(anywidget.AnyWidget):
     def _on_view_input(self, change: dict[str, Any]) -> None:
         self._submit("view")
 
+    def _on_custom_message(self, _widget: Any, content: dict[str, Any], _buffers: list[bytes]) -> None:
+        if isinstance(content, dict) and content.get("type") == "export_gif":
+            self._export_request = {k: content[k] for k in ("view", "duration_ms") if k in content}
+            self._submit("export")
+
     def _submit(self, kind: str) -> None:
         with self._lock:
             self._generation += 1
+            if kind == "model":
+                self._model_generation = self._generation
             self._pending.add(kind)
-            running = self._worker is not None and self._worker.is_alive()
-        if not self._threaded:
-            self._drain()
-        elif not running:
+            start = not self._running
+            self._running = True
+        if not start:
+            return  # the running worker picks it up
+        if self._threaded:
             self._worker = threading.Thread(target=self._drain, name="attnsparse-widget", daemon=True)
             self._worker.start()
+        else:
+            self._drain()
 
     def wait(self, timeout: float | None = 120) -> AttentionDiffWidget:
         """Block until the latest request is fully computed (per-layer curve included). Returns the widget."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
+                if not self._running:
+                    return self
                 worker = self._worker
-                idle = not self._pending and (worker is None or not worker.is_alive())
-            if idle:
-                return self
             if worker is not None:
                 worker.join(0.05)
+            else:
+                time.sleep(0.05)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError("the widget is still computing")
 
@@ -136,77 +155,135 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         """The comparison currently displayed (None before the first one or after an error)."""
         return self._result
 
+    def _take(self, kind: str) -> bool:
+        """Remove ``kind`` from the pending requests; whether it was there."""
+        with self._lock:
+            found = kind in self._pending
+            self._pending.discard(kind)
+            return found
+
     def _drain(self) -> None:
         while True:
             with self._lock:
                 if not self._pending:
+                    self._running = False
                     return
                 kinds, self._pending = self._pending, set()
-                generation = self._generation
-            self._run(kinds, generation)
+                model_generation = self._model_generation
+            try:
+                self._run(kinds, model_generation)
+            except Exception as err:  # noqa: BLE001 - the widget must stay usable whatever happens
+                self.status = {**self.status, "busy": False, "error": f"{type(err).__name__}: {err}",
+                               "request": self._generation}
 
-    def _stale(self, generation: int) -> bool:
+    def _stale(self, model_generation: int) -> bool:
+        """Whether a newer request needs the model to run again (view requests never make a result stale)."""
         with self._lock:
-            return generation != self._generation
+            return model_generation != self._model_generation
+
+    def _status(self, busy: bool, stage: str = "", started: float | None = None, **extra: Any) -> None:
+        with self._lock:
+            request = self._generation if not busy else self.status.get("request", 0)
+        self.status = {"busy": busy, "error": None, "stage": stage,
+                       "started": self.status.get("started", 0.0) if started is None else started,
+                       "request": request, **extra}
 
     # -------------------------------------------------------------------------------------------- computation
-    def _run(self, kinds: set[str], generation: int) -> None:
+    def _run(self, kinds: set[str], model_generation: int) -> None:
         started = time.time() * 1000
         if "model" in kinds or self._result is None:
-            self.status = {"busy": True, "error": None, "stage": "running the model", "started": started,
-                           "request": generation}
+            self._status(True, "running the model", started)
             try:
                 res = compare(
                     (self._model, self._tokenizer), self.text, mask=self.mask, sparsity=self.sparsity,
                     per_layer=False, continuation_tokens=20, **self.mask_params,
                 )
-            except (ValueError, TypeError, NotImplementedError) as err:
-                if not self._stale(generation):
-                    self._result = None
-                    self.status = {"busy": False, "error": str(err), "stage": "", "started": started,
-                                   "request": generation}
-                return
             except Exception as err:  # noqa: BLE001 - shown in the widget; the kernel must stay usable
-                if not self._stale(generation):
+                if not self._stale(model_generation):
                     self._result = None
-                    self.status = {"busy": False, "error": f"{type(err).__name__}: {err}",
-                                   "detail": traceback.format_exc(limit=3), "stage": "", "started": started,
-                                   "request": generation}
+                    expected = isinstance(err, (ValueError, TypeError, NotImplementedError))
+                    self.status = {"busy": False, "error": str(err) if expected else f"{type(err).__name__}: {err}",
+                                   "detail": "" if expected else traceback.format_exc(limit=3), "stage": "",
+                                   "started": started, "request": self._generation}
                 return
-            if self._stale(generation):
+            if self._stale(model_generation):
                 return
             self._result = res
+            self._take("view")  # published right here
             with self.hold_sync():
                 self.info = self._info(res)
                 self.metrics = self._metrics(res)
                 self._publish_view(res)
                 self.gallery = gallery_payload(res)
-                self.status = {"busy": True, "error": None, "stage": "per-layer curve", "started": started,
-                               "request": generation, "progress": 0.0}
-            self._fill_per_layer(res, generation, started)
-        elif self._result is not None:
+                self._status(True, "per-layer curve", started, progress=0.0)
+            if not self._fill_per_layer(res, model_generation, started):
+                return
+        elif self._result is not None and "view" in kinds:
             self._publish_view(self._result)
-        if not self._stale(generation):
-            self.status = {**self.status, "busy": False, "stage": "", "request": generation}
+        if ("export" in kinds or self._take("export")) and self._result is not None:
+            self._export(started)
+        if not self._stale(model_generation):
+            self._status(False)
 
-    def _fill_per_layer(self, res: Comparison, generation: int, started: float) -> None:
+    def _export(self, started: float) -> None:
+        """The GIF of the current settings, sent to the browser as a download (and written to ``export_path``)."""
+        res = self._result
+        assert res is not None
+        request = self._export_request
+        self._status(True, "exporting GIF", started, progress=0.0)
+
+        def progress(done: int, total: int) -> None:
+            self._status(True, "exporting GIF", started, progress=done / total)
+
+        try:
+            data = gif_bytes(res, head=None if self.head < 0 else self.head, progress=progress,
+                             view=request.get("view", "side_by_side"),
+                             duration_ms=request.get("duration_ms", 700))
+        except Exception as err:  # noqa: BLE001 - shown in the widget
+            self.status = {**self.status, "busy": False, "error": f"GIF export failed: {err}"}
+            return
+        name = f"attnsparse-{res.mask.id}-{round(100 * res.metrics.achieved_sparsity)}pct.gif"
+        if self.export_path:
+            Path(self.export_path).expanduser().write_bytes(data)
+        self.send({"type": "download", "filename": name, "mime": "image/gif"}, buffers=[data])
+
+    def export_gif(self, path: str | Path | None = None, **kwargs: Any) -> Any:
+        """Write the GIF of what the widget shows (mask, sparsity, head) to ``path`` (default: ``export_path``);
+        keyword arguments go to :meth:`Comparison.export_gif`. Returns its report."""
+        self.wait(None)
+        if self._result is None:
+            raise RuntimeError("the widget has no result to export (see its error message)")
+        target = path or self.export_path
+        if not target:
+            raise ValueError("pass a path, e.g. w.export_gif('layers.gif'), or set w.export_path")
+        kwargs.setdefault("head", None if self.head < 0 else self.head)
+        return self._result.export_gif(target, **kwargs)
+
+    def _fill_per_layer(self, res: Comparison, model_generation: int, started: float) -> bool:
+        """Compute the per-layer curves one replayed pass at a time, publishing as they fill in and serving view
+        requests (layer, head, zoom) between passes. False when a newer model request made it stale."""
         m = res.metrics
         if m.dense_ppl is None:
-            return
+            return True
         ids = torch.tensor([res.token_ids], device=next(self._model.parameters()).device)
         isolated: list[float] = []
         cumulative: list[float] = []
         total = 2 * res.n_layers
         for kind, _, value in iter_per_layer(self._model, ids, res.mask, res.dense, res.sparse, m.dense_ppl):
-            if self._stale(generation):
-                return  # a newer request arrived: stop, its own curve will follow
+            if self._stale(model_generation):
+                return False  # a newer request needs the model: stop, its own curve will follow
             (isolated if kind == "isolated" else cumulative).append(value)
             with self.hold_sync():
                 self.metrics = {**self.metrics, "per_layer_delta_ppl": list(isolated),
                                 "cumulative_delta_ppl": list(cumulative)}
-                self.status = {**self.status, "progress": (len(isolated) + len(cumulative)) / total}
+                if self._take("view"):
+                    self._publish_view(res)
+                else:
+                    self._publish_layer_chart(res)
+                self._status(True, "per-layer curve", started, progress=(len(isolated) + len(cumulative)) / total)
         m.per_layer_delta_ppl = isolated
         m.cumulative_delta_ppl = cumulative
+        return True
 
     def _publish_view(self, res: Comparison) -> None:
         layer = min(max(self.layer, 0), res.n_layers - 1)
@@ -217,6 +294,16 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             view["position"] = position % len(res.tokens)
             view["next_tokens"] = res.next_token_top(position, k=5)
         self.view = view
+        self._publish_layer_chart(res)
+
+    def _publish_layer_chart(self, res: Comparison) -> None:
+        """The per-layer chart from the metrics as far as they are computed (the widget's copy fills in first)."""
+        if res.metrics.dense_ppl is None:
+            self.layer_chart = {}
+            return
+        m = self.metrics
+        self.layer_chart = encode(layer_figure(m.get("per_layer_delta_ppl"), m.get("cumulative_delta_ppl"),
+                                               m.get("mass_recall"), res.n_layers, self.layer))
 
     @staticmethod
     def _info(res: Comparison) -> dict[str, Any]:

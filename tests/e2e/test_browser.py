@@ -156,7 +156,7 @@ TIMINGS = """() => {
 
 
 def open_notebook(browser, url: str):
-    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    page = browser.new_page(viewport={"width": 1500, "height": 1100}, accept_downloads=True)
     errors: list[str] = []
     # errors thrown by our bundle (anywidget imports it from a blob: URL); the host application's own start-up
     # noise (e.g. Notebook 7's "Command 'filebrowser:open-path' not registered") is not ours to assert on
@@ -224,6 +224,20 @@ def test_widget_in_a_real_browser(server, browser, app):
     page.locator(".asw-run").click()
     settled(page, request)
     assert page.locator(".asw-error").is_hidden()
+
+    if app == "lab":  # the Export buttons hand the files to the browser as downloads
+        with page.expect_download(timeout=300_000) as gif:
+            page.locator(".asw-export-gif").click()
+        gif_path = ARTIFACTS / "lab-export.gif"
+        gif.value.save_as(gif_path)
+        from PIL import Image
+
+        with Image.open(gif_path) as frames:
+            assert frames.n_frames == 30 and frames.info["loop"] == 0  # one frame per layer, looping
+        with page.expect_download(timeout=60_000) as png:
+            page.locator(".asw-export-png").click()
+        png.value.save_as(ARTIFACTS / "lab-export.png")
+        assert (ARTIFACTS / "lab-export.png").read_bytes()[:4] == b"\x89PNG"
 
     page.set_viewport_size({"width": 1500, "height": 2400})  # the whole gallery on the screenshot
     page.locator(".asw-tab[data-tab='gallery']").click()

@@ -1,0 +1,304 @@
+"""Exports of a comparison: an animated GIF stepping through the layers, a PNG of one view, and a self-contained
+HTML page. Frames are the widget's own figures (:mod:`attnsparse_widget.figures`), rendered by kaleido in one
+headless Chromium session (Debian's ``chromium`` works; kaleido finds ``/usr/bin/chromium`` by itself, or set
+``BROWSER_PATH``), MathJax off so nothing is fetched, and assembled by imageio.
+
+    >>> res = aw.compare(None, text, "sink_window", 0.5)
+    >>> res.export_gif("layers.gif")                      # every layer, mean of heads, dense | sparse | diff
+    >>> res.export_gif("h3.gif", view="sparse", head=3, layers=range(0, 30, 2), duration_ms=400)
+    >>> res.export_png("l12.png", layer=12)
+    >>> res.to_html("comparison.html")                    # opens anywhere, offline
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from .figures import PANELS, layer_figure, main_figure, map_view, mask_figure, view_title, visible_token
+
+if TYPE_CHECKING:
+    from .compare import Comparison
+
+VIEWS = {"side_by_side": PANELS, "dense": ("dense",), "sparse": ("sparse",), "diff": ("diff",)}
+SIZES = {"side_by_side": (1200, 480), "dense": (560, 520), "sparse": (600, 520), "diff": (560, 520)}
+HTML_MAX_SIDE = 128  # cells per axis in the HTML page's per-layer maps (keeps the page a few MB)
+STATIC = Path(__file__).parent / "static"
+T = TypeVar("T")
+
+
+class ExportError(RuntimeError):
+    """A static export could not be rendered (typically: no Chrome/Chromium for kaleido)."""
+
+
+@dataclass
+class GifReport:
+    """What :func:`export_gif` wrote and how long it took."""
+
+    path: Path
+    frames: int
+    seconds: float
+    size: tuple[int, int]
+
+    @property
+    def seconds_per_frame(self) -> float:
+        return self.seconds / max(1, self.frames)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion, also from inside a running event loop (a Jupyter kernel): then in a thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def render_pngs(figures: Iterable[dict[str, Any]], size: tuple[int, int], scale: float = 1.0,
+                progress: Callable[[int], None] | None = None) -> list[bytes]:
+    """PNG bytes of every figure, rendered in one kaleido (Chromium) session."""
+    import kaleido
+    import plotly.graph_objects as go
+
+    opts = {"format": "png", "width": size[0], "height": size[1], "scale": scale}
+
+    async def render() -> list[bytes]:
+        out = []
+        async with kaleido.Kaleido(n=1, mathjax=False) as k:
+            for fig in figures:
+                out.append(await k.calc_fig(go.Figure(fig), opts=opts))
+                if progress is not None:
+                    progress(len(out))
+        return out
+
+    try:
+        return _run(render())
+    except Exception as err:  # noqa: BLE001 - choreographer raises several types for a missing or broken browser
+        if "browser" in type(err).__name__.lower() or "chrom" in str(err).lower():
+            raise ExportError(
+                f"kaleido could not start Chrome/Chromium to render the figures ({type(err).__name__}: {err}). "
+                f"Install it (Debian/Ubuntu: apt-get install chromium) or point BROWSER_PATH at a Chrome binary."
+            ) from err
+        raise
+
+
+def _rgb(png: bytes) -> np.ndarray:
+    import imageio.v3 as iio
+
+    frame = iio.imread(png, extension=".png")
+    return frame[..., :3] if frame.ndim == 3 else np.stack([frame] * 3, axis=-1)  # drop alpha: no GIF transparency
+
+
+def _check_view(view: str) -> tuple[str, ...]:
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
+    return VIEWS[view]
+
+
+def _check_head(res: Comparison, head: int | None) -> int:
+    if head is None:
+        return -1
+    if isinstance(head, bool) or not isinstance(head, (int, np.integer)) or not -1 <= head < res.n_heads:
+        raise ValueError(f"head must be None (mean of heads) or an int in [0, {res.n_heads - 1}], got {head!r}")
+    return int(head)
+
+
+def _check_layers(res: Comparison, layers: Iterable[int] | None) -> list[int]:
+    chosen = list(range(res.n_layers)) if layers is None else [int(v) for v in layers]
+    bad = [v for v in chosen if not 0 <= v < res.n_layers]
+    if not chosen or bad:
+        raise ValueError(f"layers must be a non-empty selection of 0..{res.n_layers - 1}, got {chosen!r}")
+    return chosen
+
+
+def frame_figure(res: Comparison, layer: int, head: int, view: str = "side_by_side") -> dict[str, Any]:
+    """The figure of one GIF frame: the widget's main view of ``layer``, titled with the layer, head, mask,
+    requested and achieved sparsity and that layer's perplexity delta."""
+    panels = _check_view(view)
+    mv = map_view(res, layer, head)
+    fig = main_figure(mv, res.tokens, view_title(res, mv, per_layer=True), panels)
+    fig["layout"]["title"]["font"] = {"size": 12}
+    return fig
+
+
+def export_gif(
+    res: Comparison,
+    path: str | Path,
+    view: str = "side_by_side",
+    head: int | None = None,
+    layers: Iterable[int] | None = None,
+    duration_ms: int = 700,
+    size: tuple[int, int] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> GifReport:
+    """Write an animated GIF stepping through ``layers`` (default: all), one frame per layer, looping forever.
+
+    Args:
+        view: "side_by_side" (dense | sparse | sparse − dense), "dense", "sparse" or "diff".
+        head: a head index, or None for the mean of heads.
+        duration_ms: how long each frame shows.
+        size: (width, height) of a frame in pixels (default depends on ``view``).
+        progress: called as ``progress(done, total)`` after each rendered frame.
+    """
+    chosen = _check_layers(res, layers)
+    head = _check_head(res, head)
+    _check_view(view)
+    size = size or SIZES[view]
+    if isinstance(duration_ms, bool) or not isinstance(duration_ms, (int, float)) or duration_ms <= 0:
+        raise ValueError(f"duration_ms must be a positive number of milliseconds, got {duration_ms!r}")
+    start = time.perf_counter()
+    figures = (frame_figure(res, layer, head, view) for layer in chosen)
+    pngs = render_pngs(figures, size, progress=None if progress is None else (lambda k: progress(k, len(chosen))))
+    import imageio.v3 as iio
+
+    frames = np.stack([_rgb(p) for p in pngs])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, frames, extension=".gif", duration=int(duration_ms), loop=0)
+    return GifReport(path=path, frames=len(chosen), seconds=time.perf_counter() - start, size=tuple(size))
+
+
+def gif_bytes(res: Comparison, **kwargs: Any) -> bytes:
+    """The GIF of :func:`export_gif` as bytes (for a browser download)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "frames.gif"
+        export_gif(res, out, **kwargs)
+        return out.read_bytes()
+
+
+def export_png(res: Comparison, path: str | Path, layer: int = 0, head: int | None = None,
+               view: str = "side_by_side", size: tuple[int, int] | None = None, scale: float = 2.0) -> Path:
+    """Write a PNG of one layer's view (``scale`` 2: sharp on high-density screens and slides)."""
+    layer = _check_layers(res, [layer])[0]
+    fig = frame_figure(res, layer, _check_head(res, head), view)
+    png = render_pngs([fig], size or SIZES[view], scale=scale)[0]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- HTML
+def _plotly_js() -> str:
+    """plotly.js to inline: the widget's cartesian bundle (1.5 MB) when built, else plotly.py's full copy."""
+    local = STATIC / "plotly-cartesian.min.js"
+    if local.is_file():
+        return local.read_text(encoding="utf-8")
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+def _figure_json(fig: dict[str, Any]) -> str:
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    text = pio.to_json(go.Figure(fig))  # validated: numpy arrays travel as base64 typed arrays (bdata)
+    return text.replace("</", "<\\/")  # nothing in the data can close the <script>
+
+
+def layer_slider_figure(res: Comparison, head: int = -1, max_side: int = HTML_MAX_SIDE) -> dict[str, Any]:
+    """The main view with a slider over the layers (plotly frames): one figure for a static page."""
+    frames = []
+    for layer in range(res.n_layers):
+        mv = map_view(res, layer, head, max_side=max_side)
+        fig = main_figure(mv, res.tokens, view_title(res, mv, per_layer=True))
+        frames.append({"name": str(layer), "data": fig["data"], "layout": {"title": fig["layout"]["title"]}})
+    first = main_figure(map_view(res, 0, head, max_side=max_side), res.tokens, "")
+    first["data"] = frames[0]["data"]
+    first["layout"]["title"] = frames[0]["layout"]["title"]
+    first["layout"]["margin"]["b"] = 110
+    first["layout"]["sliders"] = [{
+        "active": 0, "y": -0.08, "len": 0.9, "x": 0.05, "currentvalue": {"prefix": "layer "},
+        "steps": [{"label": f["name"], "method": "animate",
+                   "args": [[f["name"]], {"mode": "immediate", "frame": {"duration": 0, "redraw": True},
+                                          "transition": {"duration": 0}}]} for f in frames],
+    }]
+    first["frames"] = frames
+    return first
+
+
+def to_html(res: Comparison, path: str | Path | None = None, head: int | None = None) -> str:
+    """A self-contained, offline HTML page of the comparison: headline metrics, the caveat, the main view with a
+    slider over the layers, the per-layer chart, the keep-pattern and both continuations. Returns the HTML and
+    writes it to ``path`` if given."""
+    from .widget import CAVEAT
+
+    head = _check_head(res, head)
+    m = res.metrics
+    figures = {"main": layer_slider_figure(res, head)}
+    if m.per_layer_delta_ppl is not None:
+        figures["layers"] = layer_figure(m.per_layer_delta_ppl, m.cumulative_delta_ppl, m.mass_recall, res.n_layers)
+    mv = map_view(res, 0, head)
+    figures["mask"] = mask_figure(mv, f"{res.mask.label()}: keep-pattern at layer 0")
+    sizes = {"main": (1150, 560), "layers": (1150, 360), "mask": (560, 560)}
+
+    def fmt(v: float | None, d: int = 3) -> str:
+        return "n/a" if v is None else f"{v:.{d}f}"
+
+    rows = [
+        ("model", res.model_name), ("tokens", str(len(res.tokens))), ("mask", res.mask.label()),
+        ("paper", res.mask.paper),
+        ("sparsity requested / achieved",
+         f"{'–' if m.requested_sparsity is None else f'{m.requested_sparsity:.1%}'} / {m.achieved_sparsity:.1%}"),
+        ("perplexity dense → sparse", f"{fmt(m.dense_ppl)} → {fmt(m.sparse_ppl)} (Δ {fmt(m.delta_ppl)})"),
+        ("next-token KL(dense‖sparse)", fmt(m.next_token_kl, 4)), ("top-1 agreement", fmt(m.top1_agreement)),
+        ("attention mass recall (mean over layers)", fmt(float(np.mean(m.mass_recall)))),
+    ]
+    table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    conts = ""
+    if res.continuations:
+        conts = "<h2>Greedy continuations</h2>" + "".join(
+            f"<p><b>{name}</b> <code>{html.escape(visible_token(res.continuations[name]))}</code></p>"
+            for name in ("dense", "sparse"))
+    plots = []
+    for key, fig in figures.items():
+        width, height = sizes[key]
+        fig["layout"].update(width=width, height=height)
+        plots.append(
+            f'<div id="{key}"></div><script>(function(){{const f={_figure_json(fig)};'
+            f'Plotly.newPlot("{key}",f.data,f.layout,{{displaylogo:false}}).then(function(){{'
+            f'if(f.frames){{Plotly.addFrames("{key}",f.frames);}}}});}})();</script>'
+        )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>attnsparse: {html.escape(res.mask.label())}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:20px auto;color:#222}}
+.caveat{{background:#fff8e1;border-left:4px solid #f0ad4e;padding:6px 10px}}
+th{{text-align:left;padding-right:16px;font-weight:600}} code{{white-space:pre-wrap}}</style>
+<script>{_plotly_js()}</script></head><body>
+<h1>Dense vs sparse attention</h1>
+<p class="caveat">{html.escape(CAVEAT)}</p>
+<p>Text: <code>{html.escape(res.text)}</code></p>
+<table>{table}</table>
+<h2>Attention, layer by layer ({'mean of heads' if head < 0 else f'head {head}'})</h2>
+{plots[0]}
+{''.join(plots[1:])}
+{conts}
+<p><small>Made with attnsparse-widget. Probabilities float32 in the engine; the per-layer maps here are
+block-mean pooled to at most {HTML_MAX_SIDE} cells a side.</small></p>
+</body></html>
+"""
+    if path is not None:
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(page, encoding="utf-8")
+    return page
+
+
+__all__ = ["ExportError", "GifReport", "export_gif", "export_png", "frame_figure", "gif_bytes", "render_pngs",
+           "to_html"]
