@@ -13,18 +13,26 @@ from . import masks
 from .capture import UnsupportedModelError
 from .compare import Comparison, clear_cache, compare
 from .metrics import Metrics
+from .export import ExportError
 from .models import load_model
+from .sweep import SweepTable, plot_sweep, sweep
+from .texts import sample_texts
 from .widget import AttentionDiffWidget, show
 
 __all__ = [
     "AttentionDiffWidget",
     "Comparison",
+    "ExportError",
     "Metrics",
+    "SweepTable",
     "UnsupportedModelError",
     "clear_cache",
     "compare",
     "load_model",
     "masks",
+    "plot_sweep",
+    "sample_texts",
     "show",
+    "sweep",
 ]
 __version__ = "0.1.0"

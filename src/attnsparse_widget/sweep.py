@@ -1,0 +1,201 @@
+"""Degradation sweeps: every (text, mask, sparsity) combination, as a table, and its curve.
+
+    >>> table = aw.sweep(None, aw.sample_texts(), masks=["sliding_window", "sink_window", "topk"],
+    ...                  sparsities=[0.3, 0.5, 0.7, 0.8, 0.9])
+    >>> table.to_pandas()                  # a DataFrame (pandas installed), else use the records: list(table)
+    >>> aw.plot_sweep(table)               # perplexity against achieved sparsity, one line per mask
+
+Work is grouped per text: one group runs the dense pass once (it is cached) and then every (mask, sparsity) of
+that text. With ``executor=`` (any ``concurrent.futures.Executor``: a ``ProcessPoolExecutor``, a Dask
+``client.get_executor()``, Ray's) the groups run where the executor puts them; each worker loads the model itself,
+so pass the model as None (the embedded default) or a hub id / path, not a loaded object.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor, as_completed
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .masks import SparsityOutOfReach
+
+COLUMNS = (
+    "text", "mask", "mask_label", "requested_sparsity", "achieved_sparsity", "n_tokens", "dense_ppl", "sparse_ppl",
+    "delta_ppl", "delta_nll", "mass_recall", "top1_agreement", "next_token_kl", "out_of_reach",
+)
+
+
+class SweepTable(list):
+    """The records of a sweep (one dict per text x mask x sparsity, keys :data:`COLUMNS`), in a stable order."""
+
+    def to_pandas(self) -> Any:
+        """The records as a pandas DataFrame (needs pandas: ``pip install pandas``)."""
+        try:
+            import pandas as pd
+        except ImportError as err:
+            raise ImportError("to_pandas() needs pandas: pip install pandas (the records are the list itself)") from err
+        return pd.DataFrame(list(self), columns=list(COLUMNS))
+
+    def summary(self, value: str = "sparse_ppl") -> list[dict[str, Any]]:
+        """Mean of ``value`` and of the achieved sparsity over the texts, per (mask, requested sparsity)."""
+        groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+        for r in self:
+            groups.setdefault((r["mask"], r["requested_sparsity"]), []).append(r)
+        return [
+            {"mask": mask, "requested_sparsity": s, "achieved_sparsity": float(np.mean([r["achieved_sparsity"] for r in rs])),
+             value: float(np.mean([r[value] for r in rs])), "texts": len(rs)}
+            for (mask, s), rs in groups.items()
+        ]
+
+
+@dataclass(frozen=True)
+class _Group:
+    """One unit of work: every (mask, sparsity) on one text."""
+
+    model: Any
+    text_index: int
+    text: str
+    cells: tuple[tuple[str, float], ...]
+    max_tokens: int | None
+    mask_params: dict[str, dict[str, Any]]
+
+
+def _run_group(group: _Group) -> list[dict[str, Any]]:
+    """Run one group in this process (a worker's entry point: module-level, so it pickles)."""
+    from .compare import compare
+
+    records = []
+    for mask, sparsity in group.cells:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SparsityOutOfReach)
+            res = compare(group.model, group.text, mask=mask, sparsity=sparsity, per_layer=False,
+                          continuation_tokens=0, max_tokens=group.max_tokens, **group.mask_params.get(mask, {}))
+        m = res.metrics
+        records.append({
+            "text": group.text_index, "mask": mask, "mask_label": res.mask.label(), "requested_sparsity": sparsity,
+            "achieved_sparsity": m.achieved_sparsity, "n_tokens": len(res.tokens), "dense_ppl": m.dense_ppl,
+            "sparse_ppl": m.sparse_ppl, "delta_ppl": m.delta_ppl, "delta_nll": m.delta_nll,
+            "mass_recall": float(np.mean(m.mass_recall)), "top1_agreement": m.top1_agreement,
+            "next_token_kl": m.next_token_kl,
+            "out_of_reach": any(issubclass(w.category, SparsityOutOfReach) for w in caught),
+        })
+    return records
+
+
+def _check(masks: Sequence[str], sparsities: Sequence[float], texts: Sequence[str]) -> None:
+    from . import masks as library
+    from .masks.base import check_sparsity
+
+    if isinstance(texts, str) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise ValueError("texts must be a non-empty list of non-empty strings (one text: pass [text])")
+    if isinstance(masks, str) or not masks:
+        raise ValueError("masks must be a non-empty list of mask ids, e.g. ['sliding_window', 'topk']")
+    for mask in masks:
+        library.get(mask)  # unknown ids raise with the list of valid ones
+    if not sparsities:
+        raise ValueError("sparsities must be a non-empty list of values in [0, 1)")
+    for s in sparsities:
+        check_sparsity(s)
+
+
+def sweep(
+    model: Any = None,
+    texts: Sequence[str] | None = None,
+    masks: Sequence[str] = ("sliding_window", "sink_window", "topk"),
+    sparsities: Sequence[float] = (0.3, 0.5, 0.7, 0.8, 0.9),
+    *,
+    executor: Executor | None = None,
+    max_tokens: int | None = None,
+    mask_params: dict[str, dict[str, Any]] | None = None,
+    progress: bool = True,
+) -> SweepTable:
+    """Run every (text, mask, sparsity) and return a :class:`SweepTable` of dense/sparse perplexity and its delta,
+    mass recall, top-1 agreement, next-token KL and the achieved sparsity (``out_of_reach`` marks requests the mask
+    cannot realise at that length; the nearest reachable value was used).
+
+    Args:
+        model: as for :func:`~attnsparse_widget.compare` (None: the embedded default). With a process-based
+            ``executor`` pass None or a hub id / path: every worker loads it itself.
+        texts: the texts (default: :func:`~attnsparse_widget.sample_texts`).
+        executor: a ``concurrent.futures.Executor`` to run the per-text groups on (default: this process).
+        mask_params: per mask id, its own parameters, e.g. ``{"sink_window": {"sinks": 1}}``.
+        progress: show a tqdm progress bar (one step per finished combination).
+    """
+    from .texts import sample_texts
+
+    texts = list(sample_texts() if texts is None else texts)
+    masks, sparsities = list(masks), [float(s) for s in sparsities]
+    _check(masks, sparsities, texts)
+    cells = tuple((m, s) for m in masks for s in sparsities)
+    groups = [_Group(model, i, t, cells, max_tokens, dict(mask_params or {})) for i, t in enumerate(texts)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(groups) * len(cells), desc="sweep", unit="run")
+    results: dict[int, list[dict[str, Any]]] = {}
+    try:
+        if executor is None:
+            for g in groups:
+                results[g.text_index] = _run_group(g)
+                if bar is not None:
+                    bar.update(len(cells))
+        else:
+            futures = {executor.submit(_run_group, g): g.text_index for g in groups}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                if bar is not None:
+                    bar.update(len(cells))
+    finally:
+        if bar is not None:
+            bar.close()
+    return SweepTable(r for i in range(len(groups)) for r in results[i])
+
+
+def plot_sweep(table: Iterable[dict[str, Any]], y: str = "sparse_ppl", log_y: bool | None = None) -> Any:
+    """The degradation curve: ``y`` (default sparse perplexity; also "delta_ppl", "delta_nll", "mass_recall",
+    "top1_agreement", "next_token_kl") against the *achieved* sparsity, one line per mask, each point the mean over
+    the texts (hover: the spread). The dense perplexity is drawn as a dashed reference line."""
+    import plotly.graph_objects as go
+
+    records = list(table)
+    if not records:
+        raise ValueError("the sweep table is empty")
+    if y not in COLUMNS:
+        raise ValueError(f"y must be one of the table's numeric columns, e.g. sparse_ppl or delta_ppl; got {y!r}")
+    fig = go.Figure()
+    for mask in dict.fromkeys(r["mask"] for r in records):
+        rows = [r for r in records if r["mask"] == mask]
+        xs, ys, lo, hi, text = [], [], [], [], []
+        for s in sorted({r["requested_sparsity"] for r in rows}):
+            cell = [r for r in rows if r["requested_sparsity"] == s]
+            values = [r[y] for r in cell]
+            xs.append(float(np.mean([r["achieved_sparsity"] for r in cell])))
+            ys.append(float(np.mean(values)))
+            lo.append(min(values))
+            hi.append(max(values))
+            text.append(f"requested {s:.0%}, {len(cell)} text(s), range {min(values):.3g} – {max(values):.3g}"
+                        + (" (out of reach: nearest used)" if any(r["out_of_reach"] for r in cell) else ""))
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=mask, text=text,
+                                 hovertemplate=f"{mask}<br>achieved %{{x:.1%}}<br>{y} %{{y:.4g}}<br>%{{text}}<extra></extra>"))
+    if y == "sparse_ppl":
+        dense = float(np.mean([r["dense_ppl"] for r in {r["text"]: r for r in records}.values()]))
+        fig.add_hline(y=dense, line_dash="dash", line_color="#666", annotation_text=f"dense {dense:.2f}")
+    values = [r[y] for r in records if r[y] is not None and math.isfinite(r[y])]
+    if log_y is None:
+        log_y = y == "sparse_ppl" and values and max(values) / max(min(values), 1e-9) > 20
+    fig.update_layout(
+        xaxis={"title": {"text": "achieved sparsity (fraction of allowed pairs dropped)"}, "tickformat": ".0%"},
+        yaxis={"title": {"text": y.replace("_", " ")}, "type": "log" if log_y else "linear"},
+        title={"text": f"{y.replace('_', ' ')} against sparsity, mean over {len({r['text'] for r in records})} text(s)"},
+        legend={"title": {"text": "mask"}}, template="plotly_white", width=800, height=480,
+    )
+    return fig
+
+
+__all__ = ["COLUMNS", "SweepTable", "plot_sweep", "sweep"]

@@ -1,0 +1,36 @@
+"""Sample texts for sweeps and notebooks: short paragraphs written for this project (plain prose, no dataset)."""
+
+from __future__ import annotations
+
+SAMPLES: dict[str, str] = {
+    "harbour": (
+        "The lighthouse keeper wrote in his log every evening. That autumn the storm came from the west, and the "
+        "fishing boats stayed in the harbour until the wind turned. On the third day the sea was calm again, the "
+        "gulls came back to the rocks, and the first boat went out at dawn with the keeper's youngest son at the "
+        "helm. He returned before noon with a full hold and a story about a seal that had followed him all the way "
+        "from the point."
+    ),
+    "river": (
+        "In the winter of that year the river froze from bank to bank, and the children of the village walked "
+        "across it to school. The miller, who had watched the water for forty years, said he had never seen the "
+        "ice so thick. By February the carts were crossing too, loaded with timber and grain. When the thaw came "
+        "it came quickly: one warm night, a sound like cannon fire, and by morning the river was moving again."
+    ),
+    "recipe": (
+        "To make the bread, mix the flour and the salt in a large bowl, then add the water and the yeast and stir "
+        "until no dry flour remains. Cover the bowl and leave it for two hours, until the dough has doubled. Fold "
+        "it onto a floured table, shape it into a round loaf, and let it rest while the oven heats. Bake it for "
+        "forty minutes, until the crust is dark and the loaf sounds hollow when you tap the bottom."
+    ),
+    "letter": (
+        "Dear Anna, thank you for your letter and for the photographs of the garden. The roses look wonderful; "
+        "mine never did so well. We have had a quiet month here. Tom started his new job at the library, which he "
+        "enjoys, although the bus leaves very early. I have been reading the book you sent me, slowly, a chapter "
+        "each night. Write again soon and tell me whether you still plan to visit in the spring. With love, Mary."
+    ),
+}
+
+
+def sample_texts() -> list[str]:
+    """The sample paragraphs (about 80 to 100 tokens each for SmolLM2's tokenizer)."""
+    return list(SAMPLES.values())

@@ -1,0 +1,78 @@
+"""Sweeps: every combination, a table against direct compare() calls, the degradation plot, and a real Dask
+cluster of local processes as the executor."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import attnsparse_widget as aw
+from attnsparse_widget.sweep import COLUMNS
+
+MASKS = ["sliding_window", "sink_window", "topk"]
+SPARSITIES = [0.3, 0.5, 0.7, 0.8, 0.9]
+
+
+@pytest.fixture(scope="module")
+def table(default_model):
+    return aw.sweep(default_model, aw.sample_texts(), masks=MASKS, sparsities=SPARSITIES, progress=False)
+
+
+def test_every_combination_once_in_a_stable_order(table):
+    assert len(table) == 4 * 3 * 5
+    assert [(r["text"], r["mask"], r["requested_sparsity"]) for r in table] == [
+        (t, m, s) for t in range(4) for m in MASKS for s in SPARSITIES]
+    assert all(set(r) == set(COLUMNS) for r in table)
+
+
+def test_records_equal_a_direct_compare(table, default_model):
+    r = next(r for r in table if r["text"] == 1 and r["mask"] == "topk" and r["requested_sparsity"] == 0.7)
+    res = aw.compare(default_model, aw.sample_texts()[1], mask="topk", sparsity=0.7, per_layer=False,
+                     continuation_tokens=0)
+    assert r["sparse_ppl"] == res.metrics.sparse_ppl and r["achieved_sparsity"] == res.metrics.achieved_sparsity
+    assert math.isclose(r["delta_ppl"], r["sparse_ppl"] - r["dense_ppl"])
+    assert r["mask_label"] == res.mask.label() and r["n_tokens"] == len(res.tokens)
+
+
+def test_degradation_has_the_expected_shape(table):
+    """More sparsity, more perplexity (on average over the texts), for the window; top-k degrades least."""
+    mean = {(s["mask"], s["requested_sparsity"]): s["sparse_ppl"] for s in table.summary()}
+    window = [mean[("sliding_window", s)] for s in SPARSITIES]
+    assert window == sorted(window)
+    assert mean[("topk", 0.9)] < mean[("sink_window", 0.9)] < mean[("sliding_window", 0.9)]
+
+
+def test_pandas_and_plot(table):
+    df = table.to_pandas()
+    assert list(df.columns) == list(COLUMNS) and len(df) == 60
+    fig = aw.plot_sweep(table)
+    assert [t.name for t in fig.data] == MASKS and len(fig.data[0].x) == 5
+    assert list(fig.data[0].x) == sorted(fig.data[0].x)  # achieved sparsity grows with the request
+    assert aw.plot_sweep(table, y="delta_ppl").layout.yaxis.title.text == "delta ppl"
+    with pytest.raises(ValueError, match="y must be"):
+        aw.plot_sweep(table, y="nope")
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(texts="just one string"), "list of non-empty strings"), (dict(texts=[]), "texts"),
+    (dict(masks=["windoww"]), "unknown mask"), (dict(sparsities=[1.2]), r"\[0, 1\)"), (dict(masks=[]), "masks"),
+])
+def test_bad_input(kwargs, pattern):
+    args = {"texts": ["a b c"], "masks": ["topk"], "sparsities": [0.5], **kwargs}
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        aw.sweep(None, progress=False, **args)
+
+
+def test_dask_local_cluster_gives_the_same_table(table):
+    distributed = pytest.importorskip("distributed")  # a test extra: always installed by the setup
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        remote = aw.sweep(None, aw.sample_texts(), masks=MASKS, sparsities=SPARSITIES,
+                          executor=client.get_executor(), progress=False)
+        workers = client.run(lambda: __import__("os").getpid())
+    assert len(workers) == 2
+    assert [(r["text"], r["mask"], r["requested_sparsity"]) for r in remote] == [
+        (r["text"], r["mask"], r["requested_sparsity"]) for r in table]
+    for a, b in zip(remote, table):
+        assert math.isclose(a["sparse_ppl"], b["sparse_ppl"], rel_tol=1e-5), (a, b)
