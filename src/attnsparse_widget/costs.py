@@ -1,0 +1,216 @@
+"""What sparsity buys, on paper: attention FLOPs and KV-cache bytes from a model's config. Pure arithmetic.
+
+No model runs here: every function reads a ``transformers`` config (the text config of a multimodal one) and
+counts. Conventions (the same as the rest of the library, sparse-patterns.md §0):
+
+* ``T`` = sequence length; a causal model allows ``T(T+1)/2`` (query, key) pairs per head per layer, an encoder
+  ``T²``; ``sparsity`` is the fraction of those allowed pairs that are dropped.
+* One multiply-add counts as 2 FLOPs.
+* ``H`` = query heads (``num_attention_heads``), ``H_kv`` = key/value heads (``num_key_value_heads``, = ``H``
+  when absent), ``L`` = layers (``num_hidden_layers``), ``d`` = hidden size,
+  ``d_h`` = ``head_dim`` (``hidden_size // num_attention_heads`` when absent).
+* MLA configs (those with ``kv_lora_rank``, e.g. DeepSeek-V2/V3, GLM-5) score queries and keys of
+  ``qk_nope_head_dim + qk_rope_head_dim`` dims and read values of ``v_head_dim`` dims, and cache one latent of
+  ``kv_lora_rank`` values plus one shared RoPE key of ``qk_rope_head_dim`` values per token and layer.
+
+Assumptions: every layer is a full (causal) attention layer (a model's own sliding-window layers are not
+modelled); the numbers describe one forward pass over ``T`` tokens (a prefill) and the cache it leaves behind;
+"sparse" FLOPs assume a kernel that skips the dropped pairs (a dense kernel with a mask does the dense work).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = [
+    "allowed_pairs",
+    "attention_flops",
+    "budget_for_sparsity",
+    "budget_sparsity",
+    "head_dims",
+    "kv_cache_bytes",
+    "kv_values_per_token_per_layer",
+    "projection_and_mlp_flops",
+    "text_config",
+]
+
+
+# ------------------------------------------------------------------------------------------------------- config
+def text_config(config: Any) -> Any:
+    """The language-model part of ``config``: ``config.get_text_config()`` where it exists, else ``config``."""
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
+
+
+def _is_mla(config: Any) -> bool:
+    return bool(getattr(config, "kv_lora_rank", None))
+
+
+def _n_heads(config: Any) -> int:
+    return int(config.num_attention_heads)
+
+
+def _n_kv_heads(config: Any) -> int:
+    return int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+
+
+def _head_dim(config: Any) -> int:
+    return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+
+
+def head_dims(config: Any) -> tuple[int, int]:
+    """``(d_qk, d_v)``: the dimension of each query/key head and of each value head.
+
+    Standard attention: ``(d_h, d_h)`` with ``d_h = head_dim`` (or ``hidden_size // num_attention_heads``).
+    MLA (``kv_lora_rank`` set): ``(qk_nope_head_dim + qk_rope_head_dim, v_head_dim)``, e.g. (192, 128) for
+    DeepSeek-V3. (transformers' DeepSeek configs set ``head_dim`` to the RoPE part only, so it is not used there.)
+    """
+    config = text_config(config)
+    if _is_mla(config):
+        return int(config.qk_nope_head_dim + config.qk_rope_head_dim), int(config.v_head_dim)
+    d = _head_dim(config)
+    return d, d
+
+
+def _check_len(seq_len: Any) -> int:
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+    return seq_len
+
+
+def _check_sparsity(sparsity: Any) -> float:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be a number in [0, 1) (fraction of allowed pairs dropped), got {sparsity!r}")
+    return float(sparsity)
+
+
+# -------------------------------------------------------------------------------------------------------- pairs
+def allowed_pairs(seq_len: int, causal: bool = True) -> int:
+    """(query, key) pairs one head may score: ``T(T+1)/2`` for a causal model, ``T²`` for an encoder."""
+    t = _check_len(seq_len)
+    return t * (t + 1) // 2 if causal else t * t
+
+
+def budget_sparsity(seq_len: int, keys_per_row: int) -> float:
+    """Causal sparsity of any mask that keeps ``min(i + 1, k)`` keys in row ``i`` (a window of ``k`` keys, top-k,
+    DSA with ``k``, a KV cache of ``k`` tokens):
+
+        s = 1 − Kwin(k) / (T(T+1)/2),   Kwin(k) = T·k − k(k−1)/2   (k clipped to [1, T]; sparse-patterns.md §1)
+
+    E.g. DSA's k = 2048 drops nothing at T ≤ 2048 and about 96.9 % of the causal pairs at T = 131072.
+    """
+    t = _check_len(seq_len)
+    if isinstance(keys_per_row, bool) or not isinstance(keys_per_row, int) or keys_per_row < 1:
+        raise ValueError(f"keys_per_row must be a positive int, got {keys_per_row!r}")
+    k = min(keys_per_row, t)
+    kept = t * k - k * (k - 1) // 2
+    return 1.0 - kept / allowed_pairs(t)
+
+
+def budget_for_sparsity(seq_len: int, sparsity: float) -> int:
+    """The inverse of :func:`budget_sparsity`: the keys per row ``k`` in [1, T] whose causal sparsity is nearest to
+    ``sparsity``, from the closed form (sparse-patterns.md §1)
+
+        Winv(s) = ((2T + 1) − sqrt((2T + 1)² − 4(1 − s)·T(T + 1))) / 2
+
+    rounded, then settled on the exact count. E.g. s = 0.9 keeps 13 keys per row at T = 260 but 6726 at T = 131072.
+    """
+    t = _check_len(seq_len)
+    s = _check_sparsity(sparsity)
+    root = ((2 * t + 1) - math.sqrt((2 * t + 1) ** 2 - 4 * (1 - s) * t * (t + 1))) / 2
+    guess = min(max(1, round(root)), t)
+    candidates = [k for k in (guess - 1, guess, guess + 1) if 1 <= k <= t]
+    return min(candidates, key=lambda k: abs(budget_sparsity(t, k) - s))
+
+
+# -------------------------------------------------------------------------------------------------------- FLOPs
+def attention_flops(config: Any, seq_len: int, sparsity: float = 0.0, *, causal: bool = True) -> dict[str, float]:
+    """FLOPs of the two attention matrix products, QKᵀ and PV, over the kept pairs of a forward pass of ``T`` tokens.
+
+        pairs = (1 − s) · T(T+1)/2            kept pairs per head per layer (causal; T² for an encoder)
+        qk    = 2 · d_qk · pairs · H · L      one d_qk-long dot product per kept pair and query head
+        pv    = 2 · d_v  · pairs · H · L      one d_v-long weighted sum per kept pair and query head
+        total = qk + pv
+
+    Counted: only these two products, linear in the kept pairs (so the sparse value is exactly (1 − s) times the
+    dense one). Not counted: softmax, scaling and masking; choosing the pairs (top-k scores, DSA's lightning
+    indexer, NSA's compressed branch); the Q/K/V/O projections and the MLP (see
+    :func:`projection_and_mlp_flops`). Grouped-query attention does not change these numbers (every query head
+    still scores every kept pair), only the KV cache. MLA is counted in its plain form (``d_qk`` = nope + rope
+    dims, ``d_v`` = ``v_head_dim``), not the weight-absorbed form used for decoding.
+
+    Returns a dict with ``pairs`` (kept pairs per head per layer), ``qk``, ``pv`` and ``total``, as floats.
+    """
+    config = text_config(config)
+    s = _check_sparsity(sparsity)
+    pairs = (1.0 - s) * allowed_pairs(seq_len, causal)
+    d_qk, d_v = head_dims(config)
+    heads_layers = _n_heads(config) * int(config.num_hidden_layers)
+    qk = 2.0 * d_qk * pairs * heads_layers
+    pv = 2.0 * d_v * pairs * heads_layers
+    return {"pairs": pairs, "qk": qk, "pv": pv, "total": qk + pv}
+
+
+def projection_and_mlp_flops(config: Any, seq_len: int, *, gated_mlp: bool = True) -> dict[str, int]:
+    """FLOPs of the weight matrix products of a forward pass of ``T`` tokens (dense models without MLA/MoE):
+
+        qkvo    = 2 · T · L · (d·H·d_h + 2·d·H_kv·d_h + H·d_h·d)    Q, K, V and output projections
+        mlp     = 2 · T · L · 3·d·d_ff    (gated MLP: gate, up, down; 2·d·d_ff when ``gated_mlp=False``)
+        lm_head = 2 · T · d · vocab_size
+        total   = qkvo + mlp + lm_head
+
+    with ``d_ff = intermediate_size``. Linear in ``T`` and untouched by attention sparsity. Not counted: norms,
+    activations, residual additions, embeddings lookup, biases.
+    Raises ValueError for MLA or mixture-of-experts configs (their projections and experts are not modelled).
+    """
+    config = text_config(config)
+    t = _check_len(seq_len)
+    moe_keys = ("n_routed_experts", "num_local_experts", "num_experts")
+    if _is_mla(config) or any(getattr(config, key, None) for key in moe_keys):
+        raise ValueError("projection_and_mlp_flops models dense standard-attention decoders only (no MLA, no MoE)")
+    d, h, h_kv, d_h = int(config.hidden_size), _n_heads(config), _n_kv_heads(config), _head_dim(config)
+    layers = int(config.num_hidden_layers)
+    d_ff = int(config.intermediate_size)
+    qkvo = 2 * t * layers * (d * h * d_h + 2 * d * h_kv * d_h + h * d_h * d)
+    mlp = 2 * t * layers * (3 if gated_mlp else 2) * d * d_ff
+    lm_head = 2 * t * d * int(config.vocab_size)
+    return {"qkvo": qkvo, "mlp": mlp, "lm_head": lm_head, "total": qkvo + mlp + lm_head}
+
+
+# ----------------------------------------------------------------------------------------------------- KV cache
+def kv_values_per_token_per_layer(config: Any) -> int:
+    """Values cached per token and layer:
+
+        standard / GQA / MQA:  2 · H_kv · d_h                    (one key and one value per KV head)
+        MLA (kv_lora_rank):    kv_lora_rank + qk_rope_head_dim   (the latent c_KV and the shared RoPE key)
+
+    E.g. SmolLM2-135M: 2 · 3 · 64 = 384; DeepSeek-V3 and GLM-5: 512 + 64 = 576 (vs 2 · 128 · 128 = 32768 for
+    128 plain heads of 128 dims).
+    """
+    config = text_config(config)
+    if _is_mla(config):
+        return int(config.kv_lora_rank) + int(config.qk_rope_head_dim)
+    return 2 * _n_kv_heads(config) * _head_dim(config)
+
+
+def kv_cache_bytes(config: Any, seq_len: int, dtype_bytes: float = 2, *, cached_tokens: int | None = None) -> int:
+    """Bytes of the KV cache after ``T`` tokens, all layers:
+
+        bytes = min(T, cached_tokens) · L · kv_values_per_token_per_layer(config) · dtype_bytes
+
+    ``dtype_bytes``: 2 for bf16/fp16 (default), 4 for fp32, 1 for fp8. ``cached_tokens`` (default: all ``T``) models
+    KV *eviction* that keeps a fixed number of tokens (StreamingLLM's sinks + window, H2O's budget). Pair
+    *selection* (top-k, DSA, NSA) keeps every token, since a later query may select any of them: leave it None.
+    Not counted: DSA's indexer keys, quantisation scales, paging overhead.
+    """
+    config = text_config(config)
+    t = _check_len(seq_len)
+    if isinstance(dtype_bytes, bool) or not isinstance(dtype_bytes, (int, float)) or dtype_bytes <= 0:
+        raise ValueError(f"dtype_bytes must be a positive number, got {dtype_bytes!r}")
+    if cached_tokens is not None:
+        if isinstance(cached_tokens, bool) or not isinstance(cached_tokens, int) or cached_tokens < 1:
+            raise ValueError(f"cached_tokens must be a positive int or None, got {cached_tokens!r}")
+        t = min(t, cached_tokens)
+    values = t * int(config.num_hidden_layers) * kv_values_per_token_per_layer(config)
+    return int(math.ceil(values * dtype_bytes))
