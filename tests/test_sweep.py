@@ -47,8 +47,13 @@ def test_pandas_and_plot(table):
     df = table.to_pandas()
     assert list(df.columns) == list(COLUMNS) and len(df) == 60
     fig = aw.plot_sweep(table)
-    assert [t.name for t in fig.data] == MASKS and len(fig.data[0].x) == 5
+    assert [t.name for t in fig.data][:3] == MASKS and len(fig.data[0].x) == 5
     assert list(fig.data[0].x) == sorted(fig.data[0].x)  # achieved sparsity grows with the request
+    dense = [r["dense_ppl"] for r in table if r["mask"] == MASKS[0] and r["requested_sparsity"] == 0.3]
+    assert fig.data[3].name.startswith("dense") and math.isclose(fig.data[3].y[0], sum(dense) / len(dense))
+    assert fig.layout.yaxis.type == "log" and not fig.layout.annotations  # nothing placed in log units by mistake
+    window = [r["sparse_ppl"] for r in table if r["mask"] == MASKS[0] and r["requested_sparsity"] == 0.9]
+    assert math.isclose(fig.data[0].y[-1] + fig.data[0].error_y.array[-1], max(window))  # bars span the texts
     assert aw.plot_sweep(table, y="delta_ppl").layout.yaxis.title.text == "delta ppl"
     with pytest.raises(ValueError, match="y must be"):
         aw.plot_sweep(table, y="nope")

@@ -160,7 +160,8 @@ def sweep(
 def plot_sweep(table: Iterable[dict[str, Any]], y: str = "sparse_ppl", log_y: bool | None = None) -> Any:
     """The degradation curve: ``y`` (default sparse perplexity; also "delta_ppl", "delta_nll", "mass_recall",
     "top1_agreement", "next_token_kl") against the *achieved* sparsity, one line per mask, each point the mean over
-    the texts (hover: the spread). The dense perplexity is drawn as a dashed reference line."""
+    the texts, with error bars from the lowest to the highest text (hover: the same in numbers). The dense
+    perplexity is drawn as a dashed reference line."""
     import plotly.graph_objects as go
 
     records = list(table)
@@ -181,11 +182,16 @@ def plot_sweep(table: Iterable[dict[str, Any]], y: str = "sparse_ppl", log_y: bo
             hi.append(max(values))
             text.append(f"requested {s:.0%}, {len(cell)} text(s), range {min(values):.3g} – {max(values):.3g}"
                         + (" (out of reach: nearest used)" if any(r["out_of_reach"] for r in cell) else ""))
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=mask, text=text,
+        spread = {"type": "data", "symmetric": False, "array": [h - v for h, v in zip(hi, ys)],
+                  "arrayminus": [v - lo_ for v, lo_ in zip(ys, lo)], "thickness": 1, "width": 3}
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=mask, text=text, error_y=spread,
                                  hovertemplate=f"{mask}<br>achieved %{{x:.1%}}<br>{y} %{{y:.4g}}<br>%{{text}}<extra></extra>"))
     if y == "sparse_ppl":
+        # a trace, not add_hline: on a log axis an hline's annotation is placed in log units and wrecks the range
         dense = float(np.mean([r["dense_ppl"] for r in {r["text"]: r for r in records}.values()]))
-        fig.add_hline(y=dense, line_dash="dash", line_color="#666", annotation_text=f"dense {dense:.2f}")
+        xs_all = [r["achieved_sparsity"] for r in records]
+        fig.add_trace(go.Scatter(x=[min(xs_all), max(xs_all)], y=[dense, dense], mode="lines", name=f"dense {dense:.2f}",
+                                 line={"dash": "dash", "color": "#666"}, hoverinfo="skip"))
     values = [r[y] for r in records if r[y] is not None and math.isfinite(r[y])]
     if log_y is None:
         log_y = y == "sparse_ppl" and values and max(values) / max(min(values), 1e-9) > 20
