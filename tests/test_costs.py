@@ -177,3 +177,21 @@ def test_budget_for_sparsity_matches_the_mask_library():
 
     for sparsity in (0.5, 0.7, 0.9):
         assert costs.budget_for_sparsity(260, sparsity) == masks.get("topk").with_sparsity(sparsity, 260).k
+
+
+# ------------------------------------------------------------------------------------------------ kernel tiles
+def test_skippable_tiles_of_a_window_counted_by_hand():
+    import numpy as np
+
+    n = 256  # 4 x 4 tiles of 64; causal: 10 tiles hold allowed pairs
+    i, j = np.indices((n, n))
+    window = (j <= i) & (i - j < 16)  # touches the 4 diagonal tiles and the 3 just below
+    assert costs.skippable_tiles(window) == pytest.approx(3 / 10)
+    assert costs.skippable_tiles(np.tril(np.ones((n, n), bool))) == 0.0
+    scattered = (j <= i) & ((i + j) % 7 == 0) | (i == j)  # few pairs, but in every tile
+    assert costs.skippable_tiles(scattered) == 0.0
+    # per head, averaged: one head dense, one with the window
+    assert costs.skippable_tiles(np.stack([np.tril(np.ones((n, n), bool)), window])) == pytest.approx(0.15)
+    assert costs.skippable_tiles(window[:100, :100], tile=32) == pytest.approx(3 / 10)  # a padded edge tile row
+    with pytest.raises(ValueError, match="tile must be"):
+        costs.skippable_tiles(window, tile=0)

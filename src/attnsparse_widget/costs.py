@@ -23,11 +23,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "allowed_pairs",
     "attention_flops",
     "budget_for_sparsity",
     "budget_sparsity",
+    "skippable_tiles",
     "head_dims",
     "kv_cache_bytes",
     "kv_values_per_token_per_layer",
@@ -214,3 +217,40 @@ def kv_cache_bytes(config: Any, seq_len: int, dtype_bytes: float = 2, *, cached_
         t = min(t, cached_tokens)
     values = t * int(config.num_hidden_layers) * kv_values_per_token_per_layer(config)
     return int(math.ceil(values * dtype_bytes))
+
+
+# ------------------------------------------------------------------------------------------------ kernel tiles
+def skippable_tiles(keep: Any, allowed: Any = None, tile: int = 64) -> float:
+    """The fraction of work tiles that a block-sparse kernel could skip: the third sparsity number (spec §7.5),
+    next to edge sparsity (pairs dropped) and KV budget (tokens cached).
+
+    Kernels such as FlashAttention or FlexAttention work on ``tile x tile`` blocks of (query, key) pairs. A tile
+    can be skipped only when *none* of its pairs is kept, so
+
+        skippable = #{tiles with an allowed pair and no kept pair} / #{tiles with an allowed pair}
+
+    ``keep`` is a bool ``[T, T]`` or ``[H, T, T]`` keep-mask (heads averaged: each head is its own kernel launch),
+    ``allowed`` the model's allowed pairs (default: causal, key ≤ query). Scattered selections (top-k, DSA) reach
+    high edge sparsity while touching nearly every tile; windows and block selections skip whole tiles.
+    (PyTorch's ``BlockMask.sparsity()`` counts over the full rectangle instead, so plain causal attention there
+    already reads about 50 %; spec §0.)
+    """
+    keep = np.asarray(keep, dtype=bool)
+    if keep.ndim == 2:
+        keep = keep[None]
+    if keep.ndim != 3 or keep.shape[-1] != keep.shape[-2]:
+        raise ValueError(f"keep must be a bool [T, T] or [H, T, T] array, got shape {keep.shape}")
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
+        raise ValueError(f"tile must be a positive int, got {tile!r}")
+    t = keep.shape[-1]
+    allowed = np.tril(np.ones((t, t), dtype=bool)) if allowed is None else np.asarray(allowed, dtype=bool)
+    n = -(-t // tile)
+    pad = n * tile - t
+
+    def any_per_tile(m: np.ndarray) -> np.ndarray:
+        m = np.pad(m, [(0, 0)] * (m.ndim - 2) + [(0, pad), (0, pad)])
+        return m.reshape(*m.shape[:-2], n, tile, n, tile).any(axis=(-3, -1))
+
+    live = any_per_tile(allowed)
+    touched = any_per_tile(keep & allowed) & live
+    return float(1.0 - touched.sum(axis=(-2, -1)).mean() / max(1, int(live.sum())))
