@@ -7,7 +7,7 @@
 
 Work is grouped per text: one group runs the dense pass once (it is cached) and then every (mask, sparsity) of
 that text. With ``executor=`` (any ``concurrent.futures.Executor``: a ``ProcessPoolExecutor``, a Dask
-``client.get_executor()``, Ray's) the groups run where the executor puts them; each worker loads the model itself,
+``client.get_executor()``) the groups run where the executor puts them; each worker loads the model itself,
 so pass the model as None (the embedded default) or a hub id / path, not a loaded object.
 """
 
