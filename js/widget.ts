@@ -103,10 +103,13 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   const headline = h("div", { class: "asw-headline" });
   const progress = h("div", { class: "asw-progress" });
   const layerPlot = plot("layers", "asw-layers");
+  const perLayer = h("input", { type: "checkbox", class: "asw-per-layer", "aria-label": "per-layer curve" }) as HTMLInputElement;
+  const perLayerLabel = h("label", { class: "asw-hint", title: "about two replayed forward passes per layer: switch it off for long texts" }, " compute the per-layer curve");
+  perLayerLabel.prepend(perLayer);
   const conts = h("div", { class: "asw-continuations" });
   const positionInput = h("input", { type: "number", min: "0", step: "1", class: "asw-position", "aria-label": "position" }) as HTMLInputElement;
   const nextTok = h("div", { class: "asw-next" });
-  panes.output.append(headline, progress, layerPlot, conts,
+  panes.output.append(headline, row(perLayerLabel, progress), layerPlot, conts,
     row(h("label", {}, "next token after position"), positionInput, h("span", { class: "asw-hint" }, "(or click a row of the heatmaps)")), nextTok);
 
   const maskPlot = plot("mask", "asw-maskplot");
@@ -160,6 +163,7 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   headSel.onchange = () => set("head", Number(headSel.value));
   sortSel.onchange = () => { gallery = null; paintGallery(); };
   positionInput.onchange = () => set("position", Number(positionInput.value));
+  perLayer.onchange = () => set("per_layer", perLayer.checked);
   gifButton.onclick = () => { performance.mark("attnsparse:intent:export"); m.send({ type: "export_gif" }); };
   pngButton.onclick = () => {
     const v = view ?? {};
@@ -242,6 +246,7 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
     if (document.activeElement !== slider) slider.value = String(Math.round(100 * m.get("sparsity")));
     maskSel.value = m.get("mask");
     positionInput.max = String(Math.max(0, (info.n_tokens ?? 1) - 1));
+    perLayer.checked = Boolean(m.get("per_layer"));
     paintSparsity();
   }
 
@@ -257,8 +262,8 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
     const curve = s.stage === "per-layer curve";
     const tick = () => {
       const secs = ((Date.now() - (s.started ?? Date.now())) / 1000).toFixed(1);
-      const progressed = curve || s.stage === "exporting GIF";
-      busy.textContent = s.busy ? `⏳ ${s.stage}${progressed ? ` ${Math.round(100 * (s.progress ?? 0))}%` : ""} · ${secs} s` : "";
+      const progressed = typeof s.progress === "number";
+      busy.textContent = s.busy ? `⏳ ${s.stage}${progressed ? ` ${Math.round(100 * s.progress)}%` : ""} · ${secs} s` : "";
     };
     tick();
     if (s.busy) timer = setInterval(tick, 200);
@@ -435,7 +440,7 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   m.on("change:gallery", () => invalidate("gallery"));
   m.on("change:layer_chart", () => invalidate("output"));
   m.on("change:status", paintStatus);
-  for (const name of ["text", "sparsity", "layer", "head"]) m.on(`change:${name}`, paintControls);
+  for (const name of ["text", "sparsity", "layer", "head", "per_layer"]) m.on(`change:${name}`, paintControls);
 
   paintCatalog();
   paintParams();

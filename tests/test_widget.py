@@ -100,7 +100,7 @@ def test_sparsity_and_mask_changes_rerun_only_the_sparse_pass(tiny):
 def test_view_changes_run_no_model(tiny, monkeypatch):
     w = AttentionDiffWidget(tiny, threaded=False, text=TEXT)
     calls = []
-    monkeypatch.setattr(widget_module, "compare", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(widget_module, "sparse_comparison", lambda *a, **k: calls.append(1))
     w.layer = 2
     w.head = 3
     w.zoom = [10, 30, 0, 20]
@@ -136,14 +136,14 @@ def test_errors_show_in_the_widget_and_it_stays_usable(tiny):
 def test_rapid_changes_coalesce_to_the_latest(tiny, monkeypatch):
     w = AttentionDiffWidget(tiny, text=TEXT, sparsity=0.1).wait()
     seen = []
-    real = widget_module.compare
+    real = widget_module.sparse_comparison
 
     def slow(*args, **kwargs):
         seen.append(kwargs["sparsity"])
         time.sleep(0.3)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(widget_module, "compare", slow)
+    monkeypatch.setattr(widget_module, "sparse_comparison", slow)
     for s in np.linspace(0.2, 0.9, 15):
         w.sparsity = float(round(s, 2))
     w.wait()
@@ -156,14 +156,14 @@ def test_stale_results_are_never_published(tiny, monkeypatch):
     """A slow request overtaken by a newer one must not overwrite the newer result."""
     w = AttentionDiffWidget(tiny, text=TEXT, sparsity=0.2).wait()
     gate = threading.Event()
-    real = widget_module.compare
+    real = widget_module.sparse_comparison
 
     def gated(*args, **kwargs):
         if kwargs["sparsity"] == 0.3:
             gate.wait(5)  # the old request finishes late
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(widget_module, "compare", gated)
+    monkeypatch.setattr(widget_module, "sparse_comparison", gated)
     w.sparsity = 0.3
     time.sleep(0.1)
     w.sparsity = 0.6

@@ -12,8 +12,8 @@ from __future__ import annotations
 from . import masks
 from .capture import UnsupportedModelError
 from .compare import Comparison, clear_cache, compare
-from .metrics import Metrics
 from .export import ExportError
+from .metrics import Metrics
 from .models import load_model
 from .sweep import SweepTable, plot_sweep, sweep
 from .texts import sample_texts

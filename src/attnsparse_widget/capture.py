@@ -66,6 +66,12 @@ class Plan:
     recorder: Recorder | None = None
     seed: int = 0
     calls: int = 0
+    # per pass: the allowed set of each mask tensor the model passes, and the keep-mask of a static pattern, made
+    # once and handed out as the same object to every layer (keys hold the objects, so ids are never reused)
+    memo: dict[Any, tuple[Any, Tensor]] = field(default_factory=dict)
+    # per layer, the first query position where the mask dropped a pair: earlier positions of a causal model come
+    # out of the pass exactly as in the dense pass, so their next-token losses need not be computed again
+    first_changed: dict[int, int] = field(default_factory=dict)
 
     def mask_for(self, layer: int) -> Mask | None:
         if self.mask is None or (self.sparse_layers is not None and layer not in self.sparse_layers):
@@ -129,6 +135,19 @@ def attention_forward(
     value_states = repeat_kv(value, n_rep)
     if scaling is None:
         scaling = query.size(-1) ** -0.5
+    layer = -1
+    mask = None
+    if plan is not None:
+        plan.calls += 1
+        layer = plan.layer_of(module)
+        mask = plan.mask_for(layer)
+        if mask is None and plan.recorder is None and softcap is None and not module.training:
+            # a dense layer whose probabilities nobody reads (the other layers of a per-layer replay, dense
+            # decoding): the same attention through SDPA's fused kernel, without materialising them
+            out = nn.functional.scaled_dot_product_attention(
+                query, key_states, value_states, attn_mask=attention_mask, scale=scaling
+            )
+            return out.transpose(1, 2).contiguous(), None
 
     scores = torch.matmul(query, key_states.transpose(2, 3)) * scaling
     if softcap is not None:
@@ -139,10 +158,9 @@ def attention_forward(
     keep = None
     allowed = None
     if plan is not None:
-        plan.calls += 1
-        layer = plan.layer_of(module)
-        allowed = allowed_from(attention_mask, module, scores.shape[-2], scores.shape[-1], scores.device)
-        mask = plan.mask_for(layer)
+        n_q, n_k = scores.shape[-2], scores.shape[-1]
+        allowed = _memo(plan, ("allowed", n_q, n_k), attention_mask, allowed_from, attention_mask, module, n_q, n_k,
+                        scores.device)
         if mask is not None:
             ctx = MaskContext(
                 causal=bool(getattr(module, "is_causal", True)),
@@ -151,17 +169,45 @@ def attention_forward(
                 kv_groups=n_rep,
                 seed=plan.seed,
             )
-            keep = sparse_keep(mask, scores, allowed, ctx)
+            if mask.score_dependent or mask.varies_by_layer:
+                keep, dropped, first = _applied(mask, scores, allowed, ctx)
+            else:  # positions only: the same keep-mask object for every layer of this pass
+                keep, dropped, first = _memo(plan, ("keep", ctx.causal, ctx.n_heads), allowed, _applied, mask, scores,
+                                             allowed, ctx)
             # Dropped pairs get exactly what the model's own mask gives excluded pairs: finfo.min, additive-style.
-            scores = scores.masked_fill(allowed & ~keep, torch.finfo(scores.dtype).min)
+            scores = scores.masked_fill(dropped, torch.finfo(scores.dtype).min)
+            if first is not None:
+                plan.first_changed[layer] = min(plan.first_changed.get(layer, first), first)
 
     probs32 = nn.functional.softmax(scores, dim=-1, dtype=torch.float32)
+    del scores
     probs = probs32.to(value.dtype)
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
     out = torch.matmul(probs, value_states).transpose(1, 2).contiguous()
     if plan is not None and plan.recorder is not None:
         plan.recorder.record(layer, probs32, keep, allowed)
     return out, probs
+
+
+def _memo(plan: Plan, key: tuple[Any, ...], owner: Tensor | None, make: Callable[..., Any], *args: Any) -> Any:
+    """``make(*args)`` once per pass for ``owner`` (a tensor the model hands to every layer) and ``key``."""
+    slot = (*key, id(owner))
+    found = plan.memo.get(slot)
+    if found is not None and found[0] is owner:
+        return found[1]
+    value = make(*args)
+    plan.memo[slot] = (owner, value)
+    return value
+
+
+def _applied(mask: Mask, scores: Tensor, allowed: Tensor, ctx: MaskContext) -> tuple[Tensor, Tensor, int | None]:
+    """The keep-mask of one attention call, the pairs it drops from the allowed ones, and the position of the first
+    query that lost a pair (None: none did)."""
+    keep = sparse_keep(mask, scores, allowed, ctx)
+    dropped = allowed & ~keep
+    rows = dropped.flatten(0, 1).any(dim=-1).any(dim=0).nonzero()
+    first = int(rows[0]) + scores.shape[-1] - scores.shape[-2] if rows.numel() else None
+    return keep, dropped, first
 
 
 def sparse_keep(mask: Mask, scores: Tensor, allowed: Tensor, ctx: MaskContext) -> Tensor:
@@ -379,3 +425,38 @@ def start_at_layer(model: nn.Module, layer: int, outputs: LayerOutputs) -> Itera
     finally:
         for block in replaced:
             del block.forward
+
+
+class _Probed(Exception):
+    """Raised once the probed layer is recorded: the rest of the pass is not needed."""
+
+
+class _LayerProbe(Recorder):
+    def __init__(self, layer: int) -> None:
+        self.layer = layer
+        self.found: tuple[Tensor, Tensor | None, Tensor] | None = None
+
+    def record(self, layer: int, probs: Tensor, keep: Tensor | None, allowed: Tensor) -> None:
+        if layer == self.layer:
+            self.found = (probs.detach().to("cpu", torch.float32), None if keep is None else keep.detach().to("cpu"),
+                          allowed.detach().to("cpu"))
+            raise _Probed
+
+
+def layer_attention(model: PreTrainedModel, ids: Tensor, mask: Mask | None, layer: int, outputs: LayerOutputs,
+                    seed: int = 0) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Probabilities, keep-mask and allowed set of one layer of a recorded pass, recomputed at full resolution.
+
+    Blocks ``0 .. layer-1`` replay the pass's recorded outputs, so block ``layer`` sees exactly the input it saw
+    then and computes exactly the same scores, mask and probabilities; the pass stops right after. ``mask`` is the
+    pass's mask (None for the dense pass)."""
+    probe = _LayerProbe(layer)
+    plan = Plan(layer_of=layer_indexer(model), mask=mask, recorder=probe, seed=seed)
+    try:
+        with torch.inference_mode(), attention_active(model, plan), start_at_layer(model, layer, outputs):
+            model(input_ids=ids, use_cache=False)
+    except _Probed:
+        pass
+    if probe.found is None:
+        raise unsupported(model, f"layer {layer} did not call the attention function when replayed")
+    return probe.found

@@ -1,16 +1,22 @@
 """``compare(model, text, mask)``: run a model dense and sparse, and measure what the mask did.
 
-One call runs (1) the dense pass, cached per (model, text), (2) the sparse pass with the mask on every layer,
-(3) optionally the per-layer curves, and (4) greedy continuations under each regime. Every pass goes through the
-single capture path in :mod:`attnsparse_widget.capture`.
+One call runs (1) the dense pass, cached per (model, text), (2) the sparse pass with the mask on every layer and the
+headline metrics from both passes' next-token distributions, (3) the attention metrics per layer and head (mass
+recall, KL), (4) optionally the per-layer curves, and (5) greedy continuations under each regime. Every pass goes
+through the single capture path in :mod:`attnsparse_widget.capture`. The widget runs (1)-(2) first, shows them,
+and fills in (3)-(5) progressively (:func:`sparse_comparison`, then :meth:`Comparison.complete`).
 
 Per-layer curves reuse the recorded block outputs instead of recomputing them: "mask only at layer l" replays the
 dense outputs of blocks 0..l-1 and computes from block l; "mask at layers 0..l" replays the sparse pass's blocks
-0..l and runs the rest dense. Both together cost about L forward passes instead of 2L.
+0..l and runs the rest dense. The dense blocks of a replay run through SDPA (nothing of them is captured), and the
+next-token losses are recomputed only from the first position where the mask dropped a pair: the earlier
+positions of a causal model cannot have changed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -29,6 +35,7 @@ from .capture import (
     attention_active,
     capture_layer_outputs,
     check_supported,
+    layer_attention,
     layer_indexer,
     layer_stack,
     num_layers,
@@ -36,129 +43,237 @@ from .capture import (
     text_config,
     unsupported,
 )
+from .logits import chunks, head_can_replay, logits_at, record_base_output, verify_replay
 from .masks import Mask
 from .models import display_name, resolve_model
+from .pooling import MAX_SIDE, block_mean, factor_for, repool_mean
 from .store import AttentionStore
 
 Tensor = torch.Tensor
 DEFAULT_SPARSITY = 0.5
-DENSE_CACHE_SIZE = 4
+DENSE_CACHE_BYTES = 768 * 2**20  # the cached dense passes together (the most recent one is always kept)
+DENSE_LOGITS_BUDGET = 256 * 2**20  # a dense pass keeps its next-token log-probabilities up to this size
+RECOMPUTED_LAYERS = 2  # full-resolution layers recomputed on demand and kept, per pass (overview stores)
 
 
 # ------------------------------------------------------------------------------------------------------- passes
 @dataclass
 class PassResult:
-    """What one captured forward pass leaves behind (batch of one)."""
+    """What one captured forward pass leaves behind (batch of one).
+
+    For language models the next-token logits are not kept (``[T, vocab]`` floats): :meth:`logits` recomputes them
+    for any positions from the recorded base-model output, by the model's own head (see :mod:`.logits`).
+    """
 
     store: AttentionStore
-    output: Tensor  # logits [T, V] for language models, last hidden state [T, D] for encoders
     layer_outputs: LayerOutputs
+    ids: Tensor
+    mask: Mask | None
+    seed: int
+    model: weakref.ref[PreTrainedModel]
+    is_lm: bool
+    base_output: Any = None  # the base model's output (language models whose head can be replayed)
+    full_output: Tensor | None = None  # logits [T, V] (head not replayable) or the encoder's last hidden state
+    last_logits: Tensor | None = None  # [V], the pass's own logits at the last position
+    nll: Tensor | None = None  # per-position next-token loss [T-1] (language models)
+    argmax: Tensor | None = None  # per-position predicted token [T]
+    logprobs: list[Tensor] | None = None  # chunked log-softmax of every position (dense passes, when small)
+    cache: Any = None  # the pass's KV cache, kept until its greedy continuation uses it
+    first_changed: dict[int, int] = field(default_factory=dict)  # per masked layer, the first row that lost a pair
     continuation: list[int] = field(default_factory=list)
+    continuation_steps: int = 0  # tokens asked for (the continuation stops early at an end-of-sequence token)
+    _layers: OrderedDict[int, tuple[Tensor, Tensor | None, Tensor]] = field(default_factory=OrderedDict)
+
+    def the_model(self) -> PreTrainedModel:
+        model = self.model()
+        if model is None:
+            raise RuntimeError("the model of this comparison was garbage-collected; keep a reference to it to "
+                               "recompute full-resolution attention")
+        return model
+
+    def logits(self, positions: Tensor) -> Tensor:
+        """Float32 next-token logits ``[len(positions), vocab]``."""
+        if self.full_output is not None:
+            return self.full_output[positions.to(self.full_output.device)].float()
+        return logits_at(self.the_model(), self.ids, self.base_output, positions)
+
+    def layer(self, layer: int) -> tuple[Tensor, Tensor | None, Tensor]:
+        """(probs ``[1, H, T, T]``, keep ``[1, H|1, T, T]`` or None, allowed ``[1, 1, T, T]``) at full resolution:
+        from the store when retained, else recomputed by replaying that layer (the last few are kept)."""
+        store = self.store
+        if store.retain:
+            probs = store.probs[layer]
+            allowed = store.allowed[layer]
+            assert probs is not None and allowed is not None
+            return probs, store.keep[layer], allowed
+        found = self._layers.get(layer)
+        if found is None:
+            found = layer_attention(self.the_model(), self.ids, self.mask, layer, self.layer_outputs, self.seed)
+            self._layers[layer] = found
+            while len(self._layers) > RECOMPUTED_LAYERS:
+                self._layers.popitem(last=False)
+        else:
+            self._layers.move_to_end(layer)
+        return found
+
+    def nbytes(self) -> int:
+        """Bytes held (maps, layer outputs, logits), roughly."""
+        total = self.store.nbytes()
+        for out in self.layer_outputs.outputs:
+            t = out if isinstance(out, Tensor) else (out[0] if isinstance(out, tuple) else None)
+            if isinstance(t, Tensor):
+                total += t.numel() * t.element_size()
+        for t in (self.full_output, *(self.logprobs or [])):
+            if t is not None:
+                total += t.numel() * t.element_size()
+        return total
 
 
-def _forward(model: PreTrainedModel, ids: Tensor, plan: Plan, use_cache: bool = False) -> Any:
-    out = model(input_ids=ids, use_cache=use_cache)
-    if plan.calls == 0:
-        raise unsupported(model, "no attention call went through the registered attention function")
-    return out
-
-
-def _main_output(out: Any) -> Tensor:
-    value = getattr(out, "logits", None)
-    if value is None:
-        value = out.last_hidden_state
-    return value[0].float()
-
-
-def captured_pass(
-    model: PreTrainedModel,
-    ids: Tensor,
-    mask: Mask | None,
-    *,
-    seed: int,
-    continuation_tokens: int,
-    eos: set[int],
-    is_lm: bool,
-) -> PassResult:
-    """One forward pass with capture (and its greedy continuation for language models)."""
+def captured_pass(model: PreTrainedModel, ids: Tensor, mask: Mask | None, *, seed: int, is_lm: bool,
+                  keep_cache: bool = False) -> PassResult:
+    """One forward pass with capture: every layer's attention into a store, every block's output, and (language
+    models) the base model's output and the last position's logits. ``keep_cache``: also keep the KV cache for a
+    later greedy continuation (row-local masks only)."""
     n_layers = num_layers(model)
     store = AttentionStore(n_layers, text_config(model).num_attention_heads, ids.shape[1])
     plan = Plan(layer_of=layer_indexer(model), mask=mask, recorder=store, seed=seed)
     outputs = LayerOutputs()
-    decode_with_cache = is_lm and (mask is None or mask.row_local)
+    replayable = is_lm and head_can_replay(model)
+    recorded: dict[str, Any] = {}
+    kwargs = {"logits_to_keep": 1} if replayable else {}
+    use_cache = keep_cache and is_lm and (mask is None or mask.row_local)
     with torch.inference_mode(), attention_active(model, plan), capture_layer_outputs(model, outputs):
-        out = _forward(model, ids, plan, use_cache=decode_with_cache)
+        with record_base_output(model, recorded) if replayable else contextlib.nullcontext():
+            out = model(input_ids=ids, use_cache=use_cache, **kwargs)
+    if plan.calls == 0:
+        raise unsupported(model, "no attention call went through the registered attention function")
     if not store.complete:
-        missing = [i for i, p in enumerate(store.probs) if p is None]
+        missing = [i for i, done in enumerate(store.recorded) if not done]
         raise unsupported(model, f"layers {missing} did not call the attention function")
-    result = PassResult(store=store, output=_main_output(out), layer_outputs=outputs)
-    if is_lm and continuation_tokens > 0:
-        plan.recorder = None
-        cache = out.past_key_values if decode_with_cache else None
-        with torch.inference_mode(), attention_active(model, plan):
-            result.continuation = _greedy(model, ids, out.logits, cache, plan, continuation_tokens, eos)
+    result = PassResult(store=store, layer_outputs=outputs, ids=ids, mask=mask, seed=seed, model=weakref.ref(model),
+                        is_lm=is_lm, first_changed=dict(plan.first_changed))
+    if not is_lm:
+        result.full_output = out.last_hidden_state[0].float()
+        return result
+    result.last_logits = out.logits[0, -1].float()
+    result.cache = out.past_key_values if use_cache else None
+    if replayable and verify_replay(model, ids, recorded["base"], out.logits[0, -1]):
+        result.base_output = recorded["base"]
+    else:  # keep the full logits: run again without logits_to_keep if only the last position came back
+        if out.logits.shape[1] != ids.shape[1]:
+            with torch.inference_mode(), attention_active(model, Plan(layer_of=plan.layer_of, mask=mask, seed=seed)):
+                out = model(input_ids=ids, use_cache=False)
+        result.full_output = out.logits[0].float()
     return result
 
 
-def _greedy(
-    model: PreTrainedModel,
-    ids: Tensor,
-    logits: Tensor,
-    cache: Any,
-    plan: Plan,
-    n: int,
-    eos: set[int],
-) -> list[int]:
-    """Greedy decoding of ``n`` tokens. With a KV cache for row-local masks (a row's mask depends on that row only,
-    so cached decoding equals recomputing the full mask); by full recomputation for the others (H2O,
-    vertical-slash, block top-k), whose earlier rows depend on later queries or on history."""
+def next_token_stats(result: PassResult, keep_logprobs: bool = False) -> None:
+    """Fill the pass's per-position next-token loss and argmax (and, on request, its log-probabilities)."""
+    ids = result.ids[0]
+    n = ids.shape[0]
+    nll, argmax, kept = [], [], []
+    for pos in chunks(0, n, ids.device):
+        logp = torch.log_softmax(result.logits(pos), dim=-1)
+        argmax.append(logp.argmax(-1))
+        nll.append(M.next_token_nll(logp, ids[pos[pos < n - 1] + 1]))
+        if keep_logprobs:
+            kept.append(logp)
+    result.nll = torch.cat(nll).cpu()
+    result.argmax = torch.cat(argmax).cpu()
+    result.logprobs = kept if keep_logprobs else None
+
+
+def greedy_continuation(model: PreTrainedModel, result: PassResult, n: int, eos: set[int]) -> list[int]:
+    """Greedy decoding of ``n`` tokens after the pass's text, under the pass's mask (cached on the result).
+
+    With a KV cache for row-local masks (a row's mask depends on that row only, so cached decoding equals
+    recomputing the full mask); by full recomputation for the others (H2O, vertical-slash, block top-k), whose
+    earlier rows depend on later queries or on history."""
+    if result.continuation_steps >= n:
+        return result.continuation[:n]
+    mask = result.mask
+    plan = Plan(layer_of=layer_indexer(model), mask=mask, seed=result.seed)
+    with_cache = mask is None or mask.row_local
+    seq = result.ids
     new: list[int] = []
-    seq = ids
-    for _ in range(n):
-        token = int(logits[0, -1].argmax())
-        new.append(token)
-        if token in eos:
-            break
-        step = torch.tensor([[token]], device=ids.device)
-        seq = torch.cat([seq, step], dim=1)
-        if cache is not None:
-            out = model(input_ids=step, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-        else:
-            out = model(input_ids=seq, use_cache=False)
-        logits = out.logits
+    cache = None
+    with torch.inference_mode(), attention_active(model, plan):
+        logits = result.last_logits
+        if with_cache:
+            cache, result.cache = result.cache, None  # the pass's own cache, used once (decoding extends it)
+            if cache is None:  # prefill one (nothing captured: the dense layers take the fast path)
+                out = model(input_ids=seq, use_cache=True,
+                            **({"logits_to_keep": 1} if head_can_replay(model) else {}))
+                cache = out.past_key_values
+        for _ in range(n):
+            assert logits is not None
+            token = int(logits.argmax())
+            new.append(token)
+            if token in eos:
+                break
+            step = torch.tensor([[token]], device=seq.device)
+            seq = torch.cat([seq, step], dim=1)
+            if cache is not None:
+                out = model(input_ids=step, past_key_values=cache, use_cache=True)
+                cache = out.past_key_values
+            else:
+                out = model(input_ids=seq, use_cache=False)
+            logits = out.logits[0, -1].float()
+    result.continuation = new
+    result.continuation_steps = n
     return new
 
 
 def replay_nll(
     model: PreTrainedModel,
-    ids: Tensor,
+    dense: PassResult,
     mask: Mask | None,
     sparse_layers: frozenset[int],
     start: int,
     outputs: LayerOutputs,
     seed: int,
+    replayed_first: int | None = None,
 ) -> Tensor:
     """Per-token NLL of a pass whose blocks ``0..start-1`` replay ``outputs`` and whose ``sparse_layers`` use
-    ``mask`` (the rest dense)."""
+    ``mask`` (the rest dense). Positions before the first one where a mask dropped a pair (in this pass, or
+    ``replayed_first`` in the replayed blocks) are the dense pass's own losses (a causal model's earlier positions
+    cannot have changed); the rest come from the model's head."""
+    ids = dense.ids
     plan = Plan(layer_of=layer_indexer(model), mask=mask, sparse_layers=sparse_layers, seed=seed)
+    replayable = dense.base_output is not None
+    recorded: dict[str, Any] = {}
     with torch.inference_mode(), attention_active(model, plan), start_at_layer(model, start, outputs):
-        out = model(input_ids=ids, use_cache=False)
-    return M.token_nll(out.logits[0], ids[0])
+        with record_base_output(model, recorded) if replayable else contextlib.nullcontext():
+            out = model(input_ids=ids, use_cache=False, **({"logits_to_keep": 1} if replayable else {}))
+    assert dense.nll is not None
+    nll = dense.nll.clone()
+    changed = [*plan.first_changed.values(), *([] if replayed_first is None else [replayed_first])]
+    first = min(changed) if changed else None
+    n = ids.shape[1]
+    if first is None or first >= n - 1:
+        return nll
+    targets = ids[0]
+    with torch.inference_mode():
+        for pos in chunks(first, n - 1, ids.device):
+            logits = logits_at(model, ids, recorded["base"], pos) if replayable else out.logits[0, pos].float()
+            nll[pos.cpu()] = M.next_token_nll(torch.log_softmax(logits, dim=-1), targets[pos + 1]).cpu()
+    return nll
 
 
 # --------------------------------------------------------------------------------------------------- dense cache
 class DenseCache:
-    """The last few dense passes, keyed by model identity, weights version and token ids."""
+    """The last few dense passes, keyed by model identity, weights version and token ids; bounded in bytes (the
+    most recent pass is always kept)."""
 
-    def __init__(self, size: int = DENSE_CACHE_SIZE) -> None:
-        self.size = size
-        self._entries: OrderedDict[tuple[Any, ...], tuple[weakref.ref[PreTrainedModel], PassResult]] = OrderedDict()
+    def __init__(self, max_bytes: int = DENSE_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[Any, ...], tuple[weakref.ref[PreTrainedModel], PassResult, int]] = (
+            OrderedDict())
 
     @staticmethod
-    def key(model: PreTrainedModel, ids: Tensor, continuation_tokens: int) -> tuple[Any, ...]:
+    def key(model: PreTrainedModel, ids: Tensor, keep_cache: bool) -> tuple[Any, ...]:
         version = sum(p._version for p in model.parameters())
-        return (id(model), version, str(model.dtype), str(ids.device), tuple(ids[0].tolist()), continuation_tokens)
+        return (id(model), version, str(model.dtype), str(ids.device), tuple(ids[0].tolist()), keep_cache)
 
     def get(self, key: tuple[Any, ...], model: PreTrainedModel) -> PassResult | None:
         entry = self._entries.get(key)
@@ -168,8 +283,9 @@ class DenseCache:
         return entry[1]
 
     def put(self, key: tuple[Any, ...], model: PreTrainedModel, result: PassResult) -> None:
-        self._entries[key] = (weakref.ref(model), result)
-        while len(self._entries) > self.size:
+        self._entries[key] = (weakref.ref(model), result, result.nbytes())
+        self._entries.move_to_end(key)
+        while len(self._entries) > 1 and sum(e[2] for e in self._entries.values()) > self.max_bytes:
             self._entries.popitem(last=False)
 
     def clear(self) -> None:
@@ -206,24 +322,25 @@ class Comparison:
     n_layers: int
     n_heads: int
     n_kv_heads: int  # key/value heads (fewer than n_heads under grouped-query attention)
+    is_lm: bool = False
+    eos: set[int] = field(default_factory=set)
     _decode: Callable[[list[int]], str] = field(repr=False, default=lambda ids: "")
+    # the model itself: long texts recompute full-resolution layers and logits from it (the passes and the dense
+    # cache only hold weak references, so a cached pass never keeps a model alive)
+    _model: Any = field(repr=False, default=None)
 
     def attention(self, layer: int, which: str = "dense") -> np.ndarray:
         """Post-softmax attention of ``layer`` as float32 ``[heads, T, T]``; ``which`` is "dense" or "sparse"."""
         self._check_layer(layer)
         if which not in ("dense", "sparse"):
             raise ValueError(f"which must be 'dense' or 'sparse', got {which!r}")
-        store = self.dense.store if which == "dense" else self.sparse.store
-        probs = store.probs[layer]
-        assert probs is not None
-        return probs[0].float().numpy()
+        probs, _, _ = (self.dense if which == "dense" else self.sparse).layer(layer)
+        return probs[0].numpy()
 
     def keep_mask(self, layer: int) -> np.ndarray:
         """The keep-mask the sparse pass applied at ``layer``, bool ``[heads, T, T]`` (within the model's mask)."""
         self._check_layer(layer)
-        keep = self.sparse.store.keep[layer]
-        allowed = self.sparse.store.allowed[layer]
-        assert allowed is not None
+        _, keep, allowed = self.sparse.layer(layer)
         if keep is None:  # the dense pattern: everything the model allows
             keep = allowed
         return keep[0].expand(self.n_heads, -1, -1).numpy().copy()
@@ -235,21 +352,111 @@ class Comparison:
         assert allowed is not None
         return allowed[0, 0].numpy().copy()
 
+    def maps(self, layer: int, head: int = -1, region: tuple[int, int, int, int] | None = None,
+             max_side: int = MAX_SIDE) -> tuple[dict[str, np.ndarray], int]:
+        """Means over cells of at most ``max_side`` per axis of the dense and sparse probabilities, the keep-mask
+        and the allowed set of ``layer`` and ``head`` (-1: the mean over heads) over ``region`` (half-open
+        [q0, q1, k0, k1]; None: everything). Returns the four maps (float32) and the tokens per cell.
+
+        The whole map of a long text comes from the stores' pooled overview; a region, or any map of a retained
+        store, from full resolution (recomputed for that layer when needed)."""
+        self._check_layer(layer)
+        n = len(self.tokens)
+        q0, q1, k0, k1 = region or (0, n, 0, n)
+        store = self.sparse.store
+        if (q0, q1, k0, k1) == (0, n, 0, n) and not store.retain:
+            keep = store.pooled_keep[layer]
+            sums = {"dense": self.dense.store.pooled_probs[layer], "sparse": store.pooled_probs[layer],
+                    "keep": store.pooled_allowed[layer] if keep is None else keep,
+                    "allowed": store.pooled_allowed[layer]}
+            outer = factor_for(math.ceil(n / store.factor), max_side)
+            out = {}
+            for name, value in sums.items():
+                assert value is not None
+                out[name] = repool_mean(_select_head(value.numpy(), head), n, n, store.factor, outer)
+            return out, store.factor * outer
+        factor = factor_for(max(q1 - q0, k1 - k0), max_side)
+        cut = (slice(q0, q1), slice(k0, k1))
+        full = {}
+        for name, (probs, keep, allowed) in (("dense", self.dense.layer(layer)), ("sparse", self.sparse.layer(layer))):
+            full[name] = _select_head(probs[0].numpy(), head)[cut]
+            if name == "sparse":
+                full["keep"] = _select_head((allowed if keep is None else keep)[0].numpy(), head)[cut]
+                full["allowed"] = allowed[0, 0].numpy()[cut].astype(np.float32)
+        return {name: block_mean(value, factor) for name, value in full.items()}, factor
+
+    def head_maps(self, layer: int, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every head's dense and sparse map of ``layer``: ``[H, n, n]`` cell means with ``n <= max_side``."""
+        self._check_layer(layer)
+        n = len(self.tokens)
+        out = []
+        for result in (self.dense, self.sparse):
+            store = result.store
+            if store.retain:
+                probs = store.probs[layer]
+                assert probs is not None
+                out.append(block_mean(probs[0].numpy(), factor_for(n, max_side)))
+            else:
+                sums = store.pooled_probs[layer]
+                assert sums is not None
+                outer = factor_for(math.ceil(n / store.factor), max_side)
+                out.append(repool_mean(sums.numpy(), n, n, store.factor, outer))
+        return out[0], out[1]
+
     def _check_layer(self, layer: int) -> None:
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < self.n_layers:
             raise ValueError(f"layer must be an int in [0, {self.n_layers - 1}], got {layer!r}")
 
     def next_token_top(self, position: int = -1, k: int = 5) -> dict[str, list[tuple[str, float]]]:
         """Top-``k`` next tokens after ``position`` under each regime, as (token, probability) pairs."""
-        if not self.causal or self.metrics.dense_ppl is None:
+        if not self.is_lm:
             raise ValueError("next-token distributions exist only for causal language models")
+        n = len(self.tokens)
+        if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or not -n <= position < n:
+            raise ValueError(f"position must be an int in [{-n}, {n - 1}], got {position!r}")
+        pos = torch.tensor([int(position) % n], device=self.dense.ids.device)
         out = {}
         for name, result in (("dense", self.dense), ("sparse", self.sparse)):
-            probs = torch.softmax(result.output[position], dim=-1)
-            top = probs.topk(k)
+            top = torch.softmax(result.logits(pos)[0], dim=-1).topk(k)
             out[name] = [(self._decode([int(i)]), float(p)) for p, i in zip(top.values, top.indices)]
         return out
 
+    # ------------------------------------------------------------------------------------- the later stages
+    def fill_attention_metrics(self) -> None:
+        """Mass recall and KL(sparse‖dense) per layer and head (no-op once filled)."""
+        if self.metrics.mass_recall is None:
+            fill_attention_metrics(self)
+
+    def fill_continuations(self, n: int) -> dict[str, str]:
+        """Greedy continuations of ``n`` tokens under each regime (language models; the dense one is cached)."""
+        if not self.is_lm or n <= 0:
+            return self.continuations
+        model = self.sparse.the_model()
+        for name, result in (("dense", self.dense), ("sparse", self.sparse)):
+            self.continuations[name] = self._decode(greedy_continuation(model, result, n, self.eos))
+        return self.continuations
+
+    def continuation_tokens(self) -> dict[str, list[str]]:
+        """Each continuation as decoded tokens (for the widget's highlighting of the first divergence)."""
+        if not self.continuations:
+            return {}
+        return {name: [self._decode([i]) for i in getattr(self, name).continuation] for name in ("dense", "sparse")}
+
+    def fill_per_layer(self) -> None:
+        """The per-layer and cumulative perplexity curves (about L replayed passes; no-op once filled)."""
+        m = self.metrics
+        if m.per_layer_delta_ppl is None and m.dense_ppl is not None:
+            per_layer_curves(m, self.sparse.the_model(), self.mask, self.dense, self.sparse)
+
+    def complete(self, per_layer: bool = True, continuation_tokens: int = 20) -> Comparison:
+        """Everything :func:`compare` computes beyond the headline metrics; returns self."""
+        self.fill_attention_metrics()
+        if per_layer and self.is_lm:
+            self.fill_per_layer()
+        self.fill_continuations(continuation_tokens)
+        return self
+
+    # ------------------------------------------------------------------------------------------------ exports
     def export_gif(self, path: Any, view: str = "side_by_side", head: int | None = None, layers: Any = None,
                    duration_ms: int = 700, size: tuple[int, int] | None = None) -> Any:
         """Write an animated GIF stepping through the layers (see :func:`attnsparse_widget.export.export_gif`);
@@ -275,6 +482,15 @@ class Comparison:
         from .report import summary_table
 
         return summary_table(self)
+
+
+def _select_head(values: np.ndarray, head: int) -> np.ndarray:
+    """``[H|1, ...]`` → one head's map, or the mean over heads for ``head = -1`` (float32)."""
+    if values.shape[0] == 1:
+        return values[0].astype(np.float32, copy=False)
+    if head < 0:
+        return values.mean(0, dtype=np.float32)
+    return values[head].astype(np.float32, copy=False)
 
 
 # ---------------------------------------------------------------------------------------------------- compare
@@ -307,13 +523,33 @@ def compare(
         seed: seed of randomised patterns (BigBird).
         **mask_params: the mask's own parameters.
     """
+    res = sparse_comparison(model, text, mask, sparsity, tokenizer=tokenizer, max_tokens=max_tokens, seed=seed,
+                            continuation_tokens=continuation_tokens, **mask_params)
+    return res.complete(per_layer=per_layer, continuation_tokens=continuation_tokens)
+
+
+def sparse_comparison(
+    model: Any = None,
+    text: str | None = None,
+    mask: str | Mask = "sink_window",
+    sparsity: float | None = None,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    max_tokens: int | None = None,
+    seed: int = 0,
+    continuation_tokens: int = 20,
+    **mask_params: Any,
+) -> Comparison:
+    """The first stage of :func:`compare` (same arguments): the dense pass (cached), the sparse pass, the achieved
+    sparsity and the next-token metrics. :meth:`Comparison.complete` adds the rest (``continuation_tokens`` > 0:
+    the passes keep their KV cache for it)."""
     model, tok = resolve_model(model, tokenizer)
     check_supported(model)
     ids = encode(tok, text, model, max_tokens)
     n_tokens = ids.shape[1]
     config = text_config(model)
-    is_lm = getattr(model, "get_output_embeddings", lambda: None)() is not None and _is_causal(model)
     causal = _is_causal(model)
+    is_lm = getattr(model, "get_output_embeddings", lambda: None)() is not None and causal
     cls = mask_library.get(mask, **mask_params) if not isinstance(mask, Mask) else mask
     if not causal and not cls.supports_encoder:
         raise ValueError(f"mask {cls.id!r} is a decoding-time idea and needs a causal model; "
@@ -322,31 +558,26 @@ def compare(
     if requested is None and not (cls.budget is not None and cls.budget in mask_params) and not isinstance(mask, Mask):
         requested = DEFAULT_SPARSITY
     resolved = mask_library.resolve(mask, n_tokens, requested, causal, **mask_params)
-    eos = _eos_ids(tok, model)
+    keep_cache = continuation_tokens > 0
 
-    key = DenseCache.key(model, ids, continuation_tokens)
+    key = DenseCache.key(model, ids, keep_cache)
     dense = DENSE_CACHE.get(key, model)
     if dense is None:
-        dense = captured_pass(model, ids, None, seed=seed, continuation_tokens=continuation_tokens, eos=eos,
-                              is_lm=is_lm)
+        dense = captured_pass(model, ids, None, seed=seed, is_lm=is_lm, keep_cache=keep_cache)
+        if is_lm:
+            vocab = dense.last_logits.numel() if dense.last_logits is not None else 0
+            next_token_stats(dense, keep_logprobs=4 * n_tokens * vocab <= DENSE_LOGITS_BUDGET)
         DENSE_CACHE.put(key, model, dense)
-    sparse = captured_pass(model, ids, resolved, seed=seed, continuation_tokens=continuation_tokens, eos=eos,
-                           is_lm=is_lm)
+    sparse = captured_pass(model, ids, resolved, seed=seed, is_lm=is_lm, keep_cache=keep_cache)
 
-    metrics = attention_metrics(dense.store, sparse.store, requested)
-    metrics.output_relative_error = float(
-        (sparse.output - dense.output).norm() / dense.output.norm().clamp_min(1e-30)
-    )
-    if dense.store.dtype == torch.float16:
-        metrics.notes.append("attention maps stored in float16 at this length: recall/KL carry ~5e-4 relative error")
+    metrics = sparsity_metrics(sparse.store, requested)
     if is_lm:
-        output_metrics(metrics, dense.output, sparse.output, ids[0])
-        if per_layer:
-            per_layer_curves(metrics, model, ids, resolved, dense, sparse, seed)
+        output_metrics(metrics, dense, sparse)
+    else:
+        assert dense.full_output is not None and sparse.full_output is not None
+        metrics.output_relative_error = float(
+            (sparse.full_output - dense.full_output).norm() / dense.full_output.norm().clamp_min(1e-30))
     decode = _decoder(tok)
-    continuations = {}
-    if is_lm and continuation_tokens > 0:
-        continuations = {"dense": decode(dense.continuation), "sparse": decode(sparse.continuation)}
     return Comparison(
         model_name=display_name(model),
         text=text or "",
@@ -355,67 +586,96 @@ def compare(
         mask=resolved,
         causal=causal,
         metrics=metrics,
-        continuations=continuations,
+        continuations={},
         dense=dense,
         sparse=sparse,
         n_layers=num_layers(model),
         n_heads=config.num_attention_heads,
         n_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+        is_lm=is_lm,
+        eos=_eos_ids(tok, model),
         _decode=decode,
+        _model=model,
     )
 
 
-def attention_metrics(dense: AttentionStore, sparse: AttentionStore, requested: float | None) -> M.Metrics:
-    """Recall, KL and achieved sparsity per layer and head, from the two stores."""
-    recall_rows, recall_heads, kl_heads, sparsity_heads = [], [], [], []
-    kept_total, allowed_total = 0, 0
-    for layer in range(len(dense.probs)):
-        p, q, allowed = dense.probs[layer], sparse.probs[layer], sparse.allowed[layer]
-        assert p is not None and q is not None and allowed is not None
-        keep = sparse.keep[layer]
+# ---------------------------------------------------------------------------------------------------- metrics
+def sparsity_metrics(store: AttentionStore, requested: float | None) -> M.Metrics:
+    """Achieved sparsity, overall and per layer and head, from the kept and allowed counts of the sparse pass."""
+    per_head, kept_total, allowed_total = [], 0.0, 0.0
+    heads = store.n_heads
+    for kept, allowed in zip(store.kept, store.allowed_count):
+        assert kept is not None and allowed is not None
+        k, a = kept[0], allowed[0, 0]
+        per_head.append(M.achieved_sparsity(k, a).expand(heads).tolist())
+        kept_total += float(k.double().sum()) * (heads // k.numel())
+        allowed_total += float(a) * heads
+    return M.Metrics(requested_sparsity=requested, achieved_sparsity=1.0 - kept_total / max(1.0, allowed_total),
+                     achieved_sparsity_per_head=per_head)
+
+
+def output_metrics(metrics: M.Metrics, dense: PassResult, sparse: PassResult) -> None:
+    """Perplexities, next-token KL(dense‖sparse), top-1 agreement and the logits' relative error, computed over
+    the positions in chunks (the sparse pass's per-position loss and argmax are kept on it)."""
+    ids = sparse.ids[0]
+    n = ids.shape[0]
+    nll, argmax, kl = [], [], []
+    diff2 = norm2 = 0.0
+    for index, pos in enumerate(chunks(0, n, ids.device)):
+        dense_logits = dense.logits(pos)
+        logp = dense.logprobs[index] if dense.logprobs is not None else torch.log_softmax(dense_logits, dim=-1)
+        sparse_logits = sparse.logits(pos)
+        logq = torch.log_softmax(sparse_logits, dim=-1)
+        kl.append(M.next_token_kl(logp, logq))
+        argmax.append(logq.argmax(-1))
+        nll.append(M.next_token_nll(logq, ids[pos[pos < n - 1] + 1]))
+        diff2 += float((sparse_logits - dense_logits).pow(2).sum())
+        norm2 += float(dense_logits.pow(2).sum())
+    sparse.nll, sparse.argmax = torch.cat(nll).cpu(), torch.cat(argmax).cpu()
+    assert dense.nll is not None and dense.argmax is not None
+    metrics.dense_ppl = M.perplexity(dense.nll)
+    metrics.sparse_ppl = M.perplexity(sparse.nll)
+    metrics.delta_ppl = metrics.sparse_ppl - metrics.dense_ppl
+    metrics.delta_nll = float(sparse.nll.mean() - dense.nll.mean()) if dense.nll.numel() else float("nan")
+    metrics.next_token_kl = float(torch.cat(kl).mean())
+    metrics.top1_agreement = M.top1_agreement(dense.argmax, sparse.argmax)
+    metrics.output_relative_error = math.sqrt(diff2 / max(norm2, 1e-60))
+    if n < 2:
+        metrics.notes.append("a one-token text has no next token to score: perplexity is undefined (nan)")
+
+
+def fill_attention_metrics(res: Comparison) -> None:
+    """Mass recall and KL(sparse‖dense) per layer and head (see :func:`iter_attention_metrics`)."""
+    for _ in iter_attention_metrics(res):
+        pass
+
+
+def iter_attention_metrics(res: Comparison) -> Iterator[int]:
+    """Compute mass recall and KL(sparse‖dense) per layer and head, one layer at a time (a long text's layers are
+    recomputed at full resolution one by one, so memory stays bounded), yielding each finished layer; the metrics
+    are set once every layer is done."""
+    recall_rows, recall_heads, kl_heads = [], [], []
+    for layer in range(res.n_layers):
+        p, _, _ = res.dense.layer(layer)
+        q, keep, allowed = res.sparse.layer(layer)
         keep = allowed if keep is None else keep
         rows = allowed[0, 0].any(-1)  # queries the model lets attend anywhere
         recall = M.mass_recall(p[0], keep[0])[:, rows]
         kl = M.row_kl(q[0], p[0])[:, rows]
-        heads = p.shape[1]
-        per_head = M.achieved_sparsity(keep[0], allowed[0, 0]).expand(heads)
         recall_rows.append(recall)
         recall_heads.append(recall.mean(-1).tolist())
         kl_heads.append(kl.mean(-1).tolist())
-        sparsity_heads.append(per_head.tolist())
-        kept_total += int((keep[0] & allowed[0, 0]).sum()) * (heads // keep.shape[1])
-        allowed_total += int(allowed[0, 0].sum()) * heads
-    rmin, r5 = M.summarise_rows(recall_rows)
-    return M.Metrics(
-        requested_sparsity=requested,
-        achieved_sparsity=1.0 - kept_total / max(1, allowed_total),
-        achieved_sparsity_per_head=sparsity_heads,
-        mass_recall=[float(np.mean(h)) for h in recall_heads],
-        mass_recall_per_head=recall_heads,
-        mass_recall_min=rmin,
-        mass_recall_p5=r5,
-        kl=[float(np.mean(h)) for h in kl_heads],
-        kl_per_head=kl_heads,
-        output_relative_error=0.0,
-    )
-
-
-def output_metrics(metrics: M.Metrics, dense_logits: Tensor, sparse_logits: Tensor, ids: Tensor) -> None:
-    dense_nll = M.token_nll(dense_logits, ids.cpu() if dense_logits.device.type == "cpu" else ids)
-    sparse_nll = M.token_nll(sparse_logits, ids.to(sparse_logits.device))
-    metrics.dense_ppl = M.perplexity(dense_nll)
-    metrics.sparse_ppl = M.perplexity(sparse_nll)
-    metrics.delta_ppl = metrics.sparse_ppl - metrics.dense_ppl
-    metrics.delta_nll = float(sparse_nll.mean() - dense_nll.mean()) if dense_nll.numel() else float("nan")
-    metrics.next_token_kl = float(M.next_token_kl(dense_logits, sparse_logits).mean())
-    metrics.top1_agreement = M.top1_agreement(dense_logits, sparse_logits)
-    if ids.numel() < 2:
-        metrics.notes.append("a one-token text has no next token to score: perplexity is undefined (nan)")
+        yield layer
+    m = res.metrics
+    m.mass_recall_min, m.mass_recall_p5 = M.summarise_rows(recall_rows)
+    m.mass_recall_per_head = recall_heads
+    m.kl_per_head = kl_heads
+    m.kl = [float(np.mean(h)) for h in kl_heads]
+    m.mass_recall = [float(np.mean(h)) for h in recall_heads]  # set last: it marks the stage as filled
 
 
 def iter_per_layer(
     model: PreTrainedModel,
-    ids: Tensor,
     mask: Mask,
     dense: PassResult,
     sparse: PassResult,
@@ -426,28 +686,31 @@ def iter_per_layer(
     with the mask at layers 0..l. One replayed pass each, so a caller can show progress or stop early."""
     n_layers = num_layers(model)
     for layer in range(n_layers):
-        nll = replay_nll(model, ids, mask, frozenset({layer}), layer, dense.layer_outputs, seed)
+        nll = replay_nll(model, dense, mask, frozenset({layer}), layer, dense.layer_outputs, seed)
         yield "isolated", layer, M.perplexity(nll) - dense_ppl
     for layer in range(n_layers):
-        nll = replay_nll(model, ids, mask, frozenset(), layer + 1, sparse.layer_outputs, seed)
+        if layer == n_layers - 1 and sparse.nll is not None:  # the mask on every layer: the sparse pass itself
+            yield "cumulative", layer, M.perplexity(sparse.nll) - dense_ppl
+            continue
+        replayed = [row for masked, row in sparse.first_changed.items() if masked <= layer]
+        nll = replay_nll(model, dense, mask, frozenset(), layer + 1, sparse.layer_outputs, seed,
+                         replayed_first=min(replayed) if replayed else None)
         yield "cumulative", layer, M.perplexity(nll) - dense_ppl
 
 
 def per_layer_curves(
     metrics: M.Metrics,
     model: PreTrainedModel,
-    ids: Tensor,
     mask: Mask,
     dense: PassResult,
     sparse: PassResult,
-    seed: int,
 ) -> None:
     """Fill ``per_layer_delta_ppl`` and ``cumulative_delta_ppl`` of ``metrics``."""
     assert metrics.dense_ppl is not None
     if layer_stack(model) is None:
         metrics.notes.append("per-layer curves computed without replay (block list not found): L full passes")
     curves: dict[str, list[float]] = {"isolated": [], "cumulative": []}
-    for kind, _, value in iter_per_layer(model, ids, mask, dense, sparse, metrics.dense_ppl, seed):
+    for kind, _, value in iter_per_layer(model, mask, dense, sparse, metrics.dense_ppl, sparse.seed):
         curves[kind].append(value)
     metrics.per_layer_delta_ppl = curves["isolated"]
     metrics.cumulative_delta_ppl = curves["cumulative"]

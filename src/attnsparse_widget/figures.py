@@ -15,17 +15,16 @@ Pairs the model itself never allows (future keys, padding) are blank in every pa
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from einops import reduce
+
+from .pooling import MAX_SIDE
 
 if TYPE_CHECKING:
     from .compare import Comparison
 
-MAX_SIDE = 256  # cells per axis of a main view: longer texts are block-mean pooled (zoom for full resolution)
 TOKEN_LABELS_UP_TO = 64  # axis ticks show the tokens up to this many cells, positions beyond
 PANELS = ("dense", "sparse", "diff")
 PANEL_TITLES = {"dense": "dense", "sparse": "sparse (red: dropped, by the dense p lost)", "diff": "sparse − dense"}
@@ -75,17 +74,6 @@ class MapView:
             return np.where(self.allowed > 0, self.keep / np.where(self.allowed > 0, self.allowed, 1), np.nan)
 
 
-def block_mean(values: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over ``factor x factor`` blocks of the last two axes (edges padded with NaN and ignored)."""
-    if factor <= 1:
-        return values.astype(np.float32, copy=False)
-    rows, cols = values.shape[-2:]
-    pad_r, pad_c = -rows % factor, -cols % factor
-    padded = np.pad(values.astype(np.float32), [(0, 0)] * (values.ndim - 2) + [(0, pad_r), (0, pad_c)],
-                    constant_values=np.nan)
-    return reduce(padded, "... (r a) (c b) -> ... r c", np.nanmean, a=factor, b=factor)
-
-
 def clip_region(region: list[int] | tuple[int, ...] | None, n: int) -> tuple[int, int, int, int]:
     """[q0, q1, k0, k1] clipped to ``n`` tokens, never empty; None or [] is the whole map."""
     if not region or len(region) != 4:
@@ -98,21 +86,10 @@ def clip_region(region: list[int] | tuple[int, ...] | None, n: int) -> tuple[int
 def map_view(res: Comparison, layer: int, head: int = -1, region: list[int] | None = None,
              max_side: int = MAX_SIDE) -> MapView:
     """The maps of ``layer`` and ``head`` (-1: mean over heads) over ``region``, pooled to ``max_side`` cells."""
-    n = len(res.tokens)
-    q0, q1, k0, k1 = clip_region(region, n)
-    dense = res.attention(layer, "dense")
-    sparse = res.attention(layer, "sparse")
-    keep = res.keep_mask(layer)
-    if head < 0:
-        dense, sparse, keep = dense.mean(0), sparse.mean(0), keep.mean(0, dtype=np.float32)
-    else:
-        dense, sparse, keep = dense[head], sparse[head], keep[head].astype(np.float32)
-    allowed = res.allowed_mask(layer).astype(np.float32)
-    factor = max(1, math.ceil(max(q1 - q0, k1 - k0) / max_side))
-    cut = (slice(q0, q1), slice(k0, k1))
-    return MapView(layer=layer, head=head, dense=block_mean(dense[cut], factor), sparse=block_mean(sparse[cut], factor),
-                   keep=block_mean(keep[cut], factor), allowed=block_mean(allowed[cut], factor),
-                   region=(q0, q1, k0, k1), factor=factor)
+    q0, q1, k0, k1 = clip_region(region, len(res.tokens))
+    maps, factor = res.maps(layer, head, (q0, q1, k0, k1), max_side)
+    return MapView(layer=layer, head=head, dense=maps["dense"], sparse=maps["sparse"], keep=maps["keep"],
+                   allowed=maps["allowed"], region=(q0, q1, k0, k1), factor=factor)
 
 
 def heavy_drops(view: MapView, limit: int = 5) -> list[dict[str, float]]:

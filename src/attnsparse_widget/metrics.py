@@ -24,22 +24,28 @@ _TINY = 1e-30  # floor for dense probabilities that underflowed to 0 where the s
 def token_nll(logits: Tensor, ids: Tensor) -> Tensor:
     """Negative log-likelihood of each next token: ``logits [T, V]``, ``ids [T]`` → ``[T-1]`` (float32)."""
     logp = torch.log_softmax(logits[:-1].float(), dim=-1)
-    return -logp.gather(-1, ids[1:, None]).squeeze(-1)
+    return next_token_nll(logp, ids[1:])
+
+
+def next_token_nll(logp: Tensor, targets: Tensor) -> Tensor:
+    """``−log p(target)`` per position: log-probabilities ``[n, V]`` and the next tokens ``[m]`` (m <= n; the last
+    position of a text has no next token) → ``[m]``."""
+    return -logp[: targets.shape[0]].gather(-1, targets[:, None]).squeeze(-1)
 
 
 def perplexity(nll: Tensor) -> float:
     return math.exp(float(nll.mean())) if nll.numel() else float("nan")
 
 
-def next_token_kl(dense_logits: Tensor, sparse_logits: Tensor) -> Tensor:
-    """KL(p_dense ‖ p_sparse) of the next-token distribution at every position: ``[T, V]`` x2 → ``[T]``."""
-    logp = torch.log_softmax(dense_logits.float(), dim=-1)
-    logq = torch.log_softmax(sparse_logits.float(), dim=-1)
+def next_token_kl(logp: Tensor, logq: Tensor) -> Tensor:
+    """KL(p_dense ‖ p_sparse) of the next-token distribution per position, from log-probabilities ``[n, V]`` x2
+    → ``[n]``."""
     return (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)
 
 
-def top1_agreement(dense_logits: Tensor, sparse_logits: Tensor) -> float:
-    return float((dense_logits.argmax(-1) == sparse_logits.argmax(-1)).float().mean())
+def top1_agreement(dense_argmax: Tensor, sparse_argmax: Tensor) -> float:
+    """Fraction of positions where both regimes predict the same next token."""
+    return float((dense_argmax == sparse_argmax).float().mean())
 
 
 def mass_recall(dense: Tensor, keep: Tensor) -> Tensor:
@@ -55,27 +61,27 @@ def row_kl(sparse: Tensor, dense: Tensor) -> Tensor:
     return terms.sum(-1).clamp_min(0.0)
 
 
-def achieved_sparsity(keep: Tensor, allowed: Tensor) -> Tensor:
-    """Per head: 1 − kept/allowed. ``keep [H|1, Tq, Tk]``, ``allowed [Tq, Tk]`` → ``[H|1]``."""
-    total = allowed.sum().clamp_min(1)
-    return 1.0 - (keep & allowed).flatten(1).sum(-1).float() / total
+def achieved_sparsity(kept: Tensor, allowed: Tensor) -> Tensor:
+    """Per head: 1 − kept/allowed, from pair counts (``kept [H|1]``, ``allowed`` a scalar count)."""
+    return 1.0 - kept.double() / allowed.double().clamp_min(1)
 
 
 @dataclass
 class Metrics:
     """Everything measured for one comparison. Per-layer lists have one value per layer; ``*_per_head`` are
-    ``[layers][heads]``. Perplexity fields are None for encoders (no next-token head)."""
+    ``[layers][heads]``. Perplexity fields are None for encoders (no next-token head). Fields computed in a later
+    stage (attention metrics, per-layer curves) are None until they are filled in."""
 
     requested_sparsity: float | None
     achieved_sparsity: float
     achieved_sparsity_per_head: list[list[float]]
-    mass_recall: list[float]
-    mass_recall_per_head: list[list[float]]
-    mass_recall_min: float
-    mass_recall_p5: float
-    kl: list[float]
-    kl_per_head: list[list[float]]
-    output_relative_error: float
+    mass_recall: list[float] | None = None
+    mass_recall_per_head: list[list[float]] | None = None
+    mass_recall_min: float | None = None
+    mass_recall_p5: float | None = None
+    kl: list[float] | None = None
+    kl_per_head: list[list[float]] | None = None
+    output_relative_error: float | None = None
     dense_ppl: float | None = None
     sparse_ppl: float | None = None
     delta_ppl: float | None = None

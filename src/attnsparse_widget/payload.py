@@ -8,12 +8,11 @@ lists of floats. Gallery thumbnails are uint8, each head's dense and sparse pair
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .figures import block_mean, heavy_drops, main_figure, map_view, mask_figure, view_title
+from .figures import heavy_drops, main_figure, map_view, mask_figure, view_title
 
 if TYPE_CHECKING:
     from .compare import Comparison
@@ -64,21 +63,18 @@ def mask_label(res: Comparison) -> str:
     return f"{res.mask.label()}: requested {req}, achieved {m.achieved_sparsity:.1%}"
 
 
-def _thumbnails(dense: np.ndarray, sparse: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
-    """``[H, T, T]`` x2 → uint8 ``[H, c, c]`` x2, block-mean pooled to at most ``side`` cells a side. Each head's
-    dense and sparse thumbnails share one scale (that head's peak over both), so they compare by eye."""
-    factor = max(1, math.ceil(dense.shape[-1] / side))
-    pooled = [np.nan_to_num(block_mean(m, factor)) for m in (dense, sparse)]
-    peak = np.maximum(*(p.max(axis=(-1, -2), keepdims=True) for p in pooled))
+def _thumbnails(dense: np.ndarray, sparse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled ``[H, c, c]`` maps x2 → uint8. Each head's dense and sparse thumbnails share one scale (that head's
+    peak over both), so they compare by eye."""
+    peak = np.maximum(*(p.max(axis=(-1, -2), keepdims=True) for p in (dense, sparse)))
     scale = 255 / np.where(peak > 0, peak, 1)
-    return tuple(np.round(p * scale).astype(np.uint8) for p in pooled)  # type: ignore[return-value]
+    return tuple(np.round(p * scale).astype(np.uint8) for p in (dense, sparse))  # type: ignore[return-value]
 
 
 def gallery_payload(res: Comparison, side: int = THUMB) -> dict[str, Any]:
     """Every layer x head as a small dense and sparse thumbnail, stitched into one grid per regime, plus the
     per-head change scores the gallery sorts by (KL(sparse‖dense) and attention mass lost)."""
-    pairs = [_thumbnails(res.attention(layer, "dense"), res.attention(layer, "sparse"), side)
-             for layer in range(res.n_layers)]
+    pairs = [_thumbnails(*res.head_maps(layer, side)) for layer in range(res.n_layers)]
     dense = np.stack([d for d, _ in pairs])
     sparse = np.stack([s for _, s in pairs])
     cell = dense.shape[-1]
@@ -93,8 +89,8 @@ def gallery_payload(res: Comparison, side: int = THUMB) -> dict[str, Any]:
         "cell": cell,
         "dense": stitch(dense),
         "sparse": stitch(sparse),
-        "kl": [float(v) for row in res.metrics.kl_per_head for v in row],
-        "mass_lost": [1.0 - float(v) for row in res.metrics.mass_recall_per_head for v in row],
+        "kl": [float(v) for row in res.metrics.kl_per_head or [] for v in row],
+        "mass_lost": [1.0 - float(v) for row in res.metrics.mass_recall_per_head or [] for v in row],
     }
 
 

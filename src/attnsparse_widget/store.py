@@ -1,52 +1,95 @@
-"""Where one forward pass's captured attention lives: per layer, probabilities, keep-mask and the model's allowed set.
+"""Where one forward pass's captured attention lives: per layer, what the views and the metrics need.
 
-Storage is on the CPU whatever the model's device. Probabilities are kept in float32 while the whole pass fits in
-``FLOAT32_BUDGET`` bytes, else in float16 (relative error ≤ 5e-4; enough for display, and the metrics note it).
-Keep-masks that are the same for every layer (static patterns) are stored once and shared.
+Two regimes, chosen by size (``RETAIN_BUDGET``):
+
+* **retained**: the float32 probabilities and keep-masks of every layer at full resolution, as the attention
+  function produced them (no copy on the CPU). Short and medium texts: everything is at hand.
+* **overview**: per layer only block-pooled *sums* (``pooling.MAX_SIDE`` cells a side) of the probabilities, the
+  keep-mask and the allowed set. Memory stays bounded at 2048 tokens (30 layers x 9 heads: 4.5 GB of float32 maps
+  per pass become 70 MB); a layer's full-resolution maps are recomputed on demand by replaying that one layer
+  (:func:`attnsparse_widget.capture.layer_attention`), exactly.
+
+Either way the store counts, per layer and head, the kept and the allowed pairs (the achieved sparsity). The
+attention function hands over the *same* tensor object for a keep-mask or allowed set that is identical in every
+layer (static patterns, the model's causal mask), so sharing, counting and pooling happen once per object.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .capture import Recorder
+from .pooling import MAX_SIDE, factor_for, pool_sum
 
 Tensor = torch.Tensor
-FLOAT32_BUDGET = 600 * 2**20
+RETAIN_BUDGET = 384 * 2**20  # bytes of float32 maps per pass kept at full resolution (30 x 9 heads: T <= 597)
+
+
+def retains(n_layers: int, n_heads: int, n_tokens: int, batch: int = 1) -> bool:
+    """Whether a pass of this shape keeps its maps at full resolution."""
+    return 4 * n_layers * n_heads * n_tokens * n_tokens * batch <= RETAIN_BUDGET
 
 
 class AttentionStore(Recorder):
-    """Captured attention of one pass. Shapes: probs ``[B, H, Tq, Tk]``, keep ``[B, H|1, Tq, Tk]``, allowed
-    ``[B, 1, Tq, Tk]`` per layer."""
+    """Captured attention of one pass. Full-resolution shapes: probs ``[B, H, Tq, Tk]``, keep ``[B, H|1, Tq, Tk]``,
+    allowed ``[B, 1, Tq, Tk]``; pooled sums: ``[H|1, n, n]`` with ``n = ceil(T / factor)`` (batch of one)."""
 
-    def __init__(self, n_layers: int, n_heads: int, n_tokens: int, batch: int = 1) -> None:
-        n_bytes = 4 * n_layers * n_heads * n_tokens * n_tokens * batch
-        self.dtype = torch.float32 if n_bytes <= FLOAT32_BUDGET else torch.float16
-        self.probs: list[Tensor | None] = [None] * n_layers
-        self.keep: list[Tensor | None] = [None] * n_layers
-        self.allowed: list[Tensor | None] = [None] * n_layers
+    def __init__(self, n_layers: int, n_heads: int, n_tokens: int, batch: int = 1, retain: bool | None = None,
+                 max_side: int = MAX_SIDE) -> None:
+        self.n_tokens = n_tokens
+        self.n_heads = n_heads
+        self.retain = retains(n_layers, n_heads, n_tokens, batch) if retain is None else retain
+        if not self.retain and batch != 1:
+            raise ValueError("the pooled overview store holds a batch of one")
+        self.factor = factor_for(n_tokens, max_side)
+        self.probs: list[Tensor | None] = [None] * n_layers  # retained only
+        self.keep: list[Tensor | None] = [None] * n_layers  # retained only (None: the pass kept all allowed)
+        self.allowed: list[Tensor | None] = [None] * n_layers  # always (bool, shared between layers)
+        self.pooled_probs: list[Tensor | None] = [None] * n_layers  # overview only: sums [H, n, n]
+        self.pooled_keep: list[Tensor | None] = [None] * n_layers  # overview only: sums [H|1, n, n] (None: all)
+        self.pooled_allowed: list[Tensor | None] = [None] * n_layers  # overview only: sums [1, n, n]
+        self.kept: list[Tensor | None] = [None] * n_layers  # kept allowed pairs per [B, H|1]
+        self.allowed_count: list[Tensor | None] = [None] * n_layers  # allowed pairs per [B, 1]
+        self.recorded = [False] * n_layers
+        self._last: dict[str, tuple[Tensor, Tensor]] = {}  # what -> (the last object, its result)
 
     def record(self, layer: int, probs: Tensor, keep: Tensor | None, allowed: Tensor) -> None:
-        self.probs[layer] = probs.detach().to("cpu", self.dtype)
-        self.allowed[layer] = self._shared(allowed.detach().to("cpu"), self.allowed)
-        if keep is not None:
-            self.keep[layer] = self._shared(keep.detach().to("cpu"), self.keep)
+        self.allowed[layer] = allowed
+        self.allowed_count[layer] = self._once("count allowed", allowed, lambda: allowed.sum(dim=(-1, -2)))
+        if keep is None:
+            self.kept[layer] = self.allowed_count[layer]
+        else:
+            self.kept[layer] = self._once("count keep", keep, lambda: (keep & allowed).sum(dim=(-1, -2)))
+        if self.retain:
+            self.probs[layer] = probs.detach().to("cpu", torch.float32)
+            self.keep[layer] = keep
+        else:
+            self.pooled_probs[layer] = pool_sum(probs.detach()[0].to("cpu"), self.factor)
+            self.pooled_allowed[layer] = self._once("pool allowed", allowed, lambda: pool_sum(allowed[0], self.factor))
+            if keep is not None:  # full resolution is recomputed on demand (one layer replayed)
+                self.pooled_keep[layer] = self._once("pool keep", keep, lambda: pool_sum(keep[0], self.factor))
+        self.recorded[layer] = True
 
-    @staticmethod
-    def _shared(value: Tensor, seen: list[Tensor | None]) -> Tensor:
-        for other in seen:
-            if other is not None and other.shape == value.shape and torch.equal(other, value):
-                return other
-        return value
+    def _once(self, what: str, obj: Tensor, compute: Callable[[], Tensor]) -> Tensor:
+        """``compute()`` for ``obj``, reused while the next layers hand over the same object (a static mask, the
+        model's own mask). Only the last object is remembered: per-layer masks are not kept alive."""
+        found = self._last.get(what)
+        if found is not None and found[0] is obj:
+            return found[1]
+        result = compute()
+        self._last[what] = (obj, result)
+        return result
 
     @property
     def complete(self) -> bool:
-        return all(p is not None for p in self.probs)
+        return all(self.recorded)
 
     def nbytes(self) -> int:
         """Bytes held, counting shared tensors once."""
         seen: dict[int, int] = {}
-        for group in (self.probs, self.keep, self.allowed):
+        for group in (self.probs, self.keep, self.allowed, self.pooled_probs, self.pooled_keep, self.pooled_allowed):
             for t in group:
                 if t is not None:
                     seen[id(t)] = t.numel() * t.element_size()

@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import anywidget
-import torch
 import traitlets as t
 
 from . import masks
-from .compare import Comparison, compare, iter_per_layer
-from .models import display_name, resolve_model
-from .figures import layer_figure
+from .compare import Comparison, iter_attention_metrics, iter_per_layer, sparse_comparison
 from .export import gif_bytes
+from .figures import layer_figure
+from .models import display_name, resolve_model
 from .payload import encode, gallery_payload, view_payload
 
 STATIC = Path(__file__).parent / "static"
@@ -38,6 +37,7 @@ DEFAULT_TEXT = (
     "the harbour until the wind turned."
 )
 _MODEL_INPUTS = ("text", "mask", "sparsity", "mask_params")
+CONTINUATION_TOKENS = 20  # greedy tokens generated under each regime
 _VIEW_INPUTS = ("layer", "head", "zoom", "position")
 
 
@@ -77,6 +77,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
     gallery = t.Dict().tag(sync=True)
     status = t.Dict({"busy": False, "error": None, "stage": "", "started": 0.0, "request": 0}).tag(sync=True)
     export_path = t.Unicode("").tag(sync=True)  # the Export button also writes its GIF here when set
+    per_layer = t.Bool(True).tag(sync=True)  # compute the per-layer perplexity curve (about 2L replayed passes)
 
     def __init__(self, model: Any = None, tokenizer: Any = None, *, threaded: bool | None = None,
                  **kwargs: Any) -> None:
@@ -93,6 +94,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         self._running = False  # a worker is draining the requests (set and cleared under the lock)
         self._worker: threading.Thread | None = None
         self._result: Comparison | None = None
+        self._gallery_of: Comparison | None = None  # the result the published gallery belongs to
         self._export_request: dict[str, Any] = {}
         self.on_msg(self._on_custom_message)
         params = {k: kwargs.pop(k) for k in list(kwargs) if k not in self.trait_names()}
@@ -105,6 +107,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         ]
         self.observe(self._on_model_input, names=list(_MODEL_INPUTS))
         self.observe(self._on_view_input, names=list(_VIEW_INPUTS))
+        self.observe(self._on_view_input, names=["per_layer"])  # switched on: the curve of the current result
         self._submit("model")
 
     # ----------------------------------------------------------------------------------------------- requests
@@ -194,9 +197,9 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         if "model" in kinds or self._result is None:
             self._status(True, "running the model", started)
             try:
-                res = compare(
+                res = sparse_comparison(
                     (self._model, self._tokenizer), self.text, mask=self.mask, sparsity=self.sparsity,
-                    per_layer=False, continuation_tokens=20, **self.mask_params,
+                    continuation_tokens=CONTINUATION_TOKENS, **self.mask_params,
                 )
             except Exception as err:  # noqa: BLE001 - shown in the widget; the kernel must stay usable
                 if not self._stale(model_generation):
@@ -210,20 +213,54 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                 return
             self._result = res
             self._take("view")  # published right here
-            with self.hold_sync():
+            with self.hold_sync():  # the main view and the headline metrics, in one message
                 self.info = self._info(res)
                 self.metrics = self._metrics(res)
                 self._publish_view(res)
-                self.gallery = gallery_payload(res)
-                self._status(True, "per-layer curve", started, progress=0.0)
-            if not self._fill_per_layer(res, model_generation, started):
-                return
+                self._status(True, "attention metrics", started, progress=0.0)
         elif self._result is not None and "view" in kinds:
             self._publish_view(self._result)
+        if self._result is not None and not self._later_stages(self._result, model_generation, started):
+            return
         if ("export" in kinds or self._take("export")) and self._result is not None:
             self._export(started)
         if not self._stale(model_generation):
             self._status(False)
+
+    def _later_stages(self, res: Comparison, model_generation: int, started: float) -> bool:
+        """What follows the main view, each part published as soon as it is ready: the attention metrics and the
+        head gallery, the continuations, then the per-layer curve (one replayed pass at a time). View requests
+        (layer, head, zoom) are served between steps. False when a newer model request made the result stale."""
+
+        def checkpoint(stage: str, progress: float) -> bool:
+            if self._stale(model_generation):
+                return False
+            with self.hold_sync():
+                if self._take("view"):
+                    self._publish_view(res)
+                self._status(True, stage, started, progress=progress)
+            return True
+
+        if res.metrics.mass_recall is None:
+            for layer in iter_attention_metrics(res):
+                if not checkpoint("attention metrics", (layer + 1) / res.n_layers):
+                    return False
+        if not self.gallery or self._gallery_of is not res:
+            with self.hold_sync():
+                self.metrics = self._metrics(res)
+                self.gallery = gallery_payload(res)
+                self._gallery_of = res
+                self._publish_layer_chart(res)
+        if res.is_lm and not res.continuations:
+            if not checkpoint("continuations", 0.0):
+                return False
+            res.fill_continuations(CONTINUATION_TOKENS)
+            self.metrics = self._metrics(res)
+        if self.per_layer and res.is_lm and res.metrics.per_layer_delta_ppl is None:
+            if not checkpoint("per-layer curve", 0.0):
+                return False
+            return self._fill_per_layer(res, model_generation, started)
+        return not self._stale(model_generation)
 
     def _export(self, started: float) -> None:
         """The GIF of the current settings, sent to the browser as a download (and written to ``export_path``)."""
@@ -263,13 +300,11 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         """Compute the per-layer curves one replayed pass at a time, publishing as they fill in and serving view
         requests (layer, head, zoom) between passes. False when a newer model request made it stale."""
         m = res.metrics
-        if m.dense_ppl is None:
-            return True
-        ids = torch.tensor([res.token_ids], device=next(self._model.parameters()).device)
+        assert m.dense_ppl is not None
         isolated: list[float] = []
         cumulative: list[float] = []
         total = 2 * res.n_layers
-        for kind, _, value in iter_per_layer(self._model, ids, res.mask, res.dense, res.sparse, m.dense_ppl):
+        for kind, _, value in iter_per_layer(self._model, res.mask, res.dense, res.sparse, m.dense_ppl, res.sparse.seed):
             if self._stale(model_generation):
                 return False  # a newer request needs the model: stop, its own curve will follow
             (isolated if kind == "isolated" else cumulative).append(value)
@@ -326,9 +361,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
     def _metrics(res: Comparison) -> dict[str, Any]:
         out = {k: _finite(v) for k, v in res.metrics.to_dict().items()}
         out["continuations"] = res.continuations
-        out["continuation_tokens"] = {
-            name: [res._decode([i]) for i in getattr(res, name).continuation] for name in ("dense", "sparse")
-        } if res.continuations else {}
+        out["continuation_tokens"] = res.continuation_tokens()
         return out
 
 

@@ -58,6 +58,7 @@ class Mask:
     budget: ClassVar[str | None] = None  # the integer field the sparsity slider sets; None: no slider
     score_dependent: ClassVar[bool] = False  # True: `select` reads the layer's attention logits
     row_local: ClassVar[bool] = True  # row i depends only on row i (and positions): exact under KV-cache decoding
+    varies_by_layer: ClassVar[bool] = False  # a static pattern that differs between layers (seeded per layer)
     supports_encoder: ClassVar[bool] = True  # False for decode-time ideas (KV eviction) that need causality
     minimums: ClassVar[dict[str, int]] = {}  # parameter -> smallest valid value (checked on construction)
 

@@ -63,6 +63,7 @@ class BigBird(Mask):
     id = "bigbird"
     description = "Global blocks + neighbouring blocks + `n_random` random blocks per query block (BigBird)"
     paper = "Zaheer et al. 2020, Big Bird: Transformers for Longer Sequences (arXiv 2007.14062)"
+    varies_by_layer = True  # the random blocks are drawn per layer
     minimums: ClassVar[dict[str, int]] = {"block": 1, "n_global": 0, "n_random": 0}
     budget = "n_random"
     block: int = 8

@@ -1,0 +1,74 @@
+"""Shared helpers of the benchmarks: the default model, texts of an exact token length, timing."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+import attnsparse_widget as aw
+from attnsparse_widget import masks
+from attnsparse_widget.capture import Plan, attention_active, layer_indexer
+
+LENGTHS = (128, 512, 2048)
+
+
+def default_model() -> tuple[Any, Any]:
+    torch.set_grad_enabled(False)
+    return aw.load_model()
+
+
+def text_of(tok: Any, n_tokens: int) -> str:
+    """A text of exactly ``n_tokens`` tokens for ``tok``: the sample paragraphs, repeated as needed."""
+    base = "\n\n".join(aw.sample_texts())
+    ids = tok(base * (1 + n_tokens // 300), return_tensors="pt").input_ids[0]
+    for extra in range(0, 8):  # decoding and re-encoding may merge tokens at the cut: adjust until exact
+        text = tok.decode(ids[: n_tokens + extra])
+        if len(tok(text).input_ids) == n_tokens:
+            return text
+    raise RuntimeError(f"could not cut a text of exactly {n_tokens} tokens")
+
+
+def median_seconds(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bare_forward(model: Any, tok: Any, text: str, mask: str, sparsity: float) -> Callable[[], object]:
+    """One forward pass with the attention implementation swapped to attnsparse's and the sparse mask on every
+    layer, capturing nothing: the floor under any update of the widget."""
+    ids = tok(text, return_tensors="pt").input_ids
+    resolved = masks.resolve(mask, ids.shape[1], sparsity, True)
+    plan = Plan(layer_of=layer_indexer(model), mask=resolved)
+
+    def run() -> object:
+        with torch.inference_mode(), attention_active(model, plan):
+            return model(input_ids=ids, use_cache=False)
+
+    return run
+
+
+def plain_forward(model: Any, tok: Any, text: str) -> Callable[[], object]:
+    """One forward pass of the model as it is (its own attention implementation)."""
+    ids = tok(text, return_tensors="pt").input_ids
+
+    def run() -> object:
+        with torch.inference_mode():
+            return model(input_ids=ids, use_cache=False)
+
+    return run
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
+        n /= 1000
+    return f"{n:.1f} GB"

@@ -1,0 +1,60 @@
+"""Block pooling of attention maps: ``factor x factor`` blocks of (query, key) pairs summed or averaged.
+
+Long inputs are shown as an overview whose cell ``(i, j)`` covers queries ``i·f .. i·f+f-1`` and keys
+``j·f .. j·f+f-1``. Pooling keeps *sums* so that pooled maps can be pooled again exactly (a sum of sums over a sum
+of cell counts); edge blocks that run past the last token average over the pairs that exist.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+MAX_SIDE = 256  # cells per axis of an overview: longer texts are pooled (zoom for full resolution)
+
+
+def factor_for(n: int, max_side: int = MAX_SIDE) -> int:
+    """Tokens per cell so that ``n`` tokens fit in ``max_side`` cells."""
+    return max(1, math.ceil(n / max_side))
+
+
+def pool_sum(values: torch.Tensor, factor: int) -> torch.Tensor:
+    """Sum over ``factor x factor`` blocks of the last two axes (float32; the edges padded with zeros)."""
+    values = values.float() if values.dtype != torch.float32 else values
+    if factor <= 1:
+        return values
+    rows, cols = values.shape[-2:]
+    pad_r, pad_c = -rows % factor, -cols % factor
+    if pad_r or pad_c:
+        values = torch.nn.functional.pad(values, (0, pad_c, 0, pad_r))
+    r, c = values.shape[-2] // factor, values.shape[-1] // factor
+    return values.reshape(*values.shape[:-2], r, factor, c, factor).sum(dim=(-3, -1))
+
+
+def cell_counts(rows: int, cols: int, factor: int) -> np.ndarray:
+    """Pairs per pooled cell, ``[ceil(rows/f), ceil(cols/f)]`` (smaller along the last row and column)."""
+    per_row = np.minimum(factor, rows - factor * np.arange(math.ceil(rows / factor)))
+    per_col = np.minimum(factor, cols - factor * np.arange(math.ceil(cols / factor)))
+    return (per_row[:, None] * per_col[None, :]).astype(np.float32)
+
+
+def block_mean(values: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over ``factor x factor`` blocks of the last two axes of a full-resolution map (float32)."""
+    values = np.asarray(values, dtype=np.float32)
+    if factor <= 1:
+        return values
+    rows, cols = values.shape[-2:]
+    sums = pool_sum(torch.from_numpy(values), factor).numpy()
+    return sums / cell_counts(rows, cols, factor)
+
+
+def repool_mean(sums: np.ndarray, rows: int, cols: int, inner: int, outer: int) -> np.ndarray:
+    """Means over ``outer x outer`` blocks of a map already pooled to sums over ``inner x inner`` blocks of a
+    ``rows x cols`` original: exact, because it adds sums and counts."""
+    counts = cell_counts(rows, cols, inner)
+    if outer <= 1:
+        return (sums / counts).astype(np.float32)
+    total = pool_sum(torch.from_numpy(np.ascontiguousarray(sums, dtype=np.float32)), outer).numpy()
+    return total / pool_sum(torch.from_numpy(counts), outer).numpy()
