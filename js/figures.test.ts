@@ -21,12 +21,11 @@ describe("decodeTree", () => {
   });
 });
 
-// three tokens, causal: row 2 dropped its first key (dense weight 0.5)
+// three tokens, causal: row 2 dropped its first key (dense weight 0.5, shown as -0.5 in the sparse heatmap)
 const view = {
   figure: { data: [
     { name: "dense", z: rows([[1, NaN, NaN], [0.5, 0.5, NaN], [0.5, 0.25, 0.25]]) },
-    { name: "sparse", z: rows([[1, NaN, NaN], [0.5, 0.5, NaN], [NaN, 0.5, 0.5]]) },
-    { name: "dropped", z: rows([[NaN, NaN, NaN], [NaN, NaN, NaN], [0.5, NaN, NaN]]) },
+    { name: "sparse", z: rows([[1, NaN, NaN], [0.5, 0.5, NaN], [-0.5, 0.5, 0.5]]) },
   ] },
   states: rows([[KEPT, NOT_ALLOWED, NOT_ALLOWED], [KEPT, KEPT, NOT_ALLOWED], [DROPPED, KEPT, KEPT]]),
   kept_pct: rows([[100, 0, 0], [100, 100, 0], [0, 100, 100]]),

@@ -31,7 +31,7 @@ export const NOT_ALLOWED = 0, KEPT = 1, PARTLY_KEPT = 2, DROPPED = 3;
 /** What the tooltip reads: the decoded main view. */
 export interface Cells {
   dense: Float32Array[]; // NaN where the model allows nothing
-  sparse: Float32Array[]; // NaN where the mask dropped the pair
+  sparse: Float32Array[]; // minus the dense p lost where the mask dropped the pair (one heatmap shows both)
   states: Float32Array[];
   keptPct: Float32Array[];
   region: [number, number, number, number];
@@ -58,7 +58,7 @@ export function cellInfo(c: Cells, tokens: string[], i: number, j: number): stri
   const state = c.states[i]?.[j];
   const lines = [`query ${span(q)}${tok(q)}`, `key ${span(k)}${tok(k)}`];
   if (state === undefined || state === NOT_ALLOWED) return [...lines, "not allowed by the model (future or padding)"];
-  const sparse = Number.isNaN(c.sparse[i][j]) ? 0 : c.sparse[i][j];
+  const sparse = state === DROPPED || Number.isNaN(c.sparse[i][j]) ? 0 : c.sparse[i][j];
   lines.push(`dense ${c.dense[i][j].toFixed(4)} · sparse ${sparse.toFixed(4)}`);
   if (state === PARTLY_KEPT) lines.push(`${c.keptPct[i][j].toFixed(0)}% of these pairs kept`);
   else lines.push(state === KEPT ? "kept" : "dropped by the mask");

@@ -139,17 +139,18 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
     if (stale[key]) paint(key);
   }
 
-  function invalidate(...keys: Pane[]) {
+  /** Mark panes stale; the visible one is painted now. Resolves once it is drawn. */
+  function invalidate(...keys: Pane[]): Promise<void> {
     for (const k of keys) stale[k] = true;
-    if (keys.includes(current)) paint(current);
+    return keys.includes(current) ? paint(current) : Promise.resolve();
   }
 
-  function paint(key: Pane) {
+  function paint(key: Pane): Promise<void> {
     stale[key] = false;
-    if (key === "main") paintMain();
-    else if (key === "gallery") paintGallery();
-    else if (key === "output") paintOutput();
-    else paintMask();
+    if (key === "main") return paintMain();
+    if (key === "gallery") return paintGallery();
+    if (key === "output") return paintOutput();
+    return paintMask();
   }
 
   // ---------------------------------------------------------------------------------------------- controls
@@ -272,12 +273,12 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   }
 
   // ------------------------------------------------------------------------------------------------ painters
-  function paintMain() {
+  function paintMain(): Promise<void> {
     const info = m.get("info");
-    if (!view?.figure || !info) return;
+    if (!view?.figure || !info) return Promise.resolve();
     const w = width();
     const side = 0.28 * w; // about one panel's width: make the panels about square
-    draw(mainPlot, view.figure as Figure, w, Math.round(Math.min(720, Math.max(320, side + 140))));
+    const drawn = draw(mainPlot, view.figure as Figure, w, Math.round(Math.min(720, Math.max(320, side + 140))));
     drops.replaceChildren();
     const heavy = (view.drops ?? []) as { q: number; k: number; w: number }[];
     if (heavy.length) {
@@ -287,24 +288,26 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
     } else {
       drops.textContent = "no pair with dense weight was dropped in this view";
     }
+    return drawn;
   }
 
-  function paintMask() {
+  function paintMask(): Promise<void> {
     const info = m.get("info");
     const met = m.get("metrics") ?? {};
-    if (!view?.mask_figure || !info) return;
+    if (!view?.mask_figure || !info) return Promise.resolve();
     const w = Math.min(width(), 620);
-    draw(maskPlot, view.mask_figure as Figure, w, w);
+    const drawn = draw(maskPlot, view.mask_figure as Figure, w, w);
     const perHead = met.achieved_sparsity_per_head?.[view.layer] ?? [];
     const spread = perHead.length ? ` Achieved at layer ${view.layer}, per head: ${perHead.map((s: number) => pct(s, 0)).join(" ")}.` : "";
     maskInfo.textContent = `The keep-pattern at layer ${view.layer} (${view.head < 0 ? "fraction of heads keeping each pair" : `head ${view.head}`}); ` +
       `dark = kept, light = dropped, white = never allowed. Reachable sparsity at ${info.n_tokens} tokens: ` +
       `${pct(info.reachable?.[0], 0)} – ${pct(info.reachable?.[1], 0)}.${spread}`;
+    return drawn;
   }
 
-  function paintGallery() {
+  function paintGallery(): Promise<void> {
     const g = m.get("gallery") as GalleryPayload & { dense: MatrixPayload; sparse: MatrixPayload };
-    if (!g?.dense) return;
+    if (!g?.dense) return Promise.resolve();
     if (!gallery || gallery.g !== g) {
       const order = galleryOrder(g, sortSel.value as SortKey);
       gallery = { g, order, dense: restitch(decodeMatrix(g.dense), g, order), sparse: restitch(decodeMatrix(g.sparse), g, order) };
@@ -314,10 +317,10 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
     const cellPx = (0.49 * w - 8) / (g.n_heads * pitch);
     const hgt = Math.round(Math.min(4000, g.n_layers * pitch * cellPx + 40)); // + the margins: square cells
     galleryPlot.dataset.order = JSON.stringify(gallery.order.slice(0, 5));
-    draw(galleryPlot, galleryFigure(gallery.dense, gallery.sparse, g, gallery.order, sortSel.value as SortKey), w, hgt);
+    return draw(galleryPlot, galleryFigure(gallery.dense, gallery.sparse, g, gallery.order, sortSel.value as SortKey), w, hgt);
   }
 
-  function paintOutput() {
+  function paintOutput(): Promise<void> {
     const met = m.get("metrics") ?? {};
     const info = m.get("info") ?? {};
     headline.replaceChildren();
@@ -336,7 +339,7 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
     }
     const chart = m.get("layer_chart");
     layerPlot.style.display = chart?.data ? "" : "none";
-    if (chart?.data) draw(layerPlot, decodeTree(chart) as Figure, width(), 340);
+    const drawn = chart?.data ? draw(layerPlot, decodeTree(chart) as Figure, width(), 340) : Promise.resolve();
     conts.replaceChildren();
     const toks = met.continuation_tokens ?? {};
     if (toks.dense) {
@@ -373,6 +376,7 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
       }
       nextTok.appendChild(table);
     }
+    return drawn;
   }
 
   // ------------------------------------------------------------------------------- plots report intent back
@@ -429,7 +433,8 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
     performance.mark("attnsparse:view-arrived");
     view = m.get("view")?.figure ? decodeTree(m.get("view")) : null;
     cells = view ? cellsOf(view) : null;
-    invalidate("main", "mask", "output");
+    // tell the kernel once this is on screen: it waits (briefly) before its next stage takes every core
+    invalidate("main", "mask", "output").then(() => requestAnimationFrame(() => m.send({ type: "painted" })));
   };
   m.on("change:catalog", () => { paintCatalog(); paintParams(); });
   m.on("change:mask", () => { paintParams(); paintControls(); });
@@ -437,7 +442,7 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   m.on("change:info", () => { paintParams(); paintControls(); gallery = null; });
   m.on("change:view", onView);
   m.on("change:metrics", () => { paintSparsity(); invalidate("output", "mask"); });
-  m.on("change:gallery", () => invalidate("gallery"));
+  m.on("change:gallery", () => { performance.mark("attnsparse:gallery-arrived"); invalidate("gallery"); });
   m.on("change:layer_chart", () => invalidate("output"));
   m.on("change:status", paintStatus);
   for (const name of ["text", "sparsity", "layer", "head", "per_layer"]) m.on(`change:${name}`, paintControls);

@@ -52,7 +52,7 @@ def test_frames_are_the_widgets_figure_titled_with_the_layer(res):
     title = fig["layout"]["title"]["text"]
     assert title.startswith("L7 mean of heads · sink_window(") and "achieved" in title
     assert f"{res.metrics.per_layer_delta_ppl[7]:+.3f}" in title
-    assert [d["name"] for d in fig["data"]] == ["dense", "sparse", "dropped", "sparse − dense"]
+    assert [d["name"] for d in fig["data"]] == ["dense", "sparse", "sparse − dense"]
 
 
 def test_png(res, tmp_path):

@@ -25,15 +25,16 @@ def by_name(fig, name):
 def test_main_figure_shows_each_pair_as_the_comparison_has_it(res):
     view = F.map_view(res, 1, head=2)
     fig = F.main_figure(view, res.tokens, "t")
-    assert [d["name"] for d in fig["data"]] == ["dense", "sparse", "dropped", "sparse − dense"]
+    assert [d["name"] for d in fig["data"]] == ["dense", "sparse", "sparse − dense"]
     dense, sparse, keep = res.attention(1)[2], res.attention(1, "sparse")[2], res.keep_mask(1)[2]
     allowed = res.allowed_mask(1)
     dropped = allowed & ~keep
     np.testing.assert_array_equal(by_name(fig, "dense")["z"][allowed], dense[allowed])
     assert np.isnan(by_name(fig, "dense")["z"][~allowed]).all()
     np.testing.assert_array_equal(by_name(fig, "sparse")["z"][keep], sparse[keep])
-    assert np.isnan(by_name(fig, "sparse")["z"][dropped]).all()
-    np.testing.assert_array_equal(by_name(fig, "dropped")["z"][dropped], dense[dropped])  # the weight each lost
+    lost = np.maximum(dense[dropped], 1e-6)  # the weight each dropped pair lost, below zero on the same heatmap
+    np.testing.assert_array_equal(by_name(fig, "sparse")["z"][dropped], -lost)
+    assert by_name(fig, "sparse")["zmin"] == -by_name(fig, "sparse")["zmax"]
     np.testing.assert_allclose(by_name(fig, "sparse − dense")["z"][allowed], (sparse - dense)[allowed], atol=1e-7)
     assert all(d["hoverinfo"] == "none" for d in fig["data"])
     assert fig["layout"]["xaxis"]["ticktext"] == [F.plotly_safe(t) for t in res.tokens]

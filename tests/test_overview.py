@@ -21,7 +21,7 @@ CASES = [("llama", "sink_window"), ("llama", "topk"), ("gemma2", "nsa"), ("qwen2
 def run(model, mask: str, *, retain: bool):
     aw.clear_cache()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(store_module, "RETAIN_BUDGET", 2**40 if retain else 0)
+        mp.setattr(store_module, "retains", lambda *args, **kwargs: retain)
         return aw.compare((model, ToyTokenizer()), TEXT, mask=mask, sparsity=0.6, continuation_tokens=4)
 
 

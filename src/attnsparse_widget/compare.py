@@ -77,7 +77,9 @@ class PassResult:
     last_logits: Tensor | None = None  # [V], the pass's own logits at the last position
     nll: Tensor | None = None  # per-position next-token loss [T-1] (language models)
     argmax: Tensor | None = None  # per-position predicted token [T]
-    logprobs: list[Tensor] | None = None  # chunked log-softmax of every position (dense passes, when small)
+    # dense passes, per chunk of positions: (logits, probabilities, log-normaliser, squared norm of the logits);
+    # logits and probabilities are kept only while small (else recomputed by the head)
+    reference: list[tuple[Tensor | None, Tensor | None, Tensor, float]] = field(default_factory=list)
     cache: Any = None  # the pass's KV cache, kept until its greedy continuation uses it
     first_changed: dict[int, int] = field(default_factory=dict)  # per masked layer, the first row that lost a pair
     continuation: list[int] = field(default_factory=list)
@@ -123,7 +125,7 @@ class PassResult:
             t = out if isinstance(out, Tensor) else (out[0] if isinstance(out, tuple) else None)
             if isinstance(t, Tensor):
                 total += t.numel() * t.element_size()
-        for t in (self.full_output, *(self.logprobs or [])):
+        for t in (self.full_output, *(t for chunk in self.reference for t in chunk[:3])):
             if t is not None:
                 total += t.numel() * t.element_size()
         return total
@@ -167,20 +169,23 @@ def captured_pass(model: PreTrainedModel, ids: Tensor, mask: Mask | None, *, see
     return result
 
 
-def next_token_stats(result: PassResult, keep_logprobs: bool = False) -> None:
-    """Fill the pass's per-position next-token loss and argmax (and, on request, its log-probabilities)."""
+def next_token_stats(result: PassResult, keep_logits: bool = False) -> None:
+    """Fill a pass's per-position next-token loss and argmax, and its reference for comparing sparse passes with
+    (the logits and probabilities too when ``keep_logits``)."""
     ids = result.ids[0]
     n = ids.shape[0]
-    nll, argmax, kept = [], [], []
+    nll, argmax = [], []
+    result.reference = []
     for pos in chunks(0, n, ids.device):
-        logp = torch.log_softmax(result.logits(pos), dim=-1)
-        argmax.append(logp.argmax(-1))
-        nll.append(M.next_token_nll(logp, ids[pos[pos < n - 1] + 1]))
-        if keep_logprobs:
-            kept.append(logp)
+        logits = result.logits(pos)
+        lse = torch.logsumexp(logits, dim=-1)
+        argmax.append(logits.argmax(-1))
+        nll.append(M.next_token_nll_from_logits(logits, lse, ids[pos[pos < n - 1] + 1]))
+        probs = torch.softmax(logits, dim=-1) if keep_logits else None
+        sumsq = float(torch.einsum("tv,tv->", logits, logits))
+        result.reference.append((logits if keep_logits else None, probs, lse, sumsq))
     result.nll = torch.cat(nll).cpu()
     result.argmax = torch.cat(argmax).cpu()
-    result.logprobs = kept if keep_logprobs else None
 
 
 def greedy_continuation(model: PreTrainedModel, result: PassResult, n: int, eos: set[int]) -> list[int]:
@@ -256,7 +261,8 @@ def replay_nll(
     with torch.inference_mode():
         for pos in chunks(first, n - 1, ids.device):
             logits = logits_at(model, ids, recorded["base"], pos) if replayable else out.logits[0, pos].float()
-            nll[pos.cpu()] = M.next_token_nll(torch.log_softmax(logits, dim=-1), targets[pos + 1]).cpu()
+            lse = torch.logsumexp(logits, dim=-1)
+            nll[pos.cpu()] = M.next_token_nll_from_logits(logits, lse, targets[pos + 1]).cpu()
     return nll
 
 
@@ -417,7 +423,8 @@ class Comparison:
         pos = torch.tensor([int(position) % n], device=self.dense.ids.device)
         out = {}
         for name, result in (("dense", self.dense), ("sparse", self.sparse)):
-            top = torch.softmax(result.logits(pos)[0], dim=-1).topk(k)
+            last = int(pos) == n - 1 and result.last_logits is not None  # the pass's own last logits: at hand
+            top = torch.softmax(result.last_logits if last else result.logits(pos)[0], dim=-1).topk(k)
             out[name] = [(self._decode([int(i)]), float(p)) for p, i in zip(top.values, top.indices)]
         return out
 
@@ -566,7 +573,7 @@ def sparse_comparison(
         dense = captured_pass(model, ids, None, seed=seed, is_lm=is_lm, keep_cache=keep_cache)
         if is_lm:
             vocab = dense.last_logits.numel() if dense.last_logits is not None else 0
-            next_token_stats(dense, keep_logprobs=4 * n_tokens * vocab <= DENSE_LOGITS_BUDGET)
+            next_token_stats(dense, keep_logits=8 * n_tokens * vocab <= DENSE_LOGITS_BUDGET)
         DENSE_CACHE.put(key, model, dense)
     sparse = captured_pass(model, ids, resolved, seed=seed, is_lm=is_lm, keep_cache=keep_cache)
 
@@ -616,21 +623,24 @@ def sparsity_metrics(store: AttentionStore, requested: float | None) -> M.Metric
 
 def output_metrics(metrics: M.Metrics, dense: PassResult, sparse: PassResult) -> None:
     """Perplexities, next-token KL(dense‖sparse), top-1 agreement and the logits' relative error, computed over
-    the positions in chunks (the sparse pass's per-position loss and argmax are kept on it)."""
+    the positions in chunks against the dense pass's reference (the sparse pass's per-position loss and argmax are
+    kept on it)."""
     ids = sparse.ids[0]
     n = ids.shape[0]
     nll, argmax, kl = [], [], []
     diff2 = norm2 = 0.0
-    for index, pos in enumerate(chunks(0, n, ids.device)):
-        dense_logits = dense.logits(pos)
-        logp = dense.logprobs[index] if dense.logprobs is not None else torch.log_softmax(dense_logits, dim=-1)
-        sparse_logits = sparse.logits(pos)
-        logq = torch.log_softmax(sparse_logits, dim=-1)
-        kl.append(M.next_token_kl(logp, logq))
-        argmax.append(logq.argmax(-1))
-        nll.append(M.next_token_nll(logq, ids[pos[pos < n - 1] + 1]))
-        diff2 += float((sparse_logits - dense_logits).pow(2).sum())
-        norm2 += float(dense_logits.pow(2).sum())
+    for (dense_logits, dense_probs, dense_lse, dense_sumsq), pos in zip(dense.reference, chunks(0, n, ids.device)):
+        if dense_logits is None or dense_probs is None:
+            dense_logits = dense.logits(pos)
+            dense_probs = torch.softmax(dense_logits, dim=-1)
+        logits = sparse.logits(pos)
+        lse = torch.logsumexp(logits, dim=-1)
+        chunk_kl, chunk_diff2 = M.next_token_kl(dense_logits, dense_probs, dense_lse, logits, lse)
+        kl.append(chunk_kl)
+        argmax.append(logits.argmax(-1))
+        nll.append(M.next_token_nll_from_logits(logits, lse, ids[pos[pos < n - 1] + 1]))
+        diff2 += float(chunk_diff2.sum())
+        norm2 += dense_sumsq
     sparse.nll, sparse.argmax = torch.cat(nll).cpu(), torch.cat(argmax).cpu()
     assert dense.nll is not None and dense.argmax is not None
     metrics.dense_ppl = M.perplexity(dense.nll)

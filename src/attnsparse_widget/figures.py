@@ -8,7 +8,8 @@ plotly.py and kaleido as they are.
 The main view of one layer and head (or the mean of heads) has three panels:
     dense          the model's own attention probabilities;
     sparse         kept pairs: the sparse probability (same scale as dense); dropped pairs: the dense probability
-                   they lost, on a grey-to-red scale, so the pairs the model relied on stand out;
+                   they lost, on a grey-to-red scale, so the pairs the model relied on stand out (one heatmap:
+                   dropped cells carry minus the probability lost, and one colour scale has both halves);
     sparse − dense a diverging map, blue where attention was taken away, red where it went instead.
 Pairs the model itself never allows (future keys, padding) are blank in every panel.
 """
@@ -30,7 +31,12 @@ PANELS = ("dense", "sparse", "diff")
 PANEL_TITLES = {"dense": "dense", "sparse": "sparse (red: dropped, by the dense p lost)", "diff": "sparse − dense"}
 
 VIRIDIS = "Viridis"
-DROPPED_SCALE = [[0.0, "#e6e6e6"], [0.15, "#f4a582"], [1.0, "#b2182b"]]
+DROPPED_SCALE = [[0.0, "#e6e6e6"], [0.15, "#f4a582"], [1.0, "#b2182b"]]  # by the fraction of zmax lost
+_VIRIDIS_STOPS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b",
+                  "#fde725"]
+# the sparse panel's scale over [-zmax, zmax]: dropped cells (minus the p lost) below the middle, kept cells above
+SPARSE_SCALE = ([[0.5 - f / 2, c] for f, c in reversed(DROPPED_SCALE)]
+                + [[0.5 + i / (2 * (len(_VIRIDIS_STOPS) - 1)), c] for i, c in enumerate(_VIRIDIS_STOPS)])
 # blue: sparse took probability away; red: sparse gave it; white: no change (plotly's own RdBu is grey there)
 DIVERGING = [[0.0, "#2166ac"], [0.25, "#92c5de"], [0.5, "#f7f7f7"], [0.75, "#f4a582"], [1.0, "#b2182b"]]
 MASK_SCALE = [[0.0, "#f4a582"], [1.0, "#1f3b73"]]
@@ -146,17 +152,17 @@ def main_figure(view: MapView, tokens: list[str], title: str, panels: tuple[str,
     blank = states == NOT_ALLOWED
     shown = (states == KEPT) | (states == PARTLY_KEPT)
     dense = np.where(blank, np.nan, view.dense).astype(np.float32)
+    lost = -np.maximum(np.nan_to_num(view.dense), 1e-6)  # below zero even where nothing was lost (float16 too)
     layers = {
         "dense": dense,
-        "sparse": np.where(shown, view.sparse, np.nan).astype(np.float32),
-        "dropped": np.where(states == DROPPED, view.dense, np.nan).astype(np.float32),
+        "sparse": np.where(shown, view.sparse, np.where(states == DROPPED, lost, np.nan)).astype(np.float32),
         "diff": np.where(blank, np.nan, view.sparse - view.dense).astype(np.float32),
     }
     zmax = float(max(np.nanmax(view.dense, initial=0.0), np.nanmax(view.sparse, initial=0.0), 1e-6))
     dmax = float(max(np.nanmax(np.abs(layers["diff"]), initial=0.0), 1e-9))
 
     # horizontal layout: each panel, then its colorbars
-    bars = {"dense": [] if "sparse" in panels else ["p"], "sparse": ["p", "lost"], "diff": ["Δp"]}
+    bars = {"dense": [] if "sparse" in panels else ["p"], "sparse": ["p"], "diff": ["Δp"]}
     bar_w, gap = 0.055, 0.04  # a colorbar and its tick labels take about 0.05 of the width
     n_bars = sum(len(bars[p]) for p in panels)
     width = (1.0 - n_bars * bar_w - gap * (len(panels) - 1)) / len(panels)
@@ -167,9 +173,13 @@ def main_figure(view: MapView, tokens: list[str], title: str, panels: tuple[str,
     xa = _axis(tokens, k0, cols, view.factor)
     common = {"type": "heatmap", "x": x, "y": y, "zsmooth": False, "hoverinfo": "none", "yaxis": "y"}
 
-    def colorbar(at: float, label: str) -> dict[str, Any]:
+    def colorbar(at: float, label: str, **ticks: Any) -> dict[str, Any]:
         return {"x": at, "xanchor": "left", "len": 0.9, "thickness": 10, "tickfont": {"size": 9},
-                "title": {"text": label, "side": "top", "font": {"size": 10}}}
+                "title": {"text": label, "side": "top", "font": {"size": 10}}, **ticks}
+
+    sparse_ticks = [-zmax, -zmax / 2, 0.0, zmax / 2, zmax]
+    sparse_bar = {"tickmode": "array", "tickvals": sparse_ticks,
+                  "ticktext": [f"{abs(v):.2g}" for v in sparse_ticks[:2]] + ["0"] + [f"{v:.2g}" for v in sparse_ticks[3:]]}
 
     data: list[dict[str, Any]] = []
     layout: dict[str, Any] = {
@@ -196,10 +206,9 @@ def main_figure(view: MapView, tokens: list[str], title: str, panels: tuple[str,
             data.append({**common, "name": "dense", "xaxis": axis, "z": layers["dense"], "zmin": 0, "zmax": zmax,
                          "colorscale": VIRIDIS, **bar})
         elif panel == "sparse":
-            data.append({**common, "name": "sparse", "xaxis": axis, "z": layers["sparse"], "zmin": 0, "zmax": zmax,
-                         "colorscale": VIRIDIS, "colorbar": colorbar(at, "p")})
-            data.append({**common, "name": "dropped", "xaxis": axis, "z": layers["dropped"], "zmin": 0,
-                         "zmax": zmax, "colorscale": DROPPED_SCALE, "colorbar": colorbar(at + bar_w, "lost")})
+            data.append({**common, "name": "sparse", "xaxis": axis, "z": layers["sparse"], "zmin": -zmax,
+                         "zmax": zmax, "colorscale": SPARSE_SCALE,
+                         "colorbar": colorbar(at, "kept p ↑<br>lost p ↓", **sparse_bar)})
         else:
             data.append({**common, "name": "sparse − dense", "xaxis": axis, "z": layers["diff"], "zmid": 0,
                          "zmin": -dmax, "zmax": dmax, "colorscale": DIVERGING, "colorbar": colorbar(at, "Δp")})

@@ -24,7 +24,7 @@ from torch import nn
 from .capture import model_lock
 
 Tensor = torch.Tensor
-CHUNK = 256  # positions per call of the head when logits are computed in chunks
+CHUNK = 128  # positions per call of the head (25 MB of float32 logits: small enough for the heap to reuse)
 
 _verdicts: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
 

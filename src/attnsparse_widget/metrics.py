@@ -33,14 +33,28 @@ def next_token_nll(logp: Tensor, targets: Tensor) -> Tensor:
     return -logp[: targets.shape[0]].gather(-1, targets[:, None]).squeeze(-1)
 
 
+def next_token_nll_from_logits(logits: Tensor, lse: Tensor, targets: Tensor) -> Tensor:
+    """The same from logits ``[n, V]`` and their log-normaliser ``[n]``: ``lse − z(target)``."""
+    m = targets.shape[0]
+    return lse[:m] - logits[:m].gather(-1, targets[:, None]).squeeze(-1)
+
+
 def perplexity(nll: Tensor) -> float:
     return math.exp(float(nll.mean())) if nll.numel() else float("nan")
 
 
-def next_token_kl(logp: Tensor, logq: Tensor) -> Tensor:
-    """KL(p_dense ‖ p_sparse) of the next-token distribution per position, from log-probabilities ``[n, V]`` x2
-    → ``[n]``."""
-    return (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)
+def next_token_kl(dense_logits: Tensor, dense_probs: Tensor, dense_lse: Tensor, sparse_logits: Tensor,
+                  sparse_lse: Tensor) -> tuple[Tensor, Tensor]:
+    """KL(p_dense ‖ p_sparse) of the next-token distribution per position, and ``‖logits_s − logits_d‖²`` per
+    position, from logits ``[n, V]``, the dense probabilities and both log-normalisers ``[n]``:
+
+        KL_t = Σ_v p(v) (log p(v) − log q(v)) = Σ_v p(v) (z_d(v) − z_s(v)) − lse_d + lse_s
+
+    (``log p = z_d − lse_d``, ``log q = z_s − lse_s``, ``Σ p = 1``): one pass over the logits' difference, exactly 0
+    where the logits are equal."""
+    diff = dense_logits - sparse_logits
+    kl = torch.einsum("tv,tv->t", dense_probs, diff) - dense_lse + sparse_lse
+    return kl.clamp_min(0.0), torch.einsum("tv,tv->t", diff, diff)
 
 
 def top1_agreement(dense_argmax: Tensor, sparse_argmax: Tensor) -> float:

@@ -21,16 +21,17 @@ def factor_for(n: int, max_side: int = MAX_SIDE) -> int:
 
 
 def pool_sum(values: torch.Tensor, factor: int) -> torch.Tensor:
-    """Sum over ``factor x factor`` blocks of the last two axes (float32; the edges padded with zeros)."""
+    """Sum over ``factor x factor`` blocks of the last two axes (float32; edge blocks sum what exists).
+
+    Sum pooling is average pooling with a divisor of one: PyTorch's pooling kernel is about three times faster than
+    a reshape and sum here, which matters at 2048 tokens (one call per layer and pass)."""
     values = values.float() if values.dtype != torch.float32 else values
     if factor <= 1:
         return values
-    rows, cols = values.shape[-2:]
-    pad_r, pad_c = -rows % factor, -cols % factor
-    if pad_r or pad_c:
-        values = torch.nn.functional.pad(values, (0, pad_c, 0, pad_r))
-    r, c = values.shape[-2] // factor, values.shape[-1] // factor
-    return values.reshape(*values.shape[:-2], r, factor, c, factor).sum(dim=(-3, -1))
+    lead, (rows, cols) = values.shape[:-2], values.shape[-2:]
+    pooled = torch.nn.functional.avg_pool2d(values.reshape(1, -1, rows, cols), factor, stride=factor,
+                                            ceil_mode=True, divisor_override=1)
+    return pooled.reshape(*lead, *pooled.shape[-2:])
 
 
 def cell_counts(rows: int, cols: int, factor: int) -> np.ndarray:

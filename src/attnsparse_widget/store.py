@@ -1,9 +1,10 @@
 """Where one forward pass's captured attention lives: per layer, what the views and the metrics need.
 
-Two regimes, chosen by size (``RETAIN_BUDGET``):
+Two regimes, chosen by length (:func:`retains`):
 
 * **retained**: the float32 probabilities and keep-masks of every layer at full resolution, as the attention
-  function produced them (no copy on the CPU). Short and medium texts: everything is at hand.
+  function produced them (no copy on the CPU). Texts that fit the overview (up to 256 tokens): everything is at
+  hand.
 * **overview**: per layer only block-pooled *sums* (``pooling.MAX_SIDE`` cells a side) of the probabilities, the
   keep-mask and the allowed set. Memory stays bounded at 2048 tokens (30 layers x 9 heads: 4.5 GB of float32 maps
   per pass become 70 MB); a layer's full-resolution maps are recomputed on demand by replaying that one layer
@@ -24,12 +25,14 @@ from .capture import Recorder
 from .pooling import MAX_SIDE, factor_for, pool_sum
 
 Tensor = torch.Tensor
-RETAIN_BUDGET = 384 * 2**20  # bytes of float32 maps per pass kept at full resolution (30 x 9 heads: T <= 597)
+RETAIN_BUDGET = 384 * 2**20  # bytes of float32 maps per pass kept at full resolution, at most
 
 
-def retains(n_layers: int, n_heads: int, n_tokens: int, batch: int = 1) -> bool:
-    """Whether a pass of this shape keeps its maps at full resolution."""
-    return 4 * n_layers * n_heads * n_tokens * n_tokens * batch <= RETAIN_BUDGET
+def retains(n_layers: int, n_heads: int, n_tokens: int, batch: int = 1, max_side: int = MAX_SIDE) -> bool:
+    """Whether a pass of this shape keeps its maps at full resolution: when the overview would be full resolution
+    anyway (``n_tokens <= max_side``, 70 MB for 30 layers x 9 heads) and that fits ``RETAIN_BUDGET``. Keeping more
+    costs more than recomputing: hundreds of MB of fresh memory per pass, paid in page faults at every update."""
+    return n_tokens <= max_side and 4 * n_layers * n_heads * n_tokens * n_tokens * batch <= RETAIN_BUDGET
 
 
 class AttentionStore(Recorder):
@@ -40,7 +43,7 @@ class AttentionStore(Recorder):
                  max_side: int = MAX_SIDE) -> None:
         self.n_tokens = n_tokens
         self.n_heads = n_heads
-        self.retain = retains(n_layers, n_heads, n_tokens, batch) if retain is None else retain
+        self.retain = retains(n_layers, n_heads, n_tokens, batch, max_side) if retain is None else retain
         if not self.retain and batch != 1:
             raise ValueError("the pooled overview store holds a batch of one")
         self.factor = factor_for(n_tokens, max_side)

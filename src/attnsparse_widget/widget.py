@@ -38,6 +38,7 @@ DEFAULT_TEXT = (
 )
 _MODEL_INPUTS = ("text", "mask", "sparsity", "mask_params")
 CONTINUATION_TOKENS = 20  # greedy tokens generated under each regime
+PAINT_GRACE_S = 0.4  # at most this long, the later stages wait for the browser to paint the main view
 _VIEW_INPUTS = ("layer", "head", "zoom", "position")
 
 
@@ -95,6 +96,8 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         self._worker: threading.Thread | None = None
         self._result: Comparison | None = None
         self._gallery_of: Comparison | None = None  # the result the published gallery belongs to
+        self._painted = threading.Event()  # set when a frontend reports a painted main view
+        self._frontend_painted = False  # a frontend has reported one: it is displayed somewhere
         self._export_request: dict[str, Any] = {}
         self.on_msg(self._on_custom_message)
         params = {k: kwargs.pop(k) for k in list(kwargs) if k not in self.trait_names()}
@@ -118,6 +121,9 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         self._submit("view")
 
     def _on_custom_message(self, _widget: Any, content: dict[str, Any], _buffers: list[bytes]) -> None:
+        if isinstance(content, dict) and content.get("type") == "painted":
+            self._frontend_painted = True
+            self._painted.set()
         if isinstance(content, dict) and content.get("type") == "export_gif":
             self._export_request = {k: content[k] for k in ("view", "duration_ms") if k in content}
             self._submit("export")
@@ -213,11 +219,16 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                 return
             self._result = res
             self._take("view")  # published right here
+            self._painted.clear()
             with self.hold_sync():  # the main view and the headline metrics, in one message
                 self.info = self._info(res)
                 self.metrics = self._metrics(res)
                 self._publish_view(res)
                 self._status(True, "attention metrics", started, progress=0.0)
+            if self._threaded and self._frontend_painted:
+                # let the browser paint before the next stage takes every core (on a laptop the kernel and the
+                # browser share them): the frontend says when it has painted; never wait long for it
+                self._painted.wait(PAINT_GRACE_S)
         elif self._result is not None and "view" in kinds:
             self._publish_view(self._result)
         if self._result is not None and not self._later_stages(self._result, model_generation, started):
@@ -381,13 +392,15 @@ def show(
     sparsity: float = 0.5,
     *,
     tokenizer: Any = None,
-    **mask_params: Any,
+    **options: Any,
 ) -> AttentionDiffWidget:
     """Display dense vs sparse attention of ``model`` on ``text`` inline; ``model=None`` is the embedded default.
 
-    Returns the widget: set ``w.sparsity = 0.8`` or ``w.mask = "topk"`` from Python, or use its controls.
+    ``options`` are the mask's own parameters (``window=64``) and the widget's settings (``layer=12``, ``head=3``,
+    ``per_layer=False`` to skip the per-layer curve on long texts, ``export_path="layers.gif"``). Returns the
+    widget: set ``w.sparsity = 0.8`` or ``w.mask = "topk"`` from Python, or use its controls.
     """
-    return AttentionDiffWidget(model, tokenizer, text=text, mask=mask, sparsity=sparsity, mask_params=mask_params)
+    return AttentionDiffWidget(model, tokenizer, text=text, mask=mask, sparsity=sparsity, **options)
 
 
 __all__ = ["AttentionDiffWidget", "display_name", "show"]

@@ -7,29 +7,19 @@ Screenshots go to test-artifacts/ (main view, gallery, output shift) for a perso
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
-import nbformat
 import pytest
+
+from .harness import chromium, jupyterlab, open_notebook, run_cell, settled, write_notebook
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BUNDLE = ROOT / "src" / "attnsparse_widget" / "static" / "widget.js"
 TEXT = ("The lighthouse keeper wrote in his log every evening. The storm came from the west, and the ships "
         "stayed in the harbour until the wind turned.")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--no-first-run", "--disable-dev-shm-usage"]
-
 pytestmark = pytest.mark.skipif(not BUNDLE.is_file(), reason="the frontend bundle is not built (npm run build)")
 
 SHOW = f"""import attnsparse_widget as aw
@@ -51,69 +41,19 @@ print("KERNEL", json.dumps({"a": [a.mask, a.sparsity, a.status["request"]], "b":
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(SHOW), nbformat.v4.new_code_cell(STATE)])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, root / "widget.ipynb")
-    several = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in SEVERAL])
-    several.metadata["kernelspec"] = nb.metadata["kernelspec"]
-    nbformat.write(several, root / "several.ipynb")
-    # no "get notified about Jupyter news?" toast over the screenshots
-    (root / ".cfg" / "labconfig").mkdir(parents=True)
-    (root / ".cfg" / "labconfig" / "page_config.json").write_text(
-        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
-    port = free_port()
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(root / ".cfg"), "JUPYTER_RUNTIME_DIR": str(root / ".rt"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(root / ".ws")}
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-         "--IdentityProvider.token=", "--ServerApp.password=", f"--ServerApp.root_dir={root}",
-         "--ServerApp.disable_check_xsrf=True", "--LabApp.news_url=",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-        + (["--allow-root"] if os.geteuid() == 0 else []),
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"{url}/api", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError((root / "server.log").read_text()[-3000:])
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    write_notebook(root / "widget.ipynb", [SHOW, STATE])
+    write_notebook(root / "several.ipynb", SEVERAL)
+    with jupyterlab(root) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    with chromium() as b:
         yield b
-        b.close()
-
-
-def run_cell(page, index: int) -> None:
-    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
-    cell.locator(".jp-InputArea-editor").click()
-    page.keyboard.press("Shift+Enter")
 
 
 def kernel_state(page) -> dict:
@@ -121,15 +61,6 @@ def kernel_state(page) -> dict:
     out = page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".jp-OutputArea-output")
     out.filter(has_text="KERNEL").wait_for(timeout=300_000)
     return json.loads(re.search(r"KERNEL (\{.*\})", out.inner_text()).group(1))
-
-
-def settled(page, request_after: int = 0, timeout: float = 300_000) -> None:
-    page.wait_for_function(
-        "n => { const r = document.querySelector('.asw-root');"
-        " return r && r.dataset.busy === '0' && Number(r.dataset.request) > n"
-        " && document.querySelector('.asw-main')?.dataset.rendered; }",
-        arg=request_after, timeout=timeout,
-    )
 
 
 def sparse_checksum(page) -> float:
@@ -153,20 +84,6 @@ TIMINGS = """() => {
   return { intent_to_painted_ms: painted.startTime - intent.startTime, arrival_to_painted_ms: painted.startTime - arrived.startTime,
            plotly_react_ms: painted.startTime - start.startTime };
 }"""
-
-
-def open_notebook(browser, url: str):
-    page = browser.new_page(viewport={"width": 1500, "height": 1100}, accept_downloads=True)
-    errors: list[str] = []
-    # errors thrown by our bundle (anywidget imports it from a blob: URL); the host application's own start-up
-    # noise (e.g. Notebook 7's "Command 'filebrowser:open-path' not registered") is not ours to assert on
-    page.on("pageerror", lambda e: errors.append(f"{e}\n{e.stack}") if "blob:" in (e.stack or "") else None)
-    page.on("dialog", lambda d: (errors.append(f"dialog: {d.message}"), d.dismiss()))
-    page.goto(url, wait_until="domcontentloaded")
-    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
-    page.locator(".jp-NotebookPanel-toolbar").first.wait_for(timeout=60_000)
-    time.sleep(2)  # the kernel connects
-    return page, errors
 
 
 @pytest.mark.parametrize("app", ["lab", "notebook7"])

@@ -1,0 +1,121 @@
+"""JupyterLab on a loopback port and Debian Chromium driven by Playwright: shared by the browser tests and the
+browser benchmark (benchmarks/bench_browser.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--no-first-run", "--disable-dev-shm-usage"]
+KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_notebook(path: Path, cells: list[str]) -> None:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nb.metadata["kernelspec"] = KERNELSPEC
+    nbformat.write(nb, path)
+
+
+@contextlib.contextmanager
+def jupyterlab(root: Path) -> Iterator[str]:
+    """A JupyterLab server on a free loopback port serving ``root`` (no token, no news); yields its URL."""
+    # no "get notified about Jupyter news?" toast over the screenshots
+    (root / ".cfg" / "labconfig").mkdir(parents=True, exist_ok=True)
+    (root / ".cfg" / "labconfig" / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
+    port = free_port()
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(root / ".cfg"), "JUPYTER_RUNTIME_DIR": str(root / ".rt"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(root / ".ws")}
+    with open(root / "server.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+             "--IdentityProvider.token=", "--ServerApp.password=", f"--ServerApp.root_dir={root}",
+             "--ServerApp.disable_check_xsrf=True", "--LabApp.news_url=",
+             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+            + (["--allow-root"] if os.geteuid() == 0 else []),
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(120):
+                try:
+                    urllib.request.urlopen(f"{url}/api", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            else:
+                raise RuntimeError((root / "server.log").read_text()[-3000:])
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[object]:
+    """Debian's Chromium under Playwright (its own browser download cannot work offline)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def open_notebook(browser, url: str, width: int = 1500, height: int = 1100):  # noqa: ANN001, ANN201
+    """Open a notebook page and wait for its kernel; returns (page, errors thrown by our bundle)."""
+    page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True)
+    errors: list[str] = []
+    # errors thrown by our bundle (anywidget imports it from a blob: URL); the host application's own start-up
+    # noise (e.g. Notebook 7's "Command 'filebrowser:open-path' not registered") is not ours to assert on
+    page.on("pageerror", lambda e: errors.append(f"{e}\n{e.stack}") if "blob:" in (e.stack or "") else None)
+    page.on("dialog", lambda d: (errors.append(f"dialog: {d.message}"), d.dismiss()))
+    page.goto(url, wait_until="domcontentloaded")
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
+    page.locator(".jp-NotebookPanel-toolbar").first.wait_for(timeout=60_000)
+    page.wait_for_function(
+        "() => { const s = document.querySelector('.jp-Notebook-ExecutionIndicator, .jp-KernelStatus');"
+        " return !s || !/starting|unknown|connecting/i.test(s.getAttribute('data-status') ?? s.textContent ?? ''); }",
+        timeout=120_000)
+    time.sleep(2)  # the kernel connects
+    return page, errors
+
+
+def run_cell(page, index: int) -> None:  # noqa: ANN001
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    cell.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Shift+Enter")
+
+
+def settled(page, request_after: int = 0, timeout: float = 300_000, nth: int = 0) -> None:  # noqa: ANN001
+    """Wait until the ``nth`` widget is idle with a request number above ``request_after`` and a painted main view."""
+    page.wait_for_function(
+        "([n, k]) => { const r = document.querySelectorAll('.asw-root')[k];"
+        " return r && r.dataset.busy === '0' && Number(r.dataset.request) > n"
+        " && r.querySelector('.asw-main')?.dataset.rendered; }",
+        arg=[request_after, nth], timeout=timeout, polling=100,  # not every animation frame: timings stay clean
+    )
