@@ -75,7 +75,7 @@ def test_html_is_self_contained_and_renders_offline(res, tmp_path):
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto((tmp_path / "page.html").as_uri())
-        page.wait_for_function("() => document.querySelector('#main')?.data?.length === 4", timeout=60_000)
+        page.wait_for_function("() => document.querySelector('#main')?.data?.length === 3", timeout=60_000)
         page.evaluate("() => Plotly.animate('main', ['29'], {mode: 'immediate', frame: {duration: 0}})")
         page.wait_for_function("() => document.querySelector('#main').layout.title.text.startsWith('L29')")
         assert page.evaluate("() => document.querySelector('#layers').data[0].y.length") == 30
