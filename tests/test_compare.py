@@ -296,3 +296,26 @@ def test_two_threads_on_one_model_do_not_interfere():
         assert a.metrics.sparse_ppl == b.metrics.sparse_ppl and a.metrics.per_layer_delta_ppl == b.metrics.per_layer_delta_ppl
         assert np.array_equal(a.attention(1, "sparse"), b.attention(1, "sparse"))
     assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma", "mistral"])
+@pytest.mark.parametrize("mask", ["sink_window", "topk", "h2o", "bigbird"])
+def test_per_layer_shortcuts_equal_full_passes_tiny(family, mask):
+    """Replays that skip unchanged prefix positions (cache of the dense keys/values) or score only later positions
+    give what plain full passes with the mask at those layers give, for every layer."""
+    model, tok = build(family), ToyTokenizer()
+    aw.clear_cache()
+    res = aw.compare((model, tok), "the quick brown fox jumps over the lazy dog " * 2, mask=mask, sparsity=0.6,
+                     continuation_tokens=0)
+    ids = torch.tensor([res.token_ids])
+
+    def ppl(sparse_layers):
+        plan = Plan(layer_of=layer_indexer(model), mask=res.mask, sparse_layers=frozenset(sparse_layers))
+        with torch.no_grad(), attention_active(model, plan):
+            logits = model(input_ids=ids).logits[0]
+        return math.exp(float(token_nll(logits, ids[0]).mean()))
+
+    dense = res.metrics.dense_ppl
+    for layer in range(res.n_layers):
+        assert math.isclose(res.metrics.per_layer_delta_ppl[layer] + dense, ppl({layer}), rel_tol=1e-5), layer
+        assert math.isclose(res.metrics.cumulative_delta_ppl[layer] + dense, ppl(range(layer + 1)), rel_tol=1e-5)

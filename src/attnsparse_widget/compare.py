@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from . import masks as mask_library
 from . import metrics as M
@@ -81,6 +81,7 @@ class PassResult:
     # logits and probabilities are kept only while small (else recomputed by the head)
     reference: list[tuple[Tensor | None, Tensor | None, Tensor, float]] = field(default_factory=list)
     cache: Any = None  # the pass's KV cache, kept until its greedy continuation uses it
+    kv: list[tuple[Tensor, Tensor]] | None = None  # dense passes: every layer's keys and values (per-layer replays)
     first_changed: dict[int, int] = field(default_factory=dict)  # per masked layer, the first row that lost a pair
     continuation: list[int] = field(default_factory=list)
     continuation_steps: int = 0  # tokens asked for (the continuation stops early at an end-of-sequence token)
@@ -125,7 +126,8 @@ class PassResult:
             t = out if isinstance(out, Tensor) else (out[0] if isinstance(out, tuple) else None)
             if isinstance(t, Tensor):
                 total += t.numel() * t.element_size()
-        for t in (self.full_output, *(t for chunk in self.reference for t in chunk[:3])):
+        for t in (self.full_output, *(t for chunk in self.reference for t in chunk[:3]),
+                  *(t for pair in self.kv or [] for t in pair)):
             if t is not None:
                 total += t.numel() * t.element_size()
         return total
@@ -143,7 +145,7 @@ def captured_pass(model: PreTrainedModel, ids: Tensor, mask: Mask | None, *, see
     replayable = is_lm and head_can_replay(model)
     recorded: dict[str, Any] = {}
     kwargs = {"logits_to_keep": 1} if replayable else {}
-    use_cache = keep_cache and is_lm and (mask is None or mask.row_local)
+    use_cache = is_lm and (mask is None or (keep_cache and mask.row_local))  # a dense pass keeps its keys/values
     with torch.inference_mode(), attention_active(model, plan), capture_layer_outputs(model, outputs):
         with record_base_output(model, recorded) if replayable else contextlib.nullcontext():
             out = model(input_ids=ids, use_cache=use_cache, **kwargs)
@@ -158,7 +160,10 @@ def captured_pass(model: PreTrainedModel, ids: Tensor, mask: Mask | None, *, see
         result.full_output = out.last_hidden_state[0].float()
         return result
     result.last_logits = out.logits[0, -1].float()
-    result.cache = out.past_key_values if use_cache else None
+    cache = out.past_key_values if use_cache else None
+    result.cache = cache if keep_cache else None
+    if mask is None and cache is not None and all(hasattr(layer, "keys") for layer in getattr(cache, "layers", [None])):
+        result.kv = [(layer.keys, layer.values) for layer in cache.layers]  # the prefill's, before decoding grows them
     if replayable and verify_replay(model, ids, recorded["base"], out.logits[0, -1]):
         result.base_output = recorded["base"]
     else:  # keep the full logits: run again without logits_to_keep if only the last position came back
@@ -237,33 +242,72 @@ def replay_nll(
     start: int,
     outputs: LayerOutputs,
     seed: int,
-    replayed_first: int | None = None,
+    prefix: int = 0,
 ) -> Tensor:
     """Per-token NLL of a pass whose blocks ``0..start-1`` replay ``outputs`` and whose ``sparse_layers`` use
-    ``mask`` (the rest dense). Positions before the first one where a mask dropped a pair (in this pass, or
-    ``replayed_first`` in the replayed blocks) are the dense pass's own losses (a causal model's earlier positions
-    cannot have changed); the rest come from the model's head."""
+    ``mask`` (the rest dense).
+
+    ``prefix``: positions known to come out exactly as in the dense pass (no mask drops a pair in any earlier row:
+    a causal model's earlier positions cannot have changed). They are not computed at all: the blocks see only the
+    later positions, with the dense pass's keys and values of the prefix as their cache, and the prefix keeps the
+    dense pass's losses. Positions before the first row this pass's own masks change are not scored again either.
+    """
     ids = dense.ids
+    n = ids.shape[1]
+    assert dense.nll is not None
+    nll = dense.nll.clone()
+    if prefix >= n - 1:
+        return nll
+    cache = None
+    if (prefix > 0 and dense.kv is not None and _full_attention_only(model)
+            and (sliced := _sliced_outputs(outputs, start, prefix)) is not None):
+        cache = DynamicCache(ddp_cache_data=[(k[:, :, :prefix], v[:, :, :prefix]) for k, v in dense.kv])
+        outputs = sliced
+    else:
+        prefix = 0
+    sub_ids = ids[:, prefix:]
     plan = Plan(layer_of=layer_indexer(model), mask=mask, sparse_layers=sparse_layers, seed=seed)
     replayable = dense.base_output is not None
     recorded: dict[str, Any] = {}
     with torch.inference_mode(), attention_active(model, plan), start_at_layer(model, start, outputs):
         with record_base_output(model, recorded) if replayable else contextlib.nullcontext():
-            out = model(input_ids=ids, use_cache=False, **({"logits_to_keep": 1} if replayable else {}))
-    assert dense.nll is not None
-    nll = dense.nll.clone()
-    changed = [*plan.first_changed.values(), *([] if replayed_first is None else [replayed_first])]
-    first = min(changed) if changed else None
-    n = ids.shape[1]
-    if first is None or first >= n - 1:
-        return nll
+            out = model(input_ids=sub_ids, past_key_values=cache, use_cache=cache is not None,
+                        **({"logits_to_keep": 1} if replayable else {}))
+    first = max(prefix, min(plan.first_changed.values(), default=prefix))
+    if prefix == 0 and not plan.first_changed and start == 0:
+        return nll  # nothing was dropped and nothing replayed: the dense pass itself
     targets = ids[0]
     with torch.inference_mode():
         for pos in chunks(first, n - 1, ids.device):
-            logits = logits_at(model, ids, recorded["base"], pos) if replayable else out.logits[0, pos].float()
+            local = pos - prefix
+            logits = logits_at(model, sub_ids, recorded["base"], local) if replayable else out.logits[0, local].float()
             lse = torch.logsumexp(logits, dim=-1)
             nll[pos.cpu()] = M.next_token_nll_from_logits(logits, lse, targets[pos + 1]).cpu()
     return nll
+
+
+def _full_attention_only(model: PreTrainedModel) -> bool:
+    """Whether every layer attends over all earlier positions (no sliding-window layers, whose caches and masks
+    follow rules of their own): then a cache of the prefix's keys and values stands in for the prefix exactly."""
+    config = text_config(model)
+    types = getattr(config, "layer_types", None)
+    if types:
+        return all(t == "full_attention" for t in types)
+    return getattr(config, "sliding_window", None) is None
+
+
+def _sliced_outputs(outputs: LayerOutputs, blocks: int, prefix: int) -> LayerOutputs | None:
+    """The recorded outputs of blocks ``0..blocks-1`` without their first ``prefix`` positions (None when a block's
+    output is not a ``[batch, positions, ...]`` tensor or a tuple that starts with one)."""
+    sliced = []
+    for out in outputs.outputs[:blocks]:
+        if isinstance(out, Tensor):
+            sliced.append(out[:, prefix:])
+        elif isinstance(out, tuple) and out and isinstance(out[0], Tensor):
+            sliced.append((out[0][:, prefix:], *out[1:]))
+        else:
+            return None
+    return LayerOutputs(outputs=sliced)
 
 
 # --------------------------------------------------------------------------------------------------- dense cache
@@ -693,18 +737,24 @@ def iter_per_layer(
     seed: int = 0,
 ) -> Iterator[tuple[str, int, float]]:
     """Yield ``("isolated", l, ΔPPL)`` with the mask at layer l only, for every l, then ``("cumulative", l, ΔPPL)``
-    with the mask at layers 0..l. One replayed pass each, so a caller can show progress or stop early."""
+    with the mask at layers 0..l. One replayed pass each, so a caller can show progress or stop early.
+
+    Rows where no mask dropped anything are not computed again (``replay_nll``'s prefix): for the cumulative curve
+    the sparse pass says which rows those are; for the isolated one, when the pattern decides by position alone
+    which rows lose a pair (static patterns, top-k, DSA), so that the sparse pass's layer l says it too."""
     n_layers = num_layers(model)
+    n = dense.ids.shape[1]
+    by_position = (not mask.score_dependent or mask.drops_by_position) and mask.row_local
     for layer in range(n_layers):
-        nll = replay_nll(model, dense, mask, frozenset({layer}), layer, dense.layer_outputs, seed)
+        first = sparse.first_changed.get(layer, n) if by_position else 0
+        nll = replay_nll(model, dense, mask, frozenset({layer}), layer, dense.layer_outputs, seed, prefix=first)
         yield "isolated", layer, M.perplexity(nll) - dense_ppl
     for layer in range(n_layers):
         if layer == n_layers - 1 and sparse.nll is not None:  # the mask on every layer: the sparse pass itself
             yield "cumulative", layer, M.perplexity(sparse.nll) - dense_ppl
             continue
-        replayed = [row for masked, row in sparse.first_changed.items() if masked <= layer]
-        nll = replay_nll(model, dense, mask, frozenset(), layer + 1, sparse.layer_outputs, seed,
-                         replayed_first=min(replayed) if replayed else None)
+        first = min((row for masked, row in sparse.first_changed.items() if masked <= layer), default=n)
+        nll = replay_nll(model, dense, mask, frozenset(), layer + 1, sparse.layer_outputs, seed, prefix=first)
         yield "cumulative", layer, M.perplexity(nll) - dense_ppl
 
 

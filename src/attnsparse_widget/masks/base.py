@@ -59,6 +59,9 @@ class Mask:
     score_dependent: ClassVar[bool] = False  # True: `select` reads the layer's attention logits
     row_local: ClassVar[bool] = True  # row i depends only on row i (and positions): exact under KV-cache decoding
     varies_by_layer: ClassVar[bool] = False  # a static pattern that differs between layers (seeded per layer)
+    # score-dependent patterns whose rows that lose a pair depend on positions only (they keep min(i + 1, k) keys);
+    # static patterns always do
+    drops_by_position: ClassVar[bool] = False
     supports_encoder: ClassVar[bool] = True  # False for decode-time ideas (KV eviction) that need causality
     minimums: ClassVar[dict[str, int]] = {}  # parameter -> smallest valid value (checked on construction)
 

@@ -47,6 +47,7 @@ class TopK(Mask):
     minimums: ClassVar[dict[str, int]] = {"k": 1}
     budget = "k"
     score_dependent = True
+    drops_by_position = True  # row i keeps min(i + 1, k): the rows that lose a pair do not depend on the scores
     k: int = 64
 
     def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
@@ -77,6 +78,7 @@ class DSA(Mask):
     minimums: ClassVar[dict[str, int]] = {"k": 1}
     budget = "k"
     score_dependent = True
+    drops_by_position = True  # row i keeps min(i + 1, k): the rows that lose a pair do not depend on the scores
     k: int = 2048
 
     def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
