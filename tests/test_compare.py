@@ -95,21 +95,28 @@ def test_perplexity_matches_a_direct_recomputation(res, smol):
     assert math.isclose(res.metrics.dense_ppl, math.exp(float(nll)), rel_tol=1e-4)
 
 
+def full_pass_ppl(model, res, sparse_layers) -> float:
+    """The plain way: one full forward pass with the mask at ``sparse_layers`` only, its perplexity."""
+    ids = torch.tensor([res.token_ids])
+    plan = Plan(layer_of=layer_indexer(model), mask=res.mask, sparse_layers=frozenset(sparse_layers))
+    with torch.no_grad(), attention_active(model, plan):
+        logits = model(input_ids=ids).logits[0]
+    return math.exp(float(token_nll(logits, ids[0]).mean()))
+
+
+def assert_curves_equal_full_passes(model, res, layers) -> None:
+    dense = res.metrics.dense_ppl
+    for layer in layers:
+        assert math.isclose(res.metrics.per_layer_delta_ppl[layer] + dense, full_pass_ppl(model, res, {layer}),
+                            rel_tol=1e-5), layer
+        assert math.isclose(res.metrics.cumulative_delta_ppl[layer] + dense,
+                            full_pass_ppl(model, res, range(layer + 1)), rel_tol=1e-5), layer
+
+
 @pytest.mark.parametrize("layer", [0, 11, 29])
 def test_per_layer_curves_equal_full_passes_without_replay(res, smol, layer):
     """The replay shortcut against the plain way: a full forward pass with the mask at the chosen layers."""
-    model, _ = smol
-    ids = torch.tensor([res.token_ids])
-
-    def ppl(sparse_layers):
-        plan = Plan(layer_of=layer_indexer(model), mask=res.mask, sparse_layers=frozenset(sparse_layers))
-        with torch.no_grad(), attention_active(model, plan):
-            logits = model(input_ids=ids).logits[0]
-        return math.exp(float(token_nll(logits, ids[0]).mean()))
-
-    dense = res.metrics.dense_ppl
-    assert math.isclose(res.metrics.per_layer_delta_ppl[layer] + dense, ppl({layer}), rel_tol=1e-5)
-    assert math.isclose(res.metrics.cumulative_delta_ppl[layer] + dense, ppl(range(layer + 1)), rel_tol=1e-5)
+    assert_curves_equal_full_passes(smol[0], res, [layer])
 
 
 def test_dense_pass_is_cached_across_masks(res, smol):
@@ -307,15 +314,4 @@ def test_per_layer_shortcuts_equal_full_passes_tiny(family, mask):
     aw.clear_cache()
     res = aw.compare((model, tok), "the quick brown fox jumps over the lazy dog " * 2, mask=mask, sparsity=0.6,
                      continuation_tokens=0)
-    ids = torch.tensor([res.token_ids])
-
-    def ppl(sparse_layers):
-        plan = Plan(layer_of=layer_indexer(model), mask=res.mask, sparse_layers=frozenset(sparse_layers))
-        with torch.no_grad(), attention_active(model, plan):
-            logits = model(input_ids=ids).logits[0]
-        return math.exp(float(token_nll(logits, ids[0]).mean()))
-
-    dense = res.metrics.dense_ppl
-    for layer in range(res.n_layers):
-        assert math.isclose(res.metrics.per_layer_delta_ppl[layer] + dense, ppl({layer}), rel_tol=1e-5), layer
-        assert math.isclose(res.metrics.cumulative_delta_ppl[layer] + dense, ppl(range(layer + 1)), rel_tol=1e-5)
+    assert_curves_equal_full_passes(model, res, range(res.n_layers))

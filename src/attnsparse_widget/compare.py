@@ -16,6 +16,8 @@ positions of a causal model cannot have changed.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import math
 import weakref
 from collections import OrderedDict
@@ -53,7 +55,7 @@ Tensor = torch.Tensor
 DEFAULT_SPARSITY = 0.5
 DENSE_CACHE_BYTES = 768 * 2**20  # the cached dense passes together (the most recent one is always kept)
 DENSE_LOGITS_BUDGET = 256 * 2**20  # a dense pass keeps its next-token log-probabilities up to this size
-RECOMPUTED_LAYERS = 2  # full-resolution layers recomputed on demand and kept, per pass (overview stores)
+RECOMPUTED_LAYERS = 1  # full-resolution layers recomputed on demand and kept, per pass (overview stores)
 
 
 # ------------------------------------------------------------------------------------------------------- passes
@@ -100,9 +102,10 @@ class PassResult:
             return self.full_output[positions.to(self.full_output.device)].float()
         return logits_at(self.the_model(), self.ids, self.base_output, positions)
 
-    def layer(self, layer: int) -> tuple[Tensor, Tensor | None, Tensor]:
+    def layer(self, layer: int, remember: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
         """(probs ``[1, H, T, T]``, keep ``[1, H|1, T, T]`` or None, allowed ``[1, 1, T, T]``) at full resolution:
-        from the store when retained, else recomputed by replaying that layer (the last few are kept)."""
+        from the store when retained, else recomputed by replaying that layer (the last one is kept when
+        ``remember``)."""
         store = self.store
         if store.retain:
             probs = store.probs[layer]
@@ -112,12 +115,19 @@ class PassResult:
         found = self._layers.get(layer)
         if found is None:
             found = layer_attention(self.the_model(), self.ids, self.mask, layer, self.layer_outputs, self.seed)
+            if not remember:
+                return found
             self._layers[layer] = found
             while len(self._layers) > RECOMPUTED_LAYERS:
                 self._layers.popitem(last=False)
         else:
             self._layers.move_to_end(layer)
         return found
+
+    def release(self) -> None:
+        """Drop what can be made again: the KV cache kept for a continuation, recomputed layers."""
+        self.cache = None
+        self._layers.clear()
 
     def nbytes(self) -> int:
         """Bytes held (maps, layer outputs, logits), roughly."""
@@ -162,10 +172,15 @@ def captured_pass(model: PreTrainedModel, ids: Tensor, mask: Mask | None, *, see
     result.last_logits = out.logits[0, -1].float()
     cache = out.past_key_values if use_cache else None
     result.cache = cache if keep_cache else None
-    if mask is None and cache is not None and all(hasattr(layer, "keys") for layer in getattr(cache, "layers", [None])):
-        result.kv = [(layer.keys, layer.values) for layer in cache.layers]  # the prefill's, before decoding grows them
+    if (mask is None and cache is not None and _full_attention_only(model)
+            and all(hasattr(layer, "keys") for layer in getattr(cache, "layers", [None]))):
+        # the prefill's keys and values (for replays that skip a prefix), in one allocation (capture_layer_outputs)
+        slab = torch.stack([torch.stack([layer.keys, layer.values]) for layer in cache.layers])
+        result.kv = [(pair[0], pair[1]) for pair in slab]
     if replayable and verify_replay(model, ids, recorded["base"], out.logits[0, -1]):
         result.base_output = recorded["base"]
+        if getattr(result.base_output, "past_key_values", None) is not None:
+            result.base_output.past_key_values = None  # the head does not need it; the cache lives on its own
     else:  # keep the full logits: run again without logits_to_keep if only the last position came back
         if out.logits.shape[1] != ids.shape[1]:
             with torch.inference_mode(), attention_active(model, Plan(layer_of=plan.layer_of, mask=mask, seed=seed)):
@@ -350,6 +365,22 @@ def clear_cache() -> None:
     DENSE_CACHE.clear()
 
 
+def release_free_memory() -> None:
+    """Hand the memory freed by a long text's passes back to the operating system (glibc's ``malloc_trim``; a no-op
+    elsewhere). Between passes, hundreds of MB of freed temporaries would otherwise stay in the process."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
 # ---------------------------------------------------------------------------------------------------- result
 @dataclass
 class Comparison:
@@ -452,6 +483,11 @@ class Comparison:
                 outer = factor_for(math.ceil(n / store.factor), max_side)
                 out.append(repool_mean(sums.numpy(), n, n, store.factor, outer))
         return out[0], out[1]
+
+    def release(self) -> None:
+        """Drop the caches that can be made again (a continuation then prefills its own KV cache)."""
+        self.sparse.release()
+        release_free_memory()
 
     def _check_layer(self, layer: int) -> None:
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < self.n_layers:
@@ -628,6 +664,8 @@ def sparse_comparison(
         assert dense.full_output is not None and sparse.full_output is not None
         metrics.output_relative_error = float(
             (sparse.full_output - dense.full_output).norm() / dense.full_output.norm().clamp_min(1e-30))
+    if not sparse.store.retain:
+        release_free_memory()
     decode = _decoder(tok)
     return Comparison(
         model_name=display_name(model),
@@ -710,8 +748,8 @@ def iter_attention_metrics(res: Comparison) -> Iterator[int]:
     are set once every layer is done."""
     recall_rows, recall_heads, kl_heads = [], [], []
     for layer in range(res.n_layers):
-        p, _, _ = res.dense.layer(layer)
-        q, keep, allowed = res.sparse.layer(layer)
+        p, _, _ = res.dense.layer(layer, remember=False)  # a long text's layers are used once here: not kept
+        q, keep, allowed = res.sparse.layer(layer, remember=False)
         keep = allowed if keep is None else keep
         rows = allowed[0, 0].any(-1)  # queries the model lets attend anywhere
         recall = M.mass_recall(p[0], keep[0])[:, rows]
@@ -720,6 +758,8 @@ def iter_attention_metrics(res: Comparison) -> Iterator[int]:
         recall_heads.append(recall.mean(-1).tolist())
         kl_heads.append(kl.mean(-1).tolist())
         yield layer
+    if not res.sparse.store.retain:
+        release_free_memory()
     m = res.metrics
     m.mass_recall_min, m.mass_recall_p5 = M.summarise_rows(recall_rows)
     m.mass_recall_per_head = recall_heads

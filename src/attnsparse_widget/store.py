@@ -57,6 +57,7 @@ class AttentionStore(Recorder):
         self.allowed_count: list[Tensor | None] = [None] * n_layers  # allowed pairs per [B, 1]
         self.recorded = [False] * n_layers
         self._last: dict[str, tuple[Tensor, Tensor]] = {}  # what -> (the last object, its result)
+        self._slab: Tensor | None = None  # the pooled overviews of every layer, [L, H, n, n]
 
     def record(self, layer: int, probs: Tensor, keep: Tensor | None, allowed: Tensor) -> None:
         self.allowed[layer] = allowed
@@ -69,7 +70,10 @@ class AttentionStore(Recorder):
             self.probs[layer] = probs.detach().to("cpu", torch.float32)
             self.keep[layer] = keep
         else:
-            self.pooled_probs[layer] = pool_sum(probs.detach()[0].to("cpu"), self.factor)
+            pooled = pool_sum(probs.detach()[0].to("cpu"), self.factor)
+            if self._slab is None:  # every layer's overview in one allocation (see capture_layer_outputs)
+                self._slab = torch.empty((len(self.pooled_probs), *pooled.shape), dtype=pooled.dtype)
+            self.pooled_probs[layer] = self._slab[layer].copy_(pooled)
             self.pooled_allowed[layer] = self._once("pool allowed", allowed, lambda: pool_sum(allowed[0], self.factor))
             if keep is not None:  # full resolution is recomputed on demand (one layer replayed)
                 self.pooled_keep[layer] = self._once("pool keep", keep, lambda: pool_sum(keep[0], self.factor))

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         self._running = False  # a worker is draining the requests (set and cleared under the lock)
         self._worker: threading.Thread | None = None
         self._result: Comparison | None = None
-        self._gallery_of: Comparison | None = None  # the result the published gallery belongs to
+        self._gallery_of: weakref.ref[Comparison] | None = None  # the result the published gallery belongs to
         self._painted = threading.Event()  # set when a frontend reports a painted main view
         self._frontend_painted = False  # a frontend has reported one: it is displayed somewhere
         self._export_request: dict[str, Any] = {}
@@ -202,6 +203,8 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         started = time.time() * 1000
         if "model" in kinds or self._result is None:
             self._status(True, "running the model", started)
+            if self._result is not None:  # it stays on screen, but its caches can go before the next pass runs
+                self._result.release()
             try:
                 res = sparse_comparison(
                     (self._model, self._tokenizer), self.text, mask=self.mask, sparsity=self.sparsity,
@@ -256,11 +259,11 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             for layer in iter_attention_metrics(res):
                 if not checkpoint("attention metrics", (layer + 1) / res.n_layers):
                     return False
-        if not self.gallery or self._gallery_of is not res:
+        if not self.gallery or self._gallery_of is None or self._gallery_of() is not res:
             with self.hold_sync():
                 self.metrics = self._metrics(res)
                 self.gallery = gallery_payload(res)
-                self._gallery_of = res
+                self._gallery_of = weakref.ref(res)
                 self._publish_layer_chart(res)
         if res.is_lm and not res.continuations:
             if not checkpoint("continuations", 0.0):
