@@ -37,6 +37,7 @@ from .capture import (
     attention_active,
     capture_layer_outputs,
     check_supported,
+    input_device,
     layer_attention,
     layer_indexer,
     layer_stack,
@@ -527,7 +528,7 @@ class Comparison:
         """Each continuation as decoded tokens (for the widget's highlighting of the first divergence)."""
         if not self.continuations:
             return {}
-        return {name: [self._decode([i]) for i in getattr(self, name).continuation] for name in ("dense", "sparse")}
+        return {name: readable_tokens(self._decode, getattr(self, name).continuation) for name in ("dense", "sparse")}
 
     def fill_per_layer(self) -> None:
         """The per-layer and cumulative perplexity curves (about L replayed passes; no-op once filled)."""
@@ -545,24 +546,27 @@ class Comparison:
 
     # ------------------------------------------------------------------------------------------------ exports
     def export_gif(self, path: Any, view: str = "side_by_side", head: int | None = None, layers: Any = None,
-                   duration_ms: int = 700, size: tuple[int, int] | None = None) -> Any:
+                   duration_ms: int = 700, size: tuple[int, int] | None = None, overwrite: bool = False) -> Any:
         """Write an animated GIF stepping through the layers (see :func:`attnsparse_widget.export.export_gif`);
-        returns a report with the path, the frame count and the seconds it took."""
+        returns a report with the path, the frame count and the seconds it took. An existing file is replaced
+        only with ``overwrite=True``."""
         from .export import export_gif
 
-        return export_gif(self, path, view=view, head=head, layers=layers, duration_ms=duration_ms, size=size)
+        return export_gif(self, path, view=view, head=head, layers=layers, duration_ms=duration_ms, size=size,
+                          overwrite=overwrite)
 
-    def export_png(self, path: Any, layer: int = 0, head: int | None = None, view: str = "side_by_side") -> Any:
+    def export_png(self, path: Any, layer: int = 0, head: int | None = None, view: str = "side_by_side",
+                   overwrite: bool = False) -> Any:
         """Write a PNG of one layer's view (see :func:`attnsparse_widget.export.export_png`)."""
         from .export import export_png
 
-        return export_png(self, path, layer=layer, head=head, view=view)
+        return export_png(self, path, layer=layer, head=head, view=view, overwrite=overwrite)
 
-    def to_html(self, path: Any = None, head: int | None = None) -> str:
+    def to_html(self, path: Any = None, head: int | None = None, overwrite: bool = False) -> str:
         """A self-contained offline HTML page of this comparison (see :func:`attnsparse_widget.export.to_html`)."""
         from .export import to_html
 
-        return to_html(self, path, head=head)
+        return to_html(self, path, head=head, overwrite=overwrite)
 
     def summary(self) -> str:
         """A readable table of the headline metrics and the continuations."""
@@ -632,7 +636,7 @@ def sparse_comparison(
     the passes keep their KV cache for it)."""
     model, tok = resolve_model(model, tokenizer)
     check_supported(model)
-    ids = encode(tok, text, model, max_tokens)
+    ids, full_length = encode(tok, text, model, max_tokens)
     n_tokens = ids.shape[1]
     config = text_config(model)
     causal = _is_causal(model)
@@ -658,6 +662,9 @@ def sparse_comparison(
     sparse = captured_pass(model, ids, resolved, seed=seed, is_lm=is_lm, keep_cache=keep_cache)
 
     metrics = sparsity_metrics(sparse.store, requested)
+    if full_length > n_tokens:
+        metrics.notes.append(f"the text is {full_length} tokens; the first {n_tokens} are analysed "
+                             f"(max_tokens={max_tokens})")
     if is_lm:
         output_metrics(metrics, dense, sparse)
     else:
@@ -671,7 +678,7 @@ def sparse_comparison(
         model_name=display_name(model),
         text=text or "",
         token_ids=ids[0].tolist(),
-        tokens=[decode([i]) for i in ids[0].tolist()],
+        tokens=readable_tokens(decode, ids[0].tolist()),
         mask=resolved,
         causal=causal,
         metrics=metrics,
@@ -817,18 +824,28 @@ def per_layer_curves(
 
 
 # ------------------------------------------------------------------------------------------------------- input
-def encode(tok: PreTrainedTokenizerBase, text: Any, model: PreTrainedModel, max_tokens: int | None) -> Tensor:
-    """Token ids ``[1, T]`` on the model's device, with clear errors for unusable text."""
+def encode(tok: PreTrainedTokenizerBase, text: Any, model: PreTrainedModel,
+           max_tokens: int | None) -> tuple[Tensor, int]:
+    """Token ids ``[1, T]`` on the model's device (cut to ``max_tokens``) and the text's full length in tokens,
+    with clear errors for unusable text."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     if not text.strip():
         raise ValueError("text is empty (or only whitespace): pass at least one word, e.g. text='The cat sat.'")
     if "\x00" in text:
         raise ValueError("text contains a NUL character (\\x00); remove it (text.replace('\\x00', ''))")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # a lone half of a surrogate pair (a broken emoji, from JSON or a browser)
+        raise ValueError(
+            f"text contains an unpaired surrogate {text[err.start]!r} at character {err.start}, which is not valid "
+            f"Unicode; remove it (e.g. text.encode('utf-8', 'ignore').decode())"
+        ) from None
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
     ids = tok(text, return_tensors="pt").input_ids
-    limit = _max_positions(model)
+    full_length = ids.shape[1]
+    limit = max_positions(model)
     if max_tokens is not None:
         ids = ids[:, :max_tokens]
     if limit is not None and ids.shape[1] > limit:
@@ -838,11 +855,10 @@ def encode(tok: PreTrainedTokenizerBase, text: Any, model: PreTrainedModel, max_
         )
     if ids.shape[1] == 0:
         raise ValueError("text produced no tokens; pass some words")
-    device = next(model.parameters()).device
-    return ids.to(device)
+    return ids.to(input_device(model)), full_length
 
 
-def _max_positions(model: PreTrainedModel) -> int | None:
+def max_positions(model: PreTrainedModel) -> int | None:
     config = text_config(model)
     for name in ("max_position_embeddings", "n_positions"):
         value = getattr(config, name, None)
@@ -869,6 +885,30 @@ def _eos_ids(tok: PreTrainedTokenizerBase, model: PreTrainedModel) -> set[int]:
         elif isinstance(value, (list, tuple)):
             ids.update(v for v in value if isinstance(v, int))
     return ids
+
+
+def readable_tokens(decode: Callable[[list[int]], str], ids: list[int]) -> list[str]:
+    """Each token as the text it adds. Byte-level tokenizers split a character of several bytes (an emoji, most
+    CJK) over tokens that decode to U+FFFD one by one; such a run is decoded together, the characters go to the
+    token that completes them, and the tokens before it get "" (shown as ∅). So ``"".join(tokens)`` is the text."""
+    out = [decode([i]) for i in ids]
+    n, k = len(ids), 0
+    while k < n:
+        if "\ufffd" not in out[k]:
+            k += 1
+            continue
+        end = k + 1
+        while end < n and decode(ids[k:end]).endswith("\ufffd") and end - k < 16:  # until the bytes complete
+            end += 1
+        done = ""
+        for m in range(k, end):
+            text = decode(ids[k:m + 1])
+            stable = text.rstrip("\ufffd") if m < end - 1 else text
+            if not stable.startswith(done):  # the tokenizer does not decode prefix by prefix: keep it as it was
+                break
+            out[m], done = stable[len(done):], stable
+        k = end
+    return out
 
 
 def _decoder(tok: PreTrainedTokenizerBase) -> Callable[[list[int]], str]:

@@ -13,7 +13,10 @@ headless Chromium session (Debian's ``chromium`` works; kaleido finds ``/usr/bin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
+import os
+import tempfile
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -77,7 +80,7 @@ def render_pngs(figures: Iterable[dict[str, Any]], size: tuple[int, int], scale:
 
     async def render() -> list[bytes]:
         out = []
-        async with kaleido.Kaleido(n=1, mathjax=False) as k:
+        async with kaleido.Kaleido(n=1, mathjax=False, plotlyjs=_plotly_js_path()) as k:
             for fig in figures:
                 out.append(await k.calc_fig(go.Figure(fig), opts=opts))
                 if progress is not None:
@@ -116,6 +119,36 @@ def _check_head(res: Comparison, head: int | None) -> int:
     return int(head)
 
 
+def writable(path: str | Path, overwrite: bool) -> Path:
+    """``path`` as a Path, checked before any work is done: an existing file is replaced only with ``overwrite``."""
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise IsADirectoryError(f"{str(path)!r} is a folder; pass a file path such as {str(out / 'layers.gif')!r}")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{str(path)!r} already exists; pass overwrite=True to replace it, or choose another path")
+    return out
+
+
+_UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it), and put back
+os.umask(_UMASK)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path``, then rename it into place: an export interrupted
+    half-way leaves no half-written file (and never a damaged version of the one it was replacing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; a written file gets the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def _check_layers(res: Comparison, layers: Iterable[int] | None) -> list[int]:
     chosen = list(range(res.n_layers)) if layers is None else [int(v) for v in layers]
     bad = [v for v in chosen if not 0 <= v < res.n_layers]
@@ -143,6 +176,7 @@ def export_gif(
     duration_ms: int = 700,
     size: tuple[int, int] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> GifReport:
     """Write an animated GIF stepping through ``layers`` (default: all), one frame per layer, looping forever.
 
@@ -152,7 +186,9 @@ def export_gif(
         duration_ms: how long each frame shows.
         size: (width, height) of a frame in pixels (default depends on ``view``).
         progress: called as ``progress(done, total)`` after each rendered frame.
+        overwrite: replace ``path`` if it exists (otherwise FileExistsError, before anything is rendered).
     """
+    path = writable(path, overwrite)
     chosen = _check_layers(res, layers)
     head = _check_head(res, head)
     _check_view(view)
@@ -165,43 +201,45 @@ def export_gif(
     import imageio.v3 as iio
 
     frames = np.stack([_rgb(p) for p in pngs])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, frames, extension=".gif", duration=int(duration_ms), loop=0)
+    write_atomically(path, iio.imwrite("<bytes>", frames, extension=".gif", duration=int(duration_ms), loop=0))
     return GifReport(path=path, frames=len(chosen), seconds=time.perf_counter() - start, size=tuple(size))
 
 
 def gif_bytes(res: Comparison, **kwargs: Any) -> bytes:
     """The GIF of :func:`export_gif` as bytes (for a browser download)."""
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "frames.gif"
-        export_gif(res, out, **kwargs)
+        export_gif(res, out, **kwargs, overwrite=True)
         return out.read_bytes()
 
 
 def export_png(res: Comparison, path: str | Path, layer: int = 0, head: int | None = None,
-               view: str = "side_by_side", size: tuple[int, int] | None = None, scale: float = 2.0) -> Path:
-    """Write a PNG of one layer's view (``scale`` 2: sharp on high-density screens and slides)."""
+               view: str = "side_by_side", size: tuple[int, int] | None = None, scale: float = 2.0,
+               overwrite: bool = False) -> Path:
+    """Write a PNG of one layer's view (``scale`` 2: sharp on high-density screens and slides); an existing file
+    is replaced only with ``overwrite``."""
+    path = writable(path, overwrite)
     layer = _check_layers(res, [layer])[0]
     fig = frame_figure(res, layer, _check_head(res, head), view)
-    png = render_pngs([fig], size or SIZES[view], scale=scale)[0]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png)
+    write_atomically(path, render_pngs([fig], size or SIZES[view], scale=scale)[0])
     return path
 
 
 # ---------------------------------------------------------------------------------------------------- HTML
-def _plotly_js() -> str:
-    """plotly.js to inline: the widget's cartesian bundle (1.5 MB) when built, else plotly.py's full copy."""
+def _plotly_js_path() -> Path:
+    """The plotly.js file that renders exports: the widget's own cartesian bundle when built, else plotly.py's
+    copy. Always a local file, named explicitly: kaleido would otherwise fall back to a CDN."""
     local = STATIC / "plotly-cartesian.min.js"
     if local.is_file():
-        return local.read_text(encoding="utf-8")
-    from plotly.offline import get_plotlyjs
+        return local
+    import plotly
 
-    return get_plotlyjs()
+    return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+def _plotly_js() -> str:
+    """plotly.js to inline in the HTML page (see :func:`_plotly_js_path`)."""
+    return _plotly_js_path().read_text(encoding="utf-8")
 
 
 def _figure_json(fig: dict[str, Any]) -> str:
@@ -233,12 +271,13 @@ def layer_slider_figure(res: Comparison, head: int = -1, max_side: int = HTML_MA
     return first
 
 
-def to_html(res: Comparison, path: str | Path | None = None, head: int | None = None) -> str:
+def to_html(res: Comparison, path: str | Path | None = None, head: int | None = None, overwrite: bool = False) -> str:
     """A self-contained, offline HTML page of the comparison: headline metrics, the caveat, the main view with a
     slider over the layers, the per-layer chart, the keep-pattern and both continuations. Returns the HTML and
-    writes it to ``path`` if given."""
+    writes it to ``path`` if given (an existing file only with ``overwrite``)."""
     from .widget import CAVEAT
 
+    out = None if path is None else writable(path, overwrite)
     head = _check_head(res, head)
     m = res.metrics
     figures = {"main": layer_slider_figure(res, head)}
@@ -293,12 +332,10 @@ th{{text-align:left;padding-right:16px;font-weight:600}} code{{white-space:pre-w
 block-mean pooled to at most {HTML_MAX_SIDE} cells a side.</small></p>
 </body></html>
 """
-    if path is not None:
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(page, encoding="utf-8")
+    if out is not None:
+        write_atomically(out, page.encode("utf-8"))
     return page
 
 
 __all__ = ["ExportError", "GifReport", "export_gif", "export_png", "frame_figure", "gif_bytes", "render_pngs",
-           "to_html"]
+           "to_html", "writable"]

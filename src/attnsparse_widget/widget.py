@@ -22,8 +22,8 @@ import anywidget
 import traitlets as t
 
 from . import masks
-from .compare import Comparison, iter_attention_metrics, iter_per_layer, sparse_comparison
-from .export import gif_bytes
+from .compare import Comparison, iter_attention_metrics, iter_per_layer, max_positions, sparse_comparison
+from .export import gif_bytes, writable
 from .figures import layer_figure
 from .models import display_name, resolve_model
 from .payload import encode, gallery_payload, view_payload
@@ -37,7 +37,8 @@ DEFAULT_TEXT = (
     "The lighthouse keeper wrote in his log every evening. The storm came from the west, and the ships stayed in "
     "the harbour until the wind turned."
 )
-_MODEL_INPUTS = ("text", "mask", "sparsity", "mask_params")
+_MODEL_INPUTS = ("text", "mask", "sparsity", "mask_params", "max_tokens")
+MAX_TOKENS = 2048  # the widget analyses at most this many tokens of a text (interactive on a laptop CPU)
 CONTINUATION_TOKENS = 20  # greedy tokens generated under each regime
 PAINT_GRACE_S = 0.4  # at most this long, the later stages wait for the browser to paint the main view
 _VIEW_INPUTS = ("layer", "head", "zoom", "position")
@@ -79,7 +80,9 @@ class AttentionDiffWidget(anywidget.AnyWidget):
     gallery = t.Dict().tag(sync=True)
     status = t.Dict({"busy": False, "error": None, "stage": "", "started": 0.0, "request": 0}).tag(sync=True)
     export_path = t.Unicode("").tag(sync=True)  # the Export button also writes its GIF here when set
+    export_overwrite = t.Bool(False)  # ... replacing a file already there (never without it)
     per_layer = t.Bool(True).tag(sync=True)  # compute the per-layer perplexity curve (about 2L replayed passes)
+    max_tokens = t.Int(MAX_TOKENS).tag(sync=True)  # a longer text is cut to its first max_tokens (with a note)
 
     def __init__(self, model: Any = None, tokenizer: Any = None, *, threaded: bool | None = None,
                  **kwargs: Any) -> None:
@@ -173,18 +176,27 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             return found
 
     def _drain(self) -> None:
-        while True:
+        try:
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        self._running = False
+                        return
+                    kinds, self._pending = self._pending, set()
+                    model_generation = self._model_generation
+                try:
+                    self._run(kinds, model_generation)
+                except Exception as err:  # noqa: BLE001 - the widget must stay usable whatever happens
+                    self.status = {**self.status, "busy": False, "error": f"{type(err).__name__}: {err}",
+                                   "request": self._generation}
+        except BaseException:
+            # interrupted (KeyboardInterrupt in the kernel's own thread): the next change must start a worker again
             with self._lock:
-                if not self._pending:
-                    self._running = False
-                    return
-                kinds, self._pending = self._pending, set()
-                model_generation = self._model_generation
-            try:
-                self._run(kinds, model_generation)
-            except Exception as err:  # noqa: BLE001 - the widget must stay usable whatever happens
-                self.status = {**self.status, "busy": False, "error": f"{type(err).__name__}: {err}",
-                               "request": self._generation}
+                self._running = False
+                self._pending.clear()
+            self.status = {**self.status, "busy": False, "error": "interrupted; change a control to run again",
+                           "request": self._generation}
+            raise
 
     def _stale(self, model_generation: int) -> bool:
         """Whether a newer request needs the model to run again (view requests never make a result stale)."""
@@ -208,7 +220,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             try:
                 res = sparse_comparison(
                     (self._model, self._tokenizer), self.text, mask=self.mask, sparsity=self.sparsity,
-                    continuation_tokens=CONTINUATION_TOKENS, **self.mask_params,
+                    continuation_tokens=CONTINUATION_TOKENS, max_tokens=self._token_limit(), **self.mask_params,
                 )
             except Exception as err:  # noqa: BLE001 - shown in the widget; the kernel must stay usable
                 if not self._stale(model_generation):
@@ -237,7 +249,8 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         if self._result is not None and not self._later_stages(self._result, model_generation, started):
             return
         if ("export" in kinds or self._take("export")) and self._result is not None:
-            self._export(started)
+            if not self._export(started):
+                return  # its error stays on screen
         if not self._stale(model_generation):
             self._status(False)
 
@@ -276,12 +289,25 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             return self._fill_per_layer(res, model_generation, started)
         return not self._stale(model_generation)
 
-    def _export(self, started: float) -> None:
-        """The GIF of the current settings, sent to the browser as a download (and written to ``export_path``)."""
+    def _export(self, started: float) -> bool:
+        """The GIF of the current settings, sent to the browser as a download (and written to ``export_path``);
+        False when it failed (the error is on screen)."""
         res = self._result
         assert res is not None
         request = self._export_request
         self._status(True, "exporting GIF", started, progress=0.0)
+        target = None
+        if self.export_path:
+            try:
+                target = writable(self.export_path, self.export_overwrite)
+            except FileExistsError:
+                self.status = {**self.status, "busy": False, "error": (
+                    f"GIF export: {self.export_path!r} already exists; set w.export_overwrite = True to replace it, "
+                    f"or set another w.export_path")}
+                return False
+            except OSError as err:
+                self.status = {**self.status, "busy": False, "error": f"GIF export: {err}"}
+                return False
 
         def progress(done: int, total: int) -> None:
             self._status(True, "exporting GIF", started, progress=done / total)
@@ -292,15 +318,17 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                              duration_ms=request.get("duration_ms", 700))
         except Exception as err:  # noqa: BLE001 - shown in the widget
             self.status = {**self.status, "busy": False, "error": f"GIF export failed: {err}"}
-            return
+            return False
         name = f"attnsparse-{res.mask.id}-{round(100 * res.metrics.achieved_sparsity)}pct.gif"
-        if self.export_path:
-            Path(self.export_path).expanduser().write_bytes(data)
+        if target is not None:
+            target.write_bytes(data)
         self.send({"type": "download", "filename": name, "mime": "image/gif"}, buffers=[data])
+        return True
 
     def export_gif(self, path: str | Path | None = None, **kwargs: Any) -> Any:
         """Write the GIF of what the widget shows (mask, sparsity, head) to ``path`` (default: ``export_path``);
-        keyword arguments go to :meth:`Comparison.export_gif`. Returns its report."""
+        keyword arguments go to :meth:`Comparison.export_gif` (``overwrite=True`` to replace an existing file).
+        Returns its report."""
         self.wait(None)
         if self._result is None:
             raise RuntimeError("the widget has no result to export (see its error message)")
@@ -354,6 +382,13 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         self.layer_chart = encode(layer_figure(m.get("per_layer_delta_ppl"), m.get("cumulative_delta_ppl"),
                                                m.get("mass_recall"), res.n_layers, self.layer))
 
+    def _token_limit(self) -> int:
+        """``max_tokens``, and never more than the model's positions: a long text is cut, with a note."""
+        if isinstance(self.max_tokens, bool) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive int, got {self.max_tokens!r}; e.g. w.max_tokens = 2048")
+        positions = max_positions(self._model)
+        return self.max_tokens if positions is None else min(self.max_tokens, positions)
+
     @staticmethod
     def _info(res: Comparison) -> dict[str, Any]:
         return {
@@ -369,6 +404,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             "mask_params": res.mask.params(),
             "budget": res.mask.budget,
             "reachable": list(res.mask.reachable_range(len(res.tokens), res.causal)),
+            "note": " ".join(res.metrics.notes),
         }
 
     @staticmethod
