@@ -327,6 +327,39 @@ def check_supported(model: nn.Module) -> None:
         raise unsupported(model, "its attention classes do not call ALL_ATTENTION_FUNCTIONS")
     if getattr(text_config(model), "reorder_and_upcast_attn", False):
         raise unsupported(model, "config.reorder_and_upcast_attn=True takes GPT-2's private attention path")
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} is an encoder-decoder model (self-attention in two stacks plus cross-attention); "
+            f"attnsparse-widget analyses one stack of self-attention: use a decoder-only model, or the encoder on its "
+            f"own (e.g. T5EncoderModel.from_pretrained(...), or BartModel(...).get_encoder() saved and loaded as a "
+            f"model)"
+        )
+    if not _dispatched(model) and any(p.device.type == "meta" for p in model.parameters()):
+        raise ValueError(
+            f"{type(model).__name__} has weights on the 'meta' device (a model skeleton without its weights, e.g. "
+            f"built under torch.device('meta') or init_empty_weights()); load real weights first, e.g. "
+            f"from_pretrained(...), or load_checkpoint_and_dispatch(...) from accelerate"
+        )
+
+
+def _dispatched(model: nn.Module) -> bool:
+    """Whether accelerate placed the model (a device map, CPU or disk offloading): its hooks bring the weights."""
+    return bool(getattr(model, "hf_device_map", None)) or any(hasattr(m, "_hf_hook") for m in model.modules())
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where the model's inputs go: its parameters' device, or, for a model dispatched by accelerate (device map,
+    offloading to CPU or disk, where parameters may sit on 'meta' until used), the device it executes on."""
+    hook = getattr(model, "_hf_hook", None)
+    if getattr(hook, "execution_device", None) is not None:
+        return torch.device(hook.execution_device)
+    for place in (getattr(model, "hf_device_map", None) or {}).values():
+        if place not in ("disk", "meta"):
+            return torch.device(place)
+    for param in model.parameters():
+        if param.device.type != "meta":
+            return param.device
+    return torch.device("cpu")
 
 
 _model_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
@@ -421,6 +454,24 @@ def capture_layer_outputs(model: nn.Module, into: LayerOutputs) -> Iterator[Laye
             h.remove()
 
 
+_NO_OVERRIDE = object()
+
+
+@contextlib.contextmanager
+def replaced_forward(module: nn.Module, forward: Callable[..., Any]) -> Iterator[None]:
+    """``module.forward`` is ``forward`` inside the block. A forward already set on the instance (accelerate's
+    offloading and device-map hooks put theirs there) is put back afterwards, not deleted."""
+    previous = module.__dict__.get("forward", _NO_OVERRIDE)
+    module.forward = forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        if previous is _NO_OVERRIDE:
+            del module.forward
+        else:
+            module.forward = previous  # type: ignore[method-assign]
+
+
 @contextlib.contextmanager
 def start_at_layer(model: nn.Module, layer: int, outputs: LayerOutputs) -> Iterator[None]:
     """Skip blocks ``0 .. layer-1`` by replaying their recorded outputs: the pass starts computing at ``layer``.
@@ -431,17 +482,11 @@ def start_at_layer(model: nn.Module, layer: int, outputs: LayerOutputs) -> Itera
     if stack is None or layer == 0:
         yield
         return
-    replaced = []
-    try:
+    with contextlib.ExitStack() as replaced:
         for i in range(layer):
-            block = stack[i]
             recorded = outputs.outputs[i]
-            block.forward = (lambda *a, _out=recorded, **k: _out)  # type: ignore[method-assign]
-            replaced.append(block)
+            replaced.enter_context(replaced_forward(stack[i], lambda *a, _out=recorded, **k: _out))
         yield
-    finally:
-        for block in replaced:
-            del block.forward
 
 
 class _Probed(Exception):

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .capture import model_lock
+from .capture import model_lock, replaced_forward
 
 Tensor = torch.Tensor
 CHUNK = 128  # positions per call of the head (25 MB of float32 logits: small enough for the heap to reuse)
@@ -57,13 +57,8 @@ def record_base_output(model: nn.Module, into: dict[str, Any]) -> Iterator[None]
 def replay_base(model: nn.Module, output: Any) -> Iterator[None]:
     """Inside the block, the base model returns ``output`` without computing anything (holding the model's lock:
     another thread's pass must not see the replacement)."""
-    base = model.base_model
-    with model_lock(model):
-        base.forward = lambda *args, **kwargs: output  # type: ignore[method-assign]
-        try:
-            yield
-        finally:
-            del base.forward
+    with model_lock(model), replaced_forward(model.base_model, lambda *args, **kwargs: output):
+        yield
 
 
 def logits_at(model: nn.Module, ids: Tensor, base_output: Any, positions: Tensor) -> Tensor:

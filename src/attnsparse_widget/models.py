@@ -286,7 +286,17 @@ def _load_local(source: PathLike, dtype: torch.dtype | str | None) -> ModelAndTo
         if not (path / "config.json").is_file() and len(ggufs) == 1:
             return _load_gguf(ggufs[0], dtype)
         _refuse_pickle_only(path)
-    config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise ValueError(
+            f"{str(source)!r} needs modelling code of its own (trust_remote_code), and attnsparse-widget never runs a "
+            f"checkpoint's code. If you trust it, load it yourself (AutoModelForCausalLM.from_pretrained(..., "
+            f"trust_remote_code=True)) and pass the loaded model; its attention must still go through transformers' "
+            f"AttentionInterface."
+        ) from err
     try:
         model = _auto_class(config).from_pretrained(
             source, dtype=dtype or "auto", use_safetensors=True, trust_remote_code=False
