@@ -67,6 +67,7 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   const headSel = h("select", { class: "asw-head", "aria-label": "head" }) as HTMLSelectElement;
   const busy = h("span", { class: "asw-busy", role: "status" });
   const error = h("div", { class: "asw-error", role: "alert" });
+  const note = h("div", { class: "asw-note", role: "note" });
   const tooltip = h("div", { class: "asw-tooltip" });
 
   const row = (...kids: HTMLElement[]) => { const r = h("div", { class: "asw-row" }); r.append(...kids); return r; };
@@ -115,7 +116,7 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   const maskPlot = plot("mask", "asw-maskplot");
   const maskInfo = h("div", { class: "asw-mask-info" });
   panes.mask.append(maskInfo, maskPlot);
-  root.append(caveat, controls, error, tabs, ...Object.values(panes), tooltip);
+  root.append(caveat, controls, error, note, tabs, ...Object.values(panes), tooltip);
 
   // ---------------------------------------------------------------------------------------------- the state
   let current: Pane = "main";
@@ -248,6 +249,8 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
     maskSel.value = m.get("mask");
     positionInput.max = String(Math.max(0, (info.n_tokens ?? 1) - 1));
     perLayer.checked = Boolean(m.get("per_layer"));
+    note.textContent = info.note ?? "";
+    note.style.display = info.note ? "" : "none";
     paintSparsity();
   }
 
