@@ -1,4 +1,5 @@
-"""Shared fixtures. Sections: test helpers on the path, then real models (loaded once per session)."""
+"""Shared fixtures. Sections: test helpers on the path and the network blocked, then real models (loaded once per
+session)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,16 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny_models.py and friends
+
+import no_network  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline():
+    """Every test runs with the network blocked (loopback stays open): nothing may need a download."""
+    no_network.install()
+    yield
+    no_network.uninstall()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from model_state import assert_unchanged, snapshot
 from tiny_models import ToyTokenizer, build
 
 import attnsparse_widget as aw
@@ -173,28 +174,6 @@ def test_encoder_compare(minilm):
 
 
 # ----------------------------------------------------------------------------------- the user's model, unchanged
-def snapshot(model, ids):
-    training = [m.training for m in model.modules()]
-    model.eval()  # dropout off for a deterministic comparison, then the user's modes back
-    with torch.no_grad():
-        logits = model(ids).logits.clone()
-    for module, mode in zip(model.modules(), training):
-        module.training = mode
-    state = {
-        "impl": model.config._attn_implementation,
-        "training": training,
-        "forward_overrides": [m for m in model.modules() if "forward" in m.__dict__],
-        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
-    }
-    return logits, state
-
-
-def assert_unchanged(model, ids, before):
-    logits, state = snapshot(model, ids)
-    assert torch.equal(logits, before[0])  # bit for bit
-    assert state == before[1]
-
-
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_model_unchanged_after_compare(family):
     model = build(family)

@@ -1,10 +1,13 @@
-"""The teaching notebooks run top to bottom in a fresh kernel (nbclient), and are stored without outputs."""
+"""The teaching notebooks run top to bottom in a fresh kernel (nbclient) with the network blocked, and are stored
+without outputs."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nbformat
+import no_network
 import pytest
 from nbclient import NotebookClient
 
@@ -26,6 +29,17 @@ def test_notebook_is_stored_clean(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    # the kernel blocks every connection that leaves the machine as it starts (sitecustomize on PYTHONPATH)
+    site = tmp_path / "offline-site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(no_network.SITECUSTOMIZE.format(tests=str(Path(__file__).parent)))
+    nb.cells.append(nbformat.v4.new_code_cell(  # proof that it was blocked, as the last cell
+        "import socket, no_network\n"
+        "try:\n    socket.create_connection(('93.184.215.14', 80), timeout=1)\n"
+        "except no_network.NetworkBlocked:\n    print('offline: ok')"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute(
+        env=env)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
+    assert not errors, errors
+    assert nb.cells[-1].outputs[0]["text"] == "offline: ok\n"
