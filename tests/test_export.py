@@ -81,3 +81,33 @@ def test_html_is_self_contained_and_renders_offline(res, tmp_path):
         assert page.evaluate("() => document.querySelector('#layers').data[0].y.length") == 30
         browser.close()
     assert not errors, errors
+
+
+def test_gif_frames_show_hostile_tokens_literally(default_model):
+    """What kaleido renders for a frame (the same figure, as SVG): the tokens of a text full of markup appear as
+    text in the axis labels, and no element comes from the text."""
+    import asyncio
+    import xml.etree.ElementTree as ET
+
+    import kaleido
+    import plotly.graph_objects as go
+
+    from attnsparse_widget.export import _plotly_js_path
+
+    hostile = "<img src=x onerror=alert(1)> </div> \"q\" 'a' b\\c & <b>bold</b>"
+    res = aw.compare(default_model, hostile, mask="sink_window", sparsity=0.5, per_layer=False, continuation_tokens=0)
+    fig = go.Figure(frame_figure(res, 3, -1))
+
+    async def render() -> bytes:
+        async with kaleido.Kaleido(n=1, mathjax=False, plotlyjs=_plotly_js_path()) as k:
+            return await k.calc_fig(fig, opts={"format": "svg", "width": 1200, "height": 480})
+
+    svg = ET.fromstring(asyncio.run(render()))
+    ns = "{http://www.w3.org/2000/svg}"
+    ticks = ["".join(t.itertext()) for g in svg.iter(f"{ns}g") if "ytick" in (g.get("class") or "")
+             for t in g.iter(f"{ns}text")]
+    assert ticks == [t.replace("\n", "↵") or "∅" for t in res.tokens]
+    images = [e for e in svg.iter(f"{ns}image")]  # the heatmaps themselves, drawn as inline rasters
+    assert len(images) == 3 and all(
+        (e.get("href") or e.get("{http://www.w3.org/1999/xlink}href") or "").startswith("data:image/") for e in images)
+    assert not [e for e in svg.iter() if not e.tag.startswith(ns) or e.tag == f"{ns}foreignObject"]
