@@ -181,7 +181,7 @@ def attention_forward(
             if first is not None:
                 plan.first_changed[layer] = min(plan.first_changed.get(layer, first), first)
 
-    probs32 = nn.functional.softmax(scores, dim=-1, dtype=torch.float32)
+    probs32 = softmax_float32(scores)
     del scores
     probs = probs32.to(value.dtype)
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
@@ -189,6 +189,17 @@ def attention_forward(
     if plan is not None and plan.recorder is not None:
         plan.recorder.record(layer, probs32, keep, allowed)
     return out, probs
+
+
+def softmax_float32(scores: Tensor) -> Tensor:
+    """``softmax(scores, dim=-1, dtype=float32)``, bit for bit. Float32 scores that no autograd graph needs are
+    overwritten one head at a time (rows are independent): at 2048 tokens that spares a second [B, H, T, T]
+    tensor (151 MB for 9 heads) in every attention call."""
+    if scores.dtype != torch.float32 or scores.dim() != 4 or (scores.requires_grad and torch.is_grad_enabled()):
+        return nn.functional.softmax(scores, dim=-1, dtype=torch.float32)
+    for h in range(scores.shape[1]):
+        scores[:, h] = nn.functional.softmax(scores[:, h], dim=-1)
+    return scores
 
 
 def _memo(plan: Plan, key: tuple[Any, ...], owner: Tensor | None, make: Callable[..., Any], *args: Any) -> Any:

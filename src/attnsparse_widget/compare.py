@@ -178,6 +178,8 @@ def captured_pass(model: PreTrainedModel, ids: Tensor, mask: Mask | None, *, see
         # the prefill's keys and values (for replays that skip a prefix), in one allocation (capture_layer_outputs)
         slab = torch.stack([torch.stack([layer.keys, layer.values]) for layer in cache.layers])
         result.kv = [(pair[0], pair[1]) for pair in slab]
+        for layer, (keys, values) in zip(cache.layers, result.kv):  # the cache reads the same memory
+            layer.keys, layer.values = keys, values
     if replayable and verify_replay(model, ids, recorded["base"], out.logits[0, -1]):
         result.base_output = recorded["base"]
         if getattr(result.base_output, "past_key_values", None) is not None:
@@ -538,10 +540,10 @@ class Comparison:
 
     def complete(self, per_layer: bool = True, continuation_tokens: int = 20) -> Comparison:
         """Everything :func:`compare` computes beyond the headline metrics; returns self."""
+        self.fill_continuations(continuation_tokens)  # first: it uses up (and frees) the passes' KV caches
         self.fill_attention_metrics()
         if per_layer and self.is_lm:
             self.fill_per_layer()
-        self.fill_continuations(continuation_tokens)
         return self
 
     # ------------------------------------------------------------------------------------------------ exports
