@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import inspect
 import math
 import weakref
 from collections import OrderedDict
@@ -171,7 +172,7 @@ def captured_pass(model: PreTrainedModel, ids: Tensor, mask: Mask | None, *, see
         result.full_output = out.last_hidden_state[0].float()
         return result
     result.last_logits = out.logits[0, -1].float()
-    cache = out.past_key_values if use_cache else None
+    cache = output_cache(out) if use_cache else None
     result.cache = cache if keep_cache else None
     if (mask is None and cache is not None and _full_attention_only(model)
             and all(hasattr(layer, "keys") for layer in getattr(cache, "layers", [None]))):
@@ -182,8 +183,9 @@ def captured_pass(model: PreTrainedModel, ids: Tensor, mask: Mask | None, *, see
             layer.keys, layer.values = keys, values
     if replayable and verify_replay(model, ids, recorded["base"], out.logits[0, -1]):
         result.base_output = recorded["base"]
-        if getattr(result.base_output, "past_key_values", None) is not None:
-            result.base_output.past_key_values = None  # the head does not need it; the cache lives on its own
+        for name in CACHE_NAMES:  # the head does not need it; the cache lives on its own
+            if getattr(result.base_output, name, None) is not None:
+                setattr(result.base_output, name, None)
     else:  # keep the full logits: run again without logits_to_keep if only the last position came back
         if out.logits.shape[1] != ids.shape[1]:
             with torch.inference_mode(), attention_active(model, Plan(layer_of=plan.layer_of, mask=mask, seed=seed)):
@@ -232,7 +234,7 @@ def greedy_continuation(model: PreTrainedModel, result: PassResult, n: int, eos:
             if cache is None:  # prefill one (nothing captured: the dense layers take the fast path)
                 out = model(input_ids=seq, use_cache=True,
                             **({"logits_to_keep": 1} if head_can_replay(model) else {}))
-                cache = out.past_key_values
+                cache = output_cache(out)
         for _ in range(n):
             assert logits is not None
             token = int(logits.argmax())
@@ -242,8 +244,8 @@ def greedy_continuation(model: PreTrainedModel, result: PassResult, n: int, eos:
             step = torch.tensor([[token]], device=seq.device)
             seq = torch.cat([seq, step], dim=1)
             if cache is not None:
-                out = model(input_ids=step, past_key_values=cache, use_cache=True)
-                cache = out.past_key_values
+                out = model(input_ids=step, use_cache=True, **cache_kwarg(model, cache))
+                cache = output_cache(out)
             else:
                 out = model(input_ids=seq, use_cache=False)
             logits = out.logits[0, -1].float()
@@ -289,7 +291,7 @@ def replay_nll(
     recorded: dict[str, Any] = {}
     with torch.inference_mode(), attention_active(model, plan), start_at_layer(model, start, outputs):
         with record_base_output(model, recorded) if replayable else contextlib.nullcontext():
-            out = model(input_ids=sub_ids, past_key_values=cache, use_cache=cache is not None,
+            out = model(input_ids=sub_ids, use_cache=cache is not None, **cache_kwarg(model, cache),
                         **({"logits_to_keep": 1} if replayable else {}))
     first = max(prefix, min(plan.first_changed.values(), default=prefix))
     if prefix == 0 and not plan.first_changed and start == 0:
@@ -302,6 +304,29 @@ def replay_nll(
             lse = torch.logsumexp(logits, dim=-1)
             nll[pos.cpu()] = M.next_token_nll_from_logits(logits, lse, targets[pos + 1]).cpu()
     return nll
+
+
+CACHE_NAMES = ("cache", "past_key_values")  # later transformers 5.x name the KV cache `cache`
+
+
+def cache_kwarg(model: PreTrainedModel, cache: Any) -> dict[str, Any]:
+    """``{"cache": cache}`` or ``{"past_key_values": cache}``, whichever the model's forward takes."""
+    return {_cache_name(type(model)): cache}
+
+
+@functools.cache
+def _cache_name(cls: type) -> str:
+    params = inspect.signature(cls.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache a forward pass returned (under either name)."""
+    for name in CACHE_NAMES:
+        value = getattr(out, name, None)
+        if value is not None:
+            return value
+    return None
 
 
 def _full_attention_only(model: PreTrainedModel) -> bool:
