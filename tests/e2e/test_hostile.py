@@ -198,7 +198,8 @@ def test_a_hundred_rapid_changes(lab, browser):
         assert controls["title"].startswith(f"L{kernel['layer']} {head}") and kernel["mask"] in controls["title"]
         rss.append(kernel["rss"] / 2**20)
     (ARTIFACTS / "lab-rapid.json").write_text(json.dumps({"burst_seconds": seconds, "kernel_rss_mb": rss}, indent=1))
-    assert max(seconds) < 4.0, seconds  # 100 changes in about two seconds (Playwright's own pace on 2 cores)
+    # the bursts' pace (about two seconds each here) is recorded in the artefact, not asserted: timings are not
+    # pass/fail criteria
     assert rss[2] - rss[1] < 150, rss  # flat after the first burst (its caches warm up)
     new_log = (root / "server.log").read_text()[len(log_before):]
     assert "Traceback" not in new_log, new_log[-3000:]
