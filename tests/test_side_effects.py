@@ -187,7 +187,7 @@ def test_two_hundred_updates_keep_memory_flat(comm):
     """A widget driven through 200 updates (sparsity, mask, layer, head, text): the resident set after the first
     50 and after all 200 differ by less than 40 MB, and no old result stays alive."""
     gc.collect()
-    earlier = {id(o) for o in gc.get_objects() if isinstance(o, Comparison)}  # other tests' results
+    earlier = {id(o) for o in gc.get_objects() if type(o) is Comparison}  # other tests' results
     model, tok = build("llama"), ToyTokenizer()
     w = AttentionDiffWidget((model, tok), threaded=False, text=TEXT * 3, per_layer=True)
     kinds = ["sink_window", "topk", "h2o", "nsa", "bigbird"]
@@ -210,7 +210,7 @@ def test_two_hundred_updates_keep_memory_flat(comm):
     growth = rss[1] - rss[0]
     assert growth < 40, f"resident set grew {growth:.1f} MB from update 50 to update 200"
     gc.collect()
-    results = [o for o in gc.get_objects() if isinstance(o, Comparison) and id(o) not in earlier]
+    results = [o for o in gc.get_objects() if type(o) is Comparison and id(o) not in earlier]
     assert len(results) <= 2, f"{len(results)} comparisons alive"  # the one on screen (and at most a stray one)
     w.close()
 
