@@ -3,6 +3,7 @@ model and about bad input."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -183,6 +184,27 @@ def test_model_unchanged_after_compare(family):
     aw.compare((model, ToyTokenizer()), "hello sparse world", mask="strided", sparsity=0.5, continuation_tokens=3)
     aw.compare((model, ToyTokenizer()), "hello sparse world", mask="topk", sparsity=0.5, continuation_tokens=3)
     assert_unchanged(model, ids, before)
+
+
+def test_no_deprecation_warnings_from_transformers():
+    """The engine passes and reads the KV cache under the name this transformers takes (``cache`` in later 5.x,
+    ``past_key_values`` before), so a compare with continuations and per-layer replays logs no deprecation."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    library_logger = logging.getLogger("transformers")
+    logging.Logger.warning_once.cache_clear()  # transformers logs each message once per process
+    library_logger.addHandler(handler)
+    try:
+        aw.compare((build("llama"), ToyTokenizer()), "hello sparse world again", mask="sink_window", sparsity=0.5,
+                   continuation_tokens=3)
+    finally:
+        library_logger.removeHandler(handler)
+    assert not [m for m in messages if "deprecat" in m.lower()], messages
 
 
 class Exploding(masks.SlidingWindow if hasattr(masks, "SlidingWindow") else masks.REGISTRY["sliding_window"]):

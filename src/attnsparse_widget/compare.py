@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import ModelOutput
 
 from . import masks as mask_library
 from . import metrics as M
@@ -182,10 +183,7 @@ def captured_pass(model: PreTrainedModel, ids: Tensor, mask: Mask | None, *, see
         for layer, (keys, values) in zip(cache.layers, result.kv):  # the cache reads the same memory
             layer.keys, layer.values = keys, values
     if replayable and verify_replay(model, ids, recorded["base"], out.logits[0, -1]):
-        result.base_output = recorded["base"]
-        for name in CACHE_NAMES:  # the head does not need it; the cache lives on its own
-            if getattr(result.base_output, name, None) is not None:
-                setattr(result.base_output, name, None)
+        result.base_output = _without_cache(recorded["base"])  # the head does not need it; the cache lives on
     else:  # keep the full logits: run again without logits_to_keep if only the last position came back
         if out.logits.shape[1] != ids.shape[1]:
             with torch.inference_mode(), attention_active(model, Plan(layer_of=plan.layer_of, mask=mask, seed=seed)):
@@ -321,12 +319,17 @@ def _cache_name(cls: type) -> str:
 
 
 def output_cache(out: Any) -> Any:
-    """The KV cache a forward pass returned (under either name)."""
-    for name in CACHE_NAMES:
-        value = getattr(out, name, None)
-        if value is not None:
-            return value
+    """The KV cache a forward pass returned (under either name). Read through the output's own keys: in later
+    transformers 5.x, reading the old name ``past_key_values`` in any way logs a deprecation warning."""
+    for name in out.keys():
+        if name in CACHE_NAMES:
+            return out[name]
     return None
+
+
+def _without_cache(out: ModelOutput) -> ModelOutput:
+    """A copy of a model output without its KV cache (a ``ModelOutput`` keeps a field set to None in its dict)."""
+    return type(out)(**{name: value for name, value in out.items() if name not in CACHE_NAMES})
 
 
 def _full_attention_only(model: PreTrainedModel) -> bool:
