@@ -73,7 +73,11 @@ def measure_repaints(browser, url: str, repeat: int) -> dict[str, list[float]]: 
         slider_step(page)
         page.wait_for_function(
             "n => { const r = document.querySelector('.asw-root'); return r.dataset.busy === '0' &&"
-            " Number(r.dataset.request) > n; }", arg=before, timeout=600_000, polling=100)
+            " Number(r.dataset.request) > n; }",
+            arg=before,
+            timeout=600_000,
+            polling=100,
+        )
         out["gallery"].append(page.evaluate(LAST_GAP, ["attnsparse:gallery-arrived", "attnsparse:gallery:end:"]))
     if errors:
         raise RuntimeError(errors)
@@ -90,12 +94,14 @@ def measure_cold_start(browser, url: str) -> dict[str, float]:  # noqa: ANN001
         if name == "show":
             run_cell(page, 0)
             page.locator(".jp-Notebook .jp-Cell").nth(0).locator(".jp-OutputArea-output").filter(
-                has_text="imported").wait_for(timeout=300_000)
+                has_text="imported"
+            ).wait_for(timeout=300_000)
         start = page.evaluate("() => performance.now()")
         run_cell(page, cell)
         page.wait_for_function("() => document.querySelector('.asw-main')?.dataset.rendered", timeout=300_000)
         painted = page.evaluate(
-            "() => performance.getEntriesByType('mark').find((m) => m.name === 'attnsparse:main:end:1').startTime")
+            "() => performance.getEntriesByType('mark').find((m) => m.name === 'attnsparse:main:end:1').startTime"
+        )
         out[name] = (painted - start) / 1000
         if errors:
             raise RuntimeError(errors)
@@ -113,11 +119,16 @@ def main() -> None:
     text = text_of(tok, args.tokens)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        write_notebook(root / "paint.ipynb", [
-            f"import attnsparse_widget as aw\nw = aw.show(None, {text!r}, mask='sink_window', sparsity=0.5, "
-            f"per_layer=False)\nw"])
-        write_notebook(root / "cold_split.ipynb", ["import attnsparse_widget as aw\nprint('imported')",
-                                                   "w = aw.show()\nw"])
+        write_notebook(
+            root / "paint.ipynb",
+            [
+                f"import attnsparse_widget as aw\nw = aw.show(None, {text!r}, mask='sink_window', sparsity=0.5, "
+                f"per_layer=False)\nw"
+            ],
+        )
+        write_notebook(
+            root / "cold_split.ipynb", ["import attnsparse_widget as aw\nprint('imported')", "w = aw.show()\nw"]
+        )
         write_notebook(root / "cold_one.ipynb", ["import attnsparse_widget as aw\nw = aw.show()\nw"])
         with jupyterlab(root) as url, chromium() as browser:
             started = time.perf_counter()
@@ -126,13 +137,19 @@ def main() -> None:
             seconds = time.perf_counter() - started
 
     med = {k: statistics.median(v) for k, v in repaints.items() if all(x is not None for x in v)}
-    print(f"browser: Debian Chromium (headless, no GPU), JupyterLab; {args.tokens}-token text, medians of "
-          f"{args.repeat} slider moves ({seconds:.0f} s in all)")
-    print(f"  payload arrival -> main view repainted   {med['main']:7.1f} ms   (target <= 100 ms)   "
-          f"runs {[round(x) for x in repaints['main']]}")
+    print(
+        f"browser: Debian Chromium (headless, no GPU), JupyterLab; {args.tokens}-token text, medians of "
+        f"{args.repeat} slider moves ({seconds:.0f} s in all)"
+    )
+    print(
+        f"  payload arrival -> main view repainted   {med['main']:7.1f} ms   (target <= 100 ms)   "
+        f"runs {[round(x) for x in repaints['main']]}"
+    )
     print(f"    of which decoding the payload          {med['decode']:7.1f} ms")
-    print(f"  payload arrival -> gallery repainted     {med['gallery']:7.1f} ms   (target <= 500 ms)   "
-          f"runs {[round(x) for x in repaints['gallery']]}")
+    print(
+        f"  payload arrival -> gallery repainted     {med['gallery']:7.1f} ms   (target <= 500 ms)   "
+        f"runs {[round(x) for x in repaints['gallery']]}"
+    )
     print(f"  slider released -> main view repainted   {med['intent_to_main']:7.1f} ms   (kernel work included)")
     print(f"  cold start, show() -> first heatmaps      {cold['show']:7.2f} s    (target <= 8 s)")
     print(f"  cold start, import + show()              {cold['import_and_show']:7.2f} s")

@@ -73,13 +73,17 @@ def main() -> None:
         rows.append((n, forward, warm, cold, isolated, cumulative, full, res.mask.label()))
 
     print(f"default model ({n_layers} layers), mask {args.mask} at sparsity {args.sparsity}; unit: one plain forward")
-    print(f"{'T':>5} {'forward':>9} {'stage 1, dense cached':>22} {'cold':>14} {'per-layer Δ / (L·fwd)':>23} "
-          f"{'cumulative / (L·fwd)':>21} {'full compare()':>16}")
+    print(
+        f"{'T':>5} {'forward':>9} {'stage 1, dense cached':>22} {'cold':>14} {'per-layer Δ / (L·fwd)':>23} "
+        f"{'cumulative / (L·fwd)':>21} {'full compare()':>16}"
+    )
     for n, forward, warm, cold, isolated, cumulative, full, _ in rows:
         unit = n_layers * forward
-        print(f"{n:>5} {forward:>8.3f}s {warm:>9.3f}s {warm / forward:>6.2f} x {cold:>7.3f}s {cold / forward:>4.1f} x "
-              f"{isolated:>8.1f}s {isolated / unit:>8.2f} {cumulative:>11.1f}s {cumulative / unit:>7.2f} "
-              f"{full:>9.1f}s {full / forward:>4.0f} x")
+        print(
+            f"{n:>5} {forward:>8.3f}s {warm:>9.3f}s {warm / forward:>6.2f} x {cold:>7.3f}s {cold / forward:>4.1f} x "
+            f"{isolated:>8.1f}s {isolated / unit:>8.2f} {cumulative:>11.1f}s {cumulative / unit:>7.2f} "
+            f"{full:>9.1f}s {full / forward:>4.0f} x"
+        )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ def main() -> None:
             res = compare.sparse_comparison((model, tok), text_of(tok, n), "sink_window", 0.5, continuation_tokens=0)
             report = res.export_gif(Path(tmp) / f"{n}.gif")
             size = report.path.stat().st_size / 1e6
-            print(f"{n:>5} {report.frames:>7} {report.seconds:>7.1f}s {report.seconds_per_frame:>9.2f}s {size:>7.1f} MB")
+            print(
+                f"{n:>5} {report.frames:>7} {report.seconds:>7.1f}s {report.seconds_per_frame:>9.2f}s {size:>7.1f} MB"
+            )
 
 
 if __name__ == "__main__":

@@ -99,19 +99,39 @@ def main() -> None:
         return
     results = []
     for name in ("compare", "widget"):
-        proc = subprocess.run([sys.executable, __file__, "--scenario", name, "--tokens", str(args.tokens),
-                               "--updates", str(args.updates)], capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--scenario",
+                name,
+                "--tokens",
+                str(args.tokens),
+                "--updates",
+                str(args.updates),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     gb = 2**30
-    print(f"default model, {args.tokens} tokens, mask sink_window; baseline: the package imported and the model "
-          f"loaded ({results[0]['model_rss'] / gb:.2f} GB resident)")
+    print(
+        f"default model, {args.tokens} tokens, mask sink_window; baseline: the package imported and the model "
+        f"loaded ({results[0]['model_rss'] / gb:.2f} GB resident)"
+    )
     for r in results:
-        line = f"  {r['scenario']:<8} peak above the model {r['peak_above_model'] / gb:5.2f} GB   ({r['seconds']:.0f} s)"
+        line = (
+            f"  {r['scenario']:<8} peak above the model {r['peak_above_model'] / gb:5.2f} GB   ({r['seconds']:.0f} s)"
+        )
         if "rss_after_updates" in r:
             after = r["rss_after_updates"]
             marks = {1: after[0], 5: after[4], 10: after[9], len(after) - 1: after[-2]} if len(after) > 10 else {}
-            line += ("   resident after update " + ", ".join(f"{k}: {v / gb:.2f}" for k, v in marks.items())
-                     + f", idle: {after[-1] / gb:.2f} GB")
+            line += (
+                "   resident after update "
+                + ", ".join(f"{k}: {v / gb:.2f}" for k, v in marks.items())
+                + f", idle: {after[-1] / gb:.2f} GB"
+            )
         print(line)
 
 

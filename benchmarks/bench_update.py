@@ -73,8 +73,12 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
     parser.add_argument("--mask", default="sink_window")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--baseline-up-to", type=int, default=512,
-                        help="run the naive baseline up to this length (it sends ~1 GB of JSON at T=512)")
+    parser.add_argument(
+        "--baseline-up-to",
+        type=int,
+        default=512,
+        help="run the naive baseline up to this length (it sends ~1 GB of JSON at T=512)",
+    )
     args = parser.parse_args()
 
     model, tok = default_model()
@@ -98,18 +102,27 @@ def main() -> None:
         w.close()
     teardown_test_comm()
 
-    print(f"default model, mask {args.mask}, update latency = w.sparsity = s until the main view and headline "
-          f"metrics are sent")
+    print(
+        f"default model, mask {args.mask}, update latency = w.sparsity = s until the main view and headline "
+        f"metrics are sent"
+    )
     print("bare forward: in a worker thread like the widget's (in the main thread: the column 'main')")
-    print(f"{'T':>5} {'bare forward':>13} {'main':>7} {'update':>9} {'update/bare':>12} {'naive':>9} "
-          f"{'update/naive':>13} {'sent':>10} {'naive sent':>11} {'sent/naive':>11}")
+    print(
+        f"{'T':>5} {'bare forward':>13} {'main':>7} {'update':>9} {'update/bare':>12} {'naive':>9} "
+        f"{'update/naive':>13} {'sent':>10} {'naive sent':>11} {'sent/naive':>11}"
+    )
     for r in rows:
         naive = f"{r['naive']:>8.2f}s {r['ours'] / r['naive']:>13.3f}" if "naive" in r else f"{'–':>9} {'–':>13}"
-        sent = (f"{fmt_bytes(r['naive_sent']):>11} {r['sent'] / r['naive_sent']:>11.5f}" if "naive" in r
-                else f"{'–':>11} {'–':>11}")
-        print(f"{r['T']:>5} {r['bare']:>12.3f}s {r['bare_main']:>6.3f}s {r['ours']:>8.3f}s "
-              f"{r['ours'] / r['bare']:>12.2f} {naive} "
-              f"{fmt_bytes(r['sent']):>10} {sent}")
+        sent = (
+            f"{fmt_bytes(r['naive_sent']):>11} {r['sent'] / r['naive_sent']:>11.5f}"
+            if "naive" in r
+            else f"{'–':>11} {'–':>11}"
+        )
+        print(
+            f"{r['T']:>5} {r['bare']:>12.3f}s {r['bare_main']:>6.3f}s {r['ours']:>8.3f}s "
+            f"{r['ours'] / r['bare']:>12.2f} {naive} "
+            f"{fmt_bytes(r['sent']):>10} {sent}"
+        )
 
 
 if __name__ == "__main__":

@@ -33,9 +33,13 @@ def snapshot(model: PreTrainedModel, ids: torch.Tensor) -> tuple[torch.Tensor, d
     state = {
         "impl": [c.__dict__.get("_attn_implementation_internal") for c in configs],
         "training": training,
-        "forward_overrides": [(name, m.__dict__["forward"]) for name, m in model.named_modules() if "forward" in m.__dict__],
-        "hooks": [(name, list(m._forward_hooks.values()), list(m._forward_pre_hooks.values()))
-                  for name, m in model.named_modules()],
+        "forward_overrides": [
+            (name, m.__dict__["forward"]) for name, m in model.named_modules() if "forward" in m.__dict__
+        ],
+        "hooks": [
+            (name, list(m._forward_hooks.values()), list(m._forward_pre_hooks.values()))
+            for name, m in model.named_modules()
+        ],
         "registries": registries(),
         "active_plan": capture._ACTIVE.get(),
     }

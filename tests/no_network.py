@@ -46,8 +46,12 @@ def install() -> None:
     """Patch ``socket`` (idempotent)."""
     if _originals:
         return
-    _originals.update(connect=socket.socket.connect, connect_ex=socket.socket.connect_ex,
-                      getaddrinfo=socket.getaddrinfo, create_connection=socket.create_connection)
+    _originals.update(
+        connect=socket.socket.connect,
+        connect_ex=socket.socket.connect_ex,
+        getaddrinfo=socket.getaddrinfo,
+        create_connection=socket.create_connection,
+    )
 
     def connect(self: socket.socket, address: Any) -> Any:
         if self.family in (socket.AF_INET, socket.AF_INET6):

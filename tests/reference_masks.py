@@ -106,7 +106,7 @@ def nsa(logits, n_blocks, block, window, groups):
         for g in range(h // groups):
             importance = np.zeros(own + 1)
             for head in range(g * groups, (g + 1) * groups):
-                means = [np.mean(logits[head, i, c * block:(c + 1) * block]) for c in complete]
+                means = [np.mean(logits[head, i, c * block : (c + 1) * block]) for c in complete]
                 p = _softmax(np.array(means)) if complete else []
                 for c, pc in zip(complete, p):
                     importance[c] += pc
@@ -126,7 +126,7 @@ def moba(logits, k, block):
         for i in range(n):
             own = i // block
             past = list(range(own))
-            gate = {b: np.mean(logits[head, i, b * block:(b + 1) * block]) for b in past}
+            gate = {b: np.mean(logits[head, i, b * block : (b + 1) * block]) for b in past}
             chosen = [own] + _best(past, lambda b: gate[b], k - 1)
             for j in range(i + 1):
                 keep[head, i, j] = j // block in chosen
@@ -142,8 +142,7 @@ def block_topk(logits, top_k, block):
             rows = range(qb * block, min(n, (qb + 1) * block))
             pooled = {}
             for kb in range(qb + 1):
-                vals = [logits[head, i, j] for i in rows for j in range(kb * block, min(n, (kb + 1) * block))
-                        if j <= i]
+                vals = [logits[head, i, j] for i in rows for j in range(kb * block, min(n, (kb + 1) * block)) if j <= i]
                 pooled[kb] = np.mean(vals)
             chosen = _best(list(range(qb + 1)), lambda b: pooled[b], top_k)
             for i in rows:
@@ -206,8 +205,9 @@ def vertical_slash(logits, size, vertical_fraction, last_q, sink_columns, local_
                 slash[i - j] += p[j]
         # forced first (first columns, nearest diagonals), then by attention mass
         cols = (list(range(min(sink_columns, n))) + _best(list(range(sink_columns, n)), lambda j: vertical[j], n))[:n_v]
-        diags = (list(range(min(local_diagonals, n)))
-                 + _best(list(range(local_diagonals, n)), lambda o: slash[o], n))[:n_s]
+        diags = (list(range(min(local_diagonals, n))) + _best(list(range(local_diagonals, n)), lambda o: slash[o], n))[
+            :n_s
+        ]
         for i in range(n):
             for j in range(i + 1):
                 keep[head, i, j] = j in cols or (i - j) in diags

@@ -53,8 +53,10 @@ def model_allowed(model, n: int) -> list[torch.Tensor]:
     i = torch.arange(n)[:, None]
     j = torch.arange(n)[None, :]
     causal = j <= i
-    types = getattr(cfg, "layer_types", None) or ["sliding_attention" if getattr(cfg, "sliding_window", None)
-                                                 else "full_attention"] * cfg.num_hidden_layers
+    types = (
+        getattr(cfg, "layer_types", None)
+        or ["sliding_attention" if getattr(cfg, "sliding_window", None) else "full_attention"] * cfg.num_hidden_layers
+    )
     window = getattr(cfg, "sliding_window", None)
     return [causal & (i - j < window) if t == "sliding_attention" else causal for t in types]
 
@@ -148,9 +150,12 @@ def test_static_sparse_equals_eager_with_explicit_mask_tiny(tiny, mask_id):
 @pytest.mark.parametrize("mask_id", [m for m in STATIC_MASKS if m != "dense"])
 def test_static_sparse_equals_eager_default_model(default_model, mask_id):
     model, tok = default_model
-    ids = tok("Sparse attention keeps a few pairs and drops the rest. Here we check, layer by layer and head by "
-              "head, that what the engine computes is exactly what the stock eager attention computes when it is "
-              "handed the same mask explicitly, as an additive float mask.", return_tensors="pt").input_ids
+    ids = tok(
+        "Sparse attention keeps a few pairs and drops the rest. Here we check, layer by layer and head by "
+        "head, that what the engine computes is exactly what the stock eager attention computes when it is "
+        "handed the same mask explicitly, as an additive float mask.",
+        return_tensors="pt",
+    ).input_ids
     n = ids.shape[1]
     mask = masks.resolve(mask_id, n, 0.5)
     store, logits = capture(model, ids, mask=mask)
@@ -164,8 +169,9 @@ def test_static_sparse_equals_eager_default_model(default_model, mask_id):
 @pytest.mark.parametrize("mask_id", ["sliding_window", "sink_window", "strided"])
 def test_static_sparse_equals_eager_encoder_with_padding(minilm, mask_id):
     model, tok = minilm
-    enc = tok(["Global and local attention in an encoder, both directions.", "Tiny text."],
-              return_tensors="pt", padding=True)
+    enc = tok(
+        ["Global and local attention in an encoder, both directions.", "Tiny text."], return_tensors="pt", padding=True
+    )
     if not masks.REGISTRY[mask_id].supports_encoder:
         pytest.skip(f"{mask_id} is causal-only")
     n = enc.input_ids.shape[1]

@@ -84,8 +84,9 @@ def test_recall_kl_and_sparsity_match_a_numpy_recomputation(res):
             kl = np.where(q > 0, q * np.log(q / np.maximum(p, 1e-30)), 0).sum(-1).mean(-1)
         np.testing.assert_allclose(res.metrics.kl_per_head[layer], kl, rtol=1e-4, atol=1e-6)
         n = keep.shape[-1]
-        np.testing.assert_allclose(res.metrics.achieved_sparsity_per_head[layer],
-                                   1 - keep.sum((-1, -2)) / (n * (n + 1) / 2), atol=1e-9)
+        np.testing.assert_allclose(
+            res.metrics.achieved_sparsity_per_head[layer], 1 - keep.sum((-1, -2)) / (n * (n + 1) / 2), atol=1e-9
+        )
 
 
 def test_perplexity_matches_a_direct_recomputation(res, smol):
@@ -109,10 +110,12 @@ def full_pass_ppl(model, res, sparse_layers) -> float:
 def assert_curves_equal_full_passes(model, res, layers) -> None:
     dense = res.metrics.dense_ppl
     for layer in layers:
-        assert math.isclose(res.metrics.per_layer_delta_ppl[layer] + dense, full_pass_ppl(model, res, {layer}),
-                            rel_tol=1e-5), layer
-        assert math.isclose(res.metrics.cumulative_delta_ppl[layer] + dense,
-                            full_pass_ppl(model, res, range(layer + 1)), rel_tol=1e-5), layer
+        assert math.isclose(
+            res.metrics.per_layer_delta_ppl[layer] + dense, full_pass_ppl(model, res, {layer}), rel_tol=1e-5
+        ), layer
+        assert math.isclose(
+            res.metrics.cumulative_delta_ppl[layer] + dense, full_pass_ppl(model, res, range(layer + 1)), rel_tol=1e-5
+        ), layer
 
 
 @pytest.mark.parametrize("layer", [0, 11, 29])
@@ -162,8 +165,9 @@ def test_next_token_top(res):
 
 # ---------------------------------------------------------------------------------------------- the encoder
 def test_encoder_compare(minilm):
-    r = aw.compare(minilm, "The encoder reads in both directions.", mask="sliding_window", sparsity=0.5,
-                   continuation_tokens=5)
+    r = aw.compare(
+        minilm, "The encoder reads in both directions.", mask="sliding_window", sparsity=0.5, continuation_tokens=5
+    )
     assert r.causal is False
     assert r.metrics.dense_ppl is None and r.metrics.per_layer_delta_ppl is None
     assert r.metrics.output_relative_error > 0
@@ -200,8 +204,13 @@ def test_no_deprecation_warnings_from_transformers():
     logging.Logger.warning_once.cache_clear()  # transformers logs each message once per process
     library_logger.addHandler(handler)
     try:
-        aw.compare((build("llama"), ToyTokenizer()), "hello sparse world again", mask="sink_window", sparsity=0.5,
-                   continuation_tokens=3)
+        aw.compare(
+            (build("llama"), ToyTokenizer()),
+            "hello sparse world again",
+            mask="sink_window",
+            sparsity=0.5,
+            continuation_tokens=3,
+        )
     finally:
         library_logger.removeHandler(handler)
     assert not [m for m in messages if "deprecat" in m.lower()], messages
@@ -269,8 +278,16 @@ def test_long_text_truncates_with_max_tokens(tiny_gpt2):
 def test_unsupported_model_is_named():
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
-    model = GPTNeoForCausalLM(GPTNeoConfig(vocab_size=96, hidden_size=32, num_layers=2, num_heads=4,
-                                           attention_types=[[["global", "local"], 1]], max_position_embeddings=64))
+    model = GPTNeoForCausalLM(
+        GPTNeoConfig(
+            vocab_size=96,
+            hidden_size=32,
+            num_layers=2,
+            num_heads=4,
+            attention_types=[[["global", "local"], 1]],
+            max_position_embeddings=64,
+        )
+    )
     with pytest.raises(aw.UnsupportedModelError, match="GPTNeoForCausalLM.*Families that work"):
         aw.compare((model, ToyTokenizer()), "hello", per_layer=False, continuation_tokens=0)
 
@@ -301,7 +318,10 @@ def test_two_threads_on_one_model_do_not_interfere():
         th.join()
     assert not errors
     for a, b in zip(alone, together):
-        assert a.metrics.sparse_ppl == b.metrics.sparse_ppl and a.metrics.per_layer_delta_ppl == b.metrics.per_layer_delta_ppl
+        assert (
+            a.metrics.sparse_ppl == b.metrics.sparse_ppl
+            and a.metrics.per_layer_delta_ppl == b.metrics.per_layer_delta_ppl
+        )
         assert np.array_equal(a.attention(1, "sparse"), b.attention(1, "sparse"))
     assert model.config._attn_implementation == "sdpa"
 
@@ -313,6 +333,7 @@ def test_per_layer_shortcuts_equal_full_passes_tiny(family, mask):
     give what plain full passes with the mask at those layers give, for every layer."""
     model, tok = build(family), ToyTokenizer()
     aw.clear_cache()
-    res = aw.compare((model, tok), "the quick brown fox jumps over the lazy dog " * 2, mask=mask, sparsity=0.6,
-                     continuation_tokens=0)
+    res = aw.compare(
+        (model, tok), "the quick brown fox jumps over the lazy dog " * 2, mask=mask, sparsity=0.6, continuation_tokens=0
+    )
     assert_curves_equal_full_passes(model, res, range(res.n_layers))

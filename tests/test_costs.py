@@ -10,14 +10,28 @@ from attnsparse_widget import costs
 
 def tiny_gqa() -> LlamaConfig:
     """4 query heads sharing 2 KV heads of 8 dims, 3 layers."""
-    return LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                       num_hidden_layers=3, intermediate_size=64, vocab_size=100)
+    return LlamaConfig(
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_hidden_layers=3,
+        intermediate_size=64,
+        vocab_size=100,
+    )
 
 
 def smollm2_135m() -> LlamaConfig:
     """The default model's shape (SmolLM2-135M-Instruct), written out so no model is loaded."""
-    return LlamaConfig(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
-                       num_hidden_layers=30, intermediate_size=1536, vocab_size=49152)
+    return LlamaConfig(
+        hidden_size=576,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        num_hidden_layers=30,
+        intermediate_size=1536,
+        vocab_size=49152,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------- pairs
@@ -31,7 +45,7 @@ def test_budget_sparsity_matches_window_count():
     # T = 10, k = 3: Kwin = 10·3 − 3 = 27 of 55 pairs kept
     assert costs.budget_sparsity(10, 3) == pytest.approx(1 - 27 / 55)
     assert costs.budget_sparsity(10, 10) == 0.0
-    assert costs.budget_sparsity(10, 4096) == 0.0            # a budget above T keeps everything
+    assert costs.budget_sparsity(10, 4096) == 0.0  # a budget above T keeps everything
     assert costs.budget_sparsity(10, 1) == pytest.approx(1 - 10 / 55)  # the diagonal only
     # DSA's k = 2048 at 128K tokens: (131072·2048 − 2048·2047/2) / (131072·131073/2) kept
     kept = 131072 * 2048 - 2048 * 2047 // 2

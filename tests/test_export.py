@@ -41,8 +41,12 @@ def test_gif_options_and_bad_input(res, tmp_path):
     report = res.export_gif(tmp_path / "h2.gif", view="sparse", head=2, layers=range(0, 30, 10), size=(400, 380))
     with Image.open(report.path) as gif:
         assert gif.n_frames == 3 and gif.size == (400, 380)
-    for kwargs, pattern in [(dict(view="both"), "view must be one of"), (dict(head=9), "head must be"),
-                            (dict(layers=[30]), "layers must be"), (dict(duration_ms=0), "duration_ms")]:
+    for kwargs, pattern in [
+        (dict(view="both"), "view must be one of"),
+        (dict(head=9), "head must be"),
+        (dict(layers=[30]), "layers must be"),
+        (dict(duration_ms=0), "duration_ms"),
+    ]:
         with pytest.raises(ValueError, match=pattern):
             res.export_gif(tmp_path / "bad.gif", **kwargs)
 
@@ -70,8 +74,9 @@ def test_html_is_self_contained_and_renders_offline(res, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page()
-        page.route("**/*", lambda route: route.abort() if not route.request.url.startswith("file:") else
-                   route.continue_())  # offline: any network request fails
+        page.route(
+            "**/*", lambda route: route.abort() if not route.request.url.startswith("file:") else route.continue_()
+        )  # offline: any network request fails
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto((tmp_path / "page.html").as_uri())
@@ -104,10 +109,15 @@ def test_gif_frames_show_hostile_tokens_literally(default_model):
 
     svg = ET.fromstring(asyncio.run(render()))
     ns = "{http://www.w3.org/2000/svg}"
-    ticks = ["".join(t.itertext()) for g in svg.iter(f"{ns}g") if "ytick" in (g.get("class") or "")
-             for t in g.iter(f"{ns}text")]
+    ticks = [
+        "".join(t.itertext())
+        for g in svg.iter(f"{ns}g")
+        if "ytick" in (g.get("class") or "")
+        for t in g.iter(f"{ns}text")
+    ]
     assert ticks == [t.replace("\n", "↵") or "∅" for t in res.tokens]
     images = [e for e in svg.iter(f"{ns}image")]  # the heatmaps themselves, drawn as inline rasters
     assert len(images) == 3 and all(
-        (e.get("href") or e.get("{http://www.w3.org/1999/xlink}href") or "").startswith("data:image/") for e in images)
+        (e.get("href") or e.get("{http://www.w3.org/1999/xlink}href") or "").startswith("data:image/") for e in images
+    )
     assert not [e for e in svg.iter() if not e.tag.startswith(ns) or e.tag == f"{ns}foreignObject"]

@@ -15,7 +15,9 @@ TEXT = "sparse attention keeps some pairs <and> drops the rest"
 
 @pytest.fixture(scope="module")
 def res():
-    return aw.compare((build("llama"), ToyTokenizer()), TEXT, mask="sliding_window", sparsity=0.6, continuation_tokens=0)
+    return aw.compare(
+        (build("llama"), ToyTokenizer()), TEXT, mask="sliding_window", sparsity=0.6, continuation_tokens=0
+    )
 
 
 def by_name(fig, name):
@@ -41,7 +43,9 @@ def test_main_figure_shows_each_pair_as_the_comparison_has_it(res):
     assert F.plotly_safe("<b>\n") == "&lt;b&gt;↵"  # tokens shown literally, whitespace visible
 
 
-@pytest.mark.parametrize("panels", [("dense",), ("sparse",), ("diff",), ("dense", "sparse", "diff"), ("sparse", "diff")])
+@pytest.mark.parametrize(
+    "panels", [("dense",), ("sparse",), ("diff",), ("dense", "sparse", "diff"), ("sparse", "diff")]
+)
 def test_panels_and_colorbars_do_not_overlap(res, panels):
     fig = F.main_figure(F.map_view(res, 0), res.tokens, "t", panels)
     axes = [v["domain"] for k, v in sorted(fig["layout"].items()) if k.startswith("xaxis")]
@@ -58,8 +62,14 @@ def test_bad_panels_are_refused(res):
 
 
 def test_long_inputs_are_pooled_and_regions_come_at_full_resolution():
-    r = aw.compare((build("llama"), ToyTokenizer()), "abcdefghij" * 30, mask="sink_window", sparsity=0.8,
-                   per_layer=False, continuation_tokens=0)
+    r = aw.compare(
+        (build("llama"), ToyTokenizer()),
+        "abcdefghij" * 30,
+        mask="sink_window",
+        sparsity=0.8,
+        per_layer=False,
+        continuation_tokens=0,
+    )
     view = F.map_view(r, 0)
     assert view.factor == 2 and view.dense.shape == (150, 150)
     np.testing.assert_allclose(view.dense[3, 1], r.attention(0).mean(0)[6:8, 2:4].mean(), rtol=1e-5)

@@ -26,10 +26,18 @@ from attnsparse_widget.masks.base import SparsityOutOfReach
 from attnsparse_widget.widget import AttentionDiffWidget
 
 # derandomize: the same examples on every run (a failure reproduces)
-FUZZ = settings(max_examples=25, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-FEW = settings(max_examples=8, deadline=None, derandomize=True,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+FEW = settings(
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 QUICK = dict(per_layer=False, continuation_tokens=0)
 HOSTILE = [
     "🦙🔥 naïve café — 東京で猫が寝ている。 Привет, мир! مرحبا بالعالم 👩🏽‍💻",
@@ -49,9 +57,16 @@ def tok(default_model):
 @pytest.fixture(scope="module")
 def tiny(tok):
     """A 2-layer Llama with the default model's vocabulary and 8192 positions (random weights)."""
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
-                         tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
     return model, tok
@@ -101,9 +116,15 @@ def test_any_text_works_or_says_why(tiny, text):
     check_result(aw.compare(tiny, text, **QUICK))
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("", "empty"), ("   \n\t ", "empty"), ("a\x00b", "NUL"), ("half a pair \ud83d here", "surrogate"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("", "empty"),
+        ("   \n\t ", "empty"),
+        ("a\x00b", "NUL"),
+        ("half a pair \ud83d here", "surrogate"),
+    ],
+)
 def test_unusable_texts_get_a_clear_error(tiny, text, fragment):
     with pytest.raises(ValueError, match=fragment) as err:
         aw.compare(tiny, text, **QUICK)
@@ -130,16 +151,26 @@ def test_five_thousand_tokens(tiny, tok):
 
 # --------------------------------------------------------------------------------------------------- sparsity
 bad_or_good_sparsity = st.one_of(
-    st.floats(allow_nan=True, allow_infinity=True), st.integers(-3, 3), st.text(max_size=4), st.booleans(),
-    st.just(0.999), st.just(1.0), st.just(-0.1), st.just(0.0),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-3, 3),
+    st.text(max_size=4),
+    st.booleans(),
+    st.just(0.999),
+    st.just(1.0),
+    st.just(-0.1),
+    st.just(0.0),
 )
 
 
 @FUZZ
 @given(sparsity=bad_or_good_sparsity)
 def test_any_sparsity_works_or_names_the_value(tiny, sparsity):
-    valid = (not isinstance(sparsity, (bool, str)) and isinstance(sparsity, (int, float)) and math.isfinite(sparsity)
-             and 0 <= sparsity < 1)
+    valid = (
+        not isinstance(sparsity, (bool, str))
+        and isinstance(sparsity, (int, float))
+        and math.isfinite(sparsity)
+        and 0 <= sparsity < 1
+    )
     if valid:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SparsityOutOfReach)
@@ -151,8 +182,9 @@ def test_any_sparsity_works_or_names_the_value(tiny, sparsity):
 
 
 # ------------------------------------------------------------------------------------------------------ masks
-param_values = st.one_of(st.integers(-5, 5000), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3),
-                         st.none(), st.booleans())
+param_values = st.one_of(
+    st.integers(-5, 5000), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3), st.none(), st.booleans()
+)
 
 
 @FUZZ
@@ -181,12 +213,20 @@ def test_unknown_parameter_lists_the_valid_ones(name):
         masks.build(name, 8, bogus=1)
 
 
-@pytest.mark.parametrize("name, params", [
-    ("sliding_window", {"window": 0}), ("sink_window", {"sinks": -1}), ("bigbird", {"block": 0}),
-    ("nsa", {"block": 0}), ("block_topk", {"block": 0}), ("strided", {"stride": 0}), ("topk", {"k": 0}),
-])
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("sliding_window", {"window": 0}),
+        ("sink_window", {"sinks": -1}),
+        ("bigbird", {"block": 0}),
+        ("nsa", {"block": 0}),
+        ("block_topk", {"block": 0}),
+        ("strided", {"stride": 0}),
+        ("topk", {"k": 0}),
+    ],
+)
 def test_parameters_out_of_range_name_the_minimum(tiny, name, params):
-    (param, value), = params.items()
+    ((param, value),) = params.items()
     with pytest.raises(ValueError, match=f"{param} must be >= .*got {value}"):
         aw.compare(tiny, "The cat sat on the mat.", mask=name, **params, **QUICK)
 
@@ -217,10 +257,16 @@ def comm():
 
 
 WIDGET_CASES = [
-    ("text", "", "empty"), ("text", "a\x00b", "NUL"), ("sparsity", float("nan"), "nan"),
-    ("sparsity", float("inf"), "inf"), ("sparsity", 1.0, "[0, 1)"), ("sparsity", -0.1, "-0.1"),
-    ("mask", "no_such_mask", "Valid ids"), ("mask_params", {"windw": 3}, "'windw'"),
-    ("mask_params", {"window": 0}, "window must be >= 1"), ("mask_params", {"window": "wide"}, "'wide'"),
+    ("text", "", "empty"),
+    ("text", "a\x00b", "NUL"),
+    ("sparsity", float("nan"), "nan"),
+    ("sparsity", float("inf"), "inf"),
+    ("sparsity", 1.0, "[0, 1)"),
+    ("sparsity", -0.1, "-0.1"),
+    ("mask", "no_such_mask", "Valid ids"),
+    ("mask_params", {"windw": 3}, "'windw'"),
+    ("mask_params", {"window": 0}, "window must be >= 1"),
+    ("mask_params", {"window": "wide"}, "'wide'"),
 ]
 
 

@@ -23,7 +23,9 @@ def test_notebook_is_stored_clean(path):
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: clear the outputs before committing"
+            assert cell.outputs == [] and cell.execution_count is None, (
+                f"{path.name}: clear the outputs before committing"
+            )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -33,13 +35,17 @@ def test_notebook_runs(path, tmp_path):
     site = tmp_path / "offline-site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(no_network.SITECUSTOMIZE.format(tests=str(Path(__file__).parent)))
-    nb.cells.append(nbformat.v4.new_code_cell(  # proof that it was blocked, as the last cell
-        "import socket, no_network\n"
-        "try:\n    socket.create_connection(('93.184.215.14', 80), timeout=1)\n"
-        "except no_network.NetworkBlocked:\n    print('offline: ok')"))
+    nb.cells.append(
+        nbformat.v4.new_code_cell(  # proof that it was blocked, as the last cell
+            "import socket, no_network\n"
+            "try:\n    socket.create_connection(('93.184.215.14', 80), timeout=1)\n"
+            "except no_network.NetworkBlocked:\n    print('offline: ok')"
+        )
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute(
-        env=env)
+        env=env
+    )
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
     assert nb.cells[-1].outputs[0]["text"] == "offline: ok\n"

@@ -71,11 +71,20 @@ def test_remote_code_is_never_run(tmp_path):
     (folder / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
     (folder / "configuration_evil.py").write_text(
         f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import PretrainedConfig\n"
-        "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n")
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "evil", "architectures": ["EvilForCausalLM"],
-        "auto_map": {"AutoConfig": "configuration_evil.EvilConfig", "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"},
-    }))
+        "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n"
+    )
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "evil",
+                "architectures": ["EvilForCausalLM"],
+                "auto_map": {
+                    "AutoConfig": "configuration_evil.EvilConfig",
+                    "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM",
+                },
+            }
+        )
+    )
     with pytest.raises((ValueError, OSError), match="trust_remote_code"):
         aw.load_model(str(folder))
     assert not marker.exists()

@@ -105,8 +105,9 @@ def test_full_logits_give_the_same_metrics():
     assert kept.sparse.base_output is None and kept.sparse.full_output.shape == (len(kept.tokens), 96)
     for name in ("dense_ppl", "sparse_ppl", "next_token_kl", "top1_agreement", "output_relative_error"):
         assert math.isclose(getattr(replayed.metrics, name), getattr(kept.metrics, name), rel_tol=1e-5), name
-    np.testing.assert_allclose(replayed.metrics.per_layer_delta_ppl, kept.metrics.per_layer_delta_ppl, rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        replayed.metrics.per_layer_delta_ppl, kept.metrics.per_layer_delta_ppl, rtol=1e-4, atol=1e-5
+    )
     assert replayed.continuations == kept.continuations
     for name, top in replayed.next_token_top(10).items():  # one row of the head vs a slice of all rows: 1e-7
         other = kept.next_token_top(10)[name]

@@ -18,8 +18,8 @@ from model_state import assert_unchanged, snapshot
 from tiny_models import ToyTokenizer, build
 
 import attnsparse_widget as aw
-from attnsparse_widget.compare import Comparison, release_free_memory
 from attnsparse_widget.capture import layer_stack
+from attnsparse_widget.compare import Comparison, release_free_memory
 from attnsparse_widget.export import export_gif
 from attnsparse_widget.widget import AttentionDiffWidget
 
@@ -63,8 +63,13 @@ def run_widget(model):
 
 
 def run_sweep(model):
-    aw.sweep((model, ToyTokenizer()), [TEXT, TEXT[::-1]], masks=["sink_window", "topk"], sparsities=[0.3, 0.7],
-             progress=False)
+    aw.sweep(
+        (model, ToyTokenizer()),
+        [TEXT, TEXT[::-1]],
+        masks=["sink_window", "topk"],
+        sparsities=[0.3, 0.7],
+        progress=False,
+    )
 
 
 OPERATIONS = {"compare": run_compare, "widget": run_widget, "sweep": run_sweep}
@@ -148,8 +153,10 @@ def test_two_widgets_on_two_models_do_not_interfere(comm):
     models = {"llama": build("llama"), "gpt2": build("gpt2")}
     befores = {k: snapshot(m, IDS) for k, m in models.items()}
     settings = {"llama": ("sink_window", 0.6), "gpt2": ("topk", 0.4)}
-    widgets = {k: AttentionDiffWidget((m, ToyTokenizer()), text=TEXT, mask="sliding_window", sparsity=0.2)
-               for k, m in models.items()}
+    widgets = {
+        k: AttentionDiffWidget((m, ToyTokenizer()), text=TEXT, mask="sliding_window", sparsity=0.2)
+        for k, m in models.items()
+    }
 
     def drive(key):
         w = widgets[key]
@@ -239,9 +246,11 @@ def test_exports_write_only_where_asked_and_never_overwrite(tmp_path, monkeypatc
     res.to_html(out / "page.html")
     assert sorted(p.name for p in out.iterdir()) == ["layer.png", "layers.gif", "page.html"]
     assert list(work.iterdir()) == []  # nothing written anywhere else we can see
-    for call, name in ((lambda p, **k: res.export_gif(p, layers=[0], **k), "layers.gif"),
-                       (lambda p, **k: res.export_png(p, **k), "layer.png"),
-                       (lambda p, **k: res.to_html(p, **k), "page.html")):
+    for call, name in (
+        (lambda p, **k: res.export_gif(p, layers=[0], **k), "layers.gif"),
+        (lambda p, **k: res.export_png(p, **k), "layer.png"),
+        (lambda p, **k: res.to_html(p, **k), "page.html"),
+    ):
         target = out / name
         stamp = target.read_bytes()
         with pytest.raises(FileExistsError, match="overwrite=True"):
@@ -256,8 +265,9 @@ def test_widget_export_path_is_never_overwritten_silently(comm, tmp_path):
     model = build("llama")
     target = tmp_path / "mine.gif"
     target.write_bytes(b"the user's own file")
-    w = AttentionDiffWidget((model, ToyTokenizer()), threaded=False, text=TEXT, per_layer=False,
-                            export_path=str(target))
+    w = AttentionDiffWidget(
+        (model, ToyTokenizer()), threaded=False, text=TEXT, per_layer=False, export_path=str(target)
+    )
     w._handle_msg({"content": {"data": {"method": "custom", "content": {"type": "export_gif"}}}, "buffers": []})
     assert "already exists" in w.status["error"] and "export_overwrite" in w.status["error"]
     assert target.read_bytes() == b"the user's own file"

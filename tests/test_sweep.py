@@ -22,14 +22,16 @@ def table(default_model):
 def test_every_combination_once_in_a_stable_order(table):
     assert len(table) == 4 * 3 * 5
     assert [(r["text"], r["mask"], r["requested_sparsity"]) for r in table] == [
-        (t, m, s) for t in range(4) for m in MASKS for s in SPARSITIES]
+        (t, m, s) for t in range(4) for m in MASKS for s in SPARSITIES
+    ]
     assert all(set(r) == set(COLUMNS) for r in table)
 
 
 def test_records_equal_a_direct_compare(table, default_model):
     r = next(r for r in table if r["text"] == 1 and r["mask"] == "topk" and r["requested_sparsity"] == 0.7)
-    res = aw.compare(default_model, aw.sample_texts()[1], mask="topk", sparsity=0.7, per_layer=False,
-                     continuation_tokens=0)
+    res = aw.compare(
+        default_model, aw.sample_texts()[1], mask="topk", sparsity=0.7, per_layer=False, continuation_tokens=0
+    )
     assert r["sparse_ppl"] == res.metrics.sparse_ppl and r["achieved_sparsity"] == res.metrics.achieved_sparsity
     assert math.isclose(r["delta_ppl"], r["sparse_ppl"] - r["dense_ppl"])
     assert r["mask_label"] == res.mask.label() and r["n_tokens"] == len(res.tokens)
@@ -59,10 +61,16 @@ def test_pandas_and_plot(table):
         aw.plot_sweep(table, y="nope")
 
 
-@pytest.mark.parametrize("kwargs, pattern", [
-    (dict(texts="just one string"), "list of non-empty strings"), (dict(texts=[]), "texts"),
-    (dict(masks=["windoww"]), "unknown mask"), (dict(sparsities=[1.2]), r"\[0, 1\)"), (dict(masks=[]), "masks"),
-])
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (dict(texts="just one string"), "list of non-empty strings"),
+        (dict(texts=[]), "texts"),
+        (dict(masks=["windoww"]), "unknown mask"),
+        (dict(sparsities=[1.2]), r"\[0, 1\)"),
+        (dict(masks=[]), "masks"),
+    ],
+)
 def test_bad_input(kwargs, pattern):
     args = {"texts": ["a b c"], "masks": ["topk"], "sparsities": [0.5], **kwargs}
     with pytest.raises((ValueError, TypeError), match=pattern):
@@ -71,13 +79,17 @@ def test_bad_input(kwargs, pattern):
 
 def test_dask_local_cluster_gives_the_same_table(table):
     distributed = pytest.importorskip("distributed")  # a test extra: always installed by the setup
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
-        remote = aw.sweep(None, aw.sample_texts(), masks=MASKS, sparsities=SPARSITIES,
-                          executor=client.get_executor(), progress=False)
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        remote = aw.sweep(
+            None, aw.sample_texts(), masks=MASKS, sparsities=SPARSITIES, executor=client.get_executor(), progress=False
+        )
         workers = client.run(lambda: __import__("os").getpid())
     assert len(workers) == 2
     assert [(r["text"], r["mask"], r["requested_sparsity"]) for r in remote] == [
-        (r["text"], r["mask"], r["requested_sparsity"]) for r in table]
+        (r["text"], r["mask"], r["requested_sparsity"]) for r in table
+    ]
     for a, b in zip(remote, table):
         assert math.isclose(a["sparse_ppl"], b["sparse_ppl"], rel_tol=1e-5), (a, b)

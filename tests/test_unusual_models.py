@@ -36,16 +36,23 @@ def comm():
 
 def gpt_neo() -> GPTNeoForCausalLM:
     torch.manual_seed(0)
-    config = GPTNeoConfig(vocab_size=96, hidden_size=32, num_layers=2, num_heads=4,
-                          attention_types=[[["global", "local"], 1]], max_position_embeddings=64)
+    config = GPTNeoConfig(
+        vocab_size=96,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        attention_types=[[["global", "local"], 1]],
+        max_position_embeddings=64,
+    )
     return GPTNeoForCausalLM(config).eval()
 
 
 def test_attention_outside_the_interface_is_named_with_what_works(comm):
     model = gpt_neo()
     before = snapshot(model, IDS)
-    with pytest.raises(aw.UnsupportedModelError, match="GPTNeoForCausalLM cannot be analysed.*Families that work: "
-                                                      "Llama"):
+    with pytest.raises(
+        aw.UnsupportedModelError, match="GPTNeoForCausalLM cannot be analysed.*Families that work: Llama"
+    ):
         aw.compare((model, ToyTokenizer()), TEXT, **QUICK)
     assert isinstance(aw.UnsupportedModelError("x"), TypeError)  # catchable as a TypeError too
     w = AttentionDiffWidget((model, ToyTokenizer()), threaded=False, text=TEXT)
@@ -87,10 +94,18 @@ def test_disk_offloaded_model_works_and_keeps_its_hooks(tmp_path):
     them), and the offloaded model gives the same results as the same weights in memory."""
     in_memory = build("llama")
     in_memory.save_pretrained(tmp_path / "model")
-    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
-                  "model.layers.2": "disk", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
-    offloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model", device_map=device_map,
-                                                     offload_folder=tmp_path / "offload").eval()
+    device_map = {
+        "model.embed_tokens": "cpu",
+        "model.layers.0": "cpu",
+        "model.layers.1": "disk",
+        "model.layers.2": "disk",
+        "model.norm": "cpu",
+        "model.rotary_emb": "cpu",
+        "lm_head": "cpu",
+    }
+    offloaded = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "model", device_map=device_map, offload_folder=tmp_path / "offload"
+    ).eval()
     assert any(p.device.type == "meta" for p in offloaded.parameters())  # really on disk until used
     before = snapshot(offloaded, IDS)
     tok = ToyTokenizer()
@@ -105,8 +120,9 @@ def test_disk_offloaded_model_works_and_keeps_its_hooks(tmp_path):
 
 def test_encoder_decoder_is_refused_with_what_works_instead():
     torch.manual_seed(0)
-    model = T5ForConditionalGeneration(T5Config(vocab_size=96, d_model=32, d_kv=8, d_ff=64, num_layers=2,
-                                                num_heads=4, decoder_start_token_id=0)).eval()
+    model = T5ForConditionalGeneration(
+        T5Config(vocab_size=96, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0)
+    ).eval()
     with pytest.raises(aw.UnsupportedModelError, match="encoder-decoder.*decoder-only model, or the encoder"):
         aw.compare((model, ToyTokenizer()), TEXT, **QUICK)
     assert model.config._attn_implementation != "attnsparse"

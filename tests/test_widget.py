@@ -92,8 +92,9 @@ def test_sparsity_and_mask_changes_rerun_only_the_sparse_pass(tiny):
     assert w.metrics["achieved_sparsity"] > 0.6
     assert not np.array_equal(before, trace(w.view, "sparse"), equal_nan=True)
     # the frontend sets a trait the way a dropdown change does
-    w._handle_msg({"content": {"data": {"method": "update", "state": {"mask": "topk"}, "buffer_paths": []}},
-                   "buffers": []})
+    w._handle_msg(
+        {"content": {"data": {"method": "update", "state": {"mask": "topk"}, "buffer_paths": []}}, "buffers": []}
+    )
     assert w.result.mask.id == "topk" and w.info["mask"] == "topk"
     assert abs(w.metrics["achieved_sparsity"] - 0.8) < 0.05
 
@@ -212,8 +213,7 @@ def test_export_button_sends_a_gif_download_and_export_gif_writes_one(tiny, tmp_
     w = AttentionDiffWidget(tiny, threaded=False, text=TEXT, head=1, export_path=str(tmp_path / "button.gif"))
     w.comm.messages.clear()
     w._handle_msg({"content": {"data": {"method": "custom", "content": {"type": "export_gif"}}}, "buffers": []})
-    sent = [(args, kwargs) for args, kwargs in w.comm.messages
-            if kwargs.get("data", {}).get("method") == "custom"]
+    sent = [(args, kwargs) for args, kwargs in w.comm.messages if kwargs.get("data", {}).get("method") == "custom"]
     assert len(sent) == 1
     content, buffers = sent[0][1]["data"]["content"], sent[0][1]["buffers"]
     assert content["type"] == "download" and content["filename"].endswith(".gif") and content["mime"] == "image/gif"

@@ -14,22 +14,40 @@ from transformers import (
 )
 
 VOCAB = 96
-COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-              max_position_embeddings=512)
+COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    max_position_embeddings=512,
+)
 
 
 def configs() -> dict[str, object]:
     return {
-        "gpt2": GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=128, bos_token_id=1,
-                           eos_token_id=2),
+        "gpt2": GPT2Config(
+            vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=128, bos_token_id=1, eos_token_id=2
+        ),
         "llama": LlamaConfig(**COMMON, num_key_value_heads=2),
-        "qwen2": Qwen2Config(**COMMON, num_key_value_heads=2, use_sliding_window=True, sliding_window=5,
-                             max_window_layers=1, layer_types=["full_attention", "sliding_attention",
-                                                                "sliding_attention"]),
+        "qwen2": Qwen2Config(
+            **COMMON,
+            num_key_value_heads=2,
+            use_sliding_window=True,
+            sliding_window=5,
+            max_window_layers=1,
+            layer_types=["full_attention", "sliding_attention", "sliding_attention"],
+        ),
         "mistral": MistralConfig(**COMMON, num_key_value_heads=1, sliding_window=5),
         "gemma": GemmaConfig(**COMMON, num_key_value_heads=2, head_dim=8),
-        "gemma2": Gemma2Config(**COMMON, num_key_value_heads=2, head_dim=8, sliding_window=5,
-                               attn_logit_softcapping=5.0, query_pre_attn_scalar=8),
+        "gemma2": Gemma2Config(
+            **COMMON,
+            num_key_value_heads=2,
+            head_dim=8,
+            sliding_window=5,
+            attn_logit_softcapping=5.0,
+            query_pre_attn_scalar=8,
+        ),
     }
 
 

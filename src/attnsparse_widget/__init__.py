@@ -1,10 +1,10 @@
 """attnsparse-widget: see what sparse attention does to a real transformer.
 
-    >>> import attnsparse_widget as aw
-    >>> model, tok = aw.load_model()                      # embedded SmolLM2-135M-Instruct, offline
-    >>> res = aw.compare(model, "The cat sat on the mat.", mask="sink_window", sparsity=0.5, tokenizer=tok)
-    >>> res.metrics.achieved_sparsity, res.metrics.delta_ppl
-    >>> aw.show(model, "The cat sat on the mat.", mask="sink_window", sparsity=0.5)   # the widget, in a notebook
+>>> import attnsparse_widget as aw
+>>> model, tok = aw.load_model()                      # embedded SmolLM2-135M-Instruct, offline
+>>> res = aw.compare(model, "The cat sat on the mat.", mask="sink_window", sparsity=0.5, tokenizer=tok)
+>>> res.metrics.achieved_sparsity, res.metrics.delta_ppl
+>>> aw.show(model, "The cat sat on the mat.", mask="sink_window", sparsity=0.5)   # the widget, in a notebook
 """
 
 from __future__ import annotations

@@ -161,8 +161,9 @@ def attention_forward(
     allowed = None
     if plan is not None:
         n_q, n_k = scores.shape[-2], scores.shape[-1]
-        allowed = _memo(plan, ("allowed", n_q, n_k), attention_mask, allowed_from, attention_mask, module, n_q, n_k,
-                        scores.device)
+        allowed = _memo(
+            plan, ("allowed", n_q, n_k), attention_mask, allowed_from, attention_mask, module, n_q, n_k, scores.device
+        )
         if mask is not None:
             ctx = MaskContext(
                 causal=bool(getattr(module, "is_causal", True)),
@@ -174,8 +175,9 @@ def attention_forward(
             if mask.score_dependent or mask.varies_by_layer:
                 keep, dropped, first = _applied(mask, scores, allowed, ctx)
             else:  # positions only: the same keep-mask object for every layer of this pass
-                keep, dropped, first = _memo(plan, ("keep", ctx.causal, ctx.n_heads), allowed, _applied, mask, scores,
-                                             allowed, ctx)
+                keep, dropped, first = _memo(
+                    plan, ("keep", ctx.causal, ctx.n_heads), allowed, _applied, mask, scores, allowed, ctx
+                )
             # Dropped pairs get exactly what the model's own mask gives excluded pairs: finfo.min, additive-style.
             scores = scores.masked_fill_(dropped, torch.finfo(scores.dtype).min)
             if first is not None:
@@ -511,13 +513,17 @@ class _LayerProbe(Recorder):
 
     def record(self, layer: int, probs: Tensor, keep: Tensor | None, allowed: Tensor) -> None:
         if layer == self.layer:
-            self.found = (probs.detach().to("cpu", torch.float32), None if keep is None else keep.detach().to("cpu"),
-                          allowed.detach().to("cpu"))
+            self.found = (
+                probs.detach().to("cpu", torch.float32),
+                None if keep is None else keep.detach().to("cpu"),
+                allowed.detach().to("cpu"),
+            )
             raise _Probed
 
 
-def layer_attention(model: PreTrainedModel, ids: Tensor, mask: Mask | None, layer: int, outputs: LayerOutputs,
-                    seed: int = 0) -> tuple[Tensor, Tensor | None, Tensor]:
+def layer_attention(
+    model: PreTrainedModel, ids: Tensor, mask: Mask | None, layer: int, outputs: LayerOutputs, seed: int = 0
+) -> tuple[Tensor, Tensor | None, Tensor]:
     """Probabilities, keep-mask and allowed set of one layer of a recorded pass, recomputed at full resolution.
 
     Blocks ``0 .. layer-1`` replay the pass's recorded outputs, so block ``layer`` sees exactly the input it saw

@@ -1,7 +1,7 @@
 """``attnsparse``: the command line.
 
-    attnsparse compare --text "..." --mask sink_window --sparsity 0.5
-    attnsparse masks                      # every mask id with its description and parameters
+attnsparse compare --text "..." --mask sink_window --sparsity 0.5
+attnsparse masks                      # every mask id with its description and parameters
 """
 
 from __future__ import annotations

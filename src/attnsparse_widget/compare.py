@@ -95,8 +95,10 @@ class PassResult:
     def the_model(self) -> PreTrainedModel:
         model = self.model()
         if model is None:
-            raise RuntimeError("the model of this comparison was garbage-collected; keep a reference to it to "
-                               "recompute full-resolution attention")
+            raise RuntimeError(
+                "the model of this comparison was garbage-collected; keep a reference to it to "
+                "recompute full-resolution attention"
+            )
         return model
 
     def logits(self, positions: Tensor) -> Tensor:
@@ -139,15 +141,19 @@ class PassResult:
             t = out if isinstance(out, Tensor) else (out[0] if isinstance(out, tuple) else None)
             if isinstance(t, Tensor):
                 total += t.numel() * t.element_size()
-        for t in (self.full_output, *(t for chunk in self.reference for t in chunk[:3]),
-                  *(t for pair in self.kv or [] for t in pair)):
+        for t in (
+            self.full_output,
+            *(t for chunk in self.reference for t in chunk[:3]),
+            *(t for pair in self.kv or [] for t in pair),
+        ):
             if t is not None:
                 total += t.numel() * t.element_size()
         return total
 
 
-def captured_pass(model: PreTrainedModel, ids: Tensor, mask: Mask | None, *, seed: int, is_lm: bool,
-                  keep_cache: bool = False) -> PassResult:
+def captured_pass(
+    model: PreTrainedModel, ids: Tensor, mask: Mask | None, *, seed: int, is_lm: bool, keep_cache: bool = False
+) -> PassResult:
     """One forward pass with capture: every layer's attention into a store, every block's output, and (language
     models) the base model's output and the last position's logits. ``keep_cache``: also keep the KV cache for a
     later greedy continuation (row-local masks only)."""
@@ -167,16 +173,28 @@ def captured_pass(model: PreTrainedModel, ids: Tensor, mask: Mask | None, *, see
     if not store.complete:
         missing = [i for i, done in enumerate(store.recorded) if not done]
         raise unsupported(model, f"layers {missing} did not call the attention function")
-    result = PassResult(store=store, layer_outputs=outputs, ids=ids, mask=mask, seed=seed, model=weakref.ref(model),
-                        is_lm=is_lm, first_changed=dict(plan.first_changed))
+    result = PassResult(
+        store=store,
+        layer_outputs=outputs,
+        ids=ids,
+        mask=mask,
+        seed=seed,
+        model=weakref.ref(model),
+        is_lm=is_lm,
+        first_changed=dict(plan.first_changed),
+    )
     if not is_lm:
         result.full_output = out.last_hidden_state[0].float()
         return result
     result.last_logits = out.logits[0, -1].float()
     cache = output_cache(out) if use_cache else None
     result.cache = cache if keep_cache else None
-    if (mask is None and cache is not None and _full_attention_only(model)
-            and all(hasattr(layer, "keys") for layer in getattr(cache, "layers", [None]))):
+    if (
+        mask is None
+        and cache is not None
+        and _full_attention_only(model)
+        and all(hasattr(layer, "keys") for layer in getattr(cache, "layers", [None]))
+    ):
         # the prefill's keys and values (for replays that skip a prefix), in one allocation (capture_layer_outputs)
         slab = torch.stack([torch.stack([layer.keys, layer.values]) for layer in cache.layers])
         result.kv = [(pair[0], pair[1]) for pair in slab]
@@ -230,8 +248,7 @@ def greedy_continuation(model: PreTrainedModel, result: PassResult, n: int, eos:
         if with_cache:
             cache, result.cache = result.cache, None  # the pass's own cache, used once (decoding extends it)
             if cache is None:  # prefill one (nothing captured: the dense layers take the fast path)
-                out = model(input_ids=seq, use_cache=True,
-                            **({"logits_to_keep": 1} if head_can_replay(model) else {}))
+                out = model(input_ids=seq, use_cache=True, **({"logits_to_keep": 1} if head_can_replay(model) else {}))
                 cache = output_cache(out)
         for _ in range(n):
             assert logits is not None
@@ -277,8 +294,12 @@ def replay_nll(
     if prefix >= n - 1:
         return nll
     cache = None
-    if (prefix > 0 and dense.kv is not None and _full_attention_only(model)
-            and (sliced := _sliced_outputs(outputs, start, prefix)) is not None):
+    if (
+        prefix > 0
+        and dense.kv is not None
+        and _full_attention_only(model)
+        and (sliced := _sliced_outputs(outputs, start, prefix)) is not None
+    ):
         cache = DynamicCache(ddp_cache_data=[(k[:, :, :prefix], v[:, :, :prefix]) for k, v in dense.kv])
         outputs = sliced
     else:
@@ -289,8 +310,12 @@ def replay_nll(
     recorded: dict[str, Any] = {}
     with torch.inference_mode(), attention_active(model, plan), start_at_layer(model, start, outputs):
         with record_base_output(model, recorded) if replayable else contextlib.nullcontext():
-            out = model(input_ids=sub_ids, use_cache=cache is not None, **cache_kwarg(model, cache),
-                        **({"logits_to_keep": 1} if replayable else {}))
+            out = model(
+                input_ids=sub_ids,
+                use_cache=cache is not None,
+                **cache_kwarg(model, cache),
+                **({"logits_to_keep": 1} if replayable else {}),
+            )
     first = max(prefix, min(plan.first_changed.values(), default=prefix))
     if prefix == 0 and not plan.first_changed and start == 0:
         return nll  # nothing was dropped and nothing replayed: the dense pass itself
@@ -364,7 +389,8 @@ class DenseCache:
     def __init__(self, max_bytes: int = DENSE_CACHE_BYTES) -> None:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple[Any, ...], tuple[weakref.ref[PreTrainedModel], PassResult, int]] = (
-            OrderedDict())
+            OrderedDict()
+        )
 
     @staticmethod
     def key(model: PreTrainedModel, ids: Tensor, keep_cache: bool) -> tuple[Any, ...]:
@@ -464,8 +490,9 @@ class Comparison:
         assert allowed is not None
         return allowed[0, 0].numpy().copy()
 
-    def maps(self, layer: int, head: int = -1, region: tuple[int, int, int, int] | None = None,
-             max_side: int = MAX_SIDE) -> tuple[dict[str, np.ndarray], int]:
+    def maps(
+        self, layer: int, head: int = -1, region: tuple[int, int, int, int] | None = None, max_side: int = MAX_SIDE
+    ) -> tuple[dict[str, np.ndarray], int]:
         """Means over cells of at most ``max_side`` per axis of the dense and sparse probabilities, the keep-mask
         and the allowed set of ``layer`` and ``head`` (-1: the mean over heads) over ``region`` (half-open
         [q0, q1, k0, k1]; None: everything). Returns the four maps (float32) and the tokens per cell.
@@ -478,9 +505,12 @@ class Comparison:
         store = self.sparse.store
         if (q0, q1, k0, k1) == (0, n, 0, n) and not store.retain:
             keep = store.pooled_keep[layer]
-            sums = {"dense": self.dense.store.pooled_probs[layer], "sparse": store.pooled_probs[layer],
-                    "keep": store.pooled_allowed[layer] if keep is None else keep,
-                    "allowed": store.pooled_allowed[layer]}
+            sums = {
+                "dense": self.dense.store.pooled_probs[layer],
+                "sparse": store.pooled_probs[layer],
+                "keep": store.pooled_allowed[layer] if keep is None else keep,
+                "allowed": store.pooled_allowed[layer],
+            }
             outer = factor_for(math.ceil(n / store.factor), max_side)
             out = {}
             for name, value in sums.items():
@@ -575,18 +605,28 @@ class Comparison:
         return self
 
     # ------------------------------------------------------------------------------------------------ exports
-    def export_gif(self, path: Any, view: str = "side_by_side", head: int | None = None, layers: Any = None,
-                   duration_ms: int = 700, size: tuple[int, int] | None = None, overwrite: bool = False) -> Any:
+    def export_gif(
+        self,
+        path: Any,
+        view: str = "side_by_side",
+        head: int | None = None,
+        layers: Any = None,
+        duration_ms: int = 700,
+        size: tuple[int, int] | None = None,
+        overwrite: bool = False,
+    ) -> Any:
         """Write an animated GIF stepping through the layers (see :func:`attnsparse_widget.export.export_gif`);
         returns a report with the path, the frame count and the seconds it took. An existing file is replaced
         only with ``overwrite=True``."""
         from .export import export_gif
 
-        return export_gif(self, path, view=view, head=head, layers=layers, duration_ms=duration_ms, size=size,
-                          overwrite=overwrite)
+        return export_gif(
+            self, path, view=view, head=head, layers=layers, duration_ms=duration_ms, size=size, overwrite=overwrite
+        )
 
-    def export_png(self, path: Any, layer: int = 0, head: int | None = None, view: str = "side_by_side",
-                   overwrite: bool = False) -> Any:
+    def export_png(
+        self, path: Any, layer: int = 0, head: int | None = None, view: str = "side_by_side", overwrite: bool = False
+    ) -> Any:
         """Write a PNG of one layer's view (see :func:`attnsparse_widget.export.export_png`)."""
         from .export import export_png
 
@@ -644,8 +684,17 @@ def compare(
         seed: seed of randomised patterns (BigBird).
         **mask_params: the mask's own parameters.
     """
-    res = sparse_comparison(model, text, mask, sparsity, tokenizer=tokenizer, max_tokens=max_tokens, seed=seed,
-                            continuation_tokens=continuation_tokens, **mask_params)
+    res = sparse_comparison(
+        model,
+        text,
+        mask,
+        sparsity,
+        tokenizer=tokenizer,
+        max_tokens=max_tokens,
+        seed=seed,
+        continuation_tokens=continuation_tokens,
+        **mask_params,
+    )
     return res.complete(per_layer=per_layer, continuation_tokens=continuation_tokens)
 
 
@@ -673,8 +722,9 @@ def sparse_comparison(
     is_lm = getattr(model, "get_output_embeddings", lambda: None)() is not None and causal
     cls = mask_library.get(mask, **mask_params) if not isinstance(mask, Mask) else mask
     if not causal and not cls.supports_encoder:
-        raise ValueError(f"mask {cls.id!r} is a decoding-time idea and needs a causal model; "
-                         f"{type(model).__name__} is an encoder")
+        raise ValueError(
+            f"mask {cls.id!r} is a decoding-time idea and needs a causal model; {type(model).__name__} is an encoder"
+        )
     requested = sparsity
     if requested is None and not (cls.budget is not None and cls.budget in mask_params) and not isinstance(mask, Mask):
         requested = DEFAULT_SPARSITY
@@ -693,14 +743,16 @@ def sparse_comparison(
 
     metrics = sparsity_metrics(sparse.store, requested)
     if full_length > n_tokens:
-        metrics.notes.append(f"the text is {full_length} tokens; the first {n_tokens} are analysed "
-                             f"(max_tokens={max_tokens})")
+        metrics.notes.append(
+            f"the text is {full_length} tokens; the first {n_tokens} are analysed (max_tokens={max_tokens})"
+        )
     if is_lm:
         output_metrics(metrics, dense, sparse)
     else:
         assert dense.full_output is not None and sparse.full_output is not None
         metrics.output_relative_error = float(
-            (sparse.full_output - dense.full_output).norm() / dense.full_output.norm().clamp_min(1e-30))
+            (sparse.full_output - dense.full_output).norm() / dense.full_output.norm().clamp_min(1e-30)
+        )
     if not sparse.store.retain:
         release_free_memory()
     decode = _decoder(tok)
@@ -736,8 +788,11 @@ def sparsity_metrics(store: AttentionStore, requested: float | None) -> M.Metric
         per_head.append(M.achieved_sparsity(k, a).expand(heads).tolist())
         kept_total += float(k.double().sum()) * (heads // k.numel())
         allowed_total += float(a) * heads
-    return M.Metrics(requested_sparsity=requested, achieved_sparsity=1.0 - kept_total / max(1.0, allowed_total),
-                     achieved_sparsity_per_head=per_head)
+    return M.Metrics(
+        requested_sparsity=requested,
+        achieved_sparsity=1.0 - kept_total / max(1.0, allowed_total),
+        achieved_sparsity_per_head=per_head,
+    )
 
 
 def output_metrics(metrics: M.Metrics, dense: PassResult, sparse: PassResult) -> None:
@@ -854,8 +909,9 @@ def per_layer_curves(
 
 
 # ------------------------------------------------------------------------------------------------------- input
-def encode(tok: PreTrainedTokenizerBase, text: Any, model: PreTrainedModel,
-           max_tokens: int | None) -> tuple[Tensor, int]:
+def encode(
+    tok: PreTrainedTokenizerBase, text: Any, model: PreTrainedModel, max_tokens: int | None
+) -> tuple[Tensor, int]:
     """Token ids ``[1, T]`` on the model's device (cut to ``max_tokens``) and the text's full length in tokens,
     with clear errors for unusable text."""
     if not isinstance(text, str):
@@ -932,11 +988,11 @@ def readable_tokens(decode: Callable[[list[int]], str], ids: list[int]) -> list[
             end += 1
         done = ""
         for m in range(k, end):
-            text = decode(ids[k:m + 1])
+            text = decode(ids[k : m + 1])
             stable = text.rstrip("\ufffd") if m < end - 1 else text
             if not stable.startswith(done):  # the tokenizer does not decode prefix by prefix: keep it as it was
                 break
-            out[m], done = stable[len(done):], stable
+            out[m], done = stable[len(done) :], stable
         k = end
     return out
 

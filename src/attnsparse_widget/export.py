@@ -70,8 +70,12 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-def render_pngs(figures: Iterable[dict[str, Any]], size: tuple[int, int], scale: float = 1.0,
-                progress: Callable[[int], None] | None = None) -> list[bytes]:
+def render_pngs(
+    figures: Iterable[dict[str, Any]],
+    size: tuple[int, int],
+    scale: float = 1.0,
+    progress: Callable[[int], None] | None = None,
+) -> list[bytes]:
     """PNG bytes of every figure, rendered in one kaleido (Chromium) session."""
     import kaleido
     import plotly.graph_objects as go
@@ -125,7 +129,9 @@ def writable(path: str | Path, overwrite: bool) -> Path:
     if out.is_dir():
         raise IsADirectoryError(f"{str(path)!r} is a folder; pass a file path such as {str(out / 'layers.gif')!r}")
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{str(path)!r} already exists; pass overwrite=True to replace it, or choose another path")
+        raise FileExistsError(
+            f"{str(path)!r} already exists; pass overwrite=True to replace it, or choose another path"
+        )
     return out
 
 
@@ -213,9 +219,16 @@ def gif_bytes(res: Comparison, **kwargs: Any) -> bytes:
         return out.read_bytes()
 
 
-def export_png(res: Comparison, path: str | Path, layer: int = 0, head: int | None = None,
-               view: str = "side_by_side", size: tuple[int, int] | None = None, scale: float = 2.0,
-               overwrite: bool = False) -> Path:
+def export_png(
+    res: Comparison,
+    path: str | Path,
+    layer: int = 0,
+    head: int | None = None,
+    view: str = "side_by_side",
+    size: tuple[int, int] | None = None,
+    scale: float = 2.0,
+    overwrite: bool = False,
+) -> Path:
     """Write a PNG of one layer's view (``scale`` 2: sharp on high-density screens and slides); an existing file
     is replaced only with ``overwrite``."""
     path = writable(path, overwrite)
@@ -261,12 +274,26 @@ def layer_slider_figure(res: Comparison, head: int = -1, max_side: int = HTML_MA
     first["data"] = frames[0]["data"]
     first["layout"]["title"] = frames[0]["layout"]["title"]
     first["layout"]["margin"]["b"] = 110
-    first["layout"]["sliders"] = [{
-        "active": 0, "y": -0.08, "len": 0.9, "x": 0.05, "currentvalue": {"prefix": "layer "},
-        "steps": [{"label": f["name"], "method": "animate",
-                   "args": [[f["name"]], {"mode": "immediate", "frame": {"duration": 0, "redraw": True},
-                                          "transition": {"duration": 0}}]} for f in frames],
-    }]
+    first["layout"]["sliders"] = [
+        {
+            "active": 0,
+            "y": -0.08,
+            "len": 0.9,
+            "x": 0.05,
+            "currentvalue": {"prefix": "layer "},
+            "steps": [
+                {
+                    "label": f["name"],
+                    "method": "animate",
+                    "args": [
+                        [f["name"]],
+                        {"mode": "immediate", "frame": {"duration": 0, "redraw": True}, "transition": {"duration": 0}},
+                    ],
+                }
+                for f in frames
+            ],
+        }
+    ]
     first["frames"] = frames
     return first
 
@@ -291,12 +318,17 @@ def to_html(res: Comparison, path: str | Path | None = None, head: int | None = 
         return "n/a" if v is None else f"{v:.{d}f}"
 
     rows = [
-        ("model", res.model_name), ("tokens", str(len(res.tokens))), ("mask", res.mask.label()),
+        ("model", res.model_name),
+        ("tokens", str(len(res.tokens))),
+        ("mask", res.mask.label()),
         ("paper", res.mask.paper),
-        ("sparsity requested / achieved",
-         f"{'–' if m.requested_sparsity is None else f'{m.requested_sparsity:.1%}'} / {m.achieved_sparsity:.1%}"),
+        (
+            "sparsity requested / achieved",
+            f"{'–' if m.requested_sparsity is None else f'{m.requested_sparsity:.1%}'} / {m.achieved_sparsity:.1%}",
+        ),
         ("perplexity dense → sparse", f"{fmt(m.dense_ppl)} → {fmt(m.sparse_ppl)} (Δ {fmt(m.delta_ppl)})"),
-        ("next-token KL(dense‖sparse)", fmt(m.next_token_kl, 4)), ("top-1 agreement", fmt(m.top1_agreement)),
+        ("next-token KL(dense‖sparse)", fmt(m.next_token_kl, 4)),
+        ("top-1 agreement", fmt(m.top1_agreement)),
         ("attention mass recall (mean over layers)", fmt(float(np.mean(m.mass_recall)))),
     ]
     table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
@@ -304,7 +336,8 @@ def to_html(res: Comparison, path: str | Path | None = None, head: int | None = 
     if res.continuations:
         conts = "<h2>Greedy continuations</h2>" + "".join(
             f"<p><b>{name}</b> <code>{html.escape(visible_token(res.continuations[name]))}</code></p>"
-            for name in ("dense", "sparse"))
+            for name in ("dense", "sparse")
+        )
     plots = []
     for key, fig in figures.items():
         width, height = sizes[key]
@@ -324,9 +357,9 @@ th{{text-align:left;padding-right:16px;font-weight:600}} code{{white-space:pre-w
 <p class="caveat">{html.escape(CAVEAT)}</p>
 <p>Text: <code>{html.escape(res.text)}</code></p>
 <table>{table}</table>
-<h2>Attention, layer by layer ({'mean of heads' if head < 0 else f'head {head}'})</h2>
+<h2>Attention, layer by layer ({"mean of heads" if head < 0 else f"head {head}"})</h2>
 {plots[0]}
-{''.join(plots[1:])}
+{"".join(plots[1:])}
 {conts}
 <p><small>Made with attnsparse-widget. Probabilities float32 in the engine; the per-layer maps here are
 block-mean pooled to at most {HTML_MAX_SIDE} cells a side.</small></p>
@@ -337,5 +370,14 @@ block-mean pooled to at most {HTML_MAX_SIDE} cells a side.</small></p>
     return page
 
 
-__all__ = ["ExportError", "GifReport", "export_gif", "export_png", "frame_figure", "gif_bytes", "render_pngs",
-           "to_html", "writable"]
+__all__ = [
+    "ExportError",
+    "GifReport",
+    "export_gif",
+    "export_png",
+    "frame_figure",
+    "gif_bytes",
+    "render_pngs",
+    "to_html",
+    "writable",
+]

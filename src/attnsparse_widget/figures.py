@@ -32,11 +32,22 @@ PANEL_TITLES = {"dense": "dense", "sparse": "sparse (red: dropped, by the dense 
 
 VIRIDIS = "Viridis"
 DROPPED_SCALE = [[0.0, "#e6e6e6"], [0.15, "#f4a582"], [1.0, "#b2182b"]]  # by the fraction of zmax lost
-_VIRIDIS_STOPS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b",
-                  "#fde725"]
+_VIRIDIS_STOPS = [
+    "#440154",
+    "#482878",
+    "#3e4989",
+    "#31688e",
+    "#26828e",
+    "#1f9e89",
+    "#35b779",
+    "#6ece58",
+    "#b5de2b",
+    "#fde725",
+]
 # the sparse panel's scale over [-zmax, zmax]: dropped cells (minus the p lost) below the middle, kept cells above
-SPARSE_SCALE = ([[0.5 - f / 2, c] for f, c in reversed(DROPPED_SCALE)]
-                + [[0.5 + i / (2 * (len(_VIRIDIS_STOPS) - 1)), c] for i, c in enumerate(_VIRIDIS_STOPS)])
+SPARSE_SCALE = [[0.5 - f / 2, c] for f, c in reversed(DROPPED_SCALE)] + [
+    [0.5 + i / (2 * (len(_VIRIDIS_STOPS) - 1)), c] for i, c in enumerate(_VIRIDIS_STOPS)
+]
 # blue: sparse took probability away; red: sparse gave it; white: no change (plotly's own RdBu is grey there)
 DIVERGING = [[0.0, "#2166ac"], [0.25, "#92c5de"], [0.5, "#f7f7f7"], [0.75, "#f4a582"], [1.0, "#b2182b"]]
 MASK_SCALE = [[0.0, "#f4a582"], [1.0, "#1f3b73"]]
@@ -89,13 +100,22 @@ def clip_region(region: list[int] | tuple[int, ...] | None, n: int) -> tuple[int
     return q0, max(q0 + 1, min(q1, n)), k0, max(k0 + 1, min(k1, n))
 
 
-def map_view(res: Comparison, layer: int, head: int = -1, region: list[int] | None = None,
-             max_side: int = MAX_SIDE) -> MapView:
+def map_view(
+    res: Comparison, layer: int, head: int = -1, region: list[int] | None = None, max_side: int = MAX_SIDE
+) -> MapView:
     """The maps of ``layer`` and ``head`` (-1: mean over heads) over ``region``, pooled to ``max_side`` cells."""
     q0, q1, k0, k1 = clip_region(region, len(res.tokens))
     maps, factor = res.maps(layer, head, (q0, q1, k0, k1), max_side)
-    return MapView(layer=layer, head=head, dense=maps["dense"], sparse=maps["sparse"], keep=maps["keep"],
-                   allowed=maps["allowed"], region=(q0, q1, k0, k1), factor=factor)
+    return MapView(
+        layer=layer,
+        head=head,
+        dense=maps["dense"],
+        sparse=maps["sparse"],
+        keep=maps["keep"],
+        allowed=maps["allowed"],
+        region=(q0, q1, k0, k1),
+        factor=factor,
+    )
 
 
 def heavy_drops(view: MapView, limit: int = 5) -> list[dict[str, float]]:
@@ -129,9 +149,13 @@ def plotly_safe(text: str) -> str:
 def _axis(tokens: list[str], start: int, cells: int, factor: int) -> dict[str, Any]:
     base: dict[str, Any] = {"showgrid": False, "zeroline": False}
     if factor == 1 and cells <= TOKEN_LABELS_UP_TO:
-        return {**base, "tickmode": "array", "tickvals": list(range(start, start + cells)),
-                "ticktext": [plotly_safe(tokens[p]) if p < len(tokens) else "" for p in range(start, start + cells)],
-                "tickfont": {"size": 8 if cells > 32 else 10}}
+        return {
+            **base,
+            "tickmode": "array",
+            "tickvals": list(range(start, start + cells)),
+            "ticktext": [plotly_safe(tokens[p]) if p < len(tokens) else "" for p in range(start, start + cells)],
+            "tickfont": {"size": 8 if cells > 32 else 10},
+        }
     return {**base, "title": {"text": "position"}}
 
 
@@ -174,12 +198,22 @@ def main_figure(view: MapView, tokens: list[str], title: str, panels: tuple[str,
     common = {"type": "heatmap", "x": x, "y": y, "zsmooth": False, "hoverinfo": "none", "yaxis": "y"}
 
     def colorbar(at: float, label: str, **ticks: Any) -> dict[str, Any]:
-        return {"x": at, "xanchor": "left", "len": 0.9, "thickness": 10, "tickfont": {"size": 9},
-                "title": {"text": label, "side": "top", "font": {"size": 10}}, **ticks}
+        return {
+            "x": at,
+            "xanchor": "left",
+            "len": 0.9,
+            "thickness": 10,
+            "tickfont": {"size": 9},
+            "title": {"text": label, "side": "top", "font": {"size": 10}},
+            **ticks,
+        }
 
     sparse_ticks = [-zmax, -zmax / 2, 0.0, zmax / 2, zmax]
-    sparse_bar = {"tickmode": "array", "tickvals": sparse_ticks,
-                  "ticktext": [f"{abs(v):.2g}" for v in sparse_ticks[:2]] + ["0"] + [f"{v:.2g}" for v in sparse_ticks[3:]]}
+    sparse_bar = {
+        "tickmode": "array",
+        "tickvals": sparse_ticks,
+        "ticktext": [f"{abs(v):.2g}" for v in sparse_ticks[:2]] + ["0"] + [f"{v:.2g}" for v in sparse_ticks[3:]],
+    }
 
     data: list[dict[str, Any]] = []
     layout: dict[str, Any] = {
@@ -196,22 +230,64 @@ def main_figure(view: MapView, tokens: list[str], title: str, panels: tuple[str,
     left = 0.0
     for i, panel in enumerate(panels):
         axis = "x" if i == 0 else f"x{i + 1}"
-        layout[f"xaxis{'' if i == 0 else i + 1}"] = {**xa, "domain": [left, left + width],
-                                                    **({"matches": "x"} if i else {})}
-        layout["annotations"].append({"text": PANEL_TITLES[panel], "x": left + width / 2, "y": 1.0,
-                                      "yanchor": "bottom", "xref": "paper", "yref": "paper", "showarrow": False})
+        layout[f"xaxis{'' if i == 0 else i + 1}"] = {
+            **xa,
+            "domain": [left, left + width],
+            **({"matches": "x"} if i else {}),
+        }
+        layout["annotations"].append(
+            {
+                "text": PANEL_TITLES[panel],
+                "x": left + width / 2,
+                "y": 1.0,
+                "yanchor": "bottom",
+                "xref": "paper",
+                "yref": "paper",
+                "showarrow": False,
+            }
+        )
         at = left + width + 0.005
         if panel == "dense":
             bar = {"colorbar": colorbar(at, "p")} if bars["dense"] else {"showscale": False}
-            data.append({**common, "name": "dense", "xaxis": axis, "z": layers["dense"], "zmin": 0, "zmax": zmax,
-                         "colorscale": VIRIDIS, **bar})
+            data.append(
+                {
+                    **common,
+                    "name": "dense",
+                    "xaxis": axis,
+                    "z": layers["dense"],
+                    "zmin": 0,
+                    "zmax": zmax,
+                    "colorscale": VIRIDIS,
+                    **bar,
+                }
+            )
         elif panel == "sparse":
-            data.append({**common, "name": "sparse", "xaxis": axis, "z": layers["sparse"], "zmin": -zmax,
-                         "zmax": zmax, "colorscale": SPARSE_SCALE,
-                         "colorbar": colorbar(at, "kept p ↑<br>lost p ↓", **sparse_bar)})
+            data.append(
+                {
+                    **common,
+                    "name": "sparse",
+                    "xaxis": axis,
+                    "z": layers["sparse"],
+                    "zmin": -zmax,
+                    "zmax": zmax,
+                    "colorscale": SPARSE_SCALE,
+                    "colorbar": colorbar(at, "kept p ↑<br>lost p ↓", **sparse_bar),
+                }
+            )
         else:
-            data.append({**common, "name": "sparse − dense", "xaxis": axis, "z": layers["diff"], "zmid": 0,
-                         "zmin": -dmax, "zmax": dmax, "colorscale": DIVERGING, "colorbar": colorbar(at, "Δp")})
+            data.append(
+                {
+                    **common,
+                    "name": "sparse − dense",
+                    "xaxis": axis,
+                    "z": layers["diff"],
+                    "zmid": 0,
+                    "zmin": -dmax,
+                    "zmax": dmax,
+                    "colorscale": DIVERGING,
+                    "colorbar": colorbar(at, "Δp"),
+                }
+            )
         left += width + len(bars[panel]) * bar_w + gap
     return {"data": data, "layout": layout}
 
@@ -221,22 +297,46 @@ def mask_figure(view: MapView, label: str) -> dict[str, Any]:
     q0, _, k0, _ = view.region
     rows, cols = view.keep.shape
     return {
-        "data": [{"type": "heatmap", "name": "keep", "z": view.kept_fraction().astype(np.float32),
-                  "x": _coords(k0, cols, view.factor), "y": _coords(q0, rows, view.factor), "zmin": 0, "zmax": 1,
-                  "colorscale": MASK_SCALE, "showscale": False, "zsmooth": False,
-                  "hovertemplate": "query %{y}<br>key %{x}<br>kept %{z:.2f}<extra></extra>"}],
+        "data": [
+            {
+                "type": "heatmap",
+                "name": "keep",
+                "z": view.kept_fraction().astype(np.float32),
+                "x": _coords(k0, cols, view.factor),
+                "y": _coords(q0, rows, view.factor),
+                "zmin": 0,
+                "zmax": 1,
+                "colorscale": MASK_SCALE,
+                "showscale": False,
+                "zsmooth": False,
+                "hovertemplate": "query %{y}<br>key %{x}<br>kept %{z:.2f}<extra></extra>",
+            }
+        ],
         "layout": {
             "title": {"text": plotly_safe(label), "font": {"size": 12}},
             "xaxis": {"title": {"text": "key position"}, "showgrid": False, "zeroline": False, "constrain": "domain"},
-            "yaxis": {"title": {"text": "query position"}, "autorange": "reversed", "scaleanchor": "x",
-                      "showgrid": False, "zeroline": False, "constrain": "domain"},
-            "plot_bgcolor": "#ffffff", "margin": {"l": 60, "r": 10, "t": 40, "b": 50}, "uirevision": "mask",
+            "yaxis": {
+                "title": {"text": "query position"},
+                "autorange": "reversed",
+                "scaleanchor": "x",
+                "showgrid": False,
+                "zeroline": False,
+                "constrain": "domain",
+            },
+            "plot_bgcolor": "#ffffff",
+            "margin": {"l": 60, "r": 10, "t": 40, "b": 50},
+            "uirevision": "mask",
         },
     }
 
 
-def layer_figure(per_layer: list[float | None] | None, cumulative: list[float | None] | None,
-                 recall: list[float | None] | None, n_layers: int, selected: int = -1) -> dict[str, Any]:
+def layer_figure(
+    per_layer: list[float | None] | None,
+    cumulative: list[float | None] | None,
+    recall: list[float | None] | None,
+    n_layers: int,
+    selected: int = -1,
+) -> dict[str, Any]:
     """Per-layer perplexity delta (bars: the mask at that layer only; the selected layer outlined), the cumulative
     curve (mask at layers 0..l) and the attention mass recall per layer (right axis). Missing values are None: the
     chart fills in as the curve is computed."""
@@ -245,23 +345,53 @@ def layer_figure(per_layer: list[float | None] | None, cumulative: list[float | 
     layers = list(range(n_layers))
     return {
         "data": [
-            {"type": "bar", "name": "ΔPPL, mask at layer l only", "x": layers[: len(iso)], "y": iso,
-             "marker": {"color": "#1f77b4", "line": {"color": "#111", "width": [2.5 if i == selected else 0
-                                                                                for i in layers[: len(iso)]]}},
-             "hovertemplate": "layer %{x}: ΔPPL %{y:.3f} with the mask at this layer only<extra></extra>"},
-            {"type": "scatter", "mode": "lines+markers", "name": "ΔPPL, mask at layers 0..l",
-             "x": layers[: len(cum)], "y": cum, "line": {"color": "#ff7f0e"},
-             "hovertemplate": "layers 0..%{x}: ΔPPL %{y:.3f}<extra></extra>"},
-            {"type": "scatter", "mode": "lines", "name": "attention mass recall", "x": layers, "y": list(recall or []),
-             "yaxis": "y2", "line": {"color": "#2ca02c", "dash": "dot"},
-             "hovertemplate": "layer %{x}: mass recall %{y:.3f}<extra></extra>"},
+            {
+                "type": "bar",
+                "name": "ΔPPL, mask at layer l only",
+                "x": layers[: len(iso)],
+                "y": iso,
+                "marker": {
+                    "color": "#1f77b4",
+                    "line": {"color": "#111", "width": [2.5 if i == selected else 0 for i in layers[: len(iso)]]},
+                },
+                "hovertemplate": "layer %{x}: ΔPPL %{y:.3f} with the mask at this layer only<extra></extra>",
+            },
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": "ΔPPL, mask at layers 0..l",
+                "x": layers[: len(cum)],
+                "y": cum,
+                "line": {"color": "#ff7f0e"},
+                "hovertemplate": "layers 0..%{x}: ΔPPL %{y:.3f}<extra></extra>",
+            },
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": "attention mass recall",
+                "x": layers,
+                "y": list(recall or []),
+                "yaxis": "y2",
+                "line": {"color": "#2ca02c", "dash": "dot"},
+                "hovertemplate": "layer %{x}: mass recall %{y:.3f}<extra></extra>",
+            },
         ],
         "layout": {
-            "xaxis": {"title": {"text": "layer (click a bar to open it)"}, "dtick": 5 if n_layers > 40 else 1,
-                      "range": [-0.6, n_layers - 0.4]},
+            "xaxis": {
+                "title": {"text": "layer (click a bar to open it)"},
+                "dtick": 5 if n_layers > 40 else 1,
+                "range": [-0.6, n_layers - 0.4],
+            },
             "yaxis": {"title": {"text": "perplexity delta (sparse − dense)"}, "zeroline": True},
-            "yaxis2": {"title": {"text": "mass recall"}, "overlaying": "y", "side": "right", "range": [0, 1.02],
-                       "tickformat": ".1f", "dtick": 0.2, "showgrid": False},
+            "yaxis2": {
+                "title": {"text": "mass recall"},
+                "overlaying": "y",
+                "side": "right",
+                "range": [0, 1.02],
+                "tickformat": ".1f",
+                "dtick": 0.2,
+                "showgrid": False,
+            },
             "legend": {"orientation": "h", "y": 1.18},
             "margin": {"l": 60, "r": 60, "t": 30, "b": 50},
             "uirevision": "layers",

@@ -35,8 +35,7 @@ def head_can_replay(model: nn.Module) -> bool:
     if _verdicts.get(model) is False:
         return False
     base = getattr(model, "base_model", None)
-    return (base is not None and base is not model
-            and "logits_to_keep" in inspect.signature(model.forward).parameters)
+    return base is not None and base is not model and "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 @contextlib.contextmanager

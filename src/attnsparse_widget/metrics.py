@@ -43,8 +43,9 @@ def perplexity(nll: Tensor) -> float:
     return math.exp(float(nll.mean())) if nll.numel() else float("nan")
 
 
-def next_token_kl(dense_logits: Tensor, dense_probs: Tensor, dense_lse: Tensor, sparse_logits: Tensor,
-                  sparse_lse: Tensor) -> tuple[Tensor, Tensor]:
+def next_token_kl(
+    dense_logits: Tensor, dense_probs: Tensor, dense_lse: Tensor, sparse_logits: Tensor, sparse_lse: Tensor
+) -> tuple[Tensor, Tensor]:
     """KL(p_dense ‖ p_sparse) of the next-token distribution per position, and ``‖logits_s − logits_d‖²`` per
     position, from logits ``[n, V]``, the dense probabilities and both log-normalisers ``[n]``:
 
@@ -65,8 +66,9 @@ def top1_agreement(dense_argmax: Tensor, sparse_argmax: Tensor) -> float:
 def mass_recall(dense: Tensor, keep: Tensor) -> Tensor:
     """Per row: dense probability on kept pairs. ``dense [H, Tq, Tk]``, ``keep [H|1, Tq, Tk]`` → ``[H, Tq]``.
     (One head at a time: the temporaries stay a head's size, 16 MB at 2048 tokens instead of 150.)"""
-    return torch.stack([(dense[h].float() * keep[h if keep.shape[0] > 1 else 0]).sum(-1)
-                        for h in range(dense.shape[0])])
+    return torch.stack(
+        [(dense[h].float() * keep[h if keep.shape[0] > 1 else 0]).sum(-1) for h in range(dense.shape[0])]
+    )
 
 
 def row_kl(sparse: Tensor, dense: Tensor) -> Tensor:

@@ -44,17 +44,19 @@ def view_payload(res: Comparison, layer: int, head: int, region: list[int] | Non
     Besides the two figures: per cell, its state code (figures.NOT_ALLOWED, KEPT, PARTLY_KEPT, DROPPED) and the
     percentage of its pairs kept (the tooltip's data), and the heaviest dropped pairs."""
     view = map_view(res, layer, head, region)
-    return encode({
-        "layer": layer,
-        "head": head,
-        "region": view.region,
-        "factor": view.factor,
-        "figure": main_figure(view, res.tokens, view_title(res, view)),
-        "mask_figure": mask_figure(view, mask_label(res)),
-        "states": view.states(),
-        "kept_pct": np.round(100 * np.nan_to_num(view.kept_fraction())).astype(np.uint8),
-        "drops": heavy_drops(view),
-    })
+    return encode(
+        {
+            "layer": layer,
+            "head": head,
+            "region": view.region,
+            "factor": view.factor,
+            "figure": main_figure(view, res.tokens, view_title(res, view)),
+            "mask_figure": mask_figure(view, mask_label(res)),
+            "states": view.states(),
+            "kept_pct": np.round(100 * np.nan_to_num(view.kept_fraction())).astype(np.uint8),
+            "drops": heavy_drops(view),
+        }
+    )
 
 
 def mask_label(res: Comparison) -> str:

@@ -29,8 +29,9 @@ def pool_sum(values: torch.Tensor, factor: int) -> torch.Tensor:
     if factor <= 1:
         return values
     lead, (rows, cols) = values.shape[:-2], values.shape[-2:]
-    pooled = torch.nn.functional.avg_pool2d(values.reshape(1, -1, rows, cols), factor, stride=factor,
-                                            ceil_mode=True, divisor_override=1)
+    pooled = torch.nn.functional.avg_pool2d(
+        values.reshape(1, -1, rows, cols), factor, stride=factor, ceil_mode=True, divisor_override=1
+    )
     return pooled.reshape(*lead, *pooled.shape[-2:])
 
 

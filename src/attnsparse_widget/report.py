@@ -43,6 +43,9 @@ def summary_table(res: Comparison) -> str:
             lines.append(f"  {name:<7}{res.continuations[name]!r}")
     for note in m.notes:
         lines.append(f"note: {note}")
-    lines += ["", "A post-hoc mask on a dense-trained model shows degradation, not how a model trained with sparse",
-              "attention (NSA, DSA) behaves."]
+    lines += [
+        "",
+        "A post-hoc mask on a dense-trained model shows degradation, not how a model trained with sparse",
+        "attention (NSA, DSA) behaves.",
+    ]
     return "\n".join(lines)

@@ -39,8 +39,15 @@ class AttentionStore(Recorder):
     """Captured attention of one pass. Full-resolution shapes: probs ``[B, H, Tq, Tk]``, keep ``[B, H|1, Tq, Tk]``,
     allowed ``[B, 1, Tq, Tk]``; pooled sums: ``[H|1, n, n]`` with ``n = ceil(T / factor)`` (batch of one)."""
 
-    def __init__(self, n_layers: int, n_heads: int, n_tokens: int, batch: int = 1, retain: bool | None = None,
-                 max_side: int = MAX_SIDE) -> None:
+    def __init__(
+        self,
+        n_layers: int,
+        n_heads: int,
+        n_tokens: int,
+        batch: int = 1,
+        retain: bool | None = None,
+        max_side: int = MAX_SIDE,
+    ) -> None:
         self.n_tokens = n_tokens
         self.n_heads = n_heads
         self.retain = retains(n_layers, n_heads, n_tokens, batch, max_side) if retain is None else retain

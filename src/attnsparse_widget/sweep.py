@@ -25,8 +25,20 @@ import numpy as np
 from .masks import SparsityOutOfReach
 
 COLUMNS = (
-    "text", "mask", "mask_label", "requested_sparsity", "achieved_sparsity", "n_tokens", "dense_ppl", "sparse_ppl",
-    "delta_ppl", "delta_nll", "mass_recall", "top1_agreement", "next_token_kl", "out_of_reach",
+    "text",
+    "mask",
+    "mask_label",
+    "requested_sparsity",
+    "achieved_sparsity",
+    "n_tokens",
+    "dense_ppl",
+    "sparse_ppl",
+    "delta_ppl",
+    "delta_nll",
+    "mass_recall",
+    "top1_agreement",
+    "next_token_kl",
+    "out_of_reach",
 )
 
 
@@ -47,8 +59,13 @@ class SweepTable(list):
         for r in self:
             groups.setdefault((r["mask"], r["requested_sparsity"]), []).append(r)
         return [
-            {"mask": mask, "requested_sparsity": s, "achieved_sparsity": float(np.mean([r["achieved_sparsity"] for r in rs])),
-             value: float(np.mean([r[value] for r in rs])), "texts": len(rs)}
+            {
+                "mask": mask,
+                "requested_sparsity": s,
+                "achieved_sparsity": float(np.mean([r["achieved_sparsity"] for r in rs])),
+                value: float(np.mean([r[value] for r in rs])),
+                "texts": len(rs),
+            }
             for (mask, s), rs in groups.items()
         ]
 
@@ -73,17 +90,35 @@ def _run_group(group: _Group) -> list[dict[str, Any]]:
     for mask, sparsity in group.cells:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", SparsityOutOfReach)
-            res = compare(group.model, group.text, mask=mask, sparsity=sparsity, per_layer=False,
-                          continuation_tokens=0, max_tokens=group.max_tokens, **group.mask_params.get(mask, {}))
+            res = compare(
+                group.model,
+                group.text,
+                mask=mask,
+                sparsity=sparsity,
+                per_layer=False,
+                continuation_tokens=0,
+                max_tokens=group.max_tokens,
+                **group.mask_params.get(mask, {}),
+            )
         m = res.metrics
-        records.append({
-            "text": group.text_index, "mask": mask, "mask_label": res.mask.label(), "requested_sparsity": sparsity,
-            "achieved_sparsity": m.achieved_sparsity, "n_tokens": len(res.tokens), "dense_ppl": m.dense_ppl,
-            "sparse_ppl": m.sparse_ppl, "delta_ppl": m.delta_ppl, "delta_nll": m.delta_nll,
-            "mass_recall": float(np.mean(m.mass_recall)), "top1_agreement": m.top1_agreement,
-            "next_token_kl": m.next_token_kl,
-            "out_of_reach": any(issubclass(w.category, SparsityOutOfReach) for w in caught),
-        })
+        records.append(
+            {
+                "text": group.text_index,
+                "mask": mask,
+                "mask_label": res.mask.label(),
+                "requested_sparsity": sparsity,
+                "achieved_sparsity": m.achieved_sparsity,
+                "n_tokens": len(res.tokens),
+                "dense_ppl": m.dense_ppl,
+                "sparse_ppl": m.sparse_ppl,
+                "delta_ppl": m.delta_ppl,
+                "delta_nll": m.delta_nll,
+                "mass_recall": float(np.mean(m.mass_recall)),
+                "top1_agreement": m.top1_agreement,
+                "next_token_kl": m.next_token_kl,
+                "out_of_reach": any(issubclass(w.category, SparsityOutOfReach) for w in caught),
+            }
+        )
     return records
 
 
@@ -180,26 +215,56 @@ def plot_sweep(table: Iterable[dict[str, Any]], y: str = "sparse_ppl", log_y: bo
             ys.append(float(np.mean(values)))
             lo.append(min(values))
             hi.append(max(values))
-            text.append(f"requested {s:.0%}, {len(cell)} text(s), range {min(values):.3g} – {max(values):.3g}"
-                        + (" (out of reach: nearest used)" if any(r["out_of_reach"] for r in cell) else ""))
-        spread = {"type": "data", "symmetric": False, "array": [h - v for h, v in zip(hi, ys)],
-                  "arrayminus": [v - lo_ for v, lo_ in zip(ys, lo)], "thickness": 1, "width": 3}
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=mask, text=text, error_y=spread,
-                                 hovertemplate=f"{mask}<br>achieved %{{x:.1%}}<br>{y} %{{y:.4g}}<br>%{{text}}<extra></extra>"))
+            text.append(
+                f"requested {s:.0%}, {len(cell)} text(s), range {min(values):.3g} – {max(values):.3g}"
+                + (" (out of reach: nearest used)" if any(r["out_of_reach"] for r in cell) else "")
+            )
+        spread = {
+            "type": "data",
+            "symmetric": False,
+            "array": [h - v for h, v in zip(hi, ys)],
+            "arrayminus": [v - lo_ for v, lo_ in zip(ys, lo)],
+            "thickness": 1,
+            "width": 3,
+        }
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines+markers",
+                name=mask,
+                text=text,
+                error_y=spread,
+                hovertemplate=f"{mask}<br>achieved %{{x:.1%}}<br>{y} %{{y:.4g}}<br>%{{text}}<extra></extra>",
+            )
+        )
     if y == "sparse_ppl":
         # a trace, not add_hline: on a log axis an hline's annotation is placed in log units and wrecks the range
         dense = float(np.mean([r["dense_ppl"] for r in {r["text"]: r for r in records}.values()]))
         xs_all = [r["achieved_sparsity"] for r in records]
-        fig.add_trace(go.Scatter(x=[min(xs_all), max(xs_all)], y=[dense, dense], mode="lines", name=f"dense {dense:.2f}",
-                                 line={"dash": "dash", "color": "#666"}, hoverinfo="skip"))
+        fig.add_trace(
+            go.Scatter(
+                x=[min(xs_all), max(xs_all)],
+                y=[dense, dense],
+                mode="lines",
+                name=f"dense {dense:.2f}",
+                line={"dash": "dash", "color": "#666"},
+                hoverinfo="skip",
+            )
+        )
     values = [r[y] for r in records if r[y] is not None and math.isfinite(r[y])]
     if log_y is None:
         log_y = y == "sparse_ppl" and values and max(values) / max(min(values), 1e-9) > 20
     fig.update_layout(
         xaxis={"title": {"text": "achieved sparsity (fraction of allowed pairs dropped)"}, "tickformat": ".0%"},
         yaxis={"title": {"text": y.replace("_", " ")}, "type": "log" if log_y else "linear"},
-        title={"text": f"{y.replace('_', ' ')} against sparsity, mean over {len({r['text'] for r in records})} text(s)"},
-        legend={"title": {"text": "mask"}}, template="plotly_white", width=800, height=480,
+        title={
+            "text": f"{y.replace('_', ' ')} against sparsity, mean over {len({r['text'] for r in records})} text(s)"
+        },
+        legend={"title": {"text": "mask"}},
+        template="plotly_white",
+        width=800,
+        height=480,
     )
     return fig
 

@@ -84,8 +84,9 @@ class AttentionDiffWidget(anywidget.AnyWidget):
     per_layer = t.Bool(True).tag(sync=True)  # compute the per-layer perplexity curve (about 2L replayed passes)
     max_tokens = t.Int(MAX_TOKENS).tag(sync=True)  # a longer text is cut to its first max_tokens (with a note)
 
-    def __init__(self, model: Any = None, tokenizer: Any = None, *, threaded: bool | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, model: Any = None, tokenizer: Any = None, *, threaded: bool | None = None, **kwargs: Any
+    ) -> None:
         """``threaded``: compute in a worker thread so the kernel stays responsive and rapid changes coalesce (the
         default), or in the kernel's own thread (``False``). None picks the worker thread everywhere except Google
         Colab, whose frontend holds widget messages sent from a background thread until the next message from the
@@ -187,15 +188,23 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                 try:
                     self._run(kinds, model_generation)
                 except Exception as err:  # noqa: BLE001 - the widget must stay usable whatever happens
-                    self.status = {**self.status, "busy": False, "error": f"{type(err).__name__}: {err}",
-                                   "request": self._generation}
+                    self.status = {
+                        **self.status,
+                        "busy": False,
+                        "error": f"{type(err).__name__}: {err}",
+                        "request": self._generation,
+                    }
         except BaseException:
             # interrupted (KeyboardInterrupt in the kernel's own thread): the next change must start a worker again
             with self._lock:
                 self._running = False
                 self._pending.clear()
-            self.status = {**self.status, "busy": False, "error": "interrupted; change a control to run again",
-                           "request": self._generation}
+            self.status = {
+                **self.status,
+                "busy": False,
+                "error": "interrupted; change a control to run again",
+                "request": self._generation,
+            }
             raise
 
     def _stale(self, model_generation: int) -> bool:
@@ -206,9 +215,14 @@ class AttentionDiffWidget(anywidget.AnyWidget):
     def _status(self, busy: bool, stage: str = "", started: float | None = None, **extra: Any) -> None:
         with self._lock:
             request = self._generation if not busy else self.status.get("request", 0)
-        self.status = {"busy": busy, "error": None, "stage": stage,
-                       "started": self.status.get("started", 0.0) if started is None else started,
-                       "request": request, **extra}
+        self.status = {
+            "busy": busy,
+            "error": None,
+            "stage": stage,
+            "started": self.status.get("started", 0.0) if started is None else started,
+            "request": request,
+            **extra,
+        }
 
     # -------------------------------------------------------------------------------------------- computation
     def _run(self, kinds: set[str], model_generation: int) -> None:
@@ -219,16 +233,26 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                 self._result.release()
             try:
                 res = sparse_comparison(
-                    (self._model, self._tokenizer), self.text, mask=self.mask, sparsity=self.sparsity,
-                    continuation_tokens=CONTINUATION_TOKENS, max_tokens=self._token_limit(), **self.mask_params,
+                    (self._model, self._tokenizer),
+                    self.text,
+                    mask=self.mask,
+                    sparsity=self.sparsity,
+                    continuation_tokens=CONTINUATION_TOKENS,
+                    max_tokens=self._token_limit(),
+                    **self.mask_params,
                 )
             except Exception as err:  # noqa: BLE001 - shown in the widget; the kernel must stay usable
                 if not self._stale(model_generation):
                     self._result = None
                     expected = isinstance(err, (ValueError, TypeError, NotImplementedError))
-                    self.status = {"busy": False, "error": str(err) if expected else f"{type(err).__name__}: {err}",
-                                   "detail": "" if expected else traceback.format_exc(limit=3), "stage": "",
-                                   "started": started, "request": self._generation}
+                    self.status = {
+                        "busy": False,
+                        "error": str(err) if expected else f"{type(err).__name__}: {err}",
+                        "detail": "" if expected else traceback.format_exc(limit=3),
+                        "stage": "",
+                        "started": started,
+                        "request": self._generation,
+                    }
                 return
             if self._stale(model_generation):
                 return
@@ -301,9 +325,14 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             try:
                 target = writable(self.export_path, self.export_overwrite)
             except FileExistsError:
-                self.status = {**self.status, "busy": False, "error": (
-                    f"GIF export: {self.export_path!r} already exists; set w.export_overwrite = True to replace it, "
-                    f"or set another w.export_path")}
+                self.status = {
+                    **self.status,
+                    "busy": False,
+                    "error": (
+                        f"GIF export: {self.export_path!r} already exists; set w.export_overwrite = True to replace it, "
+                        f"or set another w.export_path"
+                    ),
+                }
                 return False
             except OSError as err:
                 self.status = {**self.status, "busy": False, "error": f"GIF export: {err}"}
@@ -313,9 +342,13 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             self._status(True, "exporting GIF", started, progress=done / total)
 
         try:
-            data = gif_bytes(res, head=None if self.head < 0 else self.head, progress=progress,
-                             view=request.get("view", "side_by_side"),
-                             duration_ms=request.get("duration_ms", 700))
+            data = gif_bytes(
+                res,
+                head=None if self.head < 0 else self.head,
+                progress=progress,
+                view=request.get("view", "side_by_side"),
+                duration_ms=request.get("duration_ms", 700),
+            )
         except Exception as err:  # noqa: BLE001 - shown in the widget
             self.status = {**self.status, "busy": False, "error": f"GIF export failed: {err}"}
             return False
@@ -346,13 +379,18 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         isolated: list[float] = []
         cumulative: list[float] = []
         total = 2 * res.n_layers
-        for kind, _, value in iter_per_layer(self._model, res.mask, res.dense, res.sparse, m.dense_ppl, res.sparse.seed):
+        for kind, _, value in iter_per_layer(
+            self._model, res.mask, res.dense, res.sparse, m.dense_ppl, res.sparse.seed
+        ):
             if self._stale(model_generation):
                 return False  # a newer request needs the model: stop, its own curve will follow
             (isolated if kind == "isolated" else cumulative).append(value)
             with self.hold_sync():
-                self.metrics = {**self.metrics, "per_layer_delta_ppl": list(isolated),
-                                "cumulative_delta_ppl": list(cumulative)}
+                self.metrics = {
+                    **self.metrics,
+                    "per_layer_delta_ppl": list(isolated),
+                    "cumulative_delta_ppl": list(cumulative),
+                }
                 if self._take("view"):
                     self._publish_view(res)
                 else:
@@ -379,8 +417,15 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             self.layer_chart = {}
             return
         m = self.metrics
-        self.layer_chart = encode(layer_figure(m.get("per_layer_delta_ppl"), m.get("cumulative_delta_ppl"),
-                                               m.get("mass_recall"), res.n_layers, self.layer))
+        self.layer_chart = encode(
+            layer_figure(
+                m.get("per_layer_delta_ppl"),
+                m.get("cumulative_delta_ppl"),
+                m.get("mass_recall"),
+                res.n_layers,
+                self.layer,
+            )
+        )
 
     def _token_limit(self) -> int:
         """``max_tokens``, and never more than the model's positions: a long text is cut, with a note."""

@@ -18,8 +18,14 @@ from pathlib import Path
 import nbformat
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--no-first-run", "--disable-dev-shm-usage"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
 
@@ -41,18 +47,35 @@ def jupyterlab(root: Path) -> Iterator[str]:
     # no "get notified about Jupyter news?" toast over the screenshots
     (root / ".cfg" / "labconfig").mkdir(parents=True, exist_ok=True)
     (root / ".cfg" / "labconfig" / "page_config.json").write_text(
-        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
+        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
+    )
     port = free_port()
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(root / ".cfg"), "JUPYTER_RUNTIME_DIR": str(root / ".rt"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(root / ".ws")}
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(root / ".cfg"),
+        "JUPYTER_RUNTIME_DIR": str(root / ".rt"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(root / ".ws"),
+    }
     with open(root / "server.log", "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-             "--IdentityProvider.token=", "--ServerApp.password=", f"--ServerApp.root_dir={root}",
-             "--ServerApp.disable_check_xsrf=True", "--LabApp.news_url=",
-             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+            [
+                sys.executable,
+                "-m",
+                "jupyterlab",
+                "--no-browser",
+                f"--port={port}",
+                "--ip=127.0.0.1",
+                "--IdentityProvider.token=",
+                "--ServerApp.password=",
+                f"--ServerApp.root_dir={root}",
+                "--ServerApp.disable_check_xsrf=True",
+                "--LabApp.news_url=",
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            ]
             + (["--allow-root"] if os.geteuid() == 0 else []),
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -100,7 +123,8 @@ def open_notebook(browser, url: str, width: int = 1500, height: int = 1100):  # 
     page.wait_for_function(
         "() => { const s = document.querySelector('.jp-Notebook-ExecutionIndicator, .jp-KernelStatus');"
         " return !s || !/starting|unknown|connecting/i.test(s.getAttribute('data-status') ?? s.textContent ?? ''); }",
-        timeout=120_000)
+        timeout=120_000,
+    )
     time.sleep(2)  # the kernel connects
     return page, errors
 
@@ -117,5 +141,7 @@ def settled(page, request_after: int = 0, timeout: float = 300_000, nth: int = 0
         "([n, k]) => { const r = document.querySelectorAll('.asw-root')[k];"
         " return r && r.dataset.busy === '0' && Number(r.dataset.request) > n"
         " && r.querySelector('.asw-main')?.dataset.rendered; }",
-        arg=[request_after, nth], timeout=timeout, polling=100,  # not every animation frame: timings stay clean
+        arg=[request_after, nth],
+        timeout=timeout,
+        polling=100,  # not every animation frame: timings stay clean
     )

@@ -18,8 +18,10 @@ from .harness import chromium, jupyterlab, open_notebook, run_cell, settled, wri
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 BUNDLE = ROOT / "src" / "attnsparse_widget" / "static" / "widget.js"
-TEXT = ("The lighthouse keeper wrote in his log every evening. The storm came from the west, and the ships "
-        "stayed in the harbour until the wind turned.")
+TEXT = (
+    "The lighthouse keeper wrote in his log every evening. The storm came from the west, and the ships "
+    "stayed in the harbour until the wind turned."
+)
 pytestmark = pytest.mark.skipif(not BUNDLE.is_file(), reason="the frontend bundle is not built (npm run build)")
 
 SHOW = f"""import attnsparse_widget as aw
@@ -89,8 +91,11 @@ TIMINGS = """() => {
 @pytest.mark.parametrize("app", ["lab", "notebook7"])
 def test_widget_in_a_real_browser(server, browser, app):
     ARTIFACTS.mkdir(exist_ok=True)
-    url = (f"{server}/lab/workspaces/{uuid.uuid4().hex[:8]}/tree/widget.ipynb" if app == "lab"
-           else f"{server}/notebooks/widget.ipynb")
+    url = (
+        f"{server}/lab/workspaces/{uuid.uuid4().hex[:8]}/tree/widget.ipynb"
+        if app == "lab"
+        else f"{server}/notebooks/widget.ipynb"
+    )
     page, errors = open_notebook(browser, url)
     run_cell(page, 0)
     page.locator(".asw-main.js-plotly-plot").wait_for(timeout=300_000)
@@ -179,7 +184,9 @@ def test_several_widgets_and_a_second_view(server, browser):
         run_cell(page, i)
     page.wait_for_function(
         "() => { const r = document.querySelectorAll('.asw-root'); return r.length === 3 && Array.from(r).every("
-        "(x) => x.dataset.busy === '0' && x.querySelector('.asw-main')?.dataset.rendered); }", timeout=300_000)
+        "(x) => x.dataset.busy === '0' && x.querySelector('.asw-main')?.dataset.rendered); }",
+        timeout=300_000,
+    )
     a1, b, a2 = roots_state(page)
     assert a1["mask"] == a2["mask"] == "sink_window" and b["mask"] == "topk"
     assert a1["title"] == a2["title"] and "topk" in b["title"]
@@ -191,13 +198,16 @@ def test_several_widgets_and_a_second_view(server, browser):
         page.keyboard.press("ArrowRight")
     page.wait_for_function(
         "n => { const r = document.querySelectorAll('.asw-root')[1]; return r.dataset.busy === '0' && Number(r.dataset.request) > n; }",
-        arg=b["request"], timeout=300_000)
+        arg=b["request"],
+        timeout=300_000,
+    )
     # switch a's mask from its second view: both views of a follow, b stays
     page.locator(".asw-root").nth(2).locator(".asw-mask").select_option("sliding_window")
     page.wait_for_function(
         "() => Array.from(document.querySelectorAll('.asw-root')).filter((r, i) => i !== 1).every((r) =>"
         " r.dataset.busy === '0' && r.querySelector('.asw-main .gtitle')?.textContent.includes('sliding_window'))",
-        timeout=300_000)
+        timeout=300_000,
+    )
     a1, b2, a2 = roots_state(page)
     assert a1["mask"] == a2["mask"] == "sliding_window" and a1["title"] == a2["title"]
     assert b2["mask"] == "topk" and b2["sparsity"] == "50" and "topk" in b2["title"]

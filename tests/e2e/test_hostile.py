@@ -23,8 +23,10 @@ ARTIFACTS = ROOT / "test-artifacts"
 BUNDLE = ROOT / "src" / "attnsparse_widget" / "static" / "widget.js"
 pytestmark = pytest.mark.skipif(not BUNDLE.is_file(), reason="the frontend bundle is not built (npm run build)")
 
-HOSTILE = ("<img src=x onerror=alert(1)> \"double\" 'single' back\\slash & </div> <b>bold?</b>\n"
-           "<script>alert('x')</script>\n<script>alert('x')</script>\n<script>")
+HOSTILE = (
+    "<img src=x onerror=alert(1)> \"double\" 'single' back\\slash & </div> <b>bold?</b>\n"
+    "<script>alert('x')</script>\n<script>alert('x')</script>\n<script>"
+)
 HOSTILE_CELLS = [
     f"import attnsparse_widget as aw\nHOSTILE = {HOSTILE!r}\nw = aw.show(None, HOSTILE, mask='sink_window', sparsity=0.5)\nw",
     """import json
@@ -96,8 +98,10 @@ def test_hostile_text_stays_literal_and_inert(lab, browser):
     # the text box holds the text itself
     assert page.locator(".asw-text").input_value() == HOSTILE == kernel["text"]
     # axis labels: every token, literally, in order (plotly draws the escaped labels as plain text)
-    ticks = page.evaluate("() => Array.from(document.querySelectorAll('.asw-main .yaxislayer-above .ytick text'))"
-                          ".map((t) => t.textContent)")
+    ticks = page.evaluate(
+        "() => Array.from(document.querySelectorAll('.asw-main .yaxislayer-above .ytick text'))"
+        ".map((t) => t.textContent)"
+    )
     assert ticks == [visible(t) for t in tokens]
     # the tooltip: hover the bottom-left cell (the last query, the first key)
     box = page.locator(".asw-main .nsewdrag").first.bounding_box()
@@ -126,8 +130,9 @@ def test_hostile_text_stays_literal_and_inert(lab, browser):
     exported.goto((root / "hostile.html").as_uri())
     exported.wait_for_function("() => document.querySelector('#main .ytick text')", timeout=60_000)
     assert exported.locator("p code").first.text_content() == HOSTILE
-    page_ticks = exported.evaluate("() => Array.from(document.querySelectorAll('#main .yaxislayer-above .ytick text'))"
-                                   ".map((t) => t.textContent)")
+    page_ticks = exported.evaluate(
+        "() => Array.from(document.querySelectorAll('#main .yaxislayer-above .ytick text')).map((t) => t.textContent)"
+    )
     assert page_ticks == [visible(t) for t in tokens]
     assert exported.evaluate("() => document.querySelectorAll('img').length") == 0  # no element from the text
     exported.screenshot(path=str(ARTIFACTS / "hostile-export.png"))
@@ -139,8 +144,9 @@ def test_hostile_text_stays_literal_and_inert(lab, browser):
 def burst(page, n: int = 100) -> float:
     """``n`` changes of the controls through the UI (keys on the sliders, choices in the dropdowns); seconds."""
     masks = ["topk", "sliding_window", "h2o", "sink_window", "nsa"]
-    slider, layer, head, mask = (page.locator(f".asw-root .{c}") for c in ("asw-sparsity", "asw-layer", "asw-head",
-                                                                             "asw-mask"))
+    slider, layer, head, mask = (
+        page.locator(f".asw-root .{c}") for c in ("asw-sparsity", "asw-layer", "asw-head", "asw-mask")
+    )
     start = time.perf_counter()
     done = 0
     i = 0
@@ -201,7 +207,7 @@ def test_a_hundred_rapid_changes(lab, browser):
     # the bursts' pace (about two seconds each here) is recorded in the artefact, not asserted: timings are not
     # pass/fail criteria
     assert rss[2] - rss[1] < 150, rss  # flat after the first burst (its caches warm up)
-    new_log = (root / "server.log").read_text()[len(log_before):]
+    new_log = (root / "server.log").read_text()[len(log_before) :]
     assert "Traceback" not in new_log, new_log[-3000:]
     assert not console and not errors, (console, errors)
     page.locator(".asw-root").screenshot(path=str(ARTIFACTS / "lab-rapid.png"))

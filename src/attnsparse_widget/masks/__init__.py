@@ -1,10 +1,10 @@
 """The mask library: every sparse pattern by id, with its rule, paper and parameters.
 
-    >>> from attnsparse_widget import masks
-    >>> [m["id"] for m in masks.available()][:3]
-    ['dense', 'sliding_window', 'dilated_window']
-    >>> masks.build("sliding_window", 6, window=2).astype(int)[3]
-    array([0, 0, 1, 1, 0, 0])
+>>> from attnsparse_widget import masks
+>>> [m["id"] for m in masks.available()][:3]
+['dense', 'sliding_window', 'dilated_window']
+>>> masks.build("sliding_window", 6, window=2).astype(int)[3]
+array([0, 0, 1, 1, 0, 0])
 """
 
 from __future__ import annotations
