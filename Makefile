@@ -1,6 +1,6 @@
 # The README's two commands. Both set everything up first (scripts/setup.sh is idempotent: a second run takes
 # well under a second).
-.PHONY: setup demo test
+.PHONY: setup demo test lint
 
 PORT ?= 8888
 # no browser is launched where there is none to show (no display); running as root needs --allow-root
@@ -14,6 +14,14 @@ demo: setup
 	@echo "Starting JupyterLab on notebooks/01_quickstart.ipynb; open the http://127.0.0.1:$(PORT)/... URL it prints."
 	.venv/bin/jupyter lab notebooks/01_quickstart.ipynb $(LAB_FLAGS)
 
-test: setup
+# the static checks, in this order: lint and formatting (ruff), then types (mypy on src/, tsc on js/)
+lint: setup
+	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/ruff format --check src tests benchmarks
+	.venv/bin/mypy
+	npm run --silent typecheck
+
+# lint depends on setup too, so even `make -j` runs setup, then lint, then the tests
+test: setup lint
 	npm test --silent
 	.venv/bin/python -m pytest

@@ -54,7 +54,7 @@ def main() -> None:
         repeat = 1 if n > 1024 else args.repeat
         forward = median_seconds(plain_forward(model, tok, text), args.repeat)
 
-        def stage(cold: bool) -> object:
+        def stage(cold: bool, text: str = text) -> object:  # binds this length's text
             if cold:
                 aw.clear_cache()
             return COMPARE.sparse_comparison(run, text, args.mask, args.sparsity, continuation_tokens=0)

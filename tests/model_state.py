@@ -27,7 +27,7 @@ def snapshot(model: PreTrainedModel, ids: torch.Tensor) -> tuple[torch.Tensor, d
     model.eval()  # dropout off for a deterministic comparison, then the user's modes back
     with torch.no_grad():
         logits = model(ids).logits.clone()
-    for module, mode in zip(model.modules(), training):
+    for module, mode in zip(model.modules(), training, strict=True):
         module.training = mode
     configs = [m.config for m in model.modules() if isinstance(m, PreTrainedModel)]
     state = {

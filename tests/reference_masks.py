@@ -74,7 +74,8 @@ def _softmax(row: np.ndarray) -> np.ndarray:
 
 
 def _best(candidates: list[int], score, k: int) -> list[int]:
-    return sorted(candidates, key=lambda c: -score(c))[:k]
+    """The k candidates with the highest score[c] (score: an array or dict indexed by candidate); ties keep order."""
+    return sorted(candidates, key=lambda c: -score[c])[:k]
 
 
 def topk(logits, k):
@@ -83,7 +84,7 @@ def topk(logits, k):
     for head in range(h):
         for i in range(n):
             others = [j for j in range(n) if j != i and np.isfinite(logits[head, i, j])]
-            keep[head, i, _best(others, lambda j: logits[head, i, j], k - 1) + [i]] = True
+            keep[head, i, _best(others, logits[head, i], k - 1) + [i]] = True
     return finalise(keep, True)
 
 
@@ -93,7 +94,7 @@ def dsa(logits, k):
     for i in range(n):
         index = sum(_softmax(logits[head, i]) for head in range(h))
         others = [j for j in range(n) if j != i and np.isfinite(logits[0, i, j])]
-        keep[0, i, _best(others, lambda j: index[j], k - 1) + [i]] = True
+        keep[0, i, _best(others, index, k - 1) + [i]] = True
     return finalise(keep, True)
 
 
@@ -108,11 +109,11 @@ def nsa(logits, n_blocks, block, window, groups):
             for head in range(g * groups, (g + 1) * groups):
                 means = [np.mean(logits[head, i, c * block : (c + 1) * block]) for c in complete]
                 p = _softmax(np.array(means)) if complete else []
-                for c, pc in zip(complete, p):
+                for c, pc in zip(complete, p, strict=True):
                     importance[c] += pc
             forced = sorted({0, own, own - 1} - {-1})
             rest = [c for c in range(own + 1) if c not in forced]
-            chosen = forced + _best(rest, lambda c: importance[c], max(0, n_blocks - len(forced)))
+            chosen = forced + _best(rest, importance, max(0, n_blocks - len(forced)))
             for head in range(g * groups, (g + 1) * groups):
                 for j in range(i + 1):
                     keep[head, i, j] = (j // block in chosen) or (i - j < window)
@@ -127,7 +128,7 @@ def moba(logits, k, block):
             own = i // block
             past = list(range(own))
             gate = {b: np.mean(logits[head, i, b * block : (b + 1) * block]) for b in past}
-            chosen = [own] + _best(past, lambda b: gate[b], k - 1)
+            chosen = [own] + _best(past, gate, k - 1)
             for j in range(i + 1):
                 keep[head, i, j] = j // block in chosen
     return finalise(keep, True)
@@ -144,7 +145,7 @@ def block_topk(logits, top_k, block):
             for kb in range(qb + 1):
                 vals = [logits[head, i, j] for i in rows for j in range(kb * block, min(n, (kb + 1) * block)) if j <= i]
                 pooled[kb] = np.mean(vals)
-            chosen = _best(list(range(qb + 1)), lambda b: pooled[b], top_k)
+            chosen = _best(list(range(qb + 1)), pooled, top_k)
             for i in rows:
                 for j in range(i + 1):
                     keep[head, i, j] = j // block in chosen
@@ -158,7 +159,7 @@ def quest(logits, token_budget, page):
         for i in range(n):
             pages = list(range(i // page + 1))
             score = {p: max(logits[head, i, j] for j in range(p * page, min(i + 1, (p + 1) * page))) for p in pages}
-            chosen = _best(pages, lambda p: score[p], max(3, token_budget // page))
+            chosen = _best(pages, score, max(3, token_budget // page))
             for j in range(i + 1):
                 keep[head, i, j] = j // page in chosen
     return finalise(keep, True)
@@ -178,7 +179,7 @@ def h2o(logits, kv_budget):
                 continue
             if t == heavy:
                 acc[heavy:] = 0
-            chosen = _best(list(range(t)), lambda j: acc[j], heavy - 1) if heavy > 1 else []
+            chosen = _best(list(range(t)), acc, heavy - 1) if heavy > 1 else []
             row = np.zeros(n, dtype=bool)
             row[chosen + [t]] = True
             keep[head, t] = row
@@ -204,10 +205,8 @@ def vertical_slash(logits, size, vertical_fraction, last_q, sink_columns, local_
                 vertical[j] += p[j]
                 slash[i - j] += p[j]
         # forced first (first columns, nearest diagonals), then by attention mass
-        cols = (list(range(min(sink_columns, n))) + _best(list(range(sink_columns, n)), lambda j: vertical[j], n))[:n_v]
-        diags = (list(range(min(local_diagonals, n))) + _best(list(range(local_diagonals, n)), lambda o: slash[o], n))[
-            :n_s
-        ]
+        cols = (list(range(min(sink_columns, n))) + _best(list(range(sink_columns, n)), vertical, n))[:n_v]
+        diags = (list(range(min(local_diagonals, n))) + _best(list(range(local_diagonals, n)), slash, n))[:n_s]
         for i in range(n):
             for j in range(i + 1):
                 keep[head, i, j] = j in cols or (i - j) in diags

@@ -133,7 +133,8 @@ def test_static_sparse_equals_eager_with_explicit_mask_tiny(tiny, mask_id):
         model = build(name, "eager" if name == "gemma2" else "sdpa", n_layers=1)
     store, logits = capture(model, ids, mask=mask)
     allowed = model_allowed(model, n)
-    keep = [(k if k.dim() == 3 else k[None]) & a for k, a in zip(per_layer, allowed)]
+    # per_layer has 3 entries, allowed one per layer of the model (1 for the one-layer rebuild)
+    keep = [(k if k.dim() == 3 else k[None]) & a for k, a in zip(per_layer, allowed, strict=False)]
     types = getattr(model.config, "layer_types", None)
     if types and len(set(types)) > 1:  # Qwen2 / Gemma-2 alternate full and sliding layers: one mask per type
         explicit = {t: additive(keep[types.index(t)]) for t in set(types)}

@@ -317,7 +317,7 @@ def test_two_threads_on_one_model_do_not_interfere():
     for th in threads:
         th.join()
     assert not errors
-    for a, b in zip(alone, together):
+    for a, b in zip(alone, together, strict=True):
         assert (
             a.metrics.sparse_ppl == b.metrics.sparse_ppl
             and a.metrics.per_layer_delta_ppl == b.metrics.per_layer_delta_ppl

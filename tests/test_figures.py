@@ -53,7 +53,7 @@ def test_panels_and_colorbars_do_not_overlap(res, panels):
     bars = [d["colorbar"]["x"] for d in fig["data"] if "colorbar" in d]
     spans = sorted([tuple(a) for a in axes] + [(b, b + 0.045) for b in bars])
     assert spans[0][0] >= 0 and spans[-1][1] <= 1.0 + 1e-9
-    assert all(a[1] <= b[0] + 1e-9 for a, b in zip(spans, spans[1:]))
+    assert all(a[1] <= b[0] + 1e-9 for a, b in zip(spans, spans[1:], strict=False))  # neighbours
 
 
 def test_bad_panels_are_refused(res):

@@ -362,7 +362,7 @@ def test_block_larger_than_text_works():
 def test_available_is_complete():
     ids = [info["id"] for info in masks.available()]
     assert ids == masks.ids()
-    for info, cls in zip(masks.available(), masks.REGISTRY.values()):
+    for info, cls in zip(masks.available(), masks.REGISTRY.values(), strict=True):
         assert info["params"] == cls().params()
     assert list(itertools.islice(ids, 3)) == ["dense", "sliding_window", "dilated_window"]
 

@@ -87,7 +87,7 @@ def test_pooled_maps_equal_pooling_the_full_maps(pair, head):
 def test_gallery_thumbnails_agree(pair):
     full, overview = pair
     for layer in (0, 1):
-        for a, b in zip(full.head_maps(layer, 24), overview.head_maps(layer, 24)):
+        for a, b in zip(full.head_maps(layer, 24), overview.head_maps(layer, 24), strict=True):
             assert a.shape == b.shape == (4, 23, 23)  # 14 tokens a cell: ceil(315 / 14) = 23 cells
             np.testing.assert_allclose(a, b, atol=1e-6)
 

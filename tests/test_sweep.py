@@ -91,5 +91,5 @@ def test_dask_local_cluster_gives_the_same_table(table):
     assert [(r["text"], r["mask"], r["requested_sparsity"]) for r in remote] == [
         (r["text"], r["mask"], r["requested_sparsity"]) for r in table
     ]
-    for a, b in zip(remote, table):
+    for a, b in zip(remote, table, strict=True):
         assert math.isclose(a["sparse_ppl"], b["sparse_ppl"], rel_tol=1e-5), (a, b)

@@ -120,14 +120,14 @@ def attention_forward(
     dropout: float = 0.0,
     softcap: float | None = None,
     **kwargs: Any,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor | None]:
     """Eager attention plus the active plan's sparse mask and capture. Shapes as transformers passes them:
     query ``[B, H, Tq, D]``, key/value ``[B, H_kv, Tk, D]``; returns ``([B, Tq, H, D], [B, H, Tq, Tk])``."""
     for unsupported_kw in ("s_aux", "sinks"):
         if kwargs.get(unsupported_kw) is not None:
             raise NotImplementedError(
-                f"{type(module).__name__} passes learned attention sinks ({unsupported_kw}); attnsparse-widget does not "
-                f"model them yet"
+                f"{type(module).__name__} passes learned attention sinks ({unsupported_kw}); attnsparse-widget does "
+                f"not model them yet"
             )
     plan = _ACTIVE.get()
     n_rep = query.shape[1] // key.shape[1]
@@ -189,6 +189,7 @@ def attention_forward(
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
     out = torch.matmul(probs, value_states).transpose(1, 2).contiguous()
     if plan is not None and plan.recorder is not None:
+        assert allowed is not None  # set above whenever there is a plan
         plan.recorder.record(layer, probs32, keep, allowed)
     return out, probs
 
@@ -287,7 +288,7 @@ def num_layers(model: nn.Module) -> int:
 
 
 def text_config(model: nn.Module) -> Any:
-    config = model.config
+    config: Any = model.config
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
@@ -363,9 +364,9 @@ def _dispatched(model: nn.Module) -> bool:
 def input_device(model: nn.Module) -> torch.device:
     """Where the model's inputs go: its parameters' device, or, for a model dispatched by accelerate (device map,
     offloading to CPU or disk, where parameters may sit on 'meta' until used), the device it executes on."""
-    hook = getattr(model, "_hf_hook", None)
-    if getattr(hook, "execution_device", None) is not None:
-        return torch.device(hook.execution_device)
+    execution_device = getattr(getattr(model, "_hf_hook", None), "execution_device", None)
+    if execution_device is not None:
+        return torch.device(execution_device)
     for place in (getattr(model, "hf_device_map", None) or {}).values():
         if place not in ("disk", "meta"):
             return torch.device(place)
@@ -475,14 +476,14 @@ def replaced_forward(module: nn.Module, forward: Callable[..., Any]) -> Iterator
     """``module.forward`` is ``forward`` inside the block. A forward already set on the instance (accelerate's
     offloading and device-map hooks put theirs there) is put back afterwards, not deleted."""
     previous = module.__dict__.get("forward", _NO_OVERRIDE)
-    module.forward = forward  # type: ignore[method-assign]
+    module.forward = forward
     try:
         yield
     finally:
         if previous is _NO_OVERRIDE:
             del module.forward
         else:
-            module.forward = previous  # type: ignore[method-assign]
+            module.forward = previous
 
 
 @contextlib.contextmanager

@@ -198,7 +198,7 @@ def captured_pass(
         # the prefill's keys and values (for replays that skip a prefix), in one allocation (capture_layer_outputs)
         slab = torch.stack([torch.stack([layer.keys, layer.values]) for layer in cache.layers])
         result.kv = [(pair[0], pair[1]) for pair in slab]
-        for layer, (keys, values) in zip(cache.layers, result.kv):  # the cache reads the same memory
+        for layer, (keys, values) in zip(cache.layers, result.kv, strict=True):  # the cache reads the same memory
             layer.keys, layer.values = keys, values
     if replayable and verify_replay(model, ids, recorded["base"], out.logits[0, -1]):
         result.base_output = _without_cache(recorded["base"])  # the head does not need it; the cache lives on
@@ -334,11 +334,12 @@ CACHE_NAMES = ("cache", "past_key_values")  # later transformers 5.x name the KV
 
 def cache_kwarg(model: PreTrainedModel, cache: Any) -> dict[str, Any]:
     """``{"cache": cache}`` or ``{"past_key_values": cache}``, whichever the model's forward takes."""
-    return {_cache_name(type(model)): cache}
+    cls: type = type(model)  # plain `type`: mypy wrongly finds type[PreTrainedModel] unhashable (lru_cache key)
+    return {_cache_name(cls): cache}
 
 
 @functools.cache
-def _cache_name(cls: type) -> str:
+def _cache_name(cls: type[PreTrainedModel]) -> str:
     params = inspect.signature(cls.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
@@ -370,7 +371,7 @@ def _full_attention_only(model: PreTrainedModel) -> bool:
 def _sliced_outputs(outputs: LayerOutputs, blocks: int, prefix: int) -> LayerOutputs | None:
     """The recorded outputs of blocks ``0..blocks-1`` without their first ``prefix`` positions (None when a block's
     output is not a ``[batch, positions, ...]`` tensor or a tuple that starts with one)."""
-    sliced = []
+    sliced: list[Any] = []
     for out in outputs.outputs[:blocks]:
         if isinstance(out, Tensor):
             sliced.append(out[:, prefix:])
@@ -564,9 +565,9 @@ class Comparison:
         pos = torch.tensor([int(position) % n], device=self.dense.ids.device)
         out = {}
         for name, result in (("dense", self.dense), ("sparse", self.sparse)):
-            last = int(pos) == n - 1 and result.last_logits is not None  # the pass's own last logits: at hand
-            top = torch.softmax(result.last_logits if last else result.logits(pos)[0], dim=-1).topk(k)
-            out[name] = [(self._decode([int(i)]), float(p)) for p, i in zip(top.values, top.indices)]
+            last = result.last_logits if int(pos) == n - 1 else None  # the pass's own last logits: at hand
+            top = torch.softmax(last if last is not None else result.logits(pos)[0], dim=-1).topk(k)
+            out[name] = [(self._decode([int(i)]), float(p)) for p, i in zip(top.values, top.indices, strict=True)]
         return out
 
     # ------------------------------------------------------------------------------------- the later stages
@@ -782,7 +783,7 @@ def sparsity_metrics(store: AttentionStore, requested: float | None) -> M.Metric
     """Achieved sparsity, overall and per layer and head, from the kept and allowed counts of the sparse pass."""
     per_head, kept_total, allowed_total = [], 0.0, 0.0
     heads = store.n_heads
-    for kept, allowed in zip(store.kept, store.allowed_count):
+    for kept, allowed in zip(store.kept, store.allowed_count, strict=True):
         assert kept is not None and allowed is not None
         k, a = kept[0], allowed[0, 0]
         per_head.append(M.achieved_sparsity(k, a).expand(heads).tolist())
@@ -803,7 +804,9 @@ def output_metrics(metrics: M.Metrics, dense: PassResult, sparse: PassResult) ->
     n = ids.shape[0]
     nll, argmax, kl = [], [], []
     diff2 = norm2 = 0.0
-    for (dense_logits, dense_probs, dense_lse, dense_sumsq), pos in zip(dense.reference, chunks(0, n, ids.device)):
+    for (dense_logits, dense_probs, dense_lse, dense_sumsq), pos in zip(
+        dense.reference, chunks(0, n, ids.device), strict=True
+    ):
         if dense_logits is None or dense_probs is None:
             dense_logits = dense.logits(pos)
             dense_probs = torch.softmax(dense_logits, dim=-1)
@@ -999,6 +1002,8 @@ def readable_tokens(decode: Callable[[list[int]], str], ids: list[int]) -> list[
 
 def _decoder(tok: PreTrainedTokenizerBase) -> Callable[[list[int]], str]:
     def decode(ids: list[int]) -> str:
-        return tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        text = tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        assert isinstance(text, str)  # one id list decodes to one string (a batch would give a list)
+        return text
 
     return decode

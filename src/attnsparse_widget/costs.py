@@ -249,7 +249,7 @@ def skippable_tiles(keep: Any, allowed: Any = None, tile: int = 64) -> float:
 
     def any_per_tile(m: np.ndarray) -> np.ndarray:
         m = np.pad(m, [(0, 0)] * (m.ndim - 2) + [(0, pad), (0, pad)])
-        return m.reshape(*m.shape[:-2], n, tile, n, tile).any(axis=(-3, -1))
+        return np.asarray(m.reshape(*m.shape[:-2], n, tile, n, tile).any(axis=(-3, -1)))
 
     live = any_per_tile(allowed)
     touched = any_per_tile(keep & allowed) & live

@@ -208,7 +208,7 @@ def export_gif(
 
     frames = np.stack([_rgb(p) for p in pngs])
     write_atomically(path, iio.imwrite("<bytes>", frames, extension=".gif", duration=int(duration_ms), loop=0))
-    return GifReport(path=path, frames=len(chosen), seconds=time.perf_counter() - start, size=tuple(size))
+    return GifReport(path=path, frames=len(chosen), seconds=time.perf_counter() - start, size=(size[0], size[1]))
 
 
 def gif_bytes(res: Comparison, **kwargs: Any) -> bytes:
@@ -317,6 +317,7 @@ def to_html(res: Comparison, path: str | Path | None = None, head: int | None = 
     def fmt(v: float | None, d: int = 3) -> str:
         return "n/a" if v is None else f"{v:.{d}f}"
 
+    assert m.mass_recall is not None, "to_html needs the attention metrics (Comparison.complete)"
     rows = [
         ("model", res.model_name),
         ("tokens", str(len(res.tokens))),

@@ -16,6 +16,7 @@ Pairs the model itself never allows (future keys, padding) are blank in every pa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,7 @@ PANELS = ("dense", "sparse", "diff")
 PANEL_TITLES = {"dense": "dense", "sparse": "sparse (red: dropped, by the dense p lost)", "diff": "sparse − dense"}
 
 VIRIDIS = "Viridis"
-DROPPED_SCALE = [[0.0, "#e6e6e6"], [0.15, "#f4a582"], [1.0, "#b2182b"]]  # by the fraction of zmax lost
+DROPPED_SCALE: list[list[Any]] = [[0.0, "#e6e6e6"], [0.15, "#f4a582"], [1.0, "#b2182b"]]  # by the fraction of zmax lost
 _VIRIDIS_STOPS = [
     "#440154",
     "#482878",
@@ -331,9 +332,9 @@ def mask_figure(view: MapView, label: str) -> dict[str, Any]:
 
 
 def layer_figure(
-    per_layer: list[float | None] | None,
-    cumulative: list[float | None] | None,
-    recall: list[float | None] | None,
+    per_layer: Sequence[float | None] | None,
+    cumulative: Sequence[float | None] | None,
+    recall: Sequence[float | None] | None,
     n_layers: int,
     selected: int = -1,
 ) -> dict[str, Any]:

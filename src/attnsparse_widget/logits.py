@@ -38,6 +38,13 @@ def head_can_replay(model: nn.Module) -> bool:
     return base is not None and base is not model and "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
+def _base_model(model: nn.Module) -> nn.Module:
+    """``model.base_model``, the decoder stack under the head (typed: ``nn.Module`` attributes read as Any)."""
+    base = model.base_model
+    assert isinstance(base, nn.Module)
+    return base
+
+
 @contextlib.contextmanager
 def record_base_output(model: nn.Module, into: dict[str, Any]) -> Iterator[None]:
     """Record the base model's output object (``into["base"]``) during the passes inside the block."""
@@ -45,7 +52,7 @@ def record_base_output(model: nn.Module, into: dict[str, Any]) -> Iterator[None]
     def hook(_module: nn.Module, _args: Any, output: Any) -> None:
         into["base"] = output
 
-    handle = model.base_model.register_forward_hook(hook)
+    handle = _base_model(model).register_forward_hook(hook)
     try:
         yield
     finally:
@@ -56,7 +63,7 @@ def record_base_output(model: nn.Module, into: dict[str, Any]) -> Iterator[None]
 def replay_base(model: nn.Module, output: Any) -> Iterator[None]:
     """Inside the block, the base model returns ``output`` without computing anything (holding the model's lock:
     another thread's pass must not see the replacement)."""
-    with model_lock(model), replaced_forward(model.base_model, lambda *args, **kwargs: output):
+    with model_lock(model), replaced_forward(_base_model(model), lambda *args, **kwargs: output):
         yield
 
 

@@ -162,8 +162,8 @@ def _dequantise(gguf: Path) -> ModelAndTokenizer:
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # a GGUF-loaded model refuses to serialise ("quantized with gguf and is not serializable") while it still
     # carries its quantisation record; the weights are plain float32 by now
-    model.hf_quantizer = None
-    model.is_quantized = False
+    model.hf_quantizer = None  # type: ignore[assignment]  # torch types Module.__setattr__ as Tensor | Module only
+    model.is_quantized = False  # type: ignore[assignment]  # torch types Module.__setattr__ as Tensor | Module only
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")
     return model, tok
@@ -245,7 +245,7 @@ def _load_default(cache_dir: PathLike | None) -> ModelAndTokenizer:
         shutil.rmtree(target, ignore_errors=True)
         _convert_default(gguf, target)
         model, tok = _load_local(target, torch.float32)
-    model.attnsparse_name = DEFAULT_NAME  # shown in reports instead of the cache path
+    model.attnsparse_name = DEFAULT_NAME  # type: ignore[assignment]  # shown in reports instead of the cache path
     return model, tok
 
 
@@ -328,10 +328,10 @@ def _finish(
 ) -> ModelAndTokenizer:
     """Cast and place the model, attach its tokenizer (so the model alone is enough), and put it in eval mode."""
     if isinstance(dtype, torch.dtype) and model.dtype != dtype:
-        model = model.to(dtype)
+        model = model.to(dtype)  # type: ignore[arg-type]  # transformers' @wraps(Module.to) mistypes the signature
     if device is not None:
-        model = model.to(device)
-    model.attnsparse_tokenizer = tok
+        model = model.to(device)  # type: ignore[arg-type]  # transformers' @wraps(Module.to) mistypes the signature
+    model.attnsparse_tokenizer = tok  # type: ignore[assignment]  # torch types Module.__setattr__ as Tensor | Module only
     return model.eval(), tok
 
 

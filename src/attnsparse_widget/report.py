@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -15,6 +16,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 def summary_table(res: Comparison) -> str:
     """Headline metrics, the per-layer curve and both continuations, as aligned text."""
     m = res.metrics
+    assert m.mass_recall is not None, "summary_table needs the attention metrics (Comparison.complete)"
     lines = [
         f"model   {res.model_name}  ({res.n_layers} layers x {res.n_heads} heads, {len(res.tokens)} tokens)",
         f"mask    {res.mask.label()}",
@@ -23,7 +25,10 @@ def summary_table(res: Comparison) -> str:
         f"{'sparsity requested':<26}{_fmt(m.requested_sparsity)}",
         f"{'sparsity achieved':<26}{_fmt(m.achieved_sparsity)}",
         f"{'perplexity dense':<26}{_fmt(m.dense_ppl)}",
-        f"{'perplexity sparse':<26}{_fmt(m.sparse_ppl)}   (delta {_fmt(m.delta_ppl)}, dNLL {_fmt(m.delta_nll, 4)} nats)",
+        (
+            f"{'perplexity sparse':<26}{_fmt(m.sparse_ppl)}"
+            f"   (delta {_fmt(m.delta_ppl)}, dNLL {_fmt(m.delta_nll, 4)} nats)"
+        ),
         f"{'next-token KL(d||s)':<26}{_fmt(m.next_token_kl, 4)}",
         f"{'top-1 agreement':<26}{_fmt(m.top1_agreement)}",
         (
@@ -33,9 +38,11 @@ def summary_table(res: Comparison) -> str:
         f"{'output relative error':<26}{_fmt(m.output_relative_error, 4)}",
     ]
     if m.per_layer_delta_ppl is not None:
+        assert m.kl is not None  # filled with mass_recall
         lines += ["", f"{'layer':>5}  {'recall':>7}  {'KL(s||d)':>9}  {'dPPL only l':>11}  {'dPPL 0..l':>10}"]
-        cumulative = m.cumulative_delta_ppl or [None] * len(m.per_layer_delta_ppl)
-        for layer, (r, kl, iso, cum) in enumerate(zip(m.mass_recall, m.kl, m.per_layer_delta_ppl, cumulative)):
+        cumulative: Sequence[float | None] = m.cumulative_delta_ppl or [None] * len(m.per_layer_delta_ppl)
+        per_layer = zip(m.mass_recall, m.kl, m.per_layer_delta_ppl, cumulative, strict=True)  # one value per layer
+        for layer, (r, kl, iso, cum) in enumerate(per_layer):
             lines.append(f"{layer:>5}  {r:>7.3f}  {kl:>9.4f}  {iso:>11.3f}  {_fmt(cum):>10}")
     if res.continuations:
         lines += ["", "continuation (greedy)"]

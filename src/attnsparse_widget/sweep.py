@@ -101,6 +101,7 @@ def _run_group(group: _Group) -> list[dict[str, Any]]:
                 **group.mask_params.get(mask, {}),
             )
         m = res.metrics
+        assert m.mass_recall is not None  # compare() fills the attention metrics
         records.append(
             {
                 "text": group.text_index,
@@ -222,8 +223,8 @@ def plot_sweep(table: Iterable[dict[str, Any]], y: str = "sparse_ppl", log_y: bo
         spread = {
             "type": "data",
             "symmetric": False,
-            "array": [h - v for h, v in zip(hi, ys)],
-            "arrayminus": [v - lo_ for v, lo_ in zip(ys, lo)],
+            "array": [h - v for h, v in zip(hi, ys, strict=True)],
+            "arrayminus": [v - lo_ for v, lo_ in zip(ys, lo, strict=True)],
             "thickness": 1,
             "width": 3,
         }
@@ -254,7 +255,7 @@ def plot_sweep(table: Iterable[dict[str, Any]], y: str = "sparse_ppl", log_y: bo
         )
     values = [r[y] for r in records if r[y] is not None and math.isfinite(r[y])]
     if log_y is None:
-        log_y = y == "sparse_ppl" and values and max(values) / max(min(values), 1e-9) > 20
+        log_y = y == "sparse_ppl" and bool(values) and max(values) / max(min(values), 1e-9) > 20
     fig.update_layout(
         xaxis={"title": {"text": "achieved sparsity (fraction of allowed pairs dropped)"}, "tickformat": ".0%"},
         yaxis={"title": {"text": y.replace("_", " ")}, "type": "log" if log_y else "linear"},

@@ -71,7 +71,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
     position = t.Int(-1).tag(sync=True)  # query position of the next-token top-5 (-1: the last)
 
     # outputs: computed here, drawn by the frontend
-    catalog = t.List().tag(sync=True)
+    catalog: t.List[Any] = t.List().tag(sync=True)
     caveat = t.Unicode(CAVEAT).tag(sync=True)
     info = t.Dict().tag(sync=True)
     metrics = t.Dict().tag(sync=True)
@@ -329,8 +329,8 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                     **self.status,
                     "busy": False,
                     "error": (
-                        f"GIF export: {self.export_path!r} already exists; set w.export_overwrite = True to replace it, "
-                        f"or set another w.export_path"
+                        f"GIF export: {self.export_path!r} already exists; set w.export_overwrite = True to replace "
+                        f"it, or set another w.export_path"
                     ),
                 }
                 return False

@@ -39,7 +39,8 @@ SEVERAL = [
     "b = aw.show(None, 'A second widget on another text, with its own mask.', mask='topk', sparsity=0.3)\nb",
     "a  # the first widget again: a second view of the same model",
     """import json\na.wait(300); b.wait(300)
-print("KERNEL", json.dumps({"a": [a.mask, a.sparsity, a.status["request"]], "b": [b.mask, b.sparsity, b.status["request"]]}))""",
+print("KERNEL", json.dumps({"a": [a.mask, a.sparsity, a.status["request"]],
+                            "b": [b.mask, b.sparsity, b.status["request"]]}))""",
 ]
 
 
@@ -81,9 +82,13 @@ TIMINGS = """() => {
   const last = (pred) => marks.filter(pred).slice(-1)[0];
   const intent = last((m) => m.name === "attnsparse:intent:sparsity");
   const arrived = last((m) => m.name === "attnsparse:view-arrived");
-  const painted = last((m) => m.name.startsWith("attnsparse:main:end:") && arrived && m.startTime >= arrived.startTime);
-  const start = arrived && marks.filter((m) => m.name.startsWith("attnsparse:main:start:") && m.startTime >= arrived.startTime)[0];
-  return { intent_to_painted_ms: painted.startTime - intent.startTime, arrival_to_painted_ms: painted.startTime - arrived.startTime,
+  const painted = last(
+    (m) => m.name.startsWith("attnsparse:main:end:") && arrived && m.startTime >= arrived.startTime
+  );
+  const start = arrived &&
+    marks.filter((m) => m.name.startsWith("attnsparse:main:start:") && m.startTime >= arrived.startTime)[0];
+  return { intent_to_painted_ms: painted.startTime - intent.startTime,
+           arrival_to_painted_ms: painted.startTime - arrived.startTime,
            plotly_react_ms: painted.startTime - start.startTime };
 }"""
 
@@ -197,7 +202,8 @@ def test_several_widgets_and_a_second_view(server, browser):
     for _ in range(20):
         page.keyboard.press("ArrowRight")
     page.wait_for_function(
-        "n => { const r = document.querySelectorAll('.asw-root')[1]; return r.dataset.busy === '0' && Number(r.dataset.request) > n; }",
+        "n => { const r = document.querySelectorAll('.asw-root')[1]; "
+        "return r.dataset.busy === '0' && Number(r.dataset.request) > n; }",
         arg=b["request"],
         timeout=300_000,
     )

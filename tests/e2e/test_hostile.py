@@ -28,7 +28,8 @@ HOSTILE = (
     "<script>alert('x')</script>\n<script>alert('x')</script>\n<script>"
 )
 HOSTILE_CELLS = [
-    f"import attnsparse_widget as aw\nHOSTILE = {HOSTILE!r}\nw = aw.show(None, HOSTILE, mask='sink_window', sparsity=0.5)\nw",
+    f"import attnsparse_widget as aw\nHOSTILE = {HOSTILE!r}\n"
+    "w = aw.show(None, HOSTILE, mask='sink_window', sparsity=0.5)\nw",
     """import json
 w.wait(300)
 w.result.to_html("hostile.html", overwrite=True)

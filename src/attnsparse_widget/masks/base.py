@@ -16,8 +16,8 @@ to its valid tokens before calling them, and scatters the result back.
 The sparsity slider: ``s = 1 - kept / allowed`` over the realised mask (sparse-patterns.md §0). ``with_sparsity``
 turns one requested ``s`` into the pattern's budget parameter, by the closed form the spec gives where there is
 one, else by bisection of the integer budget on the realised mask (score-dependent patterns are realised on a
-surrogate score that prefers the earliest keys: their kept *count* hardly depends on the scores, see spec §3.2). The achieved
-value is always measured again on the mask actually applied.
+surrogate score that prefers the earliest keys: their kept *count* hardly depends on the scores, see spec §3.2).
+The achieved value is always measured again on the mask actually applied.
 """
 
 from __future__ import annotations

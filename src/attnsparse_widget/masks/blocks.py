@@ -222,10 +222,10 @@ class Quest(Mask):
 
     Quest (Tang et al. 2024, arXiv 2406.10774) scores a page by an upper bound of q·k over it, Σ_d max(q_d·min_p
     k_d, q_d·max_p k_d), from per-page min/max keys. Masks receive logits, not keys, so this uses the exact page
-    maximum max_{j∈p} q·k_j, the quantity the bound approximates (an oracle Quest). Quest's defaults: page 16 (8 here, for
-    short texts), token budget 1024 (MInference port), at least 3 pages, the first two layers left dense and decoding only;
-    here every layer of a full pass is sparsified. Slider: the spec's closed form round(Winv(s)) ignores the
-    rounding to whole pages, so the budget is bisected on the realised mask instead.
+    maximum max_{j∈p} q·k_j, the quantity the bound approximates (an oracle Quest). Quest's defaults: page 16 (8
+    here, for short texts), token budget 1024 (MInference port), at least 3 pages, the first two layers left dense
+    and decoding only; here every layer of a full pass is sparsified. Slider: the spec's closed form round(Winv(s))
+    ignores the rounding to whole pages, so the budget is bisected on the realised mask instead.
     """
 
     id = "quest"
