@@ -15,15 +15,13 @@ Times are medians of --repeat runs (one run at 2048 tokens for the curves). Rati
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 from common import LENGTHS, default_model, median_seconds, plain_forward, text_of
 
 import attnsparse_widget as aw
-from attnsparse_widget.compare import iter_per_layer
-
-COMPARE = sys.modules["attnsparse_widget.compare"]
+from attnsparse_widget.pipeline import prepare
+from attnsparse_widget.replay import iter_per_layer
 
 
 def curve_seconds(res) -> dict[str, float]:  # noqa: ANN001
@@ -57,7 +55,7 @@ def main() -> None:
         def stage(cold: bool, text: str = text) -> object:  # binds this length's text
             if cold:
                 aw.clear_cache()
-            return COMPARE.sparse_comparison(run, text, args.mask, args.sparsity, continuation_tokens=0)
+            return prepare(run, text, args.mask, args.sparsity, continuation_tokens=0)
 
         stage(False)
         warm = median_seconds(lambda: stage(False), args.repeat)

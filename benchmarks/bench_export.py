@@ -10,13 +10,12 @@ writes the GIF. The time includes the browser's start; long texts are drawn from
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 from common import LENGTHS, default_model, text_of
 
-import attnsparse_widget  # noqa: F401  (registers the compare module)
+from attnsparse_widget.pipeline import prepare
 
 
 def main() -> None:
@@ -25,12 +24,11 @@ def main() -> None:
     args = parser.parse_args()
 
     model, tok = default_model()
-    compare = sys.modules["attnsparse_widget.compare"]
     print("GIF of all 30 layers, side by side, mean of heads, 1200 x 480")
     print(f"{'T':>5} {'frames':>7} {'total':>8} {'per frame':>10} {'size':>9}")
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.lengths:
-            res = compare.sparse_comparison((model, tok), text_of(tok, n), "sink_window", 0.5, continuation_tokens=0)
+            res = prepare((model, tok), text_of(tok, n), "sink_window", 0.5, continuation_tokens=0)
             report = res.export_gif(Path(tmp) / f"{n}.gif")
             size = report.path.stat().st_size / 1e6
             print(

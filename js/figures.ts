@@ -1,22 +1,23 @@
 // Figures come from the kernel (src/attnsparse_widget/figures.py: the one definition the widget draws and the
 // exports render); here they are decoded and read back for the tooltip. Pure functions, unit-tested without a browser.
-import { decodeMatrix, isMatrixPayload, type MatrixPayload } from "./payload";
+import type { MatrixPayload } from "./contract";
+import { decodeMatrix, isMatrixPayload } from "./payload";
 
-export interface Figure {
-  data: Record<string, unknown>[];
-  layout: Record<string, unknown>;
-}
+export type { Figure } from "./contract";
+
+/** A payload type as decodeTree returns it: every MatrixPayload in it as Float32Array rows. */
+export type Decoded<T> = T extends MatrixPayload ? Float32Array[] : T extends object ? { [K in keyof T]: Decoded<T[K]> } : T;
 
 /** A figure (or any tree) with every binary matrix entry decoded into Float32Array rows, ready for plotly. */
-export function decodeTree<T>(value: T): T {
-  if (isMatrixPayload(value)) return decodeMatrix(value as unknown as MatrixPayload) as unknown as T;
-  if (Array.isArray(value)) return value.map((v) => decodeTree(v)) as unknown as T;
+export function decodeTree<T>(value: T): Decoded<T> {
+  if (isMatrixPayload(value)) return decodeMatrix(value) as Decoded<T>;
+  if (Array.isArray(value)) return value.map((v) => decodeTree(v)) as Decoded<T>;
   if (value && typeof value === "object" && !(value instanceof DataView) && !ArrayBuffer.isView(value)) {
     const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value as Record<string, unknown>)) out[k] = decodeTree(v);
-    return out as T;
+    for (const [k, v] of Object.entries(value)) out[k] = decodeTree(v);
+    return out as Decoded<T>;
   }
-  return value;
+  return value as Decoded<T>;
 }
 
 /** A token with its invisible characters made visible: newline ↵, tab ⇥, and an empty token as ∅. */
@@ -34,17 +35,26 @@ export interface Cells {
   sparse: Float32Array[]; // minus the dense p lost where the mask dropped the pair (one heatmap shows both)
   states: Float32Array[];
   keptPct: Float32Array[];
-  region: [number, number, number, number];
+  region: number[]; // [q0, q1, k0, k1]
   factor: number;
 }
 
+/** What cellsOf reads of a decoded view (Decoded<View>; tests pass just these). */
+export interface CellsSource {
+  figure?: { data?: Record<string, unknown>[] };
+  states?: Float32Array[];
+  kept_pct?: Float32Array[];
+  region?: number[];
+  factor?: number;
+}
+
 /** The tooltip's data, from a decoded view payload (its main figure plus the per-cell states). */
-export function cellsOf(view: Record<string, any>): Cells | null {
-  const data = (view?.figure?.data ?? []) as Record<string, any>[];
+export function cellsOf(view: CellsSource | null | undefined): Cells | null {
+  const data = view?.figure?.data ?? [];
   const z = (name: string) => data.find((d) => d.name === name)?.z as Float32Array[] | undefined;
   const dense = z("dense");
   const sparse = z("sparse");
-  if (!dense || !sparse || !view.states) return null;
+  if (!view || !dense || !sparse || !view.states || !view.kept_pct || !view.region || view.factor === undefined) return null;
   return { dense, sparse, states: view.states, keptPct: view.kept_pct, region: view.region, factor: view.factor };
 }
 

@@ -1,16 +1,12 @@
 // The head gallery: every layer x head as a thumbnail, dense and sparse, drawn as ONE stitched heatmap per regime
 // (stack.md §2.4: 6-23x faster than a grid of subplots), in grid or "most changed first" order.
-import type { Figure } from "./figures";
+import type { Figure, Gallery } from "./contract";
 
 export type SortKey = "grid" | "kl" | "mass_lost";
 
-export interface GalleryPayload {
-  n_layers: number;
-  n_heads: number;
-  cell: number; // thumbnail side, in cells
-  kl: (number | null)[]; // per head, layer-major: KL(sparse ‖ dense) averaged over rows
-  mass_lost: (number | null)[]; // per head: 1 − attention mass recall
-}
+/** What the layout functions read of the `gallery` trait (contract.ts: Gallery): its shape and the per-head scores
+ * (kl: KL(sparse ‖ dense) averaged over rows; mass_lost: 1 − attention mass recall; per head, layer-major). */
+export type GalleryPayload = Pick<Gallery, "n_layers" | "n_heads" | "cell" | "kl" | "mass_lost">;
 
 /** The (layer, head) of each slot, in display order. Ties keep grid order; missing scores sort last. */
 export function galleryOrder(g: GalleryPayload, key: SortKey): [number, number][] {

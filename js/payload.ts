@@ -1,10 +1,7 @@
 // Decoding the binary payloads the kernel sends (see src/attnsparse_widget/payload.py).
+import type { MatrixPayload } from "./contract";
 
-export interface MatrixPayload {
-  shape: [number, number];
-  dtype: "f2" | "u1";
-  data: DataView | ArrayBuffer | Uint8Array;
-}
+export type { MatrixPayload } from "./contract";
 
 /** IEEE 754 half precision → number. */
 export function halfToFloat(h: number): number {
@@ -17,7 +14,7 @@ export function halfToFloat(h: number): number {
 }
 
 /** Whether a value is a binary matrix entry as the kernel sends it. */
-export function isMatrixPayload(v: unknown): boolean {
+export function isMatrixPayload(v: unknown): v is MatrixPayload {
   if (!v || typeof v !== "object") return false;
   const m = v as Record<string, unknown>;
   return Array.isArray(m.shape) && (m.dtype === "f2" || m.dtype === "u1") && m.data !== undefined && Object.keys(m).length === 3;

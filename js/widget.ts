@@ -3,13 +3,30 @@
 // Python owns the state and the computation (src/attnsparse_widget/widget.py). Here every trait change repaints
 // only what depends on it, and a pane that is not on screen is only marked stale and painted when it is shown.
 import Plotly from "plotly.js-cartesian-dist-min";
-import type { AnyModel, RenderProps } from "@anywidget/types";
-import { decodeMatrix, type MatrixPayload } from "./payload";
-import { cellInfo, cellsOf, decodeTree, firstDivergence, visibleToken, type Cells, type Figure } from "./figures";
-import { galleryFigure, galleryOrder, restitch, slotAt, slotInfo, type GalleryPayload, type SortKey } from "./gallery";
+import type { RenderProps } from "@anywidget/types";
+import { filled, type DownloadMessage, type ExportGifMessage, type Figure, type Gallery, type Info, type MetricsPayload,
+  type PaintedMessage, type Status, type View, type WidgetState } from "./contract";
+import { decodeMatrix } from "./payload";
+import { cellInfo, cellsOf, decodeTree, firstDivergence, visibleToken, type Cells, type Decoded } from "./figures";
+import { galleryFigure, galleryOrder, restitch, slotAt, slotInfo, type SortKey } from "./gallery";
 import "./widget.css";
 
-type Model = AnyModel<Record<string, any>>;
+/** What plotly passes to its hover and click handlers (the fields read here). */
+interface PlotlyPoint {
+  x: number | string;
+  y: number | string;
+  pointNumber?: number | number[];
+  pointIndex?: number | number[];
+}
+interface PlotlyEvent {
+  points?: PlotlyPoint[];
+  event?: MouseEvent;
+}
+/** plotly_relayout: the changed layout paths ("xaxis.range[0]", "xaxis.autorange", ...) and their values. */
+type RelayoutEvent = Record<string, unknown>;
+/** A plot element once plotly has drawn it: it has gained plotly's event API. */
+type PlotElement = HTMLElement & { on(name: string, fn: (ev: never) => void): void };
+
 type Pane = "main" | "gallery" | "output" | "mask";
 const CONFIG = { displaylogo: false, responsive: false, modeBarButtonsToRemove: ["sendDataToCloud", "lasso2d", "select2d", "autoScale2d"] };
 
@@ -32,7 +49,7 @@ function pct(v: unknown, digits = 1): string {
 }
 
 /** Event wiring per plot, run once after its first draw: plotly gives the element its `.on` only then. */
-const wiring = new WeakMap<HTMLElement, (plot: any) => void>();
+const wiring = new WeakMap<HTMLElement, () => void>();
 
 /** Draw with Plotly.react, then count the paint on the element (tests and benchmarks wait on these marks). */
 function draw(el: HTMLElement, fig: Figure, width: number, height: number): Promise<void> {
@@ -41,14 +58,13 @@ function draw(el: HTMLElement, fig: Figure, width: number, height: number): Prom
   performance.mark(`attnsparse:${name}:start:${seq}`);
   return Plotly.react(el, fig.data, { ...fig.layout, width, height, autosize: false }, CONFIG).then(() => {
     const wire = wiring.get(el);
-    if (wire) { wiring.delete(el); wire(el); }
+    if (wire) { wiring.delete(el); wire(); }
     el.dataset.rendered = String(seq);
     performance.mark(`attnsparse:${name}:end:${seq}`);
   });
 }
 
-function render({ model, el }: RenderProps<Record<string, any>>) {
-  const m = model as Model;
+function render({ model: m, el }: RenderProps<WidgetState>) {
   const root = h("div", { class: "asw-root" });
   el.appendChild(root);
 
@@ -121,12 +137,17 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   // ---------------------------------------------------------------------------------------------- the state
   let current: Pane = "main";
   const stale: Record<Pane, boolean> = { main: true, gallery: true, output: true, mask: true };
-  let view: Record<string, any> | null = null; // decoded once per `view` message, reused by painters and tooltip
+  let view: Decoded<View> | null = null; // decoded once per `view` message, reused by painters and tooltip
   let cells: Cells | null = null;
-  let gallery: { g: GalleryPayload; dense: Float32Array[]; sparse: Float32Array[]; order: [number, number][] } | null = null;
+  let gallery: { g: Gallery; dense: Float32Array[]; sparse: Float32Array[]; order: [number, number][] } | null = null;
+  // the output traits as read by the painters: {} before their first value, so every key may be missing
+  const infoOf = (): Partial<Info> => m.get("info") ?? {};
+  const metricsOf = (): Partial<MetricsPayload> => m.get("metrics") ?? {};
 
   // every change of an input trait is marked, so a browser test can time "slider released → heatmaps repainted"
-  const set = (name: string, value: unknown) => { performance.mark(`attnsparse:intent:${name}`); m.set(name, value); m.save_changes(); };
+  const set = <K extends keyof WidgetState>(name: K, value: WidgetState[K]) => {
+    performance.mark(`attnsparse:intent:${name}`); m.set(name, value); m.save_changes();
+  };
   const width = () => Math.max(480, root.clientWidth || el.clientWidth || 1000);
 
   function select(key: Pane) {
@@ -166,14 +187,19 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   sortSel.onchange = () => { gallery = null; paintGallery(); };
   positionInput.onchange = () => set("position", Number(positionInput.value));
   perLayer.onchange = () => set("per_layer", perLayer.checked);
-  gifButton.onclick = () => { performance.mark("attnsparse:intent:export"); m.send({ type: "export_gif" }); };
+  gifButton.onclick = () => {
+    performance.mark("attnsparse:intent:export");
+    const request: ExportGifMessage = { type: "export_gif" };
+    m.send(request);
+  };
   pngButton.onclick = () => {
-    const v = view ?? {};
-    const name = `attnsparse-L${v.layer ?? 0}${v.head >= 0 ? `H${v.head}` : ""}-${m.get("mask")}`;
+    const v = view;
+    const name = `attnsparse-L${v?.layer ?? 0}${v && v.head >= 0 ? `H${v.head}` : ""}-${m.get("mask")}`;
     Plotly.downloadImage(mainPlot, { format: "png", filename: name, width: width(), height: mainPlot.clientHeight || 480, scale: 2 });
   };
   // a file the kernel made (the GIF) arrives as a custom message with its bytes: hand it to the browser
-  m.on("msg:custom", (msg: any, buffers: DataView[]) => {
+  m.on("msg:custom", (content: unknown, buffers: DataView[]) => {
+    const msg = content as Partial<DownloadMessage> | null | undefined;
     if (msg?.type !== "download" || !buffers?.length) return;
     const b = buffers[0];
     const blob = new Blob([new Uint8Array(b.buffer, b.byteOffset, b.byteLength).slice()], { type: msg.mime ?? "application/octet-stream" });
@@ -192,13 +218,14 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   }
 
   function paintParams() {
-    const info = (m.get("catalog") ?? []).find((c: any) => c.id === m.get("mask"));
+    const info = (m.get("catalog") ?? []).find((c) => c.id === m.get("mask"));
     params.replaceChildren();
     if (!info) return;
     maskPaper.textContent = info.paper;
-    const applied = m.get("info")?.mask === info.id ? (m.get("info")?.mask_params ?? {}) : {};
+    const shown = infoOf();
+    const applied = shown.mask === info.id ? (shown.mask_params ?? {}) : {};
     const chosen = { ...applied, ...(m.get("mask_params") ?? {}) };
-    for (const [name, def] of Object.entries(info.params as Record<string, number>)) {
+    for (const [name, def] of Object.entries(info.params)) {
       if (name === info.budget) {
         if (name in applied) params.appendChild(h("span", { class: "asw-param asw-budget", title: "set by the sparsity slider" }, `${name} = ${applied[name]}`));
         continue;
@@ -217,8 +244,8 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   }
 
   function paintSparsity() {
-    const met = m.get("metrics") ?? {};
-    const info = m.get("info") ?? {};
+    const met = metricsOf();
+    const info = infoOf();
     const achieved = met.achieved_sparsity;
     let textOut = `requested ${slider.value}% · achieved ${pct(achieved)}`;
     const [lo, hi] = info.reachable ?? [];
@@ -231,7 +258,7 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   }
 
   function paintControls() {
-    const info = m.get("info") ?? {};
+    const info = infoOf();
     layer.max = String((info.n_layers ?? 1) - 1);
     if (document.activeElement !== layer) layer.value = String(m.get("layer"));
     layerLabel.textContent = `L${m.get("layer")}`;
@@ -256,7 +283,7 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
 
   let timer: ReturnType<typeof setInterval> | undefined;
   function paintStatus() {
-    const s = m.get("status") ?? {};
+    const s: Partial<Status> = m.get("status") ?? {};
     error.textContent = s.error ? `⚠ ${s.error}` : "";
     error.style.display = s.error ? "" : "none";
     root.dataset.busy = s.busy ? "1" : "0";
@@ -266,8 +293,8 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
     const curve = s.stage === "per-layer curve";
     const tick = () => {
       const secs = ((Date.now() - (s.started ?? Date.now())) / 1000).toFixed(1);
-      const progressed = typeof s.progress === "number";
-      busy.textContent = s.busy ? `⏳ ${s.stage}${progressed ? ` ${Math.round(100 * s.progress)}%` : ""} · ${secs} s` : "";
+      const done = s.progress;
+      busy.textContent = s.busy ? `⏳ ${s.stage}${typeof done === "number" ? ` ${Math.round(100 * done)}%` : ""} · ${secs} s` : "";
     };
     tick();
     if (s.busy) timer = setInterval(tick, 200);
@@ -277,16 +304,17 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
 
   // ------------------------------------------------------------------------------------------------ painters
   function paintMain(): Promise<void> {
-    const info = m.get("info");
-    if (!view?.figure || !info) return Promise.resolve();
+    const info = infoOf();
+    const v = view;
+    if (!v?.figure || !info) return Promise.resolve();
     const w = width();
     const side = 0.28 * w; // about one panel's width: make the panels about square
-    const drawn = draw(mainPlot, view.figure as Figure, w, Math.round(Math.min(720, Math.max(320, side + 140))));
+    const drawn = draw(mainPlot, v.figure, w, Math.round(Math.min(720, Math.max(320, side + 140))));
     drops.replaceChildren();
-    const heavy = (view.drops ?? []) as { q: number; k: number; w: number }[];
+    const heavy = v.drops ?? [];
     if (heavy.length) {
       drops.appendChild(h("span", {}, "heaviest dropped pairs (dense weight): "));
-      const name = (p: number) => (view!.factor > 1 ? `${p}…` : JSON.stringify(visibleToken(info.tokens[p] ?? "")));
+      const name = (p: number) => (v.factor > 1 ? `${p}…` : JSON.stringify(visibleToken(info.tokens?.[p] ?? "")));
       heavy.forEach((d, i) => drops.appendChild(h("span", { class: "asw-drop" }, `${i ? " · " : ""}${name(d.q)} → ${name(d.k)} ${d.w.toFixed(3)}`)));
     } else {
       drops.textContent = "no pair with dense weight was dropped in this view";
@@ -295,13 +323,13 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   }
 
   function paintMask(): Promise<void> {
-    const info = m.get("info");
-    const met = m.get("metrics") ?? {};
+    const info = infoOf();
+    const met = metricsOf();
     if (!view?.mask_figure || !info) return Promise.resolve();
     const w = Math.min(width(), 620);
-    const drawn = draw(maskPlot, view.mask_figure as Figure, w, w);
+    const drawn = draw(maskPlot, view.mask_figure, w, w);
     const perHead = met.achieved_sparsity_per_head?.[view.layer] ?? [];
-    const spread = perHead.length ? ` Achieved at layer ${view.layer}, per head: ${perHead.map((s: number) => pct(s, 0)).join(" ")}.` : "";
+    const spread = perHead.length ? ` Achieved at layer ${view.layer}, per head: ${perHead.map((s) => pct(s, 0)).join(" ")}.` : "";
     maskInfo.textContent = `The keep-pattern at layer ${view.layer} (${view.head < 0 ? "fraction of heads keeping each pair" : `head ${view.head}`}); ` +
       `dark = kept, light = dropped, white = never allowed. Reachable sparsity at ${info.n_tokens} tokens: ` +
       `${pct(info.reachable?.[0], 0)} – ${pct(info.reachable?.[1], 0)}.${spread}`;
@@ -309,8 +337,8 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   }
 
   function paintGallery(): Promise<void> {
-    const g = m.get("gallery") as GalleryPayload & { dense: MatrixPayload; sparse: MatrixPayload };
-    if (!g?.dense) return Promise.resolve();
+    const g = m.get("gallery");
+    if (!filled(g) || !g.dense) return Promise.resolve();
     if (!gallery || gallery.g !== g) {
       const order = galleryOrder(g, sortSel.value as SortKey);
       gallery = { g, order, dense: restitch(decodeMatrix(g.dense), g, order), sparse: restitch(decodeMatrix(g.sparse), g, order) };
@@ -324,8 +352,8 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   }
 
   function paintOutput(): Promise<void> {
-    const met = m.get("metrics") ?? {};
-    const info = m.get("info") ?? {};
+    const met = metricsOf();
+    const info = infoOf();
     headline.replaceChildren();
     const cells: [string, string, string][] = [
       ["perplexity dense", fmt(met.dense_ppl), "exp of the mean next-token NLL, dense attention"],
@@ -341,18 +369,19 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
       headline.appendChild(d);
     }
     const chart = m.get("layer_chart");
-    layerPlot.style.display = chart?.data ? "" : "none";
-    const drawn = chart?.data ? draw(layerPlot, decodeTree(chart) as Figure, width(), 340) : Promise.resolve();
+    const fig = filled(chart) && chart.data ? decodeTree(chart) : null;
+    layerPlot.style.display = fig ? "" : "none";
+    const drawn = fig ? draw(layerPlot, fig, width(), 340) : Promise.resolve();
     conts.replaceChildren();
     const toks = met.continuation_tokens ?? {};
-    if (toks.dense) {
+    if (toks.dense && toks.sparse) {
       const split = firstDivergence(toks.dense, toks.sparse);
       const table = h("div", { class: "asw-cont-grid" });
-      for (const name of ["dense", "sparse"]) {
+      for (const [name, regime] of [["dense", toks.dense], ["sparse", toks.sparse]] as const) {
         const box = h("div", { class: "asw-cont", "data-regime": name });
         box.appendChild(h("b", {}, `${name} continuation`));
         const line = h("div", { class: "asw-cont-text" });
-        (toks[name] as string[]).forEach((t, i) => line.appendChild(h("span", { class: i === split ? "asw-diverge" : i > split ? "asw-after" : "" }, visibleToken(t))));
+        regime.forEach((t, i) => line.appendChild(h("span", { class: i === split ? "asw-diverge" : i > split ? "asw-after" : "" }, visibleToken(t))));
         box.appendChild(line);
         table.appendChild(box);
       }
@@ -362,17 +391,18 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
     } else if (info.causal === false) {
       conts.textContent = "an encoder has no next-token head: perplexity and continuations do not apply";
     }
-    const v = m.get("view") ?? {};
+    const v: Partial<View> = m.get("view") ?? {};
+    const next = v.next_tokens;
     nextTok.replaceChildren();
-    if (v.next_tokens) {
+    if (next && v.position !== undefined) {
       if (document.activeElement !== positionInput) positionInput.value = String(v.position);
       nextTok.appendChild(h("div", {}, `after position ${v.position} (${JSON.stringify(visibleToken(info.tokens?.[v.position] ?? ""))}):`));
-      const both = new Set((v.next_tokens.dense as [string, number][]).map(([t]) => t).filter((t) => v.next_tokens.sparse.some(([s]: [string, number]) => s === t)));
+      const both = new Set(next.dense.map(([t]) => t).filter((t) => next.sparse.some(([s]) => s === t)));
       const table = h("table");
-      for (const name of ["dense", "sparse"]) {
+      for (const name of ["dense", "sparse"] as const) {
         const tr = h("tr");
         tr.appendChild(h("th", {}, name));
-        for (const [tok, p] of v.next_tokens[name] as [string, number][]) {
+        for (const [tok, p] of next[name]) {
           tr.appendChild(h("td", { class: both.has(tok) ? "asw-shared" : "" }, `${JSON.stringify(visibleToken(tok))} ${(100 * p).toFixed(1)}%`));
         }
         table.appendChild(tr);
@@ -383,26 +413,26 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   }
 
   // ------------------------------------------------------------------------------- plots report intent back
-  const showTip = (ev: any, lines: string[]) => {
+  const showTip = (ev: PlotlyEvent, lines: string[]) => {
     tooltip.replaceChildren(...lines.map((l) => h("div", {}, l)));
     const box = root.getBoundingClientRect();
-    const e = ev?.event as MouseEvent | undefined;
+    const e = ev?.event;
     if (!e) return;
     tooltip.style.left = `${e.clientX - box.left + 14}px`;
     tooltip.style.top = `${e.clientY - box.top + 14}px`;
     tooltip.style.display = "block";
   };
   const hideTip = () => { tooltip.style.display = "none"; };
-  const on = (p: HTMLElement, name: string, fn: (ev: any) => void) => (p as any).on(name, fn);
+  const on = <E,>(p: HTMLElement, name: string, fn: (ev: E) => void) => (p as PlotElement).on(name, fn);
   wiring.set(mainPlot, () => {
-    on(mainPlot, "plotly_hover", (ev) => {
+    on(mainPlot, "plotly_hover", (ev: PlotlyEvent) => {
       const pt = ev?.points?.[0];
       const idx = pt?.pointNumber ?? pt?.pointIndex;
-      if (cells && Array.isArray(idx)) showTip(ev, cellInfo(cells, m.get("info")?.tokens ?? [], idx[0], idx[1]));
+      if (cells && Array.isArray(idx)) showTip(ev, cellInfo(cells, infoOf().tokens ?? [], idx[0], idx[1]));
     });
     on(mainPlot, "plotly_unhover", hideTip);
-    on(mainPlot, "plotly_click", (ev) => { const pt = ev?.points?.[0]; if (pt && typeof pt.y === "number") set("position", pt.y); });
-    on(mainPlot, "plotly_relayout", (ev) => {
+    on(mainPlot, "plotly_click", (ev: PlotlyEvent) => { const pt = ev?.points?.[0]; if (pt && typeof pt.y === "number") set("position", pt.y); });
+    on(mainPlot, "plotly_relayout", (ev: RelayoutEvent) => {
       if (ev["xaxis.autorange"] || ev["yaxis.autorange"] || ev["xaxis2.autorange"] || ev["xaxis3.autorange"]) { set("zoom", []); return; }
       const xr = ["xaxis", "xaxis2", "xaxis3"].map((a) => [ev[`${a}.range[0]`], ev[`${a}.range[1]`]]).find(([a]) => typeof a === "number");
       const y0 = ev["yaxis.range[0]"], y1 = ev["yaxis.range[1]"];
@@ -413,20 +443,23 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
       }
     });
   });
+  // the gallery slot under a hovered or clicked point
+  const slotOf = (ev: PlotlyEvent) => {
+    const pt = ev?.points?.[0];
+    return gallery && pt && typeof pt.x === "number" && typeof pt.y === "number" ? slotAt(pt.x, pt.y, gallery.g, gallery.order) : null;
+  };
   wiring.set(galleryPlot, () => {
-    on(galleryPlot, "plotly_hover", (ev) => {
-      const pt = ev?.points?.[0];
-      const slot = gallery && pt ? slotAt(pt.x, pt.y, gallery.g, gallery.order) : null;
+    on(galleryPlot, "plotly_hover", (ev: PlotlyEvent) => {
+      const slot = slotOf(ev);
       if (slot && gallery) showTip(ev, slotInfo(gallery.g, slot)); else hideTip();
     });
     on(galleryPlot, "plotly_unhover", hideTip);
-    on(galleryPlot, "plotly_click", (ev) => {
-      const pt = ev?.points?.[0];
-      const slot = gallery && pt ? slotAt(pt.x, pt.y, gallery.g, gallery.order) : null;
+    on(galleryPlot, "plotly_click", (ev: PlotlyEvent) => {
+      const slot = slotOf(ev);
       if (slot) { hideTip(); m.set("layer", slot[0]); set("head", slot[1]); select("main"); }
     });
   });
-  wiring.set(layerPlot, () => on(layerPlot, "plotly_click", (ev) => {
+  wiring.set(layerPlot, () => on(layerPlot, "plotly_click", (ev: PlotlyEvent) => {
     const pt = ev?.points?.[0];
     if (pt && typeof pt.x === "number") { set("layer", pt.x); select("main"); }
   }));
@@ -434,10 +467,12 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   // -------------------------------------------------------------------------------------- trait → painters
   const onView = () => {
     performance.mark("attnsparse:view-arrived");
-    view = m.get("view")?.figure ? decodeTree(m.get("view")) : null;
+    const sent = m.get("view");
+    view = filled(sent) && sent.figure ? decodeTree(sent) : null;
     cells = view ? cellsOf(view) : null;
     // tell the kernel once this is on screen: it waits (briefly) before its next stage takes every core
-    invalidate("main", "mask", "output").then(() => requestAnimationFrame(() => m.send({ type: "painted" })));
+    const painted: PaintedMessage = { type: "painted" };
+    invalidate("main", "mask", "output").then(() => requestAnimationFrame(() => m.send(painted)));
   };
   m.on("change:catalog", () => { paintCatalog(); paintParams(); });
   m.on("change:mask", () => { paintParams(); paintControls(); });
@@ -448,7 +483,7 @@ function render({ model, el }: RenderProps<Record<string, any>>) {
   m.on("change:gallery", () => { performance.mark("attnsparse:gallery-arrived"); invalidate("gallery"); });
   m.on("change:layer_chart", () => invalidate("output"));
   m.on("change:status", paintStatus);
-  for (const name of ["text", "sparsity", "layer", "head", "per_layer"]) m.on(`change:${name}`, paintControls);
+  for (const name of ["text", "sparsity", "layer", "head", "per_layer"] as const) m.on(`change:${name}`, paintControls);
 
   paintCatalog();
   paintParams();

@@ -12,7 +12,7 @@ from ipywidgets.widgets.tests.utils import setup_test_comm, teardown_test_comm
 from tiny_models import ToyTokenizer, build
 
 import attnsparse_widget as aw
-from attnsparse_widget import widget as widget_module
+from attnsparse_widget import pipeline
 from attnsparse_widget.widget import AttentionDiffWidget
 
 TEXT = "the quick brown fox jumps over the lazy dog and runs far away"
@@ -102,7 +102,7 @@ def test_sparsity_and_mask_changes_rerun_only_the_sparse_pass(tiny):
 def test_view_changes_run_no_model(tiny, monkeypatch):
     w = AttentionDiffWidget(tiny, threaded=False, text=TEXT)
     calls = []
-    monkeypatch.setattr(widget_module, "sparse_comparison", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: calls.append(1))
     w.layer = 2
     w.head = 3
     w.zoom = [10, 30, 0, 20]
@@ -138,14 +138,14 @@ def test_errors_show_in_the_widget_and_it_stays_usable(tiny):
 def test_rapid_changes_coalesce_to_the_latest(tiny, monkeypatch):
     w = AttentionDiffWidget(tiny, text=TEXT, sparsity=0.1).wait()
     seen = []
-    real = widget_module.sparse_comparison
+    real = pipeline.prepare
 
     def slow(*args, **kwargs):
         seen.append(kwargs["sparsity"])
         time.sleep(0.3)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(widget_module, "sparse_comparison", slow)
+    monkeypatch.setattr(pipeline, "prepare", slow)
     for s in np.linspace(0.2, 0.9, 15):
         w.sparsity = float(round(s, 2))
     w.wait()
@@ -158,14 +158,14 @@ def test_stale_results_are_never_published(tiny, monkeypatch):
     """A slow request overtaken by a newer one must not overwrite the newer result."""
     w = AttentionDiffWidget(tiny, text=TEXT, sparsity=0.2).wait()
     gate = threading.Event()
-    real = widget_module.sparse_comparison
+    real = pipeline.prepare
 
     def gated(*args, **kwargs):
         if kwargs["sparsity"] == 0.3:
             gate.wait(5)  # the old request finishes late
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(widget_module, "sparse_comparison", gated)
+    monkeypatch.setattr(pipeline, "prepare", gated)
     w.sparsity = 0.3
     time.sleep(0.1)
     w.sparsity = 0.6
@@ -185,7 +185,7 @@ def test_show_on_the_default_model(default_model):
 
 def test_view_changes_during_the_per_layer_curve_do_not_stop_it(tiny, monkeypatch):
     """Clicking a layer while the curve fills in shows that layer at once and the curve still completes."""
-    real = widget_module.iter_per_layer
+    real = pipeline.iter_per_layer
     started = threading.Event()
 
     def slow(*args, **kwargs):
@@ -194,7 +194,7 @@ def test_view_changes_during_the_per_layer_curve_do_not_stop_it(tiny, monkeypatc
             time.sleep(0.05)
             yield item
 
-    monkeypatch.setattr(widget_module, "iter_per_layer", slow)
+    monkeypatch.setattr(pipeline, "iter_per_layer", slow)
     w = AttentionDiffWidget(tiny, text=TEXT, sparsity=0.5)
     assert started.wait(30)
     w.layer = 2

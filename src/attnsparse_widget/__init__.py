@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from . import masks
 from .capture import UnsupportedModelError
-from .compare import Comparison, clear_cache, compare
+from .compare import compare
+from .dense_cache import clear_cache
 from .export import ExportError
 from .metrics import Metrics
 from .models import load_model
+from .result import Comparison
 from .sweep import SweepTable, plot_sweep, sweep
 from .texts import sample_texts
 from .widget import AttentionDiffWidget, show

@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from .figures import PANELS, layer_figure, main_figure, map_view, mask_figure, view_title, visible_token
+from .messages import CAVEAT, requested_achieved
 
 if TYPE_CHECKING:
-    from .compare import Comparison
+    from .result import Comparison
 
 VIEWS = {"side_by_side": PANELS, "dense": ("dense",), "sparse": ("sparse",), "diff": ("diff",)}
 SIZES = {"side_by_side": (1200, 480), "dense": (560, 520), "sparse": (600, 520), "diff": (560, 520)}
@@ -302,8 +303,6 @@ def to_html(res: Comparison, path: str | Path | None = None, head: int | None = 
     """A self-contained, offline HTML page of the comparison: headline metrics, the caveat, the main view with a
     slider over the layers, the per-layer chart, the keep-pattern and both continuations. Returns the HTML and
     writes it to ``path`` if given (an existing file only with ``overwrite``)."""
-    from .widget import CAVEAT
-
     out = None if path is None else writable(path, overwrite)
     head = _check_head(res, head)
     m = res.metrics
@@ -317,15 +316,15 @@ def to_html(res: Comparison, path: str | Path | None = None, head: int | None = 
     def fmt(v: float | None, d: int = 3) -> str:
         return "n/a" if v is None else f"{v:.{d}f}"
 
-    assert m.mass_recall is not None, "to_html needs the attention metrics (Comparison.complete)"
+    assert m.mass_recall is not None, "to_html needs the attention metrics (a comparison run to the end: compare())"
     rows = [
         ("model", res.model_name),
         ("tokens", str(len(res.tokens))),
         ("mask", res.mask.label()),
         ("paper", res.mask.paper),
         (
-            "sparsity requested / achieved",
-            f"{'–' if m.requested_sparsity is None else f'{m.requested_sparsity:.1%}'} / {m.achieved_sparsity:.1%}",
+            "sparsity",
+            requested_achieved(m.requested_sparsity, m.achieved_sparsity),
         ),
         ("perplexity dense → sparse", f"{fmt(m.dense_ppl)} → {fmt(m.sparse_ppl)} (Δ {fmt(m.delta_ppl)})"),
         ("next-token KL(dense‖sparse)", fmt(m.next_token_kl, 4)),

@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .contract import Drop
+from .messages import requested_achieved
 from .pooling import MAX_SIDE
 
 if TYPE_CHECKING:
-    from .compare import Comparison
+    from .result import Comparison
 
 TOKEN_LABELS_UP_TO = 64  # axis ticks show the tokens up to this many cells, positions beyond
 PANELS = ("dense", "sparse", "diff")
@@ -119,13 +121,13 @@ def map_view(
     )
 
 
-def heavy_drops(view: MapView, limit: int = 5) -> list[dict[str, float]]:
+def heavy_drops(view: MapView, limit: int = 5) -> list[Drop]:
     """The dropped (or partly dropped) cells with the most dense weight, heaviest first: the pairs that mattered."""
     states = view.states()
     weight = np.where((states == DROPPED) | (states == PARTLY_KEPT), np.nan_to_num(view.dense), 0.0)
     flat = np.argsort(-weight, axis=None, kind="stable")[:limit]
     q0, _, k0, _ = view.region
-    out = []
+    out: list[Drop] = []
     for idx in flat:
         i, j = np.unravel_index(idx, weight.shape)
         if weight[i, j] <= 0:
@@ -407,8 +409,7 @@ def view_title(res: Comparison, view: MapView, per_layer: bool = False) -> str:
     parts = [f"L{view.layer} {head}", res.mask.label()]
     if per_layer:
         m = res.metrics
-        req = "–" if m.requested_sparsity is None else f"{m.requested_sparsity:.0%}"
-        parts.append(f"sparsity requested {req}, achieved {m.achieved_sparsity:.1%}")
+        parts.append(f"sparsity {requested_achieved(m.requested_sparsity, m.achieved_sparsity)}")
         if m.per_layer_delta_ppl is not None:
             parts.append(f"ΔPPL (mask at this layer only) {m.per_layer_delta_ppl[view.layer]:+.3f}")
     if view.factor > 1:

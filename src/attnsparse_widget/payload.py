@@ -4,23 +4,28 @@ Every numpy array inside a figure (see :mod:`attnsparse_widget.figures`) becomes
 "f2" | "u1", "data": bytes}``: float16 for probabilities (NaN kept), uint8 for codes and thumbnails. anywidget sends
 the bytes as binary websocket frames and the frontend decodes them into Float32Array rows for plotly. Never JSON
 lists of floats. Gallery thumbnails are uint8, each head's dense and sparse pair scaled to that head's maximum.
+
+The builders of the widget's output traits live here, one per trait (``layer_chart`` is ``encode(layer_figure(...))``);
+what each returns is declared in :mod:`attnsparse_widget.contract`, mirrored by ``js/contract.ts``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import math
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
+from .contract import Continuations, ContinuationTokens, Gallery, Info, MatrixPayload, MetricsPayload, Status, View
 from .figures import heavy_drops, main_figure, map_view, mask_figure, view_title
 
 if TYPE_CHECKING:
-    from .compare import Comparison
+    from .result import Comparison
 
 THUMB = 24  # cells per axis of a gallery thumbnail
 
 
-def matrix(values: np.ndarray, dtype: str = "f2") -> dict[str, Any]:
+def matrix(values: np.ndarray, dtype: Literal["f2", "u1"] = "f2") -> MatrixPayload:
     """A 2-D array as a binary payload entry (float16 ``f2`` or uint8 ``u1``)."""
     arr = np.ascontiguousarray(values, dtype=np.float16 if dtype == "f2" else np.uint8)
     return {"shape": list(arr.shape), "dtype": dtype, "data": arr.tobytes()}
@@ -38,25 +43,24 @@ def encode(value: Any) -> Any:
     return value
 
 
-def view_payload(res: Comparison, layer: int, head: int, region: list[int] | None = None) -> dict[str, Any]:
+def view_payload(res: Comparison, layer: int, head: int, region: list[int] | None = None) -> View:
     """The main view and the mask preview of ``layer`` and ``head`` (-1: mean over heads), ready to send.
 
     Besides the two figures: per cell, its state code (figures.NOT_ALLOWED, KEPT, PARTLY_KEPT, DROPPED) and the
-    percentage of its pairs kept (the tooltip's data), and the heaviest dropped pairs."""
+    percentage of its pairs kept (the tooltip's data), and the heaviest dropped pairs. The widget adds ``position``
+    and ``next_tokens`` for a language model."""
     view = map_view(res, layer, head, region)
-    return encode(
-        {
-            "layer": layer,
-            "head": head,
-            "region": view.region,
-            "factor": view.factor,
-            "figure": main_figure(view, res.tokens, view_title(res, view)),
-            "mask_figure": mask_figure(view, mask_label(res)),
-            "states": view.states(),
-            "kept_pct": np.round(100 * np.nan_to_num(view.kept_fraction())).astype(np.uint8),
-            "drops": heavy_drops(view),
-        }
-    )
+    return {
+        "layer": layer,
+        "head": head,
+        "region": list(view.region),
+        "factor": view.factor,
+        "figure": encode(main_figure(view, res.tokens, view_title(res, view))),
+        "mask_figure": encode(mask_figure(view, mask_label(res))),
+        "states": matrix(view.states(), "u1"),
+        "kept_pct": matrix(np.round(100 * np.nan_to_num(view.kept_fraction())).astype(np.uint8), "u1"),
+        "drops": heavy_drops(view),
+    }
 
 
 def mask_label(res: Comparison) -> str:
@@ -73,7 +77,7 @@ def _thumbnails(dense: np.ndarray, sparse: np.ndarray) -> tuple[np.ndarray, np.n
     return tuple(np.round(p * scale).astype(np.uint8) for p in (dense, sparse))  # type: ignore[return-value]
 
 
-def gallery_payload(res: Comparison, side: int = THUMB) -> dict[str, Any]:
+def gallery_payload(res: Comparison, side: int = THUMB) -> Gallery:
     """Every layer x head as a small dense and sparse thumbnail, stitched into one grid per regime, plus the
     per-head change scores the gallery sorts by (KL(sparse‖dense) and attention mass lost)."""
     pairs = [_thumbnails(*res.head_maps(layer, side)) for layer in range(res.n_layers)]
@@ -81,7 +85,7 @@ def gallery_payload(res: Comparison, side: int = THUMB) -> dict[str, Any]:
     sparse = np.stack([s for _, s in pairs])
     cell = dense.shape[-1]
 
-    def stitch(thumbs: np.ndarray) -> dict[str, Any]:
+    def stitch(thumbs: np.ndarray) -> MatrixPayload:
         # [L, H, c, c] -> one [L*c, H*c] image, so the browser draws one heatmap, not L*H subplots
         return matrix(thumbs.transpose(0, 2, 1, 3).reshape(res.n_layers * cell, res.n_heads * cell), "u1")
 
@@ -91,9 +95,109 @@ def gallery_payload(res: Comparison, side: int = THUMB) -> dict[str, Any]:
         "cell": cell,
         "dense": stitch(dense),
         "sparse": stitch(sparse),
-        "kl": [float(v) for row in res.metrics.kl_per_head or [] for v in row],
-        "mass_lost": [1.0 - float(v) for row in res.metrics.mass_recall_per_head or [] for v in row],
+        "kl": [_finite(float(v)) for row in res.metrics.kl_per_head or [] for v in row],
+        "mass_lost": [_finite(1.0 - float(v)) for row in res.metrics.mass_recall_per_head or [] for v in row],
     }
 
 
-__all__ = ["encode", "gallery_payload", "matrix", "view_payload"]
+def info_payload(res: Comparison) -> Info:
+    """What the result is of: the model, its shape, the tokens and the mask (the ``info`` trait)."""
+    return {
+        "model": res.model_name,
+        "n_layers": res.n_layers,
+        "n_heads": res.n_heads,
+        "n_kv_heads": res.n_kv_heads,
+        "n_tokens": len(res.tokens),
+        "tokens": res.tokens,
+        "causal": res.causal,
+        "mask": res.mask.id,
+        "mask_label": res.mask.label(),
+        "mask_params": res.mask.params(),
+        "budget": res.mask.budget,
+        "reachable": list(res.mask.reachable_range(len(res.tokens), res.causal)),
+        "note": " ".join(res.metrics.notes),
+    }
+
+
+def metrics_payload(res: Comparison) -> MetricsPayload:
+    """Every metric as far as it is computed (non-finite floats as None) and the continuations (the ``metrics``
+    trait). Field for field :class:`~attnsparse_widget.metrics.Metrics`: a new field goes here and into the
+    contract (``tests/test_contract.py`` says so)."""
+    m = res.metrics
+    return {
+        "requested_sparsity": _finite(m.requested_sparsity),
+        "achieved_sparsity": _finite(m.achieved_sparsity),
+        "achieved_sparsity_per_head": _finite(m.achieved_sparsity_per_head),
+        "mass_recall": _finite(m.mass_recall),
+        "mass_recall_per_head": _finite(m.mass_recall_per_head),
+        "mass_recall_min": _finite(m.mass_recall_min),
+        "mass_recall_p5": _finite(m.mass_recall_p5),
+        "kl": _finite(m.kl),
+        "kl_per_head": _finite(m.kl_per_head),
+        "output_relative_error": _finite(m.output_relative_error),
+        "dense_ppl": _finite(m.dense_ppl),
+        "sparse_ppl": _finite(m.sparse_ppl),
+        "delta_ppl": _finite(m.delta_ppl),
+        "delta_nll": _finite(m.delta_nll),
+        "next_token_kl": _finite(m.next_token_kl),
+        "top1_agreement": _finite(m.top1_agreement),
+        "per_layer_delta_ppl": _finite(m.per_layer_delta_ppl),
+        "cumulative_delta_ppl": _finite(m.cumulative_delta_ppl),
+        "notes": list(m.notes),
+        "continuations": cast(Continuations, dict(res.continuations)),
+        "continuation_tokens": cast(ContinuationTokens, res.continuation_tokens()),
+    }
+
+
+def status_payload(
+    *,
+    busy: bool,
+    stage: str = "",
+    started: float = 0.0,
+    request: int = 0,
+    error: str | None = None,
+    progress: float | None = None,
+    detail: str | None = None,
+) -> Status:
+    """The ``status`` trait; every status the widget publishes is built here. ``progress`` and ``detail`` are left
+    out when None (see :class:`~attnsparse_widget.contract.Status` for what each key means)."""
+    status: Status = {"busy": busy, "error": error, "stage": stage, "started": started, "request": request}
+    if progress is not None:
+        status["progress"] = progress
+    if detail is not None:
+        status["detail"] = detail
+    return status
+
+
+def failed_status(status: Status, error: str, *, request: int | None = None) -> Status:
+    """``status`` ended by ``error``: not busy, the error shown; the stage, start and progress kept, and the request
+    number unless ``request`` is given."""
+    return status_payload(
+        busy=False,
+        stage=status["stage"],
+        started=status["started"],
+        request=status["request"] if request is None else request,
+        error=error,
+        progress=status.get("progress"),
+    )
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/inf: None instead (the frontend shows 'n/a'), in lists at any depth too."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+__all__ = [
+    "encode",
+    "failed_status",
+    "gallery_payload",
+    "info_payload",
+    "matrix",
+    "metrics_payload",
+    "status_payload",
+    "view_payload",
+]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from .messages import CAVEAT
+
 if TYPE_CHECKING:
-    from .compare import Comparison
+    from .result import Comparison
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -50,9 +53,5 @@ def summary_table(res: Comparison) -> str:
             lines.append(f"  {name:<7}{res.continuations[name]!r}")
     for note in m.notes:
         lines.append(f"note: {note}")
-    lines += [
-        "",
-        "A post-hoc mask on a dense-trained model shows degradation, not how a model trained with sparse",
-        "attention (NSA, DSA) behaves.",
-    ]
+    lines += ["", *textwrap.wrap(CAVEAT, 110)]
     return "\n".join(lines)

@@ -9,30 +9,38 @@ The per-layer perplexity curve fills in after the main view, one layer at a time
 
 from __future__ import annotations
 
-import math
+import contextlib
 import sys
 import threading
 import time
 import traceback
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anywidget
 import traitlets as t
 
-from . import masks
-from .compare import Comparison, iter_attention_metrics, iter_per_layer, max_positions, sparse_comparison
-from .export import gif_bytes, writable
+from . import masks, pipeline
+from .contract import Empty, Figure, Gallery, Info, MetricsPayload, NextTokens, Status, View
+from .export import gif_bytes, writable, write_atomically
 from .figures import layer_figure
+from .messages import CAVEAT
 from .models import display_name, resolve_model
-from .payload import encode, gallery_payload, view_payload
+from .payload import (
+    encode,
+    failed_status,
+    gallery_payload,
+    info_payload,
+    metrics_payload,
+    status_payload,
+    view_payload,
+)
+from .pipeline import Stages
+from .result import Comparison
+from .tokens import max_positions
 
 STATIC = Path(__file__).parent / "static"
-CAVEAT = (
-    "A post-hoc mask on a model trained with dense attention shows degradation, not how a model trained with "
-    "sparse attention (NSA, DSA) behaves. MLA compresses the KV cache and drops no pairs."
-)
 DEFAULT_TEXT = (
     "The lighthouse keeper wrote in his log every evening. The storm came from the west, and the ships stayed in "
     "the harbour until the wind turned."
@@ -70,15 +78,17 @@ class AttentionDiffWidget(anywidget.AnyWidget):
     zoom = t.List(t.Int(), default_value=[]).tag(sync=True)  # [q0, q1, k0, k1] or [] for the whole map
     position = t.Int(-1).tag(sync=True)  # query position of the next-token top-5 (-1: the last)
 
-    # outputs: computed here, drawn by the frontend
+    # outputs: computed here, drawn by the frontend; their shapes are the contract with js/ (contract.py): the casts
+    # make mypy check what is assigned to them (reading them stays untyped)
     catalog: t.List[Any] = t.List().tag(sync=True)
     caveat = t.Unicode(CAVEAT).tag(sync=True)
-    info = t.Dict().tag(sync=True)
-    metrics = t.Dict().tag(sync=True)
-    view = t.Dict().tag(sync=True)
-    layer_chart = t.Dict().tag(sync=True)  # the per-layer perplexity figure (fills in as it is computed)
-    gallery = t.Dict().tag(sync=True)
-    status = t.Dict({"busy": False, "error": None, "stage": "", "started": 0.0, "request": 0}).tag(sync=True)
+    info = cast("t.TraitType[Any, Info | Empty]", t.Dict().tag(sync=True))
+    metrics = cast("t.TraitType[Any, MetricsPayload | Empty]", t.Dict().tag(sync=True))
+    view = cast("t.TraitType[Any, View | Empty]", t.Dict().tag(sync=True))
+    # the per-layer perplexity figure (fills in as it is computed)
+    layer_chart = cast("t.TraitType[Any, Figure | Empty]", t.Dict().tag(sync=True))
+    gallery = cast("t.TraitType[Any, Gallery | Empty]", t.Dict().tag(sync=True))
+    status = cast("t.TraitType[Any, Status]", t.Dict(dict(status_payload(busy=False))).tag(sync=True))
     export_path = t.Unicode("").tag(sync=True)  # the Export button also writes its GIF here when set
     export_overwrite = t.Bool(False)  # ... replacing a file already there (never without it)
     per_layer = t.Bool(True).tag(sync=True)  # compute the per-layer perplexity curve (about 2L replayed passes)
@@ -188,23 +198,15 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                 try:
                     self._run(kinds, model_generation)
                 except Exception as err:  # noqa: BLE001 - the widget must stay usable whatever happens
-                    self.status = {
-                        **self.status,
-                        "busy": False,
-                        "error": f"{type(err).__name__}: {err}",
-                        "request": self._generation,
-                    }
+                    self.status = failed_status(self.status, f"{type(err).__name__}: {err}", request=self._generation)
         except BaseException:
             # interrupted (KeyboardInterrupt in the kernel's own thread): the next change must start a worker again
             with self._lock:
                 self._running = False
                 self._pending.clear()
-            self.status = {
-                **self.status,
-                "busy": False,
-                "error": "interrupted; change a control to run again",
-                "request": self._generation,
-            }
+            self.status = failed_status(
+                self.status, "interrupted; change a control to run again", request=self._generation
+            )
             raise
 
     def _stale(self, model_generation: int) -> bool:
@@ -212,106 +214,115 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         with self._lock:
             return model_generation != self._model_generation
 
-    def _status(self, busy: bool, stage: str = "", started: float | None = None, **extra: Any) -> None:
+    def _status(
+        self, busy: bool, stage: str = "", started: float | None = None, *, progress: float | None = None
+    ) -> None:
+        """Publish a status without error (``started`` None: the current request's start)."""
         with self._lock:
             request = self._generation if not busy else self.status.get("request", 0)
-        self.status = {
-            "busy": busy,
-            "error": None,
-            "stage": stage,
-            "started": self.status.get("started", 0.0) if started is None else started,
-            "request": request,
-            **extra,
-        }
+        self.status = status_payload(
+            busy=busy,
+            stage=stage,
+            started=self.status.get("started", 0.0) if started is None else started,
+            request=request,
+            progress=progress,
+        )
 
     # -------------------------------------------------------------------------------------------- computation
     def _run(self, kinds: set[str], model_generation: int) -> None:
         started = time.time() * 1000
+        steps: Stages | None = None
         if "model" in kinds or self._result is None:
             self._status(True, "running the model", started)
             if self._result is not None:  # it stays on screen, but its caches can go before the next pass runs
                 self._result.release()
             try:
-                res = sparse_comparison(
+                steps = pipeline.stages(
                     (self._model, self._tokenizer),
                     self.text,
                     mask=self.mask,
                     sparsity=self.sparsity,
+                    per_layer=self.per_layer,
                     continuation_tokens=CONTINUATION_TOKENS,
                     max_tokens=self._token_limit(),
                     **self.mask_params,
                 )
+                res = next(steps).result  # the first stage: the sparse pass and the headline metrics
             except Exception as err:  # noqa: BLE001 - shown in the widget; the kernel must stay usable
                 if not self._stale(model_generation):
                     self._result = None
                     expected = isinstance(err, (ValueError, TypeError, NotImplementedError))
-                    self.status = {
-                        "busy": False,
-                        "error": str(err) if expected else f"{type(err).__name__}: {err}",
-                        "detail": "" if expected else traceback.format_exc(limit=3),
-                        "stage": "",
-                        "started": started,
-                        "request": self._generation,
-                    }
+                    self.status = status_payload(
+                        busy=False,
+                        error=str(err) if expected else f"{type(err).__name__}: {err}",
+                        detail="" if expected else traceback.format_exc(limit=3),
+                        started=started,
+                        request=self._generation,
+                    )
                 return
             if self._stale(model_generation):
+                steps.close()
                 return
             self._result = res
             self._take("view")  # published right here
             self._painted.clear()
             with self.hold_sync():  # the main view and the headline metrics, in one message
-                self.info = self._info(res)
-                self.metrics = self._metrics(res)
+                self.info = info_payload(res)
+                self.metrics = metrics_payload(res)
                 self._publish_view(res)
-                self._status(True, "attention metrics", started, progress=0.0)
+                self._status(True, pipeline.ATTENTION_METRICS, started, progress=0.0)
             if self._threaded and self._frontend_painted:
                 # let the browser paint before the next stage takes every core (on a laptop the kernel and the
                 # browser share them): the frontend says when it has painted; never wait long for it
                 self._painted.wait(PAINT_GRACE_S)
         elif self._result is not None and "view" in kinds:
             self._publish_view(self._result)
-        if self._result is not None and not self._later_stages(self._result, model_generation, started):
-            return
+        if self._result is not None:
+            if steps is None:  # a view request: the stages this result still lacks (the curve, once switched on)
+                steps = pipeline.later_stages(
+                    self._result, per_layer=self.per_layer, continuation_tokens=CONTINUATION_TOKENS
+                )
+            if not self._follow(self._result, steps, model_generation, started):
+                return
         if ("export" in kinds or self._take("export")) and self._result is not None:
             if not self._export(started):
                 return  # its error stays on screen
         if not self._stale(model_generation):
             self._status(False)
 
-    def _later_stages(self, res: Comparison, model_generation: int, started: float) -> bool:
-        """What follows the main view, each part published as soon as it is ready: the attention metrics and the
-        head gallery, the continuations, then the per-layer curve (one replayed pass at a time). View requests
-        (layer, head, zoom) are served between steps. False when a newer model request made the result stale."""
-
-        def checkpoint(stage: str, progress: float) -> bool:
-            if self._stale(model_generation):
-                return False
-            with self.hold_sync():
-                if self._take("view"):
-                    self._publish_view(res)
-                self._status(True, stage, started, progress=progress)
-            return True
-
-        if res.metrics.mass_recall is None:
-            for layer in iter_attention_metrics(res):
-                if not checkpoint("attention metrics", (layer + 1) / res.n_layers):
-                    return False
-        if not self.gallery or self._gallery_of is None or self._gallery_of() is not res:
-            with self.hold_sync():
-                self.metrics = self._metrics(res)
-                self.gallery = gallery_payload(res)
-                self._gallery_of = weakref.ref(res)
-                self._publish_layer_chart(res)
-        if res.is_lm and not res.continuations:
-            if not checkpoint("continuations", 0.0):
-                return False
-            res.fill_continuations(CONTINUATION_TOKENS)
-            self.metrics = self._metrics(res)
-        if self.per_layer and res.is_lm and res.metrics.per_layer_delta_ppl is None:
-            if not checkpoint("per-layer curve", 0.0):
-                return False
-            return self._fill_per_layer(res, model_generation, started)
+    def _follow(self, res: Comparison, steps: Stages, model_generation: int, started: float) -> bool:
+        """Publish the pipeline's later stages as they fill in (the attention metrics and the head gallery, the
+        continuations, the per-layer curve one replayed pass at a time), serving view requests (layer, head, zoom)
+        between steps. False when a newer model request made the result stale: the rest is abandoned."""
+        with contextlib.closing(steps):
+            for progress in steps:
+                if self._stale(model_generation):
+                    return False  # a newer request needs the model: stop, its own stages will follow
+                with self.hold_sync():
+                    if progress.stage == pipeline.PER_LAYER or (
+                        progress.stage == pipeline.CONTINUATIONS and progress.done == progress.total
+                    ):
+                        self.metrics = metrics_payload(res)
+                    self._publish_gallery(res)
+                    if self._take("view"):
+                        self._publish_view(res)
+                    elif progress.stage == pipeline.PER_LAYER:
+                        self._publish_layer_chart(res)
+                    self._status(True, progress.stage, started, progress=progress.fraction)
+        self._publish_gallery(res)
         return not self._stale(model_generation)
+
+    def _publish_gallery(self, res: Comparison) -> None:
+        """The head gallery and the chart's recall line, once the attention metrics are in (once per result)."""
+        if pipeline.ATTENTION_METRICS not in res.done:
+            return
+        if self.gallery and self._gallery_of is not None and self._gallery_of() is res:
+            return
+        with self.hold_sync():
+            self.metrics = metrics_payload(res)
+            self.gallery = gallery_payload(res)
+            self._gallery_of = weakref.ref(res)
+            self._publish_layer_chart(res)
 
     def _export(self, started: float) -> bool:
         """The GIF of the current settings, sent to the browser as a download (and written to ``export_path``);
@@ -325,17 +336,14 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             try:
                 target = writable(self.export_path, self.export_overwrite)
             except FileExistsError:
-                self.status = {
-                    **self.status,
-                    "busy": False,
-                    "error": (
-                        f"GIF export: {self.export_path!r} already exists; set w.export_overwrite = True to replace "
-                        f"it, or set another w.export_path"
-                    ),
-                }
+                self.status = failed_status(
+                    self.status,
+                    f"GIF export: {self.export_path!r} already exists; set w.export_overwrite = True to replace it, "
+                    f"or set another w.export_path",
+                )
                 return False
             except OSError as err:
-                self.status = {**self.status, "busy": False, "error": f"GIF export: {err}"}
+                self.status = failed_status(self.status, f"GIF export: {err}")
                 return False
 
         def progress(done: int, total: int) -> None:
@@ -350,11 +358,11 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                 duration_ms=request.get("duration_ms", 700),
             )
         except Exception as err:  # noqa: BLE001 - shown in the widget
-            self.status = {**self.status, "busy": False, "error": f"GIF export failed: {err}"}
+            self.status = failed_status(self.status, f"GIF export failed: {err}")
             return False
         name = f"attnsparse-{res.mask.id}-{round(100 * res.metrics.achieved_sparsity)}pct.gif"
         if target is not None:
-            target.write_bytes(data)
+            write_atomically(target, data)
         self.send({"type": "download", "filename": name, "mime": "image/gif"}, buffers=[data])
         return True
 
@@ -371,35 +379,6 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         kwargs.setdefault("head", None if self.head < 0 else self.head)
         return self._result.export_gif(target, **kwargs)
 
-    def _fill_per_layer(self, res: Comparison, model_generation: int, started: float) -> bool:
-        """Compute the per-layer curves one replayed pass at a time, publishing as they fill in and serving view
-        requests (layer, head, zoom) between passes. False when a newer model request made it stale."""
-        m = res.metrics
-        assert m.dense_ppl is not None
-        isolated: list[float] = []
-        cumulative: list[float] = []
-        total = 2 * res.n_layers
-        for kind, _, value in iter_per_layer(
-            self._model, res.mask, res.dense, res.sparse, m.dense_ppl, res.sparse.seed
-        ):
-            if self._stale(model_generation):
-                return False  # a newer request needs the model: stop, its own curve will follow
-            (isolated if kind == "isolated" else cumulative).append(value)
-            with self.hold_sync():
-                self.metrics = {
-                    **self.metrics,
-                    "per_layer_delta_ppl": list(isolated),
-                    "cumulative_delta_ppl": list(cumulative),
-                }
-                if self._take("view"):
-                    self._publish_view(res)
-                else:
-                    self._publish_layer_chart(res)
-                self._status(True, "per-layer curve", started, progress=(len(isolated) + len(cumulative)) / total)
-        m.per_layer_delta_ppl = isolated
-        m.cumulative_delta_ppl = cumulative
-        return True
-
     def _publish_view(self, res: Comparison) -> None:
         layer = min(max(self.layer, 0), res.n_layers - 1)
         head = self.head if -1 <= self.head < res.n_heads else -1
@@ -407,12 +386,12 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         if res.metrics.dense_ppl is not None:
             position = self.position if -len(res.tokens) <= self.position < len(res.tokens) else -1
             view["position"] = position % len(res.tokens)
-            view["next_tokens"] = res.next_token_top(position, k=5)
+            view["next_tokens"] = cast(NextTokens, res.next_token_top(position, k=5))
         self.view = view
         self._publish_layer_chart(res)
 
     def _publish_layer_chart(self, res: Comparison) -> None:
-        """The per-layer chart from the metrics as far as they are computed (the widget's copy fills in first)."""
+        """The per-layer chart from the metrics as far as they are computed."""
         if res.metrics.dense_ppl is None:
             self.layer_chart = {}
             return
@@ -433,40 +412,6 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             raise ValueError(f"max_tokens must be a positive int, got {self.max_tokens!r}; e.g. w.max_tokens = 2048")
         positions = max_positions(self._model)
         return self.max_tokens if positions is None else min(self.max_tokens, positions)
-
-    @staticmethod
-    def _info(res: Comparison) -> dict[str, Any]:
-        return {
-            "model": res.model_name,
-            "n_layers": res.n_layers,
-            "n_heads": res.n_heads,
-            "n_kv_heads": res.n_kv_heads,
-            "n_tokens": len(res.tokens),
-            "tokens": res.tokens,
-            "causal": res.causal,
-            "mask": res.mask.id,
-            "mask_label": res.mask.label(),
-            "mask_params": res.mask.params(),
-            "budget": res.mask.budget,
-            "reachable": list(res.mask.reachable_range(len(res.tokens), res.causal)),
-            "note": " ".join(res.metrics.notes),
-        }
-
-    @staticmethod
-    def _metrics(res: Comparison) -> dict[str, Any]:
-        out = {k: _finite(v) for k, v in res.metrics.to_dict().items()}
-        out["continuations"] = res.continuations
-        out["continuation_tokens"] = res.continuation_tokens()
-        return out
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN/inf: send None instead (the frontend shows 'n/a')."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 def show(

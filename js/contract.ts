@@ -1,0 +1,250 @@
+// The kernel-browser contract: what every synced trait and custom message holds, key for key the TypedDicts of
+// src/attnsparse_widget/contract.py (same keys, same optionality; tests/test_contract.py checks both directions and
+// the types). Optional keys are `key?:`; an output trait is the empty object (Empty) until its first value.
+//
+// Conventions: a non-finite float travels as null; a 2-D array travels as a MatrixPayload whose bytes arrive as a
+// binary buffer. Keep one property per line and no inline object types: the contract test parses this file.
+
+/** The bytes of a MatrixPayload: a DataView from a comm message (tests and tools may pass the others). */
+export type Binary = DataView | ArrayBuffer | Uint8Array;
+
+/** An output trait before its first value: `{}` (layer_chart also stays empty for an encoder). */
+export interface Empty {
+  [key: string]: never;
+}
+
+/** A 2-D array as it travels; its bytes come as a binary websocket frame. */
+export interface MatrixPayload {
+  /** [rows, cols] */
+  shape: number[];
+  /** "f2": float16 (probabilities, NaN where blank); "u1": uint8 (codes, percentages, thumbnails) */
+  dtype: "f2" | "u1";
+  /** row-major, little endian */
+  data: Binary;
+}
+
+/** A plotly figure as sent (src/attnsparse_widget/figures.py), every 2-D array in it a MatrixPayload. */
+export interface Figure {
+  /** the traces */
+  data: Record<string, unknown>[];
+  /** the plotly layout */
+  layout: Record<string, unknown>;
+}
+
+/** A dropped (or partly dropped) cell of the main view with dense weight. */
+export interface Drop {
+  /** query position (the cell's first query token) */
+  q: number;
+  /** key position (the cell's first key token) */
+  k: number;
+  /** the dense probability the mask dropped */
+  w: number;
+}
+
+/** The top-5 next tokens after the view's position under each regime, most probable first. */
+export interface NextTokens {
+  /** [token, probability] with dense attention */
+  dense: [string, number][];
+  /** the same with the sparse mask */
+  sparse: [string, number][];
+}
+
+/** The `view` trait: the main view of one layer and head, and the mask preview. */
+export interface View {
+  /** the layer shown */
+  layer: number;
+  /** the head shown, -1 for the mean over heads */
+  head: number;
+  /** [q0, q1, k0, k1], half-open token ranges shown */
+  region: number[];
+  /** tokens per cell and axis (1: full resolution) */
+  factor: number;
+  /** dense | sparse | sparse − dense heatmaps, one trace each, named by panel */
+  figure: Figure;
+  /** the keep-pattern figure (the Mask tab) */
+  mask_figure: Figure;
+  /** uint8 code per cell: NOT_ALLOWED 0, KEPT 1, PARTLY_KEPT 2, DROPPED 3 */
+  states: MatrixPayload;
+  /** uint8 percentage of each cell's allowed pairs kept */
+  kept_pct: MatrixPayload;
+  /** the heaviest dropped cells, heaviest first */
+  drops: Drop[];
+  /** language models only: the query position of next_tokens */
+  position?: number;
+  /** language models only: the top-5 next tokens after position */
+  next_tokens?: NextTokens;
+}
+
+/** The `gallery` trait: every layer x head as a dense and a sparse thumbnail. */
+export interface Gallery {
+  /** rows of thumbnails */
+  n_layers: number;
+  /** thumbnails per row */
+  n_heads: number;
+  /** a thumbnail's side, in cells */
+  cell: number;
+  /** dense thumbnails stitched into one uint8 image [n_layers * cell, n_heads * cell] */
+  dense: MatrixPayload;
+  /** sparse thumbnails, stitched the same way */
+  sparse: MatrixPayload;
+  /** per head, layer-major: KL(sparse ‖ dense) averaged over rows */
+  kl: (number | null)[];
+  /** per head, layer-major: 1 − attention mass recall */
+  mass_lost: (number | null)[];
+}
+
+/** The greedy continuations as text; a key appears once that regime's continuation is computed. */
+export interface Continuations {
+  dense?: string;
+  sparse?: string;
+}
+
+/** The continuations as decoded tokens. */
+export interface ContinuationTokens {
+  dense?: string[];
+  sparse?: string[];
+}
+
+/** The `metrics` trait: the Metrics fields (non-finite floats as null) plus the continuations; null where not
+ * computed (yet) or not applicable. Per-layer lists have one value per layer, *_per_head are [layer][head]. */
+export interface MetricsPayload {
+  /** the sparsity asked for (null: the mask's own parameters decide) */
+  requested_sparsity: number | null;
+  /** fraction of allowed query-key pairs dropped */
+  achieved_sparsity: number | null;
+  achieved_sparsity_per_head: (number | null)[][];
+  /** per layer: dense probability on kept pairs */
+  mass_recall: (number | null)[] | null;
+  mass_recall_per_head: (number | null)[][] | null;
+  mass_recall_min: number | null;
+  mass_recall_p5: number | null;
+  /** per layer: KL(sparse ‖ dense) of the attention rows */
+  kl: (number | null)[] | null;
+  kl_per_head: (number | null)[][] | null;
+  output_relative_error: number | null;
+  dense_ppl: number | null;
+  sparse_ppl: number | null;
+  delta_ppl: number | null;
+  delta_nll: number | null;
+  /** KL(dense ‖ sparse) of the next-token distribution, mean over positions */
+  next_token_kl: number | null;
+  /** positions where both regimes predict the same next token */
+  top1_agreement: number | null;
+  /** ΔPPL with the mask at layer l only (grows as it is computed) */
+  per_layer_delta_ppl: (number | null)[] | null;
+  /** ΔPPL with the mask at layers 0..l */
+  cumulative_delta_ppl: (number | null)[] | null;
+  notes: string[];
+  continuations: Continuations;
+  continuation_tokens: ContinuationTokens;
+}
+
+/** The `info` trait: what the result is of. */
+export interface Info {
+  /** the model's display name */
+  model: string;
+  n_layers: number;
+  /** query heads per layer */
+  n_heads: number;
+  /** key/value heads per layer (fewer under grouped-query attention) */
+  n_kv_heads: number;
+  /** tokens analysed */
+  n_tokens: number;
+  /** the tokens as readable strings */
+  tokens: string[];
+  /** false: an encoder (no next-token head) */
+  causal: boolean;
+  /** the mask's id */
+  mask: string;
+  /** the mask with its parameters */
+  mask_label: string;
+  /** the parameters the mask ran with */
+  mask_params: Record<string, number>;
+  /** the parameter the sparsity slider sets (null: none) */
+  budget: string | null;
+  /** [min, max] sparsity the mask can reach at this length */
+  reachable: number[];
+  /** the result's notes in one line ("" when none) */
+  note: string;
+}
+
+/** The `status` trait: what the kernel is doing. */
+export interface Status {
+  /** a request is being computed */
+  busy: boolean;
+  /** the last request's error (null: none) */
+  error: string | null;
+  /** the stage running ("" when none) */
+  stage: string;
+  /** when the current request started, ms since the epoch */
+  started: number;
+  /** the last request the shown state answers */
+  request: number;
+  /** fraction of the stage done, while a stage reports progress */
+  progress?: number;
+  /** a short traceback, with an unexpected error only */
+  detail?: string;
+}
+
+/** An entry of the `catalog` trait: one available mask. */
+export interface CatalogEntry {
+  id: string;
+  description: string;
+  paper: string;
+  /** the parameter the sparsity slider sets (null: no slider) */
+  budget: string | null;
+  /** every parameter with its default */
+  params: Record<string, number>;
+  score_dependent: boolean;
+}
+
+/** Kernel → browser: a file to download; its bytes are the first buffer. */
+export interface DownloadMessage {
+  type: "download";
+  filename: string;
+  mime: string;
+}
+
+/** Browser → kernel: a new main view is on screen. */
+export interface PaintedMessage {
+  type: "painted";
+}
+
+/** Browser → kernel: the Export GIF button. */
+export interface ExportGifMessage {
+  type: "export_gif";
+  /** the GIF's view ("side_by_side" when absent) */
+  view?: string;
+  /** milliseconds per frame (700 when absent) */
+  duration_ms?: number;
+}
+
+/** Every synced trait of the widget: the model's state. */
+export interface WidgetState {
+  text: string;
+  mask: string;
+  sparsity: number;
+  mask_params: Record<string, number>;
+  layer: number;
+  head: number;
+  /** [q0, q1, k0, k1] or [] for the whole map */
+  zoom: number[];
+  /** query position of the next-token top-5 (-1: the last) */
+  position: number;
+  catalog: CatalogEntry[];
+  caveat: string;
+  info: Info | Empty;
+  metrics: MetricsPayload | Empty;
+  view: View | Empty;
+  layer_chart: Figure | Empty;
+  gallery: Gallery | Empty;
+  status: Status;
+  export_path: string;
+  per_layer: boolean;
+  max_tokens: number;
+}
+
+/** Whether an output trait holds a value (it is {} before the first). */
+export function filled<T extends object>(value: T | Empty | null | undefined): value is T {
+  return value !== null && value !== undefined && Object.keys(value).length > 0;
+}

@@ -1,0 +1,362 @@
+"""The kernel-browser contract: the shape of every trait :class:`~attnsparse_widget.widget.AttentionDiffWidget`
+syncs to its frontend, and of the custom messages both sides send.
+
+``js/contract.ts`` declares the same types, key for key, with the same optionality; ``tests/test_contract.py`` checks
+both directions (and checks real payloads against these types). Change one side and the test says what the other
+side lacks. The builders live in :mod:`attnsparse_widget.payload`.
+
+Conventions (what travels as JSON, plus binary buffers):
+    * a float that is not finite (NaN, inf) travels as None (JSON has neither); the frontend shows "n/a";
+    * a 2-D array travels as a :class:`MatrixPayload` whose bytes anywidget sends as a binary buffer;
+    * an output trait is ``{}`` (:class:`Empty`) until its first value; readers check for a key before using it;
+    * keys that are sometimes absent are in a ``total=False`` part of their TypedDict (``key?:`` in TypeScript).
+
+This module is the leaf every other one may import: it imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+
+class Empty(TypedDict):
+    """An output trait before its first value: ``{}``. ``info``, ``metrics``, ``view`` and ``gallery`` are empty until
+    the first result; ``layer_chart`` also stays empty for a model without a next-token head (an encoder)."""
+
+
+class MatrixPayload(TypedDict):
+    """A 2-D numpy array as it travels: its bytes are sent as a binary websocket frame, never as JSON numbers.
+
+    shape: ``[rows, cols]``.
+    dtype: ``"f2"`` float16 (probabilities, NaN where blank) or ``"u1"`` uint8 (state codes, percentages, thumbnails).
+    data: the array's bytes, row-major, little endian (``rows * cols * itemsize`` of them).
+    """
+
+    shape: list[int]
+    dtype: Literal["f2", "u1"]
+    data: bytes
+
+
+class Figure(TypedDict):
+    """A plotly figure as sent (:mod:`attnsparse_widget.figures`), every 2-D array in it a :class:`MatrixPayload`.
+
+    data: the traces (plotly trace dicts: ``type``, ``name``, ``x``, ``y``, ``z``, ...).
+    layout: the plotly layout dict.
+    """
+
+    data: list[dict[str, Any]]
+    layout: dict[str, Any]
+
+
+class Drop(TypedDict):
+    """A dropped (or partly dropped) cell of the main view with dense weight: a pair the model relied on.
+
+    q: query position (the cell's first query token).
+    k: key position (the cell's first key token).
+    w: the dense attention probability of the cell that the mask dropped.
+    """
+
+    q: int
+    k: int
+    w: float
+
+
+class NextTokens(TypedDict):
+    """The top-5 next tokens after the view's ``position`` under each regime, most probable first.
+
+    dense: ``[token, probability]`` pairs with dense attention.
+    sparse: the same with the sparse mask.
+    """
+
+    dense: list[tuple[str, float]]
+    sparse: list[tuple[str, float]]
+
+
+class _ViewKeys(TypedDict):
+    layer: int
+    head: int
+    region: list[int]
+    factor: int
+    figure: Figure
+    mask_figure: Figure
+    states: MatrixPayload
+    kept_pct: MatrixPayload
+    drops: list[Drop]
+
+
+class View(_ViewKeys, total=False):
+    """The ``view`` trait: the main view of one layer and head, and the mask preview (:func:`payload.view_payload`).
+
+    layer: the layer shown.
+    head: the head shown, -1 for the mean over heads.
+    region: ``[q0, q1, k0, k1]``, half-open query and key ranges of the tokens shown.
+    factor: tokens per cell and axis (1: full resolution; more when a long text is pooled).
+    figure: the main figure, dense | sparse | sparse − dense heatmaps (one trace each, named by panel).
+    mask_figure: the keep-pattern figure (the Mask tab).
+    states: uint8 code per cell (figures.NOT_ALLOWED 0, KEPT 1, PARTLY_KEPT 2, DROPPED 3), for the tooltip.
+    kept_pct: uint8 percentage of each cell's allowed pairs the mask keeps, for the tooltip.
+    drops: the heaviest dropped cells, heaviest first (at most 5).
+    position: (language models only) the query position of ``next_tokens``, in [0, n_tokens).
+    next_tokens: (language models only) the top-5 next tokens after ``position`` under each regime.
+    """
+
+    position: int
+    next_tokens: NextTokens
+
+
+class Gallery(TypedDict):
+    """The ``gallery`` trait: every layer x head as a dense and a sparse thumbnail (:func:`payload.gallery_payload`).
+
+    n_layers: rows of thumbnails.
+    n_heads: thumbnails per row.
+    cell: a thumbnail's side, in cells.
+    dense: the dense thumbnails stitched into one uint8 image, ``[n_layers * cell, n_heads * cell]``; each head's
+        dense and sparse pair is scaled to that head's peak (255).
+    sparse: the sparse thumbnails, stitched the same way.
+    kl: per head, layer-major: KL(sparse ‖ dense) averaged over rows (None where not finite).
+    mass_lost: per head, layer-major: 1 − attention mass recall (None where not finite).
+    """
+
+    n_layers: int
+    n_heads: int
+    cell: int
+    dense: MatrixPayload
+    sparse: MatrixPayload
+    kl: list[float | None]
+    mass_lost: list[float | None]
+
+
+class Continuations(TypedDict, total=False):
+    """The greedy continuations as text; a key appears once that regime's continuation is computed (``{}`` before,
+    and always for an encoder).
+
+    dense: the continuation with dense attention.
+    sparse: the continuation with the sparse mask at every layer.
+    """
+
+    dense: str
+    sparse: str
+
+
+class ContinuationTokens(TypedDict, total=False):
+    """The continuations as decoded tokens (the frontend highlights the first divergence); ``{}`` until computed.
+
+    dense: the dense continuation's tokens.
+    sparse: the sparse continuation's tokens.
+    """
+
+    dense: list[str]
+    sparse: list[str]
+
+
+class MetricsPayload(TypedDict):
+    """The ``metrics`` trait: :class:`~attnsparse_widget.metrics.Metrics` field for field (non-finite floats as None,
+    at any depth), plus the continuations (:func:`payload.metrics_payload`). Per-layer lists have one value per layer,
+    ``*_per_head`` are ``[layer][head]``; None where not computed (yet) or not applicable (an encoder).
+
+    requested_sparsity: the sparsity asked for (None: the mask's own parameters decide).
+    achieved_sparsity: fraction of the allowed query-key pairs the mask dropped, over all layers and heads.
+    achieved_sparsity_per_head: the same per layer and head.
+    mass_recall: per layer, the mean dense attention probability on the kept pairs.
+    mass_recall_per_head: the same per layer and head.
+    mass_recall_min: the smallest recall of any attention row.
+    mass_recall_p5: the 5th percentile of the row recalls.
+    kl: per layer, KL(sparse ‖ dense) of the attention rows, averaged over rows and heads.
+    kl_per_head: the same per layer and head.
+    output_relative_error: relative error of the final hidden states, sparse against dense.
+    dense_ppl: perplexity of the text with dense attention.
+    sparse_ppl: the same with the sparse mask at every layer.
+    delta_ppl: sparse_ppl − dense_ppl.
+    delta_nll: log sparse_ppl − log dense_ppl.
+    next_token_kl: KL(dense ‖ sparse) of the next-token distribution, averaged over positions.
+    top1_agreement: fraction of positions where both regimes predict the same next token.
+    per_layer_delta_ppl: ΔPPL with the mask at layer l only (grows as the per-layer curve is computed).
+    cumulative_delta_ppl: ΔPPL with the mask at layers 0..l (grows likewise).
+    notes: sentences to show with the result (truncation, approximations).
+    continuations: the greedy continuations as text.
+    continuation_tokens: the same as tokens.
+    """
+
+    requested_sparsity: float | None
+    achieved_sparsity: float | None
+    achieved_sparsity_per_head: list[list[float | None]]
+    mass_recall: list[float | None] | None
+    mass_recall_per_head: list[list[float | None]] | None
+    mass_recall_min: float | None
+    mass_recall_p5: float | None
+    kl: list[float | None] | None
+    kl_per_head: list[list[float | None]] | None
+    output_relative_error: float | None
+    dense_ppl: float | None
+    sparse_ppl: float | None
+    delta_ppl: float | None
+    delta_nll: float | None
+    next_token_kl: float | None
+    top1_agreement: float | None
+    per_layer_delta_ppl: list[float | None] | None
+    cumulative_delta_ppl: list[float | None] | None
+    notes: list[str]
+    continuations: Continuations
+    continuation_tokens: ContinuationTokens
+
+
+class Info(TypedDict):
+    """The ``info`` trait: what the result is of (:func:`payload.info_payload`).
+
+    model: the model's display name.
+    n_layers: attention layers.
+    n_heads: query heads per layer.
+    n_kv_heads: key/value heads per layer (fewer than n_heads under grouped-query attention).
+    n_tokens: tokens analysed (after any truncation to max_tokens).
+    tokens: the tokens as readable strings.
+    causal: whether the model is causal (False: an encoder, no next-token head).
+    mask: the mask's id.
+    mask_label: the mask with its parameters, e.g. ``sink_window(sinks=4, window=60)``.
+    mask_params: the parameters the mask ran with (the budget parameter as the sparsity slider set it).
+    budget: the name of the parameter the sparsity slider sets (None: the mask has none).
+    reachable: ``[min, max]``, the sparsity the mask can reach at this length.
+    note: the result's notes in one line ("" when there are none).
+    """
+
+    model: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    n_tokens: int
+    tokens: list[str]
+    causal: bool
+    mask: str
+    mask_label: str
+    mask_params: dict[str, float]
+    budget: str | None
+    reachable: list[float]
+    note: str
+
+
+class _StatusKeys(TypedDict):
+    busy: bool
+    error: str | None
+    stage: str
+    started: float
+    request: int
+
+
+class Status(_StatusKeys, total=False):
+    """The ``status`` trait: what the kernel is doing (:func:`payload.status_payload`, its one builder).
+
+    busy: whether a request is being computed.
+    error: the message of the last request's error, None when it succeeded (or is still running).
+    stage: the stage running (e.g. "running the model", "per-layer curve"; "" when none).
+    started: when the current request started, milliseconds since the epoch (0.0 before the first).
+    request: the number of the last request the shown state answers: the frontend waits for its own.
+    progress: fraction of the stage done, in [0, 1]; present while a stage reports progress.
+    detail: a short traceback of an unexpected error; present only with such an error.
+    """
+
+    progress: float
+    detail: str
+
+
+class CatalogEntry(TypedDict):
+    """An entry of the ``catalog`` trait: one available mask.
+
+    id: the mask's id (the ``mask`` trait's value).
+    description: one line about the pattern.
+    paper: the paper it comes from.
+    budget: the parameter the sparsity slider sets (None: no slider).
+    params: every parameter with its default.
+    score_dependent: whether the pattern reads the attention scores.
+    """
+
+    id: str
+    description: str
+    paper: str
+    budget: str | None
+    params: dict[str, float]
+    score_dependent: bool
+
+
+class DownloadMessage(TypedDict):
+    """Kernel → browser custom message: a file to hand to the browser as a download; its bytes are the first buffer.
+
+    type: always "download".
+    filename: the suggested file name.
+    mime: the file's media type.
+    """
+
+    type: Literal["download"]
+    filename: str
+    mime: str
+
+
+class PaintedMessage(TypedDict):
+    """Browser → kernel custom message: a new main view is on screen (the kernel's next stage waits for it, briefly).
+
+    type: always "painted".
+    """
+
+    type: Literal["painted"]
+
+
+class _ExportGifKeys(TypedDict):
+    type: Literal["export_gif"]
+
+
+class ExportGifMessage(_ExportGifKeys, total=False):
+    """Browser → kernel custom message: the Export GIF button; the GIF comes back as a :class:`DownloadMessage`.
+
+    type: always "export_gif".
+    view: the GIF's view ("side_by_side" when absent).
+    duration_ms: milliseconds per frame (700 when absent).
+    """
+
+    view: str
+    duration_ms: int
+
+
+class WidgetState(TypedDict):
+    """Every synced trait of the widget and its type. Inputs (set by Python or the frontend's controls): text, mask,
+    sparsity, mask_params, layer, head, zoom (``[q0, q1, k0, k1]`` or ``[]``), position (-1: the last), per_layer,
+    max_tokens, export_path. Outputs (computed by the kernel): catalog, caveat, info, metrics, view, layer_chart
+    (the per-layer perplexity figure), gallery, status."""
+
+    text: str
+    mask: str
+    sparsity: float
+    mask_params: dict[str, float]
+    layer: int
+    head: int
+    zoom: list[int]
+    position: int
+    catalog: list[CatalogEntry]
+    caveat: str
+    info: Info | Empty
+    metrics: MetricsPayload | Empty
+    view: View | Empty
+    layer_chart: Figure | Empty
+    gallery: Gallery | Empty
+    status: Status
+    export_path: str
+    per_layer: bool
+    max_tokens: int
+
+
+__all__ = [
+    "CatalogEntry",
+    "ContinuationTokens",
+    "Continuations",
+    "Drop",
+    "DownloadMessage",
+    "Empty",
+    "ExportGifMessage",
+    "Figure",
+    "Gallery",
+    "Info",
+    "MatrixPayload",
+    "MetricsPayload",
+    "NextTokens",
+    "PaintedMessage",
+    "Status",
+    "View",
+    "WidgetState",
+]

@@ -1,0 +1,28 @@
+"""Every sentence the library shows a user about a result, in one place: the caveat, the sparsity label, notes.
+
+(Error messages stay next to the check that raises them; the sample texts are in :mod:`attnsparse_widget.texts`.)
+"""
+
+from __future__ import annotations
+
+CAVEAT = (
+    "A post-hoc mask on a model trained with dense attention shows degradation, not how a model trained with "
+    "sparse attention (NSA, DSA) behaves. MLA compresses the KV cache and drops no pairs."
+)
+
+NOTE_NO_REPLAY = "per-layer curves computed without replay (block list not found): L full passes"
+NOTE_ONE_TOKEN = "a one-token text has no next token to score: perplexity is undefined (nan)"
+
+
+def percent(value: float | None, digits: int = 1) -> str:
+    """``0.5`` -> ``"50.0%"``; None (nothing requested) -> ``"–"``."""
+    return "–" if value is None else f"{value:.{digits}%}"
+
+
+def requested_achieved(requested: float | None, achieved: float) -> str:
+    """The sparsity label used everywhere: ``"requested 50.0%, achieved 49.8%"``."""
+    return f"requested {percent(requested)}, achieved {percent(achieved)}"
+
+
+def truncation_note(full_length: int, n_tokens: int, max_tokens: int | None) -> str:
+    return f"the text is {full_length} tokens; the first {n_tokens} are analysed (max_tokens={max_tokens})"

@@ -1,0 +1,262 @@
+"""One captured forward pass and what it leaves behind (:class:`PassResult`), its next-token statistics, and
+greedy continuations under the pass's mask. Every pass goes through the single capture path in
+:mod:`attnsparse_widget.capture`."""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from . import metrics as M
+from .capture import (
+    LayerOutputs,
+    Plan,
+    attention_active,
+    capture_layer_outputs,
+    layer_attention,
+    layer_indexer,
+    layer_stack,
+    num_layers,
+    text_config,
+    unsupported,
+)
+from .compat import cache_kwarg, output_cache, without_cache
+from .logits import chunks, head_can_replay, logits_at, record_base_output, verify_replay
+from .masks import Mask
+from .store import AttentionStore
+
+Tensor = torch.Tensor
+RECOMPUTED_LAYERS = 1  # full-resolution layers recomputed on demand and kept, per pass (overview stores)
+
+
+@dataclass
+class PassResult:
+    """What one captured forward pass leaves behind (batch of one).
+
+    For language models the next-token logits are not kept (``[T, vocab]`` floats): :meth:`logits` recomputes them
+    for any positions from the recorded base-model output, by the model's own head (see :mod:`.logits`).
+    """
+
+    store: AttentionStore
+    layer_outputs: LayerOutputs
+    ids: Tensor
+    mask: Mask | None
+    seed: int
+    model: weakref.ref[PreTrainedModel]
+    is_lm: bool
+    base_output: Any = None  # the base model's output (language models whose head can be replayed)
+    full_output: Tensor | None = None  # logits [T, V] (head not replayable) or the encoder's last hidden state
+    last_logits: Tensor | None = None  # [V], the pass's own logits at the last position
+    nll: Tensor | None = None  # per-position next-token loss [T-1] (language models)
+    argmax: Tensor | None = None  # per-position predicted token [T]
+    # dense passes, per chunk of positions: (logits, probabilities, log-normaliser, squared norm of the logits);
+    # logits and probabilities are kept only while small (else recomputed by the head)
+    reference: list[tuple[Tensor | None, Tensor | None, Tensor, float]] = field(default_factory=list)
+    cache: Any = None  # the pass's KV cache, kept until its greedy continuation uses it
+    kv: list[tuple[Tensor, Tensor]] | None = None  # dense passes: every layer's keys and values (per-layer replays)
+    first_changed: dict[int, int] = field(default_factory=dict)  # per masked layer, the first row that lost a pair
+    continuation: list[int] = field(default_factory=list)
+    continuation_steps: int = 0  # tokens asked for (the continuation stops early at an end-of-sequence token)
+    _layers: OrderedDict[int, tuple[Tensor, Tensor | None, Tensor]] = field(default_factory=OrderedDict)
+
+    def the_model(self) -> PreTrainedModel:
+        model = self.model()
+        if model is None:
+            raise RuntimeError(
+                "the model of this comparison was garbage-collected; keep a reference to it to "
+                "recompute full-resolution attention"
+            )
+        return model
+
+    def logits(self, positions: Tensor) -> Tensor:
+        """Float32 next-token logits ``[len(positions), vocab]``."""
+        if self.full_output is not None:
+            return self.full_output[positions.to(self.full_output.device)].float()
+        return logits_at(self.the_model(), self.ids, self.base_output, positions)
+
+    def layer(self, layer: int, remember: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
+        """(probs ``[1, H, T, T]``, keep ``[1, H|1, T, T]`` or None, allowed ``[1, 1, T, T]``) at full resolution:
+        from the store when retained, else recomputed by replaying that layer (the last one is kept when
+        ``remember``)."""
+        store = self.store
+        if store.retain:
+            probs = store.probs[layer]
+            allowed = store.allowed[layer]
+            assert probs is not None and allowed is not None
+            return probs, store.keep[layer], allowed
+        found = self._layers.get(layer)
+        if found is None:
+            found = layer_attention(self.the_model(), self.ids, self.mask, layer, self.layer_outputs, self.seed)
+            if not remember:
+                return found
+            self._layers[layer] = found
+            while len(self._layers) > RECOMPUTED_LAYERS:
+                self._layers.popitem(last=False)
+        else:
+            self._layers.move_to_end(layer)
+        return found
+
+    def release(self) -> None:
+        """Drop what can be made again: the KV cache kept for a continuation, recomputed layers."""
+        self.cache = None
+        self._layers.clear()
+
+    def nbytes(self) -> int:
+        """Bytes held (maps, layer outputs, logits), roughly."""
+        total = self.store.nbytes()
+        for out in self.layer_outputs.outputs:
+            t = out if isinstance(out, Tensor) else (out[0] if isinstance(out, tuple) else None)
+            if isinstance(t, Tensor):
+                total += t.numel() * t.element_size()
+        for t in (
+            self.full_output,
+            *(t for chunk in self.reference for t in chunk[:3]),
+            *(t for pair in self.kv or [] for t in pair),
+        ):
+            if t is not None:
+                total += t.numel() * t.element_size()
+        return total
+
+
+def captured_pass(
+    model: PreTrainedModel, ids: Tensor, mask: Mask | None, *, seed: int, is_lm: bool, keep_cache: bool = False
+) -> PassResult:
+    """One forward pass with capture: every layer's attention into a store, every block's output, and (language
+    models) the base model's output and the last position's logits. ``keep_cache``: also keep the KV cache for a
+    later greedy continuation (row-local masks only)."""
+    n_layers = num_layers(model)
+    store = AttentionStore(n_layers, text_config(model).num_attention_heads, ids.shape[1])
+    plan = Plan(layer_of=layer_indexer(model), mask=mask, recorder=store, seed=seed)
+    outputs = LayerOutputs()
+    replayable = is_lm and head_can_replay(model)
+    recorded: dict[str, Any] = {}
+    kwargs = {"logits_to_keep": 1} if replayable else {}
+    use_cache = is_lm and (mask is None or (keep_cache and mask.row_local))  # a dense pass keeps its keys/values
+    with torch.inference_mode(), attention_active(model, plan), capture_layer_outputs(model, outputs):
+        with record_base_output(model, recorded) if replayable else contextlib.nullcontext():
+            out = model(input_ids=ids, use_cache=use_cache, **kwargs)
+    if plan.calls == 0:
+        raise unsupported(model, "no attention call went through the registered attention function")
+    if not store.complete:
+        missing = [i for i, done in enumerate(store.recorded) if not done]
+        raise unsupported(model, f"layers {missing} did not call the attention function")
+    result = PassResult(
+        store=store,
+        layer_outputs=outputs,
+        ids=ids,
+        mask=mask,
+        seed=seed,
+        model=weakref.ref(model),
+        is_lm=is_lm,
+        first_changed=dict(plan.first_changed),
+    )
+    if not is_lm:
+        result.full_output = out.last_hidden_state[0].float()
+        return result
+    result.last_logits = out.logits[0, -1].float()
+    cache = output_cache(out) if use_cache else None
+    result.cache = cache if keep_cache else None
+    if (
+        mask is None
+        and cache is not None
+        and full_attention_only(model)
+        and all(hasattr(layer, "keys") for layer in getattr(cache, "layers", [None]))
+    ):
+        # the prefill's keys and values (for replays that skip a prefix), in one allocation (capture_layer_outputs)
+        slab = torch.stack([torch.stack([layer.keys, layer.values]) for layer in cache.layers])
+        result.kv = [(pair[0], pair[1]) for pair in slab]
+        for layer, (keys, values) in zip(cache.layers, result.kv, strict=True):  # the cache reads the same memory
+            layer.keys, layer.values = keys, values
+    if replayable and verify_replay(model, ids, recorded["base"], out.logits[0, -1]):
+        result.base_output = without_cache(recorded["base"])  # the head does not need it; the cache lives on
+    else:  # keep the full logits: run again without logits_to_keep if only the last position came back
+        if out.logits.shape[1] != ids.shape[1]:
+            with torch.inference_mode(), attention_active(model, Plan(layer_of=plan.layer_of, mask=mask, seed=seed)):
+                out = model(input_ids=ids, use_cache=False)
+        result.full_output = out.logits[0].float()
+    return result
+
+
+def next_token_stats(result: PassResult, keep_logits: bool = False) -> None:
+    """Fill a pass's per-position next-token loss and argmax, and its reference for comparing sparse passes with
+    (the logits and probabilities too when ``keep_logits``)."""
+    ids = result.ids[0]
+    n = ids.shape[0]
+    nll, argmax = [], []
+    result.reference = []
+    for pos in chunks(0, n, ids.device):
+        logits = result.logits(pos)
+        lse = torch.logsumexp(logits, dim=-1)
+        argmax.append(logits.argmax(-1))
+        nll.append(M.next_token_nll_from_logits(logits, lse, ids[pos[pos < n - 1] + 1]))
+        probs = torch.softmax(logits, dim=-1) if keep_logits else None
+        sumsq = float(torch.einsum("tv,tv->", logits, logits))
+        result.reference.append((logits if keep_logits else None, probs, lse, sumsq))
+    result.nll = torch.cat(nll).cpu()
+    result.argmax = torch.cat(argmax).cpu()
+
+
+def greedy_continuation(model: PreTrainedModel, result: PassResult, n: int, eos: set[int]) -> list[int]:
+    """Greedy decoding of ``n`` tokens after the pass's text, under the pass's mask (cached on the result).
+
+    With a KV cache for row-local masks (a row's mask depends on that row only, so cached decoding equals
+    recomputing the full mask); by full recomputation for the others (H2O, vertical-slash, block top-k), whose
+    earlier rows depend on later queries or on history."""
+    if result.continuation_steps >= n:
+        return result.continuation[:n]
+    mask = result.mask
+    plan = Plan(layer_of=layer_indexer(model), mask=mask, seed=result.seed)
+    with_cache = mask is None or mask.row_local
+    seq = result.ids
+    new: list[int] = []
+    cache = None
+    with torch.inference_mode(), attention_active(model, plan):
+        logits = result.last_logits
+        if with_cache:
+            cache, result.cache = result.cache, None  # the pass's own cache, used once (decoding extends it)
+            if cache is None:  # prefill one (nothing captured: the dense layers take the fast path)
+                out = model(input_ids=seq, use_cache=True, **({"logits_to_keep": 1} if head_can_replay(model) else {}))
+                cache = output_cache(out)
+        for _ in range(n):
+            assert logits is not None
+            token = int(logits.argmax())
+            new.append(token)
+            if token in eos:
+                break
+            step = torch.tensor([[token]], device=seq.device)
+            seq = torch.cat([seq, step], dim=1)
+            if cache is not None:
+                out = model(input_ids=step, use_cache=True, **cache_kwarg(model, cache))
+                cache = output_cache(out)
+            else:
+                out = model(input_ids=seq, use_cache=False)
+            logits = out.logits[0, -1].float()
+    result.continuation = new
+    result.continuation_steps = n
+    return new
+
+
+def model_is_causal(model: PreTrainedModel) -> bool:
+    """Whether the model's self-attention is causal, read from its attention modules' ``is_causal``."""
+    stack = layer_stack(model)
+    for module in (stack or model).modules():
+        flag = getattr(module, "is_causal", None)
+        if isinstance(flag, bool) and not isinstance(module, PreTrainedModel):
+            return flag
+    return model.__class__.__name__.endswith(("ForCausalLM", "LMHeadModel"))
+
+
+def full_attention_only(model: PreTrainedModel) -> bool:
+    """Whether every layer attends over all earlier positions (no sliding-window layers, whose caches and masks
+    follow rules of their own): then a cache of the prefix's keys and values stands in for the prefix exactly."""
+    config = text_config(model)
+    types = getattr(config, "layer_types", None)
+    if types:
+        return all(t == "full_attention" for t in types)
+    return getattr(config, "sliding_window", None) is None

@@ -1,0 +1,215 @@
+"""The one staged engine pipeline: text and mask in, a :class:`~attnsparse_widget.result.Comparison` filled in
+stage by stage, with progress.
+
+    sparse pass        the dense pass (cached per model and text), the sparse pass, the achieved sparsity and the
+                       next-token metrics (perplexities, KL, top-1 agreement)
+    attention metrics  mass recall and KL(sparse‖dense) per layer and head, one layer at a time
+    continuations      greedy continuations under each regime (language models)
+    per-layer curve    ΔPPL with the mask at one layer only, then at layers 0..l, one replayed pass at a time
+
+:func:`stages` yields a :class:`Progress` after every step. :func:`~attnsparse_widget.compare` runs it to the end;
+the widget publishes as it goes and stops iterating when a newer request arrives (closing the generator abandons
+the rest: a stage left unfinished leaves its metrics unset); :func:`~attnsparse_widget.sweep` and the CLI run it
+through ``compare``. Stage order, cancellation and memory release live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from . import masks as mask_library
+from .capture import check_supported, layer_stack, num_layers, text_config
+from .dense_cache import DENSE_CACHE, DenseCache, release_free_memory
+from .masks import Mask
+from .measure import iter_attention_metrics, output_metrics, sparsity_metrics
+from .messages import NOTE_NO_REPLAY, truncation_note
+from .models import display_name, resolve_model
+from .passes import captured_pass, greedy_continuation, model_is_causal, next_token_stats
+from .replay import iter_per_layer
+from .result import Comparison
+from .tokens import decoder, eos_ids, readable_tokens, text_to_ids
+
+DEFAULT_SPARSITY = 0.5
+DENSE_LOGITS_BUDGET = 256 * 2**20  # a dense pass keeps its next-token log-probabilities up to this size
+
+SPARSE_PASS = "sparse pass"
+ATTENTION_METRICS = "attention metrics"
+CONTINUATIONS = "continuations"
+PER_LAYER = "per-layer curve"
+STAGES = (SPARSE_PASS, ATTENTION_METRICS, CONTINUATIONS, PER_LAYER)  # the order they run in
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where the pipeline is: ``done`` of ``total`` steps of ``stage`` finished on ``result``."""
+
+    stage: str
+    done: int
+    total: int
+    result: Comparison
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+
+Stages = Generator[Progress, None, None]  # what the pipeline yields; close() it to abandon the rest
+
+
+def stages(
+    model: Any = None,
+    text: str | None = None,
+    mask: str | Mask = "sink_window",
+    sparsity: float | None = None,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    per_layer: bool = True,
+    continuation_tokens: int = 20,
+    max_tokens: int | None = None,
+    seed: int = 0,
+    **mask_params: Any,
+) -> Stages:
+    """Run every stage (arguments as for :func:`~attnsparse_widget.compare`), yielding progress after each step;
+    the last item's ``result`` is the finished comparison."""
+    res = prepare(
+        model,
+        text,
+        mask=mask,
+        sparsity=sparsity,
+        tokenizer=tokenizer,
+        max_tokens=max_tokens,
+        seed=seed,
+        continuation_tokens=continuation_tokens,
+        **mask_params,
+    )
+    yield Progress(SPARSE_PASS, 1, 1, res)
+    yield from later_stages(res, per_layer=per_layer, continuation_tokens=continuation_tokens)
+
+
+def later_stages(res: Comparison, *, per_layer: bool = True, continuation_tokens: int = 20) -> Stages:
+    """The stages after the sparse pass, in order, each skipped once done. Closing the generator early (a newer
+    request) abandons the rest; the KV caches the passes kept for the continuations are released either way."""
+    try:
+        if ATTENTION_METRICS not in res.done:
+            for layer in iter_attention_metrics(res):
+                yield Progress(ATTENTION_METRICS, layer + 1, res.n_layers, res)
+            res.done.add(ATTENTION_METRICS)
+            if not res.sparse.store.retain:
+                release_free_memory()  # the recomputed full-resolution layers of a long text
+        if res.is_lm and continuation_tokens > 0 and CONTINUATIONS not in res.done:
+            model = res.sparse.the_model()
+            for step, (name, result) in enumerate((("dense", res.dense), ("sparse", res.sparse))):
+                yield Progress(CONTINUATIONS, step, 2, res)
+                res.continuations[name] = res._decode(greedy_continuation(model, result, continuation_tokens, res.eos))
+            res.done.add(CONTINUATIONS)
+            yield Progress(CONTINUATIONS, 2, 2, res)
+        res.sparse.cache = None  # the continuation used it (or none was asked for)
+        if per_layer and res.is_lm and PER_LAYER not in res.done:
+            yield from _per_layer(res)
+    finally:
+        res.sparse.cache = None
+
+
+def _per_layer(res: Comparison) -> Stages:
+    """Fill ``per_layer_delta_ppl`` and ``cumulative_delta_ppl`` one replayed pass at a time (they grow on the
+    metrics as they are computed; reset when abandoned half way)."""
+    m = res.metrics
+    assert m.dense_ppl is not None
+    model = res.sparse.the_model()
+    if layer_stack(model) is None and NOTE_NO_REPLAY not in m.notes:
+        m.notes.append(NOTE_NO_REPLAY)
+    isolated: list[float] = []
+    cumulative: list[float] = []
+    m.per_layer_delta_ppl, m.cumulative_delta_ppl = isolated, cumulative
+    finished = False
+    try:
+        for kind, _, value in iter_per_layer(model, res.mask, res.dense, res.sparse, m.dense_ppl, res.sparse.seed):
+            (isolated if kind == "isolated" else cumulative).append(value)
+            yield Progress(PER_LAYER, len(isolated) + len(cumulative), 2 * res.n_layers, res)
+        finished = True
+        res.done.add(PER_LAYER)
+    finally:
+        if not finished:
+            m.per_layer_delta_ppl = m.cumulative_delta_ppl = None
+
+
+def prepare(
+    model: Any = None,
+    text: str | None = None,
+    mask: str | Mask = "sink_window",
+    sparsity: float | None = None,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    max_tokens: int | None = None,
+    seed: int = 0,
+    continuation_tokens: int = 20,
+    **mask_params: Any,
+) -> Comparison:
+    """The first stage (same arguments as :func:`~attnsparse_widget.compare`): the dense pass (cached), the sparse
+    pass, the achieved sparsity and the next-token metrics. :func:`later_stages` adds the rest
+    (``continuation_tokens`` > 0: the passes keep their KV cache for it)."""
+    model, tok = resolve_model(model, tokenizer)
+    check_supported(model)
+    ids, full_length = text_to_ids(tok, text, model, max_tokens)
+    n_tokens = ids.shape[1]
+    config = text_config(model)
+    causal = model_is_causal(model)
+    is_lm = getattr(model, "get_output_embeddings", lambda: None)() is not None and causal
+    cls = mask_library.get(mask, **mask_params) if not isinstance(mask, Mask) else mask
+    if not causal and not cls.supports_encoder:
+        raise ValueError(
+            f"mask {cls.id!r} is a decoding-time idea and needs a causal model; {type(model).__name__} is an encoder"
+        )
+    requested = sparsity
+    if requested is None and not (cls.budget is not None and cls.budget in mask_params) and not isinstance(mask, Mask):
+        requested = DEFAULT_SPARSITY
+    resolved = mask_library.resolve(mask, n_tokens, requested, causal, **mask_params)
+    keep_cache = continuation_tokens > 0
+
+    key = DenseCache.key(model, ids, keep_cache)
+    dense = DENSE_CACHE.get(key, model)
+    if dense is None:
+        dense = captured_pass(model, ids, None, seed=seed, is_lm=is_lm, keep_cache=keep_cache)
+        if is_lm:
+            vocab = dense.last_logits.numel() if dense.last_logits is not None else 0
+            next_token_stats(dense, keep_logits=8 * n_tokens * vocab <= DENSE_LOGITS_BUDGET)
+        DENSE_CACHE.put(key, model, dense)
+    sparse = captured_pass(model, ids, resolved, seed=seed, is_lm=is_lm, keep_cache=keep_cache)
+
+    metrics = sparsity_metrics(sparse.store, requested)
+    if full_length > n_tokens:
+        metrics.notes.append(truncation_note(full_length, n_tokens, max_tokens))
+    if is_lm:
+        output_metrics(metrics, dense, sparse)
+    else:
+        assert dense.full_output is not None and sparse.full_output is not None
+        metrics.output_relative_error = float(
+            (sparse.full_output - dense.full_output).norm() / dense.full_output.norm().clamp_min(1e-30)
+        )
+    if not sparse.store.retain:
+        release_free_memory()  # the passes' temporaries of a long text
+    decode = decoder(tok)
+    return Comparison(
+        model_name=display_name(model),
+        text=text or "",
+        token_ids=ids[0].tolist(),
+        tokens=readable_tokens(decode, ids[0].tolist()),
+        mask=resolved,
+        causal=causal,
+        metrics=metrics,
+        continuations={},
+        dense=dense,
+        sparse=sparse,
+        n_layers=num_layers(model),
+        n_heads=config.num_attention_heads,
+        n_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+        is_lm=is_lm,
+        eos=eos_ids(tok, model),
+        _decode=decode,
+        _model=model,
+        done={SPARSE_PASS},
+    )

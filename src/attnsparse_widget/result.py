@@ -1,0 +1,207 @@
+"""The result of a comparison (:class:`Comparison`): both passes, the metrics, and the arrays and maps read
+from them. The stages that fill it in run in :mod:`attnsparse_widget.pipeline`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .dense_cache import release_free_memory
+from .masks import Mask
+from .passes import PassResult
+from .pooling import MAX_SIDE, block_mean, factor_for, repool_mean
+from .tokens import readable_tokens
+
+
+@dataclass
+class Comparison:
+    """The result of :func:`compare`: dense and sparse attention for every layer and head, and the metrics.
+
+    ``attention(layer)`` and ``keep_mask(layer)`` return ``[heads, T, T]`` arrays; ``tokens`` are readable
+    strings; ``metrics`` is a :class:`~attnsparse_widget.metrics.Metrics`.
+    """
+
+    model_name: str
+    text: str
+    token_ids: list[int]
+    tokens: list[str]
+    mask: Mask
+    causal: bool
+    metrics: M.Metrics
+    continuations: dict[str, str]
+    dense: PassResult
+    sparse: PassResult
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int  # key/value heads (fewer than n_heads under grouped-query attention)
+    is_lm: bool = False
+    eos: set[int] = field(default_factory=set)
+    _decode: Callable[[list[int]], str] = field(repr=False, default=lambda ids: "")
+    # the model itself: long texts recompute full-resolution layers and logits from it (the passes and the dense
+    # cache only hold weak references, so a cached pass never keeps a model alive)
+    _model: Any = field(repr=False, default=None)
+    # the stages of :mod:`attnsparse_widget.pipeline` that have finished on this result (its one record of progress)
+    done: set[str] = field(default_factory=set)
+
+    def attention(self, layer: int, which: str = "dense") -> np.ndarray:
+        """Post-softmax attention of ``layer`` as float32 ``[heads, T, T]``; ``which`` is "dense" or "sparse"."""
+        self._check_layer(layer)
+        if which not in ("dense", "sparse"):
+            raise ValueError(f"which must be 'dense' or 'sparse', got {which!r}")
+        probs, _, _ = (self.dense if which == "dense" else self.sparse).layer(layer)
+        return probs[0].numpy()
+
+    def keep_mask(self, layer: int) -> np.ndarray:
+        """The keep-mask the sparse pass applied at ``layer``, bool ``[heads, T, T]`` (within the model's mask)."""
+        self._check_layer(layer)
+        _, keep, allowed = self.sparse.layer(layer)
+        if keep is None:  # the dense pattern: everything the model allows
+            keep = allowed
+        return keep[0].expand(self.n_heads, -1, -1).numpy().copy()
+
+    def allowed_mask(self, layer: int) -> np.ndarray:
+        """The model's own allowed pairs at ``layer`` (causal, padding, its own sliding window), bool ``[T, T]``."""
+        self._check_layer(layer)
+        allowed = self.sparse.store.allowed[layer]
+        assert allowed is not None
+        return allowed[0, 0].numpy().copy()
+
+    def maps(
+        self, layer: int, head: int = -1, region: tuple[int, int, int, int] | None = None, max_side: int = MAX_SIDE
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """Means over cells of at most ``max_side`` per axis of the dense and sparse probabilities, the keep-mask
+        and the allowed set of ``layer`` and ``head`` (-1: the mean over heads) over ``region`` (half-open
+        [q0, q1, k0, k1]; None: everything). Returns the four maps (float32) and the tokens per cell.
+
+        The whole map of a long text comes from the stores' pooled overview; a region, or any map of a retained
+        store, from full resolution (recomputed for that layer when needed)."""
+        self._check_layer(layer)
+        n = len(self.tokens)
+        q0, q1, k0, k1 = region or (0, n, 0, n)
+        store = self.sparse.store
+        if (q0, q1, k0, k1) == (0, n, 0, n) and not store.retain:
+            keep = store.pooled_keep[layer]
+            sums = {
+                "dense": self.dense.store.pooled_probs[layer],
+                "sparse": store.pooled_probs[layer],
+                "keep": store.pooled_allowed[layer] if keep is None else keep,
+                "allowed": store.pooled_allowed[layer],
+            }
+            outer = factor_for(math.ceil(n / store.factor), max_side)
+            out = {}
+            for name, value in sums.items():
+                assert value is not None
+                out[name] = repool_mean(_select_head(value.numpy(), head), n, n, store.factor, outer)
+            return out, store.factor * outer
+        factor = factor_for(max(q1 - q0, k1 - k0), max_side)
+        cut = (slice(q0, q1), slice(k0, k1))
+        full = {}
+        for name, (probs, keep, allowed) in (("dense", self.dense.layer(layer)), ("sparse", self.sparse.layer(layer))):
+            full[name] = _select_head(probs[0].numpy(), head)[cut]
+            if name == "sparse":
+                full["keep"] = _select_head((allowed if keep is None else keep)[0].numpy(), head)[cut]
+                full["allowed"] = allowed[0, 0].numpy()[cut].astype(np.float32)
+        return {name: block_mean(value, factor) for name, value in full.items()}, factor
+
+    def head_maps(self, layer: int, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every head's dense and sparse map of ``layer``: ``[H, n, n]`` cell means with ``n <= max_side``."""
+        self._check_layer(layer)
+        n = len(self.tokens)
+        out = []
+        for result in (self.dense, self.sparse):
+            store = result.store
+            if store.retain:
+                probs = store.probs[layer]
+                assert probs is not None
+                out.append(block_mean(probs[0].numpy(), factor_for(n, max_side)))
+            else:
+                sums = store.pooled_probs[layer]
+                assert sums is not None
+                outer = factor_for(math.ceil(n / store.factor), max_side)
+                out.append(repool_mean(sums.numpy(), n, n, store.factor, outer))
+        return out[0], out[1]
+
+    def release(self) -> None:
+        """Drop the caches that can be made again (a continuation then prefills its own KV cache)."""
+        self.sparse.release()
+        release_free_memory()
+
+    def _check_layer(self, layer: int) -> None:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer must be an int in [0, {self.n_layers - 1}], got {layer!r}")
+
+    def next_token_top(self, position: int = -1, k: int = 5) -> dict[str, list[tuple[str, float]]]:
+        """Top-``k`` next tokens after ``position`` under each regime, as (token, probability) pairs."""
+        if not self.is_lm:
+            raise ValueError("next-token distributions exist only for causal language models")
+        n = len(self.tokens)
+        if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or not -n <= position < n:
+            raise ValueError(f"position must be an int in [{-n}, {n - 1}], got {position!r}")
+        pos = torch.tensor([int(position) % n], device=self.dense.ids.device)
+        out = {}
+        for name, result in (("dense", self.dense), ("sparse", self.sparse)):
+            last = result.last_logits if int(pos) == n - 1 else None  # the pass's own last logits: at hand
+            top = torch.softmax(last if last is not None else result.logits(pos)[0], dim=-1).topk(k)
+            out[name] = [(self._decode([int(i)]), float(p)) for p, i in zip(top.values, top.indices, strict=True)]
+        return out
+
+    def continuation_tokens(self) -> dict[str, list[str]]:
+        """Each continuation as decoded tokens (for the widget's highlighting of the first divergence)."""
+        if not self.continuations:
+            return {}
+        return {name: readable_tokens(self._decode, getattr(self, name).continuation) for name in ("dense", "sparse")}
+
+    # ------------------------------------------------------------------------------------------------ exports
+    def export_gif(
+        self,
+        path: Any,
+        view: str = "side_by_side",
+        head: int | None = None,
+        layers: Any = None,
+        duration_ms: int = 700,
+        size: tuple[int, int] | None = None,
+        overwrite: bool = False,
+    ) -> Any:
+        """Write an animated GIF stepping through the layers (see :func:`attnsparse_widget.export.export_gif`);
+        returns a report with the path, the frame count and the seconds it took. An existing file is replaced
+        only with ``overwrite=True``."""
+        from .export import export_gif
+
+        return export_gif(
+            self, path, view=view, head=head, layers=layers, duration_ms=duration_ms, size=size, overwrite=overwrite
+        )
+
+    def export_png(
+        self, path: Any, layer: int = 0, head: int | None = None, view: str = "side_by_side", overwrite: bool = False
+    ) -> Any:
+        """Write a PNG of one layer's view (see :func:`attnsparse_widget.export.export_png`)."""
+        from .export import export_png
+
+        return export_png(self, path, layer=layer, head=head, view=view, overwrite=overwrite)
+
+    def to_html(self, path: Any = None, head: int | None = None, overwrite: bool = False) -> str:
+        """A self-contained offline HTML page of this comparison (see :func:`attnsparse_widget.export.to_html`)."""
+        from .export import to_html
+
+        return to_html(self, path, head=head, overwrite=overwrite)
+
+    def summary(self) -> str:
+        """A readable table of the headline metrics and the continuations."""
+        from .report import summary_table
+
+        return summary_table(self)
+
+
+def _select_head(values: np.ndarray, head: int) -> np.ndarray:
+    """``[H|1, ...]`` → one head's map, or the mean over heads for ``head = -1`` (float32)."""
+    if values.shape[0] == 1:
+        return values[0].astype(np.float32, copy=False)
+    if head < 0:
+        return values.mean(0, dtype=np.float32)
+    return values[head].astype(np.float32, copy=False)
