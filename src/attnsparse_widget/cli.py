@@ -68,11 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{info['id']:<16}{info['description']}\n{'':<16}params: {params}; budget: {info['budget']}")
         return 0
 
-    from .compare import compare
+    from .pipeline import stages
 
     start = time.perf_counter()
+    progress = sys.stderr.isatty() and not args.json  # a live line of the stage being computed, on a terminal
     try:
-        res = compare(
+        for step in stages(
             args.model,
             args.text,
             mask=args.mask,
@@ -81,12 +82,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             continuation_tokens=args.tokens,
             max_tokens=args.max_tokens,
             **_mask_params(args.param),
-        )
+        ):
+            if progress:
+                print(f"\r{step.stage}: {step.done}/{step.total}\033[K", end="", file=sys.stderr, flush=True)
     except (ValueError, TypeError, ImportError) as err:
         print(f"attnsparse: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if progress:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+    res = step.result
     if args.json:
-        print(json.dumps({"mask": res.mask.label(), **res.metrics.to_dict(), "continuations": res.continuations}))
+        print(json.dumps({"mask": res.mask_label, **res.metrics.to_dict(), "continuations": res.continuations}))
     else:
         print(res.summary())
         print(f"\n({time.perf_counter() - start:.1f} s)")

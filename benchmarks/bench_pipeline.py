@@ -1,0 +1,72 @@
+"""What each stage of the engine pipeline costs beside one bare forward pass, measured in one run.
+
+    .venv/bin/python benchmarks/bench_pipeline.py [--lengths 512] [--mask sink_window] [--repeat 3]
+
+On the embedded default model, at each length T, with the dense pass cached (a mask change on a text already
+seen, what sweeps and notebooks do):
+  - the unit: one plain forward pass (the model's own SDPA attention, nothing captured);
+  - ``compare(per_layer=False, continuation_tokens=0)``: target <= 1.6 x the unit;
+  - ``compare(per_layer=False)`` with the default 20-token continuations: target <= 2.8 x the unit;
+  - the split of the latter by stage (sparse pass and headline metrics, attention metrics, continuations), read
+    from the pipeline's own progress.
+Times are medians of --repeat runs; the masks alternate between two sparsities so that no sparse pass is reused.
+Ratios are what to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Iterator
+
+from common import default_model, median_seconds, plain_forward, text_of
+
+from attnsparse_widget import compare
+from attnsparse_widget.pipeline import stages
+
+
+def stage_seconds(run: tuple, text: str, mask: str, sparsity: float) -> dict[str, float]:  # noqa: ANN001
+    spent: dict[str, float] = {}
+    start = time.perf_counter()
+    for progress in stages(run, text, mask, sparsity, per_layer=False):
+        now = time.perf_counter()
+        spent[progress.stage] = spent.get(progress.stage, 0.0) + now - start
+        start = now
+    return spent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[512])
+    parser.add_argument("--mask", default="sink_window")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    model, tok = default_model()
+    run = (model, tok)
+    print(f"mask {args.mask}; ratios to one plain forward pass of the model; dense pass cached")
+    print(
+        f"{'T':>5} {'forward':>8} {'no continuations':>17} {'with continuations':>19}   by stage (with continuations)"
+    )
+    for n in args.lengths:
+        text = text_of(tok, n)
+        forward = median_seconds(plain_forward(model, tok, text), args.repeat)
+        sparsities = iter([0.5, 0.6] * (2 * args.repeat + 2))
+
+        def bare_compare(continuations: int, text: str = text, sparsities: Iterator[float] = sparsities) -> object:
+            s = next(sparsities)
+            return compare(run, text, args.mask, s, per_layer=False, continuation_tokens=continuations)
+
+        bare_compare(0)  # the dense pass, cached from here on
+        bare_compare(20)  # ... and its continuation
+        short = median_seconds(lambda: bare_compare(0), args.repeat)
+        full = median_seconds(lambda: bare_compare(20), args.repeat)
+        splits = [stage_seconds(run, text, args.mask, s) for s in [0.5, 0.6][: max(1, min(args.repeat, 2))]]
+        split = {k: statistics.median(s.get(k, 0.0) for s in splits) for k in splits[0]}
+        parts = ", ".join(f"{k} {v / forward:.2f}" for k, v in split.items())
+        print(f"{n:>5} {forward:>7.3f}s {short / forward:>16.2f}x {full / forward:>18.2f}x   {parts}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""The command line: ``attnsparse masks`` and ``attnsparse compare`` on the embedded default model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from attnsparse_widget import masks
+from attnsparse_widget.cli import main
+
+
+def test_masks_lists_every_mask(capsys):
+    assert main(["masks"]) == 0
+    out = capsys.readouterr().out
+    assert all(mask_id in out for mask_id in masks.ids())
+
+
+def test_compare_prints_json_metrics(default_model, capsys):
+    text = "The keeper wrote in his log. The storm came from the west and the boats stayed in."
+    assert main(["compare", "--text", text, "--mask", "sliding_window", "--sparsity", "0.5", "--tokens", "3",
+                 "--no-per-layer", "--json"]) == 0  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert out["mask"].startswith("sliding_window(") and abs(out["achieved_sparsity"] - 0.5) < 0.05
+    assert out["sparse_ppl"] > 0 and set(out["continuations"]) == {"dense", "sparse"}
+    assert out["per_layer_delta_ppl"] is None
+
+
+def test_compare_summary_and_errors(default_model, capsys):
+    assert main(["compare", "--text", "A short text to score.", "--tokens", "0", "--param", "sinks=2"]) == 0
+    out = capsys.readouterr().out
+    assert "sink_window(sinks=2" in out and "perplexity sparse" in out and "dense attention" in out
+    assert main(["compare", "--text", "   "]) == 2
+    assert "empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        main(["compare", "--param", "sinks"])
