@@ -22,7 +22,10 @@ from collections.abc import Iterator
 
 from common import default_model, median_seconds, plain_forward, text_of
 
-from attnsparse_widget import compare
+from attnsparse_widget import compare, masks
+from attnsparse_widget.measure import output_metrics, sparsity_metrics
+from attnsparse_widget.metrics import Metrics
+from attnsparse_widget.passes import captured_pass
 from attnsparse_widget.pipeline import stages
 
 
@@ -66,6 +69,27 @@ def main() -> None:
         split = {k: statistics.median(s.get(k, 0.0) for s in splits) for k in splits[0]}
         parts = ", ".join(f"{k} {v / forward:.2f}" for k, v in split.items())
         print(f"{n:>5} {forward:>7.3f}s {short / forward:>16.2f}x {full / forward:>18.2f}x   {parts}")
+        pieces = first_stage_pieces(run, text, args.mask, args.repeat)
+        print("      first stage, by piece: " + ", ".join(f"{k} {v / forward:.2f}" for k, v in pieces.items()))
+
+
+def first_stage_pieces(run: tuple, text: str, mask: str, repeat: int) -> dict[str, float]:  # noqa: ANN001
+    """The sparse pass and headline metrics, taken apart: what bounds the first stage."""
+    model, tok = run
+    res = compare(run, text, mask, 0.5, per_layer=False, continuation_tokens=0)
+    ids = res.sparse.ids
+    sparse_mask = masks.resolve(mask, ids.shape[1], 0.6, True)
+
+    def sparse_pass() -> object:
+        return captured_pass(model, ids, sparse_mask, seed=0, is_lm=True)
+
+    fresh = sparse_pass()
+    out = {"captured sparse pass": median_seconds(sparse_pass, repeat)}
+    out["next-token metrics (head replay, KL)"] = median_seconds(
+        lambda: output_metrics(Metrics(0.6, 0.6, []), res.dense, fresh), repeat
+    )
+    out["achieved sparsity"] = median_seconds(lambda: sparsity_metrics(fresh.store, 0.6), repeat)
+    return out
 
 
 if __name__ == "__main__":

@@ -101,7 +101,9 @@ def test_perplexity_matches_a_direct_recomputation(res, smol):
 def full_pass_ppl(model, res, sparse_layers) -> float:
     """The plain way: one full forward pass with the mask at ``sparse_layers`` only, its perplexity."""
     ids = torch.tensor([res.token_ids])
-    plan = Plan(layer_of=layer_indexer(model), mask=res.mask, sparse_layers=frozenset(sparse_layers))
+    plan = Plan(
+        layer_of=layer_indexer(model), mask=res.mask, sparse_layers=frozenset(sparse_layers), budgets=res.sparse.budgets
+    )
     with torch.no_grad(), attention_active(model, plan):
         logits = model(input_ids=ids).logits[0]
     return math.exp(float(token_nll(logits, ids[0]).mean()))

@@ -34,7 +34,7 @@ def test_records_equal_a_direct_compare(table, default_model):
     )
     assert r["sparse_ppl"] == res.metrics.sparse_ppl and r["achieved_sparsity"] == res.metrics.achieved_sparsity
     assert math.isclose(r["delta_ppl"], r["sparse_ppl"] - r["dense_ppl"])
-    assert r["mask_label"] == res.mask.label() and r["n_tokens"] == len(res.tokens)
+    assert r["mask_label"] == res.mask_label and r["n_tokens"] == len(res.tokens)
 
 
 def test_degradation_has_the_expected_shape(table):
@@ -77,7 +77,22 @@ def test_bad_input(kwargs, pattern):
         aw.sweep(None, progress=False, **args)
 
 
+# How far the same computation may land in another process. Float32 sums come out in a different order wherever a
+# kernel is chosen by the machine (instruction set, threads, memory alignment): the model's outputs move by about
+# 1e-7 relative. Patterns fixed by positions (windows, sinks) are smooth in those outputs: measured across
+# instruction sets (AVX2 vs AVX-512, the whole table below) their perplexities moved by at most 1.5e-6. Patterns
+# chosen by the scores (top-k) are not: two keys whose scores tie within 1e-7 can swap places, which moves that
+# row's attention by the weight of one key; measured across instruction sets, top-k perplexities moved by up to
+# 2.8e-4 (the achieved sparsity not at all). The selections are the same computation in both processes; only float
+# noise decides near-ties. (Measured 2026-12-03 with ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS and
+# ONEDNN_MAX_CPU_ISA set to AVX2 against the AVX-512 default, one process each.)
+POSITIONAL_RTOL = 1e-5
+SCORE_DEPENDENT_RTOL = 1e-3
+
+
 def test_dask_local_cluster_gives_the_same_table(table):
+    """The sweep on a real Dask cluster of two local worker processes gives the in-process table: the same rows,
+    masks and budgets; the perplexities equal within the float noise each kind of pattern allows (see above)."""
     distributed = pytest.importorskip("distributed")  # a test extra: always installed by the setup
     with (
         distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
@@ -92,4 +107,13 @@ def test_dask_local_cluster_gives_the_same_table(table):
         (r["text"], r["mask"], r["requested_sparsity"]) for r in table
     ]
     for a, b in zip(remote, table, strict=True):
-        assert math.isclose(a["sparse_ppl"], b["sparse_ppl"], rel_tol=1e-5), (a, b)
+        assert (a["mask_label"], a["n_tokens"], a["out_of_reach"]) == (
+            b["mask_label"],
+            b["n_tokens"],
+            b["out_of_reach"],
+        )
+        assert math.isclose(a["dense_ppl"], b["dense_ppl"], rel_tol=POSITIONAL_RTOL), (a, b)
+        score_dependent = aw.masks.get(a["mask"]).score_dependent
+        assert math.isclose(a["achieved_sparsity"], b["achieved_sparsity"], abs_tol=1e-3 if score_dependent else 1e-12)
+        rtol = SCORE_DEPENDENT_RTOL if score_dependent else POSITIONAL_RTOL
+        assert math.isclose(a["sparse_ppl"], b["sparse_ppl"], rel_tol=rtol), (a, b)

@@ -27,7 +27,9 @@ from torch import nn
 from transformers import AttentionInterface, AttentionMaskInterface, PreTrainedModel
 from transformers.masking_utils import eager_mask
 
+from .costs import text_config
 from .masks import Mask, MaskContext
+from .masks.base import SPARSITY_TOLERANCE, calibrated_per_layer
 
 Tensor = torch.Tensor
 ATTN_NAME = "attnsparse"
@@ -58,6 +60,14 @@ class Plan:
 
     ``mask`` None means dense. ``sparse_layers`` None means every layer; otherwise only those layers are sparse
     (the per-layer perplexity curve). ``recorder`` None means nothing is captured.
+
+    Per-layer budgets of score-dependent masks (:func:`~attnsparse_widget.masks.calibrated_per_layer`): with
+    ``target_sparsity`` set, each sparse layer that has no entry in ``budgets`` yet gets the budget whose keep-mask on
+    that layer's real scores brings the sparsity of the layers so far nearest to the target (error feedback: a
+    layer that lands above the target because of a coarse budget step is balanced by the next ones), and it is
+    recorded there. Budgets already in ``budgets`` are used as they are: a later replay, layer recomputation or
+    greedy continuation of a calibrated pass passes that pass's ``budgets`` and no target, and applies exactly the
+    masks the pass chose.
     """
 
     layer_of: Callable[[nn.Module], int]
@@ -72,11 +82,24 @@ class Plan:
     # per layer, the first query position where the mask dropped a pair: earlier positions of a causal model come
     # out of the pass exactly as in the dense pass, so their next-token losses need not be computed again
     first_changed: dict[int, int] = field(default_factory=dict)
+    target_sparsity: float | None = None  # calibrate score-dependent budgets per layer towards this (see above)
+    budgets: dict[int, int] = field(default_factory=dict)  # per layer, the budget of a score-dependent mask
+    # calibration so far: allowed pairs per head summed over the calibrated layers, and the pairs they dropped
+    calibrated_allowed: float = 0.0
+    calibrated_dropped: float = 0.0
 
     def mask_for(self, layer: int) -> Mask | None:
+        """The mask of ``layer`` (None: dense), with its own budget when the plan has one for it."""
         if self.mask is None or (self.sparse_layers is not None and layer not in self.sparse_layers):
             return None
+        budget = self.budgets.get(layer)
+        if budget is not None and calibrated_per_layer(self.mask):
+            return self.mask.with_budget(budget)
         return self.mask
+
+    def calibrates(self, layer: int) -> bool:
+        """Whether this pass still has to choose ``layer``'s budget on its real scores."""
+        return self.target_sparsity is not None and calibrated_per_layer(self.mask) and layer not in self.budgets
 
 
 class Recorder:
@@ -172,7 +195,10 @@ def attention_forward(
                 kv_groups=n_rep,
                 seed=plan.seed,
             )
-            if mask.score_dependent or mask.varies_by_layer:
+            if plan.calibrates(layer):
+                mask, keep = _calibrated(plan, layer, mask, scores, allowed, ctx)
+                keep, dropped, first = _applied(mask, scores, allowed, ctx, keep)
+            elif mask.score_dependent or mask.varies_by_layer:
                 keep, dropped, first = _applied(mask, scores, allowed, ctx)
             else:  # positions only: the same keep-mask object for every layer of this pass
                 keep, dropped, first = _memo(
@@ -216,26 +242,83 @@ def _memo(plan: Plan, key: tuple[Any, ...], owner: Tensor | None, make: Callable
     return value
 
 
-def _applied(mask: Mask, scores: Tensor, allowed: Tensor, ctx: MaskContext) -> tuple[Tensor, Tensor, int | None]:
-    """The keep-mask of one attention call, the pairs it drops from the allowed ones, and the position of the first
-    query that lost a pair (None: none did)."""
-    keep = sparse_keep(mask, scores, allowed, ctx)
+def _applied(
+    mask: Mask, scores: Tensor, allowed: Tensor, ctx: MaskContext, keep: Tensor | None = None
+) -> tuple[Tensor, Tensor, int | None]:
+    """The keep-mask of one attention call (made here unless given), the pairs it drops from the allowed ones, and
+    the position of the first query that lost a pair (None: none did)."""
+    if keep is None:
+        keep = sparse_keep(mask, scores, allowed, ctx)
     dropped = allowed & ~keep
     rows = dropped.flatten(0, 1).any(dim=-1).any(dim=0).nonzero()
     first = int(rows[0]) + scores.shape[-1] - scores.shape[-2] if rows.numel() else None
     return keep, dropped, first
 
 
-def sparse_keep(mask: Mask, scores: Tensor, allowed: Tensor, ctx: MaskContext) -> Tensor:
+_KEEPS_REMEMBERED = 3  # keep-masks a calibration holds on to (the answer is one of the last few it evaluated)
+# error feedback starts once the calibrated layers so far are this far from the target: within it every layer aims at
+# the target itself, so a budget that meets it to a fraction of a step (top-k's k) stays one value for all layers
+_DEAD_BAND = SPARSITY_TOLERANCE / 4
+
+
+def _calibrated(
+    plan: Plan, layer: int, mask: Mask, scores: Tensor, allowed: Tensor, ctx: MaskContext
+) -> tuple[Mask, Tensor]:
+    """Choose ``layer``'s budget on its real scores (recorded in ``plan.budgets``) and return the mask with it and
+    its keep-mask.
+
+    The layer's target is ``plan.target_sparsity``, or, once the calibrated layers so far (weighted by their allowed
+    pairs, as the overall achieved sparsity is) are more than :data:`_DEAD_BAND` from it, the sparsity that brings
+    them and this layer to it; the search gallops out from the previous layer's budget (the first layer: the budget
+    the mask was resolved with, sized on surrogate scores).
+    """
+    assert plan.target_sparsity is not None and mask.budget is not None
+    b, _, n_q, n_k = scores.shape
+    allowed = allowed.expand(b, 1, n_q, n_k)
+    n_allowed = float(allowed.sum())
+    logits = _logits(mask, scores, allowed)
+    keeps: dict[int, Tensor] = {}
+
+    def sparsity_at(candidate: Mask) -> float:
+        keep = sparse_keep(candidate, scores, allowed, ctx, logits)
+        keeps[getattr(candidate, str(candidate.budget))] = keep
+        while len(keeps) > _KEEPS_REMEMBERED:
+            keeps.pop(next(iter(keeps)))
+        return 1.0 - float(keep.sum()) / max(1.0, n_allowed * keep.shape[1])
+
+    total = plan.calibrated_allowed + n_allowed
+    target = plan.target_sparsity
+    if abs(plan.calibrated_dropped - target * plan.calibrated_allowed) > _DEAD_BAND * max(1.0, plan.calibrated_allowed):
+        # the layers so far are off the target: aim this one so that, with them, the target is met
+        target = min(max((target * total - plan.calibrated_dropped) / max(1.0, n_allowed), 0.0), 1.0)
+    start = plan.budgets[max(plan.budgets)] if plan.budgets else None
+    budget = mask.budget_for(target, sparsity_at, n_k, ctx.causal, start)
+    chosen = mask.with_budget(budget)
+    keep = keeps.get(budget)
+    if keep is None:
+        keep = sparse_keep(chosen, scores, allowed, ctx, logits)
+    plan.budgets[layer] = budget
+    plan.calibrated_allowed = total
+    plan.calibrated_dropped += n_allowed - float(keep.sum()) / keep.shape[1]
+    return chosen, keep
+
+
+def _logits(mask: Mask, scores: Tensor, allowed: Tensor) -> Tensor | None:
+    """What a score-dependent mask reads: float32 logits with ``-inf`` where the model's mask excludes the pair."""
+    return scores.float().masked_fill(~allowed, float("-inf")) if mask.score_dependent else None
+
+
+def sparse_keep(mask: Mask, scores: Tensor, allowed: Tensor, ctx: MaskContext, logits: Tensor | None = None) -> Tensor:
     """The final keep-mask ``[B, H|1, Tq, Tk]`` of ``mask`` for one attention call, within the model's ``allowed``.
 
     Masks work in compact positions (no padding): each padded batch row is reduced to its valid keys and queries,
     masked there, and scattered back. Rows the model itself leaves empty (padding queries) stay as the model has
-    them.
+    them. ``logits``: :func:`_logits` of these scores when already made (a calibration evaluates several budgets).
     """
     b, n_heads, n_q, n_k = scores.shape
     allowed = allowed.expand(b, 1, n_q, n_k)
-    logits = scores.float().masked_fill(~allowed, float("-inf")) if mask.score_dependent else None
+    if logits is None:
+        logits = _logits(mask, scores, allowed)
     if b == 1 and bool(allowed[0, 0].any(-1).all()) and bool(allowed[0, 0].any(0).all()):
         # no padding: the common case, no compaction
         return mask.keep(n_k, n_queries=n_q, scores=None if logits is None else logits[0], ctx=ctx) & allowed
@@ -285,11 +368,6 @@ def num_layers(model: nn.Module) -> int:
         if isinstance(value, int):
             return value
     raise unsupported(model, "its config has no num_hidden_layers")
-
-
-def text_config(model: nn.Module) -> Any:
-    config: Any = model.config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def layer_indexer(model: nn.Module) -> Callable[[nn.Module], int]:
@@ -523,15 +601,21 @@ class _LayerProbe(Recorder):
 
 
 def layer_attention(
-    model: PreTrainedModel, ids: Tensor, mask: Mask | None, layer: int, outputs: LayerOutputs, seed: int = 0
+    model: PreTrainedModel,
+    ids: Tensor,
+    mask: Mask | None,
+    layer: int,
+    outputs: LayerOutputs,
+    seed: int = 0,
+    budgets: dict[int, int] | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """Probabilities, keep-mask and allowed set of one layer of a recorded pass, recomputed at full resolution.
 
     Blocks ``0 .. layer-1`` replay the pass's recorded outputs, so block ``layer`` sees exactly the input it saw
     then and computes exactly the same scores, mask and probabilities; the pass stops right after. ``mask`` is the
-    pass's mask (None for the dense pass)."""
+    pass's mask (None for the dense pass), ``budgets`` the per-layer budgets the pass chose (:class:`Plan`)."""
     probe = _LayerProbe(layer)
-    plan = Plan(layer_of=layer_indexer(model), mask=mask, recorder=probe, seed=seed)
+    plan = Plan(layer_of=layer_indexer(model), mask=mask, recorder=probe, seed=seed, budgets=dict(budgets or {}))
     try:
         with torch.inference_mode(), attention_active(model, plan), start_at_layer(model, layer, outputs):
             model(input_ids=ids, use_cache=False)

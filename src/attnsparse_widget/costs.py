@@ -25,6 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from .masks.base import allowed_pairs as _allowed_pairs
+from .masks.base import window_count, window_for_sparsity
+
 __all__ = [
     "allowed_pairs",
     "attention_flops",
@@ -41,7 +44,12 @@ __all__ = [
 
 # ------------------------------------------------------------------------------------------------------- config
 def text_config(config: Any) -> Any:
-    """The language-model part of ``config``: ``config.get_text_config()`` where it exists, else ``config``."""
+    """The language-model part of ``config``: ``config.get_text_config()`` where it exists, else ``config``.
+
+    A model may be passed for its config (``model.config``): the one helper for both (:mod:`.capture` uses it too).
+    """
+    if callable(getattr(config, "parameters", None)) and hasattr(config, "config"):  # a model, not a config
+        config = config.config
     get = getattr(config, "get_text_config", None)
     return get() if callable(get) else config
 
@@ -90,9 +98,10 @@ def _check_sparsity(sparsity: Any) -> float:
 
 # -------------------------------------------------------------------------------------------------------- pairs
 def allowed_pairs(seq_len: int, causal: bool = True) -> int:
-    """(query, key) pairs one head may score: ``T(T+1)/2`` for a causal model, ``T²`` for an encoder."""
+    """(query, key) pairs one head may score: ``T(T+1)/2`` for a causal model, ``T²`` for an encoder (the mask
+    library's count, :func:`attnsparse_widget.masks.base.allowed_pairs`, for a full pass of ``T`` queries)."""
     t = _check_len(seq_len)
-    return t * (t + 1) // 2 if causal else t * t
+    return _allowed_pairs(t, t, causal)
 
 
 def budget_sparsity(seq_len: int, keys_per_row: int) -> float:
@@ -106,9 +115,7 @@ def budget_sparsity(seq_len: int, keys_per_row: int) -> float:
     t = _check_len(seq_len)
     if isinstance(keys_per_row, bool) or not isinstance(keys_per_row, int) or keys_per_row < 1:
         raise ValueError(f"keys_per_row must be a positive int, got {keys_per_row!r}")
-    k = min(keys_per_row, t)
-    kept = t * k - k * (k - 1) // 2
-    return 1.0 - kept / allowed_pairs(t)
+    return 1.0 - window_count(t, keys_per_row) / allowed_pairs(t)
 
 
 def budget_for_sparsity(seq_len: int, sparsity: float) -> int:
@@ -118,13 +125,9 @@ def budget_for_sparsity(seq_len: int, sparsity: float) -> int:
         Winv(s) = ((2T + 1) − sqrt((2T + 1)² − 4(1 − s)·T(T + 1))) / 2
 
     rounded, then settled on the exact count. E.g. s = 0.9 keeps 13 keys per row at T = 260 but 6726 at T = 131072.
+    (The mask library's :func:`attnsparse_widget.masks.base.window_for_sparsity`, with the arguments checked.)
     """
-    t = _check_len(seq_len)
-    s = _check_sparsity(sparsity)
-    root = ((2 * t + 1) - math.sqrt((2 * t + 1) ** 2 - 4 * (1 - s) * t * (t + 1))) / 2
-    guess = min(max(1, round(root)), t)
-    candidates = [k for k in (guess - 1, guess, guess + 1) if 1 <= k <= t]
-    return min(candidates, key=lambda k: abs(budget_sparsity(t, k) - s))
+    return window_for_sparsity(_check_sparsity(sparsity), _check_len(seq_len))
 
 
 # -------------------------------------------------------------------------------------------------------- FLOPs

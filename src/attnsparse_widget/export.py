@@ -310,7 +310,7 @@ def to_html(res: Comparison, path: str | Path | None = None, head: int | None = 
     if m.per_layer_delta_ppl is not None:
         figures["layers"] = layer_figure(m.per_layer_delta_ppl, m.cumulative_delta_ppl, m.mass_recall, res.n_layers)
     mv = map_view(res, 0, head)
-    figures["mask"] = mask_figure(mv, f"{res.mask.label()}: keep-pattern at layer 0")
+    figures["mask"] = mask_figure(mv, f"{res.mask_label}: keep-pattern at layer 0")
     sizes = {"main": (1150, 560), "layers": (1150, 360), "mask": (560, 560)}
 
     def fmt(v: float | None, d: int = 3) -> str:
@@ -320,7 +320,7 @@ def to_html(res: Comparison, path: str | Path | None = None, head: int | None = 
     rows = [
         ("model", res.model_name),
         ("tokens", str(len(res.tokens))),
-        ("mask", res.mask.label()),
+        ("mask", res.mask_label),
         ("paper", res.mask.paper),
         (
             "sparsity",
@@ -348,7 +348,7 @@ def to_html(res: Comparison, path: str | Path | None = None, head: int | None = 
             f'if(f.frames){{Plotly.addFrames("{key}",f.frames);}}}});}})();</script>'
         )
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>attnsparse: {html.escape(res.mask.label())}</title>
+<html lang="en"><head><meta charset="utf-8"><title>attnsparse: {html.escape(res.mask_label)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:20px auto;color:#222}}
 .caveat{{background:#fff8e1;border-left:4px solid #f0ad4e;padding:6px 10px}}
 th{{text-align:left;padding-right:16px;font-weight:600}} code{{white-space:pre-wrap}}</style>

@@ -406,7 +406,7 @@ def view_title(res: Comparison, view: MapView, per_layer: bool = False) -> str:
     """``L3 H2 · sink_window(sinks=4, window=60)``, with the pooling, and, for export frames, the requested and
     achieved sparsity and the layer's perplexity delta."""
     head = "mean of heads" if view.head < 0 else f"H{view.head}"
-    parts = [f"L{view.layer} {head}", res.mask.label()]
+    parts = [f"L{view.layer} {head}", res.mask_label]
     if per_layer:
         m = res.metrics
         parts.append(f"sparsity {requested_achieved(m.requested_sparsity, m.achieved_sparsity)}")

@@ -61,6 +61,9 @@ class PassResult:
     cache: Any = None  # the pass's KV cache, kept until its greedy continuation uses it
     kv: list[tuple[Tensor, Tensor]] | None = None  # dense passes: every layer's keys and values (per-layer replays)
     first_changed: dict[int, int] = field(default_factory=dict)  # per masked layer, the first row that lost a pair
+    # per layer, the budget of a score-dependent mask as the pass sized it on that layer's scores (capture.Plan);
+    # every later use of the pass (layer recomputation, replays, continuation) applies exactly these
+    budgets: dict[int, int] = field(default_factory=dict)
     continuation: list[int] = field(default_factory=list)
     continuation_steps: int = 0  # tokens asked for (the continuation stops early at an end-of-sequence token)
     _layers: OrderedDict[int, tuple[Tensor, Tensor | None, Tensor]] = field(default_factory=OrderedDict)
@@ -92,7 +95,9 @@ class PassResult:
             return probs, store.keep[layer], allowed
         found = self._layers.get(layer)
         if found is None:
-            found = layer_attention(self.the_model(), self.ids, self.mask, layer, self.layer_outputs, self.seed)
+            found = layer_attention(
+                self.the_model(), self.ids, self.mask, layer, self.layer_outputs, self.seed, self.budgets
+            )
             if not remember:
                 return found
             self._layers[layer] = found
@@ -125,14 +130,22 @@ class PassResult:
 
 
 def captured_pass(
-    model: PreTrainedModel, ids: Tensor, mask: Mask | None, *, seed: int, is_lm: bool, keep_cache: bool = False
+    model: PreTrainedModel,
+    ids: Tensor,
+    mask: Mask | None,
+    *,
+    seed: int,
+    is_lm: bool,
+    keep_cache: bool = False,
+    target_sparsity: float | None = None,
 ) -> PassResult:
     """One forward pass with capture: every layer's attention into a store, every block's output, and (language
     models) the base model's output and the last position's logits. ``keep_cache``: also keep the KV cache for a
-    later greedy continuation (row-local masks only)."""
+    later greedy continuation (row-local masks only). ``target_sparsity``: size a score-dependent mask's budget per
+    layer on that layer's scores towards it (kept as ``budgets``; see :class:`~attnsparse_widget.capture.Plan`)."""
     n_layers = num_layers(model)
     store = AttentionStore(n_layers, text_config(model).num_attention_heads, ids.shape[1])
-    plan = Plan(layer_of=layer_indexer(model), mask=mask, recorder=store, seed=seed)
+    plan = Plan(layer_of=layer_indexer(model), mask=mask, recorder=store, seed=seed, target_sparsity=target_sparsity)
     outputs = LayerOutputs()
     replayable = is_lm and head_can_replay(model)
     recorded: dict[str, Any] = {}
@@ -155,6 +168,7 @@ def captured_pass(
         model=weakref.ref(model),
         is_lm=is_lm,
         first_changed=dict(plan.first_changed),
+        budgets=dict(plan.budgets),
     )
     if not is_lm:
         result.full_output = out.last_hidden_state[0].float()
@@ -177,7 +191,8 @@ def captured_pass(
         result.base_output = without_cache(recorded["base"])  # the head does not need it; the cache lives on
     else:  # keep the full logits: run again without logits_to_keep if only the last position came back
         if out.logits.shape[1] != ids.shape[1]:
-            with torch.inference_mode(), attention_active(model, Plan(layer_of=plan.layer_of, mask=mask, seed=seed)):
+            again = Plan(layer_of=plan.layer_of, mask=mask, seed=seed, budgets=dict(plan.budgets))
+            with torch.inference_mode(), attention_active(model, again):
                 out = model(input_ids=ids, use_cache=False)
         result.full_output = out.logits[0].float()
     return result
@@ -211,7 +226,7 @@ def greedy_continuation(model: PreTrainedModel, result: PassResult, n: int, eos:
     if result.continuation_steps >= n:
         return result.continuation[:n]
     mask = result.mask
-    plan = Plan(layer_of=layer_indexer(model), mask=mask, seed=result.seed)
+    plan = Plan(layer_of=layer_indexer(model), mask=mask, seed=result.seed, budgets=dict(result.budgets))
     with_cache = mask is None or mask.row_local
     seq = result.ids
     new: list[int] = []

@@ -66,7 +66,7 @@ def view_payload(res: Comparison, layer: int, head: int, region: list[int] | Non
 def mask_label(res: Comparison) -> str:
     m = res.metrics
     req = "–" if m.requested_sparsity is None else f"{m.requested_sparsity:.1%}"
-    return f"{res.mask.label()}: requested {req}, achieved {m.achieved_sparsity:.1%}"
+    return f"{res.mask_label}: requested {req}, achieved {m.achieved_sparsity:.1%}"
 
 
 def _thumbnails(dense: np.ndarray, sparse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,8 +111,8 @@ def info_payload(res: Comparison) -> Info:
         "tokens": res.tokens,
         "causal": res.causal,
         "mask": res.mask.id,
-        "mask_label": res.mask.label(),
-        "mask_params": res.mask.params(),
+        "mask_label": res.mask_label,
+        "mask_params": res.mask_params,
         "budget": res.mask.budget,
         "reachable": list(res.mask.reachable_range(len(res.tokens), res.causal)),
         "note": " ".join(res.metrics.notes),

@@ -15,6 +15,7 @@ through ``compare``. Stage order, cancellation and memory release live here and 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
@@ -167,7 +168,10 @@ def prepare(
     requested = sparsity
     if requested is None and not (cls.budget is not None and cls.budget in mask_params) and not isinstance(mask, Mask):
         requested = DEFAULT_SPARSITY
-    resolved = mask_library.resolve(mask, n_tokens, requested, causal, **mask_params)
+    # the request is judged on the mask the sparse pass applies (below), not on this estimate
+    resolved = mask_library.resolve(mask, n_tokens, requested, causal, warn=False, **mask_params)
+    # a score-dependent budget set by the slider is sized again per layer on the layer's real scores
+    calibrate = requested is not None and mask_library.calibrated_per_layer(resolved)
     keep_cache = continuation_tokens > 0
 
     key = DenseCache.key(model, ids, keep_cache)
@@ -178,9 +182,24 @@ def prepare(
             vocab = dense.last_logits.numel() if dense.last_logits is not None else 0
             next_token_stats(dense, keep_logits=8 * n_tokens * vocab <= DENSE_LOGITS_BUDGET)
         DENSE_CACHE.put(key, model, dense)
-    sparse = captured_pass(model, ids, resolved, seed=seed, is_lm=is_lm, keep_cache=keep_cache)
+    sparse = captured_pass(
+        model,
+        ids,
+        resolved,
+        seed=seed,
+        is_lm=is_lm,
+        keep_cache=keep_cache,
+        target_sparsity=requested if calibrate else None,
+    )
 
     metrics = sparsity_metrics(sparse.store, requested)
+    if requested is not None and (resolved.budget is not None or sparsity is not None):
+        shortfall = mask_library.sparsity_shortfall(
+            resolved, requested, metrics.achieved_sparsity, n_tokens, causal, budgets=sparse.budgets
+        )
+        if shortfall is not None:  # more than 0.02 from the request: say what was used and why, here and as a note
+            warnings.warn(shortfall, mask_library.SparsityOutOfReach, stacklevel=2)
+            metrics.notes.append(shortfall)
     if full_length > n_tokens:
         metrics.notes.append(truncation_note(full_length, n_tokens, max_tokens))
     if is_lm:

@@ -41,9 +41,10 @@ def replay_nll(
     outputs: LayerOutputs,
     seed: int,
     prefix: int = 0,
+    budgets: dict[int, int] | None = None,
 ) -> Tensor:
     """Per-token NLL of a pass whose blocks ``0..start-1`` replay ``outputs`` and whose ``sparse_layers`` use
-    ``mask`` (the rest dense).
+    ``mask`` (the rest dense), with the per-layer ``budgets`` of the sparse pass (:class:`PassResult`).
 
     ``prefix``: positions known to come out exactly as in the dense pass (no mask drops a pair in any earlier row:
     a causal model's earlier positions cannot have changed). They are not computed at all: the blocks see only the
@@ -68,7 +69,9 @@ def replay_nll(
     else:
         prefix = 0
     sub_ids = ids[:, prefix:]
-    plan = Plan(layer_of=layer_indexer(model), mask=mask, sparse_layers=sparse_layers, seed=seed)
+    plan = Plan(
+        layer_of=layer_indexer(model), mask=mask, sparse_layers=sparse_layers, seed=seed, budgets=dict(budgets or {})
+    )
     replayable = dense.base_output is not None
     recorded: dict[str, Any] = {}
     with torch.inference_mode(), attention_active(model, plan), start_at_layer(model, start, outputs):
@@ -125,7 +128,17 @@ def iter_per_layer(
     by_position = (not mask.score_dependent or mask.drops_by_position) and mask.row_local
     for layer in range(n_layers):
         first = sparse.first_changed.get(layer, n) if by_position else 0
-        nll = replay_nll(model, dense, mask, frozenset({layer}), layer, dense.layer_outputs, seed, prefix=first)
+        nll = replay_nll(
+            model,
+            dense,
+            mask,
+            frozenset({layer}),
+            layer,
+            dense.layer_outputs,
+            seed,
+            prefix=first,
+            budgets=sparse.budgets,
+        )
         yield "isolated", layer, M.perplexity(nll) - dense_ppl
     for layer in range(n_layers):
         if layer == n_layers - 1 and sparse.nll is not None:  # the mask on every layer: the sparse pass itself

@@ -19,10 +19,10 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 def summary_table(res: Comparison) -> str:
     """Headline metrics, the per-layer curve and both continuations, as aligned text."""
     m = res.metrics
-    assert m.mass_recall is not None, "summary_table needs the attention metrics (Comparison.complete)"
+    assert m.mass_recall is not None, "summary_table needs the attention metrics (run compare() to the end)"
     lines = [
         f"model   {res.model_name}  ({res.n_layers} layers x {res.n_heads} heads, {len(res.tokens)} tokens)",
-        f"mask    {res.mask.label()}",
+        f"mask    {res.mask_label}",
         f"        {res.mask.description}",
         "",
         f"{'sparsity requested':<26}{_fmt(m.requested_sparsity)}",

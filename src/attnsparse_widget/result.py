@@ -49,6 +49,23 @@ class Comparison:
     # the stages of :mod:`attnsparse_widget.pipeline` that have finished on this result (its one record of progress)
     done: set[str] = field(default_factory=set)
 
+    @property
+    def mask_label(self) -> str:
+        """The mask as applied, e.g. ``sink_window(sinks=4, window=60)``; a score-dependent budget sized per layer
+        by the sparse pass reads as its range, e.g. ``moba(k=2–3 per layer, block=16)`` (``Mask.label``)."""
+        return self.mask.label(self.sparse.budgets)
+
+    @property
+    def mask_params(self) -> dict[str, Any]:
+        """The mask's parameters as applied: without the budget when the sparse pass sized it per layer to
+        different values (``sparse.budgets`` has them; ``mask`` holds the estimate they were sized from)."""
+        params = self.mask.params()
+        if self.mask.budget is not None and len(set(self.sparse.budgets.values())) > 1:
+            del params[self.mask.budget]
+        elif self.mask.budget is not None and self.sparse.budgets:
+            params[self.mask.budget] = next(iter(self.sparse.budgets.values()))
+        return params
+
     def attention(self, layer: int, which: str = "dense") -> np.ndarray:
         """Post-softmax attention of ``layer`` as float32 ``[heads, T, T]``; ``which`` is "dense" or "sparse"."""
         self._check_layer(layer)

@@ -106,7 +106,7 @@ def _run_group(group: _Group) -> list[dict[str, Any]]:
             {
                 "text": group.text_index,
                 "mask": mask,
-                "mask_label": res.mask.label(),
+                "mask_label": res.mask_label,
                 "requested_sparsity": sparsity,
                 "achieved_sparsity": m.achieved_sparsity,
                 "n_tokens": len(res.tokens),

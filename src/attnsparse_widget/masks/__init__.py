@@ -17,7 +17,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Mask, MaskContext, SparsityOutOfReach, check_sparsity, sparsity_of
+from .base import (
+    SPARSITY_TOLERANCE,
+    Mask,
+    MaskContext,
+    SparsityOutOfReach,
+    calibrated_per_layer,
+    check_sparsity,
+    sparsity_of,
+    sparsity_shortfall,
+)
 from .bigbird import BigBird
 from .blocks import NSA, BlockTopK, MoBA, Quest
 from .selection import DSA, H2O, TopK, VerticalSlash
@@ -47,14 +56,18 @@ REGISTRY: dict[str, type[Mask]] = {cls.id: cls for cls in _ORDER}
 
 __all__ = [
     "REGISTRY",
+    "SPARSITY_TOLERANCE",
     "Mask",
     "MaskContext",
     "SparsityOutOfReach",
     "available",
     "build",
+    "calibrated_per_layer",
     "get",
     "ids",
+    "resolve",
     "sparsity_of",
+    "sparsity_shortfall",
 ]
 
 
@@ -103,10 +116,14 @@ def get(name: str | Mask, **params: Any) -> Mask:
     return cls(**params)
 
 
-def resolve(name: str | Mask, n_keys: int, sparsity: float | None, causal: bool = True, **params: Any) -> Mask:
+def resolve(
+    name: str | Mask, n_keys: int, sparsity: float | None, causal: bool = True, *, warn: bool = True, **params: Any
+) -> Mask:
     """The pattern with its budget set: from ``sparsity`` if given, else from ``params``/defaults.
 
-    Passing both ``sparsity`` and the budget parameter is ambiguous and raises.
+    Passing both ``sparsity`` and the budget parameter is ambiguous and raises. ``warn=False``: no
+    :class:`SparsityOutOfReach` warning from this estimate (for a budget the sparse pass calibrates again on the
+    real scores, :func:`calibrated_per_layer`, and judges by its outcome, :func:`sparsity_shortfall`).
     """
     mask = get(name, **params)
     if sparsity is None:
@@ -117,7 +134,7 @@ def resolve(name: str | Mask, n_keys: int, sparsity: float | None, causal: bool 
             f"pass either sparsity={sparsity} or {mask.budget}={params[mask.budget]} for {mask.id!r}, not both: "
             f"the sparsity slider sets {mask.budget}"
         )
-    return mask.with_sparsity(sparsity, n_keys, causal)
+    return mask.with_sparsity(sparsity, n_keys, causal, warn=warn)
 
 
 def build(

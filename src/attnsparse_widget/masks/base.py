@@ -15,9 +15,12 @@ to its valid tokens before calling them, and scatters the result back.
 
 The sparsity slider: ``s = 1 - kept / allowed`` over the realised mask (sparse-patterns.md §0). ``with_sparsity``
 turns one requested ``s`` into the pattern's budget parameter, by the closed form the spec gives where there is
-one, else by bisection of the integer budget on the realised mask (score-dependent patterns are realised on a
-surrogate score that prefers the earliest keys: their kept *count* hardly depends on the scores, see spec §3.2).
-The achieved value is always measured again on the mask actually applied.
+one, else by bisection of the integer budget on the realised mask. Score-dependent patterns are first sized on a
+surrogate score that prefers the earliest keys; that is only an estimate (on real attention their choices overlap
+their forced parts, windows, local or own blocks, and keep fewer pairs), so a sparse pass calibrates their budget
+again per layer on the layer's real scores (:meth:`Mask.budget_for_scores`, :mod:`attnsparse_widget.capture`), and
+reports a shortfall beyond :data:`SPARSITY_TOLERANCE` with :func:`sparsity_shortfall`. Every search is the one
+:func:`search_budget`. The achieved value is always measured again on the mask actually applied.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -64,6 +68,8 @@ class Mask:
     drops_by_position: ClassVar[bool] = False
     supports_encoder: ClassVar[bool] = True  # False for decode-time ideas (KV eviction) that need causality
     minimums: ClassVar[dict[str, int]] = {}  # parameter -> smallest valid value (checked on construction)
+    # what the pattern keeps at any budget (it bounds the sparsity from above), for out-of-reach messages
+    fixed_part: ClassVar[str] = "the pairs it always keeps"
 
     def __post_init__(self) -> None:
         """Check every parameter: its type (an int field takes ints, integral floats are converted), its minimum,
@@ -167,11 +173,13 @@ class Mask:
         assert self.budget is not None
         return dataclasses.replace(self, **{self.budget: int(value)})
 
-    def with_sparsity(self, sparsity: float, n_keys: int, causal: bool = True) -> Mask:
+    def with_sparsity(self, sparsity: float, n_keys: int, causal: bool = True, *, warn: bool = True) -> Mask:
         """A copy whose budget realises ``sparsity`` as closely as the pattern can at this length.
 
-        Warns with :class:`SparsityOutOfReach` (and uses the nearest reachable value) when ``sparsity`` is outside
-        :meth:`reachable_range`.
+        Warns with :class:`SparsityOutOfReach` (:func:`sparsity_shortfall`) when the nearest value it realises is
+        more than :data:`SPARSITY_TOLERANCE` from ``sparsity``: outside :meth:`reachable_range`, or between two
+        coarse budget steps. ``warn=False``: no warning (a caller that judges the mask actually applied instead, as
+        a sparse pass does, whose score-dependent budgets are sized again on the real scores).
         """
         check_sparsity(sparsity)
         if self.budget is None:
@@ -182,17 +190,69 @@ class Mask:
         if closed is not None:
             best = min(max(closed, lo), hi)
         else:
-            best = self._bisect_budget(sparsity, n_keys, causal, lo, hi, s)
-        achieved = s(best)
-        smin, smax = s(hi), s(lo)
-        if sparsity > smax + 0.5 / max(1, n_keys) or sparsity < smin - 0.5 / max(1, n_keys):
-            warnings.warn(
-                f"{self.id}: sparsity {sparsity:.3f} cannot be reached at {n_keys} tokens; this pattern reaches "
-                f"{smin:.3f} to {smax:.3f} here, so {achieved:.3f} is used ({self.budget}={best}).",
-                SparsityOutOfReach,
-                stacklevel=2,
-            )
-        return self.with_budget(best)
+            best = search_budget(sparsity, s, lo, hi, self.budget_guess(sparsity, n_keys, causal))
+        sized = self.with_budget(best)
+        message = sparsity_shortfall(sized, sparsity, s(best), n_keys, causal, reach=(s(hi), s(lo)))
+        if warn and message is not None:
+            warnings.warn(message, SparsityOutOfReach, stacklevel=2)
+        return sized
+
+    def budget_for(
+        self,
+        sparsity: float,
+        sparsity_at: Callable[[Mask], float],
+        n_keys: int,
+        causal: bool = True,
+        start: int | None = None,
+    ) -> int:
+        """The budget whose realised sparsity, as measured by ``sparsity_at(mask with that budget)``, is nearest to
+        ``sparsity``: the one search (:func:`search_budget`), memoised, galloping out from ``start`` (default: the
+        current budget, e.g. :meth:`with_sparsity`'s estimate) within :meth:`budget_range`."""
+        assert self.budget is not None, f"{self.id} has no budget parameter"
+        lo, hi = self.budget_range(n_keys, causal)
+        memo: dict[int, float] = {}
+
+        def s(b: int) -> float:
+            if b not in memo:
+                memo[b] = sparsity_at(self.with_budget(b))
+            return memo[b]
+
+        return search_budget(sparsity, s, lo, hi, getattr(self, self.budget) if start is None else start)
+
+    def budget_for_scores(
+        self,
+        sparsity: float,
+        scores: Tensor,
+        ctx: MaskContext | None = None,
+        allowed: Tensor | None = None,
+        start: int | None = None,
+    ) -> int:
+        """The budget whose keep-mask on *these* scores realises the sparsity nearest to ``sparsity``.
+
+        ``scores``: a layer's logits ``[H, Tq, Tk]`` (or ``[Tq, Tk]``) for queries at the last ``Tq`` of ``Tk``
+        positions, ``-inf`` on pairs that are not allowed. ``allowed``: bool ``[Tq, Tk]``, the pairs that count
+        (default: the causal set, or every pair for an encoder). Sparsity is ``1 - kept / allowed`` over all heads,
+        as :func:`sparsity_of` measures it. Score-dependent patterns keep fewer pairs on real attention than on the
+        surrogate when their choices overlap their forced parts (a window, local blocks, the own block), so the
+        budget that :meth:`with_sparsity` sizes on the surrogate is only the starting point of this search.
+        """
+        check_sparsity(sparsity)
+        ctx = ctx or MaskContext()
+        if scores.dim() == 2:
+            scores = scores.unsqueeze(0)
+        n_q, n_k = scores.shape[-2], scores.shape[-1]
+        if allowed is None:
+            q = torch.arange(n_k - n_q, n_k, device=scores.device).unsqueeze(-1)
+            k = torch.arange(n_k, device=scores.device).unsqueeze(0)
+            allowed = (k <= q) if ctx.causal else torch.ones(n_q, n_k, dtype=torch.bool, device=scores.device)
+        allowed = allowed.to(scores.device)
+        total = float(allowed.sum())
+
+        def sparsity_at(mask: Mask) -> float:
+            keep = mask.keep(n_k, n_queries=n_q, scores=scores, ctx=ctx) & allowed
+            return 1.0 - float(keep.sum()) / max(1.0, total * keep.shape[0])
+
+        return self.budget_for(sparsity, sparsity_at, n_k, ctx.causal, start)
 
     def reachable_range(self, n_keys: int, causal: bool = True) -> tuple[float, float]:
         """(min, max) sparsity the budget can realise at this length."""
@@ -211,7 +271,7 @@ class Mask:
         keep = self.keep(n_keys, scores=scores, ctx=ctx)
         return sparsity_of(keep, causal)
 
-    def _sparsity_of_budget(self, n_keys: int, causal: bool):
+    def _sparsity_of_budget(self, n_keys: int, causal: bool) -> Callable[[int], float]:
         """``budget -> realised sparsity``, memoised (one search evaluates a budget once)."""
         memo: dict[int, float] = {}
 
@@ -222,51 +282,17 @@ class Mask:
 
         return s
 
-    def _bisect_budget(self, target: float, n_keys: int, causal: bool, lo: int, hi: int, s=None) -> int:
-        # Sparsity falls as the budget grows: find the smallest budget whose sparsity is <= target (hi if none),
-        # then pick whichever neighbour is nearer the target. The bracket is found by galloping out from the
-        # pattern's budget_guess (if any), then bisected.
-        s = s or self._sparsity_of_budget(n_keys, causal)
-        a, b = lo, hi
-        guess = self.budget_guess(target, n_keys, causal)
-        if guess is not None and lo < hi:
-            g = min(max(int(guess), lo), hi)
-            step = 1
-            if s(g) <= target:  # the answer is <= g
-                b = g
-                while b > lo:
-                    probe = max(lo, b - step)
-                    if s(probe) > target:
-                        a = probe + 1
-                        break
-                    b, step = probe, step * 2
-                a = min(a, b)
-            else:  # the answer is > g
-                a = g + 1
-                while a < hi:
-                    probe = min(hi, a - 1 + step)
-                    if s(probe) <= target:
-                        b = probe
-                        break
-                    a, step = probe + 1, step * 2
-                a = min(a, hi)
-        while a < b:
-            mid = (a + b) // 2
-            if s(mid) <= target:
-                b = mid
-            else:
-                a = mid + 1
-        if a > lo and abs(s(a - 1) - target) < abs(s(a) - target):
-            return a - 1
-        return a
-
     def params(self) -> dict[str, Any]:
         """The pattern's parameters and their current values."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
-    def label(self) -> str:
-        """A self-describing name, e.g. ``sink_window(sinks=4, window=60)``."""
-        inner = ", ".join(f"{k}={v}" for k, v in self.params().items())
+    def label(self, budgets: Mapping[int, int] | None = None) -> str:
+        """A self-describing name, e.g. ``sink_window(sinks=4, window=60)``; with the per-layer ``budgets`` a
+        calibrated pass chose, the budget reads as their range, e.g. ``moba(k=2–3 per layer, block=16)``."""
+        values: dict[str, Any] = self.params()
+        if budgets and self.budget is not None:
+            values[self.budget] = budget_range_text(budgets)
+        inner = ", ".join(f"{k}={v}" for k, v in values.items())
         return f"{self.id}({inner})"
 
 
@@ -281,6 +307,119 @@ def check_sparsity(sparsity: Any) -> float:
             f"use e.g. 0.5 to drop half"
         )
     return float(sparsity)
+
+
+def search_budget(target: float, s: Callable[[int], float], lo: int, hi: int, start: int | None = None) -> int:
+    """The integer budget in ``[lo, hi]`` whose sparsity ``s(b)`` is nearest to ``target`` (the one budget search).
+
+    ``s`` falls as the budget grows (non-increasing; memoise it: a budget is evaluated at most once per call
+    when it is). Finds the smallest budget whose sparsity is <= target (``hi`` if none), then picks whichever of
+    it and its lower neighbour is nearer. The bracket is found by galloping out from ``start`` (an estimate:
+    the spec's count formula, or the budget sized on surrogate scores) in steps 1, 2, 4, ..., then bisected, so
+    a good estimate costs about three evaluations and a poor one a few more, never a different answer.
+    """
+    a, b = lo, hi
+    if start is not None and lo < hi:
+        g = min(max(int(start), lo), hi)
+        step = 1
+        if s(g) <= target:  # the answer is <= g
+            b = g
+            while b > lo:
+                probe = max(lo, b - step)
+                if s(probe) > target:
+                    a = probe + 1
+                    break
+                b, step = probe, step * 2
+            a = min(a, b)
+        else:  # the answer is > g
+            a = g + 1
+            while a < hi:
+                probe = min(hi, a - 1 + step)
+                if s(probe) <= target:
+                    b = probe
+                    break
+                a, step = probe + 1, step * 2
+            a = min(a, hi)
+    while a < b:
+        mid = (a + b) // 2
+        if s(mid) <= target:
+            b = mid
+        else:
+            a = mid + 1
+    if a > lo and abs(s(a - 1) - target) < abs(s(a) - target):
+        return a - 1
+    return a
+
+
+def calibrated_per_layer(mask: Mask | None) -> bool:
+    """Whether a sparse pass sizes this mask's budget per layer on the layer's real scores: score-dependent
+    patterns with a budget (the pairs they keep depend on where the choices fall against their forced parts)."""
+    return mask is not None and mask.score_dependent and mask.budget is not None
+
+
+def budget_range_text(budgets: Mapping[int, int]) -> str:
+    """Per-layer budgets in a few characters: ``"3"`` when every layer has the same, else ``"2–5 per layer"``."""
+    lo, hi = min(budgets.values()), max(budgets.values())
+    return f"{lo}" if lo == hi else f"{lo}–{hi} per layer"
+
+
+SPARSITY_TOLERANCE = 0.02  # achieved sparsity farther than this from the request is reported as out of reach
+
+
+def out_of_reach_message(mask_id: str, requested: float, achieved: float, used: str, why: str) -> str:
+    """The one wording of a :class:`SparsityOutOfReach` warning: what was asked, what is used, and why."""
+    return f"{mask_id}: sparsity {requested:.3f} cannot be reached: {why}; {achieved:.3f} is used ({used})."
+
+
+def sparsity_shortfall(
+    mask: Mask,
+    requested: float,
+    achieved: float,
+    n_keys: int,
+    causal: bool = True,
+    budgets: Mapping[int, int] | None = None,
+    reach: tuple[float, float] | None = None,
+) -> str | None:
+    """The :class:`SparsityOutOfReach` message when ``achieved`` is more than :data:`SPARSITY_TOLERANCE` from
+    ``requested`` (what was asked, what is used, and why), else None. The one judge of a request, for the slider's
+    own sizing (:meth:`Mask.with_sparsity`) and for a sparse pass's outcome.
+
+    ``budgets``: the per-layer budgets a pass calibrated on real scores (:mod:`attnsparse_widget.capture`). Why the
+    request was missed is then read off them: every layer at the sparsest (densest) end of the budget's range means
+    the pattern's fixed part at this length; otherwise steps too coarse for the layers to average out. Without
+    them the budget is one value, and ``reach`` (default: :meth:`Mask.reachable_range`) tells a request outside the
+    pattern's range at this length from one between two budget steps (block granularity).
+    """
+    if abs(achieved - requested) <= SPARSITY_TOLERANCE:
+        return None
+    if mask.budget is None:
+        why = "the pattern has no budget, it keeps the same pairs whatever the request"
+        return out_of_reach_message(mask.id, requested, achieved, "its fixed pattern", why)
+    if budgets:
+        lo, hi = mask.budget_range(n_keys, causal)
+        used = f"{mask.budget}={budget_range_text(budgets)}, sized per layer on its scores"
+        values = set(budgets.values())
+        if achieved < requested and values == {lo}:
+            why = (
+                f"at {n_keys} tokens even its sparsest setting ({mask.budget}={lo}) keeps {mask.fixed_part}, so it "
+                f"drops at most {achieved:.3f} here"
+            )
+        elif achieved > requested and values == {hi}:
+            why = f"at {n_keys} tokens even its densest setting ({mask.budget}={hi}) drops pairs"
+        else:
+            why = (
+                f"its budget moves in whole steps ({mask.budget} ± 1 changes a layer's sparsity by more than the "
+                f"layers can average out at {n_keys} tokens)"
+            )
+        return out_of_reach_message(mask.id, requested, achieved, used, why)
+    used = f"{mask.budget}={getattr(mask, mask.budget)}"
+    smin, smax = reach if reach is not None else mask.reachable_range(n_keys, causal)
+    slack = 0.5 / max(1, n_keys)
+    if requested > smax + slack or requested < smin - slack:
+        why = f"at {n_keys} tokens this pattern reaches {smin:.3f} to {smax:.3f}"
+    else:
+        why = f"its budget moves in whole steps at {n_keys} tokens, and {used} is the nearest"
+    return out_of_reach_message(mask.id, requested, achieved, used, why)
 
 
 def sparsity_of(keep: Tensor, causal: bool) -> float:

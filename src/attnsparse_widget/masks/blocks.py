@@ -104,6 +104,7 @@ class NSA(Mask):
     # n counts the forced first block and 2 local blocks
     minimums: ClassVar[dict[str, int]] = {"n": 3, "block": 1, "window": 1}
     budget = "n"
+    fixed_part = "the window, the first block and the 2 local blocks"
     score_dependent = True
     supports_encoder = False  # complete-block compression and local blocks are causal ideas
     n: int = 8
@@ -157,6 +158,7 @@ class MoBA(Mask):
     paper = "Lu et al. 2025, MoBA: Mixture of Block Attention (arXiv 2502.13189)"
     minimums: ClassVar[dict[str, int]] = {"k": 1, "block": 1}  # k counts the query's own block
     budget = "k"
+    fixed_part = "each query's own block"
     score_dependent = True
     k: int = 3
     block: int = 16
@@ -195,6 +197,7 @@ class BlockTopK(Mask):
     paper = "Jiang et al. 2024, MInference 1.0 (arXiv 2407.02490)"
     minimums: ClassVar[dict[str, int]] = {"top_k": 1, "block": 1}
     budget = "top_k"
+    fixed_part = "one key block per query block (at least the diagonal block's pairs)"
     score_dependent = True
     row_local = False
     top_k: int = 100
@@ -235,13 +238,15 @@ class Quest(Mask):
     paper = "Tang et al. 2024, Quest: Query-Aware Sparsity (arXiv 2406.10774)"
     minimums: ClassVar[dict[str, int]] = {"token_budget": 1, "page": 1}
     budget = "token_budget"
+    fixed_part = "at least 3 pages per query"
     score_dependent = True
     supports_encoder = False
     token_budget: int = 1024
     page: int = 8
 
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
-        return 1, max(1, n_keys + 3 * self.page)
+        # any budget below 3 pages selects 3 pages: the smallest meaningful one is 3 pages
+        return 3 * self.page, max(3 * self.page, n_keys + 3 * self.page)
 
     def budget_guess(self, sparsity: float, n_keys: int, causal: bool) -> int | None:
         return keys_per_row_for_sparsity(sparsity, n_keys, causal)  # spec §1: T = round(Winv(s))

@@ -110,6 +110,7 @@ class H2O(Mask):
     paper = "Zhang et al. 2023, H2O: Heavy-Hitter Oracle (arXiv 2306.14048)"
     minimums: ClassVar[dict[str, int]] = {"kv_budget": 2}  # one heavy hitter (the query itself) and one recent key
     budget = "kv_budget"
+    fixed_part = "the query and its most recent key"
     score_dependent = True
     row_local = False
     supports_encoder = False
@@ -166,10 +167,10 @@ class VerticalSlash(Mask):
     (MInference forces 30 and 30-100; here 4 and 4 for short texts; when the budget is smaller than the
     forced set, the first columns and nearest diagonals win), and v : s is fixed by
     ``vertical_fraction`` (MInference's default (1000, 6096) ≈ 0.14; search grid up to 0.97). Budget = v + s
-    ("size"), bisected on the canonical realisation (first v columns, nearest s diagonals: count Kwin(v + s),
-    see ``realised_sparsity``); on real attention the chosen far columns/diagonals are shorter, so the achieved
-    sparsity (always measured on the applied mask) can be somewhat higher. Not row-local: every row uses the last
-    queries' statistics. Causal models only (the "last queries" are a prefill-then-decode idea).
+    ("size"), first sized on the canonical realisation (first v columns, nearest s diagonals: count Kwin(v + s),
+    see ``realised_sparsity``); on real attention the chosen far columns/diagonals are shorter and keep fewer
+    pairs, so a sparse pass sizes it again per layer on the layer's own scores. Not row-local: every row uses the
+    last queries' statistics. Causal models only (the "last queries" are a prefill-then-decode idea).
     """
 
     id = "vertical_slash"
@@ -177,6 +178,7 @@ class VerticalSlash(Mask):
     paper = "Jiang et al. 2024, MInference 1.0 (arXiv 2407.02490)"
     minimums: ClassVar[dict[str, int]] = {"size": 1, "last_q": 1, "sink_columns": 0, "local_diagonals": 0}
     budget = "size"
+    fixed_part = "one column or diagonal (the diagonal itself)"
     score_dependent = True
     row_local = False
     supports_encoder = False  # "the last queries" is a prefill-then-decode idea
