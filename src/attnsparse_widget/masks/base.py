@@ -210,13 +210,7 @@ class Mask:
         current budget, e.g. :meth:`with_sparsity`'s estimate) within :meth:`budget_range`."""
         assert self.budget is not None, f"{self.id} has no budget parameter"
         lo, hi = self.budget_range(n_keys, causal)
-        memo: dict[int, float] = {}
-
-        def s(b: int) -> float:
-            if b not in memo:
-                memo[b] = sparsity_at(self.with_budget(b))
-            return memo[b]
-
+        s = self._memoised(sparsity_at)
         return search_budget(sparsity, s, lo, hi, getattr(self, self.budget) if start is None else start)
 
     def budget_for_scores(
@@ -272,12 +266,16 @@ class Mask:
         return sparsity_of(keep, causal)
 
     def _sparsity_of_budget(self, n_keys: int, causal: bool) -> Callable[[int], float]:
-        """``budget -> realised sparsity``, memoised (one search evaluates a budget once)."""
+        """``budget -> realised sparsity`` at this length (surrogate scores), memoised."""
+        return self._memoised(lambda mask: mask.realised_sparsity(n_keys, causal))
+
+    def _memoised(self, sparsity_at: Callable[[Mask], float]) -> Callable[[int], float]:
+        """``budget -> sparsity_at(this mask with that budget)``, memoised: one search evaluates a budget once."""
         memo: dict[int, float] = {}
 
         def s(b: int) -> float:
             if b not in memo:
-                memo[b] = self.with_budget(b).realised_sparsity(n_keys, causal)
+                memo[b] = sparsity_at(self.with_budget(b))
             return memo[b]
 
         return s
