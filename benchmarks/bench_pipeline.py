@@ -9,8 +9,10 @@ seen, what sweeps and notebooks do):
   - ``compare(per_layer=False)`` with the default 20-token continuations: target <= 2.8 x the unit;
   - the split of the latter by stage (sparse pass and headline metrics, attention metrics, continuations), read
     from the pipeline's own progress.
-Times are medians of --repeat runs; the masks alternate between two sparsities so that no sparse pass is reused.
-Ratios are what to read.
+Each repeat times the plain forward and both compares back to back and takes their ratios; the figures are the
+medians of those ratios (this machine's speed drifts by up to 40 % between minutes, which a ratio of medians
+taken minutes apart would not cancel), with their range. The masks alternate between two sparsities so that no
+sparse pass is reused.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from common import default_model, median_seconds, plain_forward, text_of
 
@@ -54,7 +56,6 @@ def main() -> None:
     )
     for n in args.lengths:
         text = text_of(tok, n)
-        forward = median_seconds(plain_forward(model, tok, text), args.repeat)
         sparsities = iter([0.5, 0.6] * (2 * args.repeat + 2))
 
         def bare_compare(continuations: int, text: str = text, sparsities: Iterator[float] = sparsities) -> object:
@@ -63,14 +64,31 @@ def main() -> None:
 
         bare_compare(0)  # the dense pass, cached from here on
         bare_compare(20)  # ... and its continuation
-        short = median_seconds(lambda: bare_compare(0), args.repeat)
-        full = median_seconds(lambda: bare_compare(20), args.repeat)
+        forward_fn = plain_forward(model, tok, text)
+        forwards, shorts, fulls = [], [], []
+        for _ in range(args.repeat):
+            f = seconds(forward_fn)
+            forwards.append(f)
+            shorts.append(seconds(lambda: bare_compare(0)) / f)
+            fulls.append(seconds(lambda: bare_compare(20)) / f)
+        forward = statistics.median(forwards)
         splits = [stage_seconds(run, text, args.mask, s) for s in [0.5, 0.6][: max(1, min(args.repeat, 2))]]
         split = {k: statistics.median(s.get(k, 0.0) for s in splits) for k in splits[0]}
         parts = ", ".join(f"{k} {v / forward:.2f}" for k, v in split.items())
-        print(f"{n:>5} {forward:>7.3f}s {short / forward:>16.2f}x {full / forward:>18.2f}x   {parts}")
+        print(f"{n:>5} {forward:>7.3f}s {spread(shorts):>17} {spread(fulls):>19}   {parts}")
         pieces = first_stage_pieces(run, text, args.mask, args.repeat)
         print("      first stage, by piece: " + ", ".join(f"{k} {v / forward:.2f}" for k, v in pieces.items()))
+
+
+def seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def spread(ratios: list[float]) -> str:
+    """The median ratio and the range of the repeats: ``1.34x (1.30-1.41)``."""
+    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 def first_stage_pieces(run: tuple, text: str, mask: str, repeat: int) -> dict[str, float]:  # noqa: ANN001
@@ -81,10 +99,10 @@ def first_stage_pieces(run: tuple, text: str, mask: str, repeat: int) -> dict[st
     sparse_mask = masks.resolve(mask, ids.shape[1], 0.6, True)
 
     def sparse_pass() -> object:
-        return captured_pass(model, ids, sparse_mask, seed=0, is_lm=True)
+        return captured_pass(model, ids, sparse_mask, seed=0, is_lm=True, compare_with=res.dense)
 
     fresh = sparse_pass()
-    out = {"captured sparse pass": median_seconds(sparse_pass, repeat)}
+    out = {"captured sparse pass with attention metrics": median_seconds(sparse_pass, repeat)}
     out["next-token metrics (head replay, KL)"] = median_seconds(
         lambda: output_metrics(Metrics(0.6, 0.6, []), res.dense, fresh), repeat
     )

@@ -7,17 +7,24 @@ mask (0 where kept, finfo.min where dropped; a 4D *boolean* mask would be added 
 
 from __future__ import annotations
 
+import copy
+
+import numpy as np
 import pytest
 import torch
-from tiny_models import build, configs
+from tiny_models import ToyTokenizer, build, configs
 
-from attnsparse_widget import masks
+import attnsparse_widget as aw
+from attnsparse_widget import masks, passes
 from attnsparse_widget.capture import Plan, attention_active, layer_indexer, num_layers
+from attnsparse_widget.measure import output_metrics
+from attnsparse_widget.metrics import Metrics
 from attnsparse_widget.store import AttentionStore
 
 ATOL = 1e-5
 STATIC_MASKS = [m for m, cls in masks.REGISTRY.items() if not cls.score_dependent]
 MIN = torch.finfo(torch.float32).min
+TOY_TEXT = "the keeper wrote in his log; the storm came from the west and the ships stayed in harbour"
 
 
 def capture(model, ids, attention_mask=None, mask=None):
@@ -189,3 +196,71 @@ def test_static_sparse_equals_eager_encoder_with_padding(minilm, mask_id):
     for layer, ref in enumerate(attentions):
         assert_close(store.probs[layer][:, :, :, :], ref)
     assert_close(hidden, ref_hidden)
+
+
+# ------------------------------------------------------------------------------- attention metrics, measured in the pass
+def numpy_attention_metrics(res) -> tuple[list[list[float]], list[list[float]]]:
+    """Mass recall and row KL(sparse‖dense) per layer and head, with the spec's formulas in float64 numpy, from the
+    full-resolution maps the comparison returns (the stores, checked against eager above)."""
+    recall, kl = [], []
+    for layer in range(res.n_layers):
+        p = res.attention(layer).astype(np.float64)
+        q = res.attention(layer, which="sparse").astype(np.float64)
+        keep = res.keep_mask(layer)
+        recall.append((p * keep).sum(-1).mean(-1).tolist())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kl.append(np.where(q > 0, q * np.log(q / np.maximum(p, 1e-30)), 0).sum(-1).mean(-1).tolist())
+    return recall, kl
+
+
+@pytest.mark.parametrize("mask_id", ["sink_window", "topk"])
+def test_attention_metrics_measured_during_the_sparse_pass_match_numpy_tiny(tiny, mask_id):
+    """The sparse pass rebuilds each layer's dense probabilities from the dense pass's queries and keys (GQA,
+    Gemma 2's soft-capping and sliding layers included) and measures recall and KL as it runs."""
+    _, model = tiny
+    res = aw.compare((model, ToyTokenizer()), TOY_TEXT, mask=mask_id, sparsity=0.5, per_layer=False)
+    assert res.sparse.store.compared  # measured in the pass, not by replaying the layers
+    recall, kl = numpy_attention_metrics(res)
+    np.testing.assert_allclose(res.metrics.mass_recall_per_head, recall, rtol=1e-5)
+    np.testing.assert_allclose(res.metrics.kl_per_head, kl, rtol=1e-4, atol=1e-6)
+
+
+def test_attention_metrics_measured_during_the_pass_match_numpy_encoder(minilm):
+    res = aw.compare(minilm, "Sparse attention keeps some pairs and drops the rest.", mask="sliding_window")
+    assert res.sparse.store.compared
+    recall, kl = numpy_attention_metrics(res)
+    np.testing.assert_allclose(res.metrics.mass_recall_per_head, recall, rtol=1e-5)
+    np.testing.assert_allclose(res.metrics.kl_per_head, kl, rtol=1e-4, atol=1e-6)
+
+
+def test_without_the_dense_queries_the_metrics_come_from_replayed_layers(monkeypatch):
+    """Above the query budget the dense pass keeps no queries; both passes' layers are then recomputed one by one
+    and measured the same way: the same numbers."""
+    model, tok = build("llama"), ToyTokenizer()
+    measured = aw.compare((model, tok), TOY_TEXT, mask="topk", sparsity=0.5, per_layer=False)
+    aw.clear_cache()
+    monkeypatch.setattr(passes, "QK_BUDGET", 0)
+    replayed = aw.compare((model, tok), TOY_TEXT, mask="topk", sparsity=0.5, per_layer=False)
+    assert replayed.dense.qk is None and not replayed.sparse.store.compared
+    np.testing.assert_allclose(replayed.metrics.mass_recall_per_head, measured.metrics.mass_recall_per_head, rtol=1e-6)
+    np.testing.assert_allclose(replayed.metrics.kl_per_head, measured.metrics.kl_per_head, rtol=1e-5, atol=1e-7)
+    assert replayed.metrics.mass_recall_min == pytest.approx(measured.metrics.mass_recall_min, rel=1e-6)
+
+
+def test_rows_before_the_first_changed_one_are_taken_from_the_dense_pass():
+    """A causal model's rows before the first one any mask changed come out of the sparse pass as out of the dense
+    one, bit for bit; output_metrics takes their loss and argmax from the dense pass. Computing every row instead
+    gives the same metrics."""
+    model, tok = build("llama"), ToyTokenizer()
+    text = (TOY_TEXT + " ") * 4  # > 256 tokens: the window leaves the first chunks of 128 positions unchanged
+    res = aw.compare((model, tok), text, mask="sliding_window", sparsity=0.3, per_layer=False, continuation_tokens=0)
+    first = min(res.sparse.first_changed.values())
+    assert first >= 128, first  # at least one chunk is skipped
+    everything = copy.copy(res.sparse)
+    everything.first_changed = {0: 0}  # as if the first row had changed: every row computed
+    m = Metrics(res.metrics.requested_sparsity, res.metrics.achieved_sparsity, [])
+    output_metrics(m, res.dense, everything)
+    assert torch.equal(everything.nll, res.sparse.nll) and torch.equal(everything.argmax, res.sparse.argmax)
+    assert m.next_token_kl == pytest.approx(res.metrics.next_token_kl, rel=1e-6, abs=1e-9)
+    assert m.output_relative_error == pytest.approx(res.metrics.output_relative_error, rel=1e-6, abs=1e-9)
+    assert m.sparse_ppl == res.metrics.sparse_ppl

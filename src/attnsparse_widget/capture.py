@@ -2,7 +2,10 @@
 
 ``attention_forward`` is the eager attention of transformers (``q·kᵀ·scaling``, soft-capping, the model's additive
 mask, float32 softmax, ``·v``) with two additions: it applies the active sparse mask *after QKᵀ and before the
-softmax*, and it hands the post-softmax probabilities (float32) and the keep-mask to a :class:`Recorder`.
+softmax*, and it hands the post-softmax probabilities (float32) and the keep-mask to a :class:`Recorder`. A dense
+pass can also keep every layer's queries and keys (:class:`QueryKeys`); a sparse pass given them hands the recorder,
+with its own probabilities, the dense pass's probabilities of the same layer, rebuilt head by head by the same
+operations: the attention metrics are measured while a layer's probabilities are in memory, with no replay.
 
 It is registered together with ``eager_mask`` under the same name in ``AttentionMaskInterface``: without a mask
 function transformers silently passes no mask at all (stack.md §5.4), and ``eager_mask`` always materialises the
@@ -87,6 +90,8 @@ class Plan:
     # calibration so far: allowed pairs per head summed over the calibrated layers, and the pairs they dropped
     calibrated_allowed: float = 0.0
     calibrated_dropped: float = 0.0
+    keep_qk: QueryKeys | None = None  # fill with every layer's queries and keys (a dense pass)
+    dense_qk: QueryKeys | None = None  # a dense pass's: the recorder gets that pass's probabilities too
 
     def mask_for(self, layer: int) -> Mask | None:
         """The mask of ``layer`` (None: dense), with its own budget when the plan has one for it."""
@@ -102,11 +107,34 @@ class Plan:
         return self.target_sparsity is not None and calibrated_per_layer(self.mask) and layer not in self.budgets
 
 
-class Recorder:
-    """Receives, per attention call, the float32 probabilities, the keep-mask and the model's allowed set."""
+DenseHead = Callable[[int], Tensor]  # head h -> the dense pass's float32 probabilities of that head, [B, Tq, Tk]
 
-    def record(self, layer: int, probs: Tensor, keep: Tensor | None, allowed: Tensor) -> None:
+
+class Recorder:
+    """Receives, per attention call, the float32 probabilities, the keep-mask and the model's allowed set, and (a
+    pass compared with a dense one, :attr:`Plan.dense_qk`) the dense pass's probabilities of the layer, per head."""
+
+    def record(
+        self, layer: int, probs: Tensor, keep: Tensor | None, allowed: Tensor, dense: DenseHead | None = None
+    ) -> None:
         raise NotImplementedError
+
+
+@dataclass
+class QueryKeys:
+    """Per layer, the queries ``[B, H, T, D]`` and keys ``[B, H_kv, T, D]`` (after rotary embeddings) that a pass's
+    attention calls received: with the model's mask, scaling and soft-capping they give that pass's scores again."""
+
+    queries: list[Tensor | None]
+    keys: list[Tensor | None]
+
+    @classmethod
+    def empty(cls, n_layers: int) -> QueryKeys:
+        return cls([None] * n_layers, [None] * n_layers)
+
+    @property
+    def complete(self) -> bool:
+        return all(q is not None for q in self.queries) and all(k is not None for k in self.keys)
 
 
 _ACTIVE: contextvars.ContextVar[Plan | None] = contextvars.ContextVar("attnsparse_plan", default=None)
@@ -172,13 +200,7 @@ def attention_forward(
             )
             return out.transpose(1, 2).contiguous(), None
 
-    # eager attention's own operations, done in place on the one [B, H, Tq, Tk] tensor (151 MB at 2048 tokens
-    # for 9 heads): the same numbers, a third of the memory
-    scores = torch.matmul(query, key_states.transpose(2, 3)).mul_(scaling)
-    if softcap is not None:
-        scores = scores.div_(softcap).tanh_().mul_(softcap)
-    if attention_mask is not None:
-        scores = scores.add_(attention_mask)
+    scores = eager_scores(query, key_states, attention_mask, scaling, softcap)
 
     keep = None
     allowed = None
@@ -214,10 +236,45 @@ def attention_forward(
     probs = probs32.to(value.dtype)
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
     out = torch.matmul(probs, value_states).transpose(1, 2).contiguous()
+    if plan is not None and plan.keep_qk is not None:
+        plan.keep_qk.queries[layer], plan.keep_qk.keys[layer] = query, key
     if plan is not None and plan.recorder is not None:
         assert allowed is not None  # set above whenever there is a plan
-        plan.recorder.record(layer, probs32, keep, allowed)
+        dense = None
+        if plan.dense_qk is not None:
+            dense = _dense_heads(plan.dense_qk, layer, n_rep, attention_mask, scaling, softcap)
+        plan.recorder.record(layer, probs32, keep, allowed, dense)
     return out, probs
+
+
+def eager_scores(
+    query: Tensor, key_states: Tensor, attention_mask: Tensor | None, scaling: float, softcap: float | None
+) -> Tensor:
+    """Eager attention's scores before the softmax: its own operations, done in place on the one ``[B, H, Tq, Tk]``
+    tensor (151 MB at 2048 tokens for 9 heads): the same numbers, a third of the memory."""
+    scores = torch.matmul(query, key_states.transpose(2, 3)).mul_(scaling)
+    if softcap is not None:
+        scores = scores.div_(softcap).tanh_().mul_(softcap)
+    if attention_mask is not None:
+        scores = scores.add_(attention_mask)
+    return scores
+
+
+def _dense_heads(
+    qk: QueryKeys, layer: int, n_rep: int, attention_mask: Tensor | None, scaling: float, softcap: float | None
+) -> DenseHead:
+    """Head by head, the probabilities of ``layer`` in the dense pass that kept ``qk``: its queries and keys through
+    the same operations (the model's mask is the same for both passes of one text), one head's ``[B, Tq, Tk]`` at a
+    time."""
+    query, key = qk.queries[layer], qk.keys[layer]
+    assert query is not None and key is not None
+
+    def head(h: int) -> Tensor:
+        k = key[:, h // n_rep : h // n_rep + 1]
+        scores = eager_scores(query[:, h : h + 1], k, attention_mask, scaling, softcap)
+        return nn.functional.softmax(scores, dim=-1, dtype=torch.float32)[:, 0]
+
+    return head
 
 
 def softmax_float32(scores: Tensor) -> Tensor:
@@ -590,7 +647,9 @@ class _LayerProbe(Recorder):
         self.layer = layer
         self.found: tuple[Tensor, Tensor | None, Tensor] | None = None
 
-    def record(self, layer: int, probs: Tensor, keep: Tensor | None, allowed: Tensor) -> None:
+    def record(
+        self, layer: int, probs: Tensor, keep: Tensor | None, allowed: Tensor, dense: DenseHead | None = None
+    ) -> None:
         if layer == self.layer:
             self.found = (
                 probs.detach().to("cpu", torch.float32),

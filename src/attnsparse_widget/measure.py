@@ -11,11 +11,14 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from .capture import DenseHead
 from .logits import chunks
 from .messages import NOTE_ONE_TOKEN
 from .passes import PassResult
 from .result import Comparison
-from .store import AttentionStore
+from .store import AttentionStore, compare_heads
+
+Tensor = torch.Tensor
 
 
 def sparsity_metrics(store: AttentionStore, requested: float | None) -> M.Metrics:
@@ -38,14 +41,27 @@ def sparsity_metrics(store: AttentionStore, requested: float | None) -> M.Metric
 def output_metrics(metrics: M.Metrics, dense: PassResult, sparse: PassResult) -> None:
     """Perplexities, next-token KL(dense‖sparse), top-1 agreement and the logits' relative error, computed over
     the positions in chunks against the dense pass's reference (the sparse pass's per-position loss and argmax are
-    kept on it)."""
+    kept on it).
+
+    Positions before the first row any layer's mask changed (``first_changed``) come out of a causal model's sparse
+    pass exactly as out of its dense pass: the same inputs through the same operations, row by row. Chunks wholly
+    before it take the dense pass's loss and argmax, with KL and difference 0, instead of running the head again.
+    """
     ids = sparse.ids[0]
     n = ids.shape[0]
+    assert dense.nll is not None and dense.argmax is not None
+    first = min(sparse.first_changed.values(), default=n)
     nll, argmax, kl = [], [], []
     diff2 = norm2 = 0.0
     for (dense_logits, dense_probs, dense_lse, dense_sumsq), pos in zip(
         dense.reference, chunks(0, n, ids.device), strict=True
     ):
+        norm2 += dense_sumsq
+        if int(pos[-1]) < first:  # unchanged rows
+            nll.append(dense.nll[pos[pos < n - 1].cpu()].to(ids.device))
+            argmax.append(dense.argmax[pos.cpu()].to(ids.device))
+            kl.append(torch.zeros(pos.shape[0], device=ids.device))
+            continue
         if dense_logits is None or dense_probs is None:
             dense_logits = dense.logits(pos)
             dense_probs = torch.softmax(dense_logits, dim=-1)
@@ -56,9 +72,7 @@ def output_metrics(metrics: M.Metrics, dense: PassResult, sparse: PassResult) ->
         argmax.append(logits.argmax(-1))
         nll.append(M.next_token_nll_from_logits(logits, lse, ids[pos[pos < n - 1] + 1]))
         diff2 += float(chunk_diff2.sum())
-        norm2 += dense_sumsq
     sparse.nll, sparse.argmax = torch.cat(nll).cpu(), torch.cat(argmax).cpu()
-    assert dense.nll is not None and dense.argmax is not None
     metrics.dense_ppl = M.perplexity(dense.nll)
     metrics.sparse_ppl = M.perplexity(sparse.nll)
     metrics.delta_ppl = metrics.sparse_ppl - metrics.dense_ppl
@@ -71,24 +85,31 @@ def output_metrics(metrics: M.Metrics, dense: PassResult, sparse: PassResult) ->
 
 
 def iter_attention_metrics(res: Comparison) -> Iterator[int]:
-    """Compute mass recall and KL(sparse‖dense) per layer and head, one layer at a time (a long text's layers are
-    recomputed at full resolution one by one, so memory stays bounded), yielding each finished layer; the metrics
-    are set once every layer is done (a caller that stops early leaves them unset)."""
-    recall_rows, recall_heads, kl_heads = [], [], []
+    """Mass recall and KL(sparse‖dense) per layer and head, yielding each finished layer; the metrics are set once
+    every layer is done (a caller that stops early leaves them unset).
+
+    The sparse pass measured them as it ran when the dense pass had kept its queries and keys (the usual case, see
+    :func:`~attnsparse_widget.passes.captured_pass`); otherwise both passes' layers are recomputed at full
+    resolution one at a time (memory stays bounded) and measured the same way."""
+    store = res.sparse.store
+    recall_rows, kl_heads = [], []
     for layer in range(res.n_layers):
-        p, _, _ = res.dense.layer(layer, remember=False)  # a long text's layers are used once here: not kept
-        q, keep, allowed = res.sparse.layer(layer, remember=False)
-        keep = allowed if keep is None else keep
-        rows = allowed[0, 0].any(-1)  # queries the model lets attend anywhere
-        recall = M.mass_recall(p[0], keep[0])[:, rows]
-        kl = M.row_kl(q[0], p[0])[:, rows]
+        recall, kl = store.recall_rows[layer], store.kl_per_head[layer]
+        if recall is None or kl is None:
+            p, _, _ = res.dense.layer(layer, remember=False)  # a long text's layers are used once here: not kept
+            q, keep, allowed = res.sparse.layer(layer, remember=False)
+            recall, kl = compare_heads(q, keep, allowed, _heads_of(p))
         recall_rows.append(recall)
-        recall_heads.append(recall.mean(-1).tolist())
-        kl_heads.append(kl.mean(-1).tolist())
+        kl_heads.append(kl.tolist())
         yield layer
     m = res.metrics
     m.mass_recall_min, m.mass_recall_p5 = M.summarise_rows(recall_rows)
-    m.mass_recall_per_head = recall_heads
+    m.mass_recall_per_head = [r.mean(-1).tolist() for r in recall_rows]
     m.kl_per_head = kl_heads
     m.kl = [float(np.mean(h)) for h in kl_heads]
-    m.mass_recall = [float(np.mean(h)) for h in recall_heads]
+    m.mass_recall = [float(np.mean(h)) for h in m.mass_recall_per_head]
+
+
+def _heads_of(probs: Tensor) -> DenseHead:
+    """Head h of full-resolution probabilities ``[1, H, Tq, Tk]``, as :func:`compare_heads` asks for it."""
+    return lambda h: probs[:, h]

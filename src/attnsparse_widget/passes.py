@@ -17,6 +17,7 @@ from . import metrics as M
 from .capture import (
     LayerOutputs,
     Plan,
+    QueryKeys,
     attention_active,
     capture_layer_outputs,
     layer_attention,
@@ -33,6 +34,9 @@ from .store import AttentionStore
 
 Tensor = torch.Tensor
 RECOMPUTED_LAYERS = 1  # full-resolution layers recomputed on demand and kept, per pass (overview stores)
+# a dense pass keeps every layer's queries and keys up to this size (141 MB of queries at 2048 tokens for the default
+# model; its keys are the KV cache's), so that sparse passes measure their attention metrics as they run
+QK_BUDGET = 256 * 2**20
 
 
 @dataclass
@@ -60,6 +64,7 @@ class PassResult:
     reference: list[tuple[Tensor | None, Tensor | None, Tensor, float]] = field(default_factory=list)
     cache: Any = None  # the pass's KV cache, kept until its greedy continuation uses it
     kv: list[tuple[Tensor, Tensor]] | None = None  # dense passes: every layer's keys and values (per-layer replays)
+    qk: QueryKeys | None = None  # dense passes within QK_BUDGET: every layer's queries and keys (attention metrics)
     first_changed: dict[int, int] = field(default_factory=dict)  # per masked layer, the first row that lost a pair
     # per layer, the budget of a score-dependent mask as the pass sized it on that layer's scores (capture.Plan);
     # every later use of the pass (layer recomputation, replays, continuation) applies exactly these
@@ -119,7 +124,11 @@ class PassResult:
             t = out if isinstance(out, Tensor) else (out[0] if isinstance(out, tuple) else None)
             if isinstance(t, Tensor):
                 total += t.numel() * t.element_size()
+        queries = self.qk.queries if self.qk is not None else []
+        keys = self.qk.keys if self.qk is not None and self.kv is None else []  # else the KV cache's, counted there
         for t in (
+            *queries,
+            *keys,
             self.full_output,
             *(t for chunk in self.reference for t in chunk[:3]),
             *(t for pair in self.kv or [] for t in pair),
@@ -138,14 +147,24 @@ def captured_pass(
     is_lm: bool,
     keep_cache: bool = False,
     target_sparsity: float | None = None,
+    compare_with: PassResult | None = None,
 ) -> PassResult:
     """One forward pass with capture: every layer's attention into a store, every block's output, and (language
     models) the base model's output and the last position's logits. ``keep_cache``: also keep the KV cache for a
     later greedy continuation (row-local masks only). ``target_sparsity``: size a score-dependent mask's budget per
-    layer on that layer's scores towards it (kept as ``budgets``; see :class:`~attnsparse_widget.capture.Plan`)."""
+    layer on that layer's scores towards it (kept as ``budgets``; see :class:`~attnsparse_widget.capture.Plan`).
+
+    A dense pass (``mask`` None) keeps every layer's queries and keys when they fit :data:`QK_BUDGET`; a pass given
+    such a pass as ``compare_with`` measures its attention metrics against it layer by layer as it runs (in its
+    store, :func:`~attnsparse_widget.store.compare_heads`)."""
     n_layers = num_layers(model)
-    store = AttentionStore(n_layers, text_config(model).num_attention_heads, ids.shape[1])
+    config = text_config(model)
+    store = AttentionStore(n_layers, config.num_attention_heads, ids.shape[1])
     plan = Plan(layer_of=layer_indexer(model), mask=mask, recorder=store, seed=seed, target_sparsity=target_sparsity)
+    if mask is None and qk_bytes(model, ids.shape[1]) <= QK_BUDGET:
+        plan.keep_qk = QueryKeys.empty(n_layers)
+    if compare_with is not None and compare_with.qk is not None:
+        plan.dense_qk = compare_with.qk
     outputs = LayerOutputs()
     replayable = is_lm and head_can_replay(model)
     recorded: dict[str, Any] = {}
@@ -169,6 +188,7 @@ def captured_pass(
         is_lm=is_lm,
         first_changed=dict(plan.first_changed),
         budgets=dict(plan.budgets),
+        qk=plan.keep_qk if plan.keep_qk is not None and plan.keep_qk.complete else None,
     )
     if not is_lm:
         result.full_output = out.last_hidden_state[0].float()
@@ -187,6 +207,8 @@ def captured_pass(
         result.kv = [(pair[0], pair[1]) for pair in slab]
         for layer, (keys, values) in zip(cache.layers, result.kv, strict=True):  # the cache reads the same memory
             layer.keys, layer.values = keys, values
+        if result.qk is not None:  # the same keys: hold one copy
+            result.qk.keys = [keys for keys, _ in result.kv]
     if replayable and verify_replay(model, ids, recorded["base"], out.logits[0, -1]):
         result.base_output = without_cache(recorded["base"])  # the head does not need it; the cache lives on
     else:  # keep the full logits: run again without logits_to_keep if only the last position came back
@@ -196,6 +218,15 @@ def captured_pass(
                 out = model(input_ids=ids, use_cache=False)
         result.full_output = out.logits[0].float()
     return result
+
+
+def qk_bytes(model: PreTrainedModel, n_tokens: int) -> int:
+    """Bytes of every layer's float32 queries and keys for a text of ``n_tokens`` (batch of one)."""
+    config = text_config(model)
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 4 * num_layers(model) * n_tokens * (heads + kv_heads) * head_dim
 
 
 def next_token_stats(result: PassResult, keep_logits: bool = False) -> None:

@@ -190,6 +190,7 @@ def prepare(
         is_lm=is_lm,
         keep_cache=keep_cache,
         target_sparsity=requested if calibrate else None,
+        compare_with=dense,
     )
 
     metrics = sparsity_metrics(sparse.store, requested)

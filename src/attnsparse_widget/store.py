@@ -10,7 +10,9 @@ Two regimes, chosen by length (:func:`retains`):
   per pass become 70 MB); a layer's full-resolution maps are recomputed on demand by replaying that one layer
   (:func:`attnsparse_widget.capture.layer_attention`), exactly.
 
-Either way the store counts, per layer and head, the kept and the allowed pairs (the achieved sparsity). The
+Either way the store counts, per layer and head, the kept and the allowed pairs (the achieved sparsity), and, when
+the pass is compared with a dense one as it runs (:attr:`~attnsparse_widget.capture.Plan.dense_qk`), measures the
+attention metrics against it: per head, the mass recall of every row and the mean row KL(sparse‖dense). The
 attention function hands over the *same* tensor object for a keep-mask or allowed set that is identical in every
 layer (static patterns, the model's causal mask), so sharing, counting and pooling happen once per object.
 """
@@ -21,7 +23,8 @@ from collections.abc import Callable
 
 import torch
 
-from .capture import Recorder
+from . import metrics as M
+from .capture import DenseHead, Recorder
 from .pooling import MAX_SIDE, factor_for, pool_sum
 
 Tensor = torch.Tensor
@@ -63,10 +66,18 @@ class AttentionStore(Recorder):
         self.kept: list[Tensor | None] = [None] * n_layers  # kept allowed pairs per [B, H|1]
         self.allowed_count: list[Tensor | None] = [None] * n_layers  # allowed pairs per [B, 1]
         self.recorded = [False] * n_layers
+        # compared with a dense pass: per layer, mass recall [H, rows] and mean row KL per head [H], over the rows
+        # the model lets attend anywhere
+        self.recall_rows: list[Tensor | None] = [None] * n_layers
+        self.kl_per_head: list[Tensor | None] = [None] * n_layers
         self._last: dict[str, tuple[Tensor, Tensor]] = {}  # what -> (the last object, its result)
         self._slab: Tensor | None = None  # the pooled overviews of every layer, [L, H, n, n]
 
-    def record(self, layer: int, probs: Tensor, keep: Tensor | None, allowed: Tensor) -> None:
+    def record(
+        self, layer: int, probs: Tensor, keep: Tensor | None, allowed: Tensor, dense: DenseHead | None = None
+    ) -> None:
+        if dense is not None:
+            self.recall_rows[layer], self.kl_per_head[layer] = compare_heads(probs, keep, allowed, dense)
         self.allowed[layer] = allowed
         self.allowed_count[layer] = self._once("count allowed", allowed, lambda: allowed.sum(dim=(-1, -2)))
         if keep is None:
@@ -100,6 +111,11 @@ class AttentionStore(Recorder):
     def complete(self) -> bool:
         return all(self.recorded)
 
+    @property
+    def compared(self) -> bool:
+        """Whether every layer was measured against a dense pass as it was recorded."""
+        return all(r is not None for r in self.recall_rows)
+
     def nbytes(self) -> int:
         """Bytes held, counting shared tensors once."""
         seen: dict[int, int] = {}
@@ -108,3 +124,29 @@ class AttentionStore(Recorder):
                 if t is not None:
                     seen[id(t)] = t.numel() * t.element_size()
         return sum(seen.values())
+
+
+def compare_heads(
+    probs: Tensor, keep: Tensor | None, allowed: Tensor, dense: DenseHead, block: int = 128
+) -> tuple[Tensor, Tensor]:
+    """Mass recall per row ``[H, rows]`` and mean row KL(sparse‖dense) per head ``[H]`` of one layer (batch of one):
+    ``probs [1, H, Tq, Tk]`` and ``keep [1, H|1, Tq, Tk]`` (None: all allowed) of the sparse pass, ``dense(h)`` the
+    dense pass's head h. Rows are the queries the model lets attend anywhere. One head's temporaries at a time, and
+    per ``block`` of rows only the keys up to the last one those rows may attend (half the work for a causal model:
+    both rows carry exactly 0 probability beyond it)."""
+    kept = allowed if keep is None else keep
+    ok = allowed[0, 0]
+    rows = ok.any(-1)
+    last = torch.where(ok, torch.arange(ok.shape[-1], device=ok.device), -1).amax(-1)  # last allowed key per row
+    spans = [(a, min(a + block, ok.shape[0])) for a in range(0, ok.shape[0], block)]
+    ends = [int(last[a:b].max()) + 1 for a, b in spans]
+    recall, kl = [], []
+    for h in range(probs.shape[1]):
+        p = dense(h)[0]
+        k = kept[0, h if kept.shape[1] > 1 else 0]
+        q = probs[0, h]
+        recall_h = torch.cat([M.head_recall(p[a:b, :e], k[a:b, :e]) for (a, b), e in zip(spans, ends, strict=True)])
+        kl_h = torch.cat([M.head_row_kl(q[a:b, :e], p[a:b, :e]) for (a, b), e in zip(spans, ends, strict=True)])
+        recall.append(recall_h[rows].cpu())
+        kl.append(kl_h[rows].mean().cpu())
+    return torch.stack(recall), torch.stack(kl)
