@@ -198,7 +198,7 @@ def test_static_sparse_equals_eager_encoder_with_padding(minilm, mask_id):
     assert_close(hidden, ref_hidden)
 
 
-# ------------------------------------------------------------------------------- attention metrics, measured in the pass
+# ------------------------------------------------------------------------- attention metrics, measured in the pass
 def numpy_attention_metrics(res) -> tuple[list[list[float]], list[list[float]]]:
     """Mass recall and row KL(sparse‖dense) per layer and head, with the spec's formulas in float64 numpy, from the
     full-resolution maps the comparison returns (the stores, checked against eager above)."""
