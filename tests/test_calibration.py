@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from tiny_models import build
 
 from attnsparse_widget import costs, masks, sample_texts
 from attnsparse_widget.capture import Plan, attention_active, layer_attention, layer_indexer, num_layers
@@ -212,6 +213,24 @@ def test_calibrated_pass_meets_the_request_and_its_budgets_replay_exactly(defaul
 
     again = captured(model, ids, Plan(layer_of=layer_indexer(model), mask=mask, budgets=dict(plan.budgets)))
     for a, b in zip(store.kept, again.kept, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["topk", "dsa"])
+def test_masks_that_keep_a_count_by_position_are_calibrated_by_counting(name, monkeypatch):
+    """Top-k and DSA keep min(allowed keys, k) in every row whatever the scores, so the calibration counts instead
+    of selecting: the same budgets, per layer, as selecting at every candidate budget (Qwen2 with sliding layers:
+    the allowed sets differ between layers)."""
+    model = build("qwen2", n_layers=3)
+    ids = torch.randint(3, 90, (1, 40), generator=torch.Generator().manual_seed(0))
+    mask = masks.resolve(name, 40, 0.6, warn=False)
+    plan = Plan(layer_of=layer_indexer(model), mask=mask, target_sparsity=0.6)
+    counted = captured(model, ids, plan)
+    monkeypatch.setattr(type(mask), "drops_by_position", False)
+    selecting = Plan(layer_of=layer_indexer(model), mask=mask, target_sparsity=0.6)
+    selected = captured(model, ids, selecting)
+    assert plan.budgets == selecting.budgets and len(set(plan.budgets.values())) > 1  # the sliding layers differ
+    for a, b in zip(counted.kept, selected.kept, strict=True):
         assert torch.equal(a, b)
 
 

@@ -16,6 +16,7 @@ from tiny_models import ToyTokenizer, build, configs
 
 import attnsparse_widget as aw
 from attnsparse_widget import masks, passes
+from attnsparse_widget import store as store_module
 from attnsparse_widget.capture import Plan, attention_active, layer_indexer, num_layers
 from attnsparse_widget.measure import output_metrics
 from attnsparse_widget.metrics import Metrics
@@ -213,8 +214,18 @@ def numpy_attention_metrics(res) -> tuple[list[list[float]], list[list[float]]]:
     return recall, kl
 
 
+@pytest.fixture
+def overview(monkeypatch):
+    """Stores that keep no full-resolution maps (as for texts longer than the overview), whatever the length; the
+    comparison's arrays are then recomputed by replaying one layer, which the dense oracle tests above check."""
+    aw.clear_cache()
+    monkeypatch.setattr(store_module, "retains", lambda *args, **kwargs: False)
+    yield
+    aw.clear_cache()
+
+
 @pytest.mark.parametrize("mask_id", ["sink_window", "topk"])
-def test_attention_metrics_measured_during_the_sparse_pass_match_numpy_tiny(tiny, mask_id):
+def test_attention_metrics_measured_during_the_sparse_pass_match_numpy_tiny(tiny, mask_id, overview):
     """The sparse pass rebuilds each layer's dense probabilities from the dense pass's queries and keys (GQA,
     Gemma 2's soft-capping and sliding layers included) and measures recall and KL as it runs."""
     _, model = tiny
@@ -225,7 +236,7 @@ def test_attention_metrics_measured_during_the_sparse_pass_match_numpy_tiny(tiny
     np.testing.assert_allclose(res.metrics.kl_per_head, kl, rtol=1e-4, atol=1e-6)
 
 
-def test_attention_metrics_measured_during_the_pass_match_numpy_encoder(minilm):
+def test_attention_metrics_measured_during_the_pass_match_numpy_encoder(minilm, overview):
     res = aw.compare(minilm, "Sparse attention keeps some pairs and drops the rest.", mask="sliding_window")
     assert res.sparse.store.compared
     recall, kl = numpy_attention_metrics(res)
@@ -233,11 +244,12 @@ def test_attention_metrics_measured_during_the_pass_match_numpy_encoder(minilm):
     np.testing.assert_allclose(res.metrics.kl_per_head, kl, rtol=1e-4, atol=1e-6)
 
 
-def test_without_the_dense_queries_the_metrics_come_from_replayed_layers(monkeypatch):
+def test_without_the_dense_queries_the_metrics_come_from_replayed_layers(monkeypatch, overview):
     """Above the query budget the dense pass keeps no queries; both passes' layers are then recomputed one by one
     and measured the same way: the same numbers."""
     model, tok = build("llama"), ToyTokenizer()
     measured = aw.compare((model, tok), TOY_TEXT, mask="topk", sparsity=0.5, per_layer=False)
+    assert measured.sparse.store.compared
     aw.clear_cache()
     monkeypatch.setattr(passes, "QK_BUDGET", 0)
     replayed = aw.compare((model, tok), TOY_TEXT, mask="topk", sparsity=0.5, per_layer=False)

@@ -336,9 +336,14 @@ def _calibrated(
     logits = _logits(mask, scores, allowed)
     keeps: dict[int, Tensor] = {}
 
+    row_allowed = allowed[:, 0].sum(-1)  # [B, Tq]
+
     def sparsity_at(candidate: Mask) -> float:
+        budget = getattr(candidate, str(candidate.budget))
+        if mask.drops_by_position:  # row i keeps min(its allowed keys, k) whatever the scores: count, select once
+            return 1.0 - float(row_allowed.clamp(max=budget).sum()) / max(1.0, n_allowed)
         keep = sparse_keep(candidate, scores, allowed, ctx, logits)
-        keeps[getattr(candidate, str(candidate.budget))] = keep
+        keeps[budget] = keep
         while len(keeps) > _KEEPS_REMEMBERED:
             keeps.pop(next(iter(keeps)))
         return 1.0 - float(keep.sum()) / max(1.0, n_allowed * keep.shape[1])

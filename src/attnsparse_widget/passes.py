@@ -34,8 +34,9 @@ from .store import AttentionStore
 
 Tensor = torch.Tensor
 RECOMPUTED_LAYERS = 1  # full-resolution layers recomputed on demand and kept, per pass (overview stores)
-# a dense pass keeps every layer's queries and keys up to this size (141 MB of queries at 2048 tokens for the default
-# model; its keys are the KV cache's), so that sparse passes measure their attention metrics as they run
+# a dense pass of a text longer than the overview keeps every layer's queries and keys up to this size (141 MB of
+# queries at 2048 tokens for the default model; its keys are the KV cache's), so that its sparse passes measure
+# their attention metrics as they run
 QK_BUDGET = 256 * 2**20
 
 
@@ -154,17 +155,21 @@ def captured_pass(
     later greedy continuation (row-local masks only). ``target_sparsity``: size a score-dependent mask's budget per
     layer on that layer's scores towards it (kept as ``budgets``; see :class:`~attnsparse_widget.capture.Plan`).
 
-    A dense pass (``mask`` None) keeps every layer's queries and keys when they fit :data:`QK_BUDGET`; a pass given
-    such a pass as ``compare_with`` measures its attention metrics against it layer by layer as it runs (in its
-    store, :func:`~attnsparse_widget.store.compare_heads`)."""
+    Texts whose maps the store does not retain (longer than the overview): a dense pass (``mask`` None) keeps every
+    layer's queries and keys when they fit :data:`QK_BUDGET`, and a pass given such a pass as ``compare_with``
+    measures its attention metrics against it layer by layer as it runs (in its store,
+    :func:`~attnsparse_widget.store.compare_heads`) instead of recomputing both passes' layers afterwards. Retained
+    maps are measured afterwards from the store: that costs no recomputation, and a widget shows the sparse pass
+    sooner."""
     n_layers = num_layers(model)
     config = text_config(model)
     store = AttentionStore(n_layers, config.num_attention_heads, ids.shape[1])
     plan = Plan(layer_of=layer_indexer(model), mask=mask, recorder=store, seed=seed, target_sparsity=target_sparsity)
-    if mask is None and qk_bytes(model, ids.shape[1]) <= QK_BUDGET:
-        plan.keep_qk = QueryKeys.empty(n_layers)
-    if compare_with is not None and compare_with.qk is not None:
-        plan.dense_qk = compare_with.qk
+    if not store.retain:  # retained maps give the attention metrics afterwards, at no recomputation
+        if mask is None and qk_bytes(model, ids.shape[1]) <= QK_BUDGET:
+            plan.keep_qk = QueryKeys.empty(n_layers)
+        if compare_with is not None and compare_with.qk is not None:
+            plan.dense_qk = compare_with.qk
     outputs = LayerOutputs()
     replayable = is_lm and head_can_replay(model)
     recorded: dict[str, Any] = {}

@@ -1,9 +1,11 @@
 """The one staged engine pipeline: text and mask in, a :class:`~attnsparse_widget.result.Comparison` filled in
 stage by stage, with progress.
 
-    sparse pass        the dense pass (cached per model and text), the sparse pass, the achieved sparsity and the
-                       next-token metrics (perplexities, KL, top-1 agreement)
-    attention metrics  mass recall and KL(sparse‖dense) per layer and head, one layer at a time
+    sparse pass        the dense pass (cached per model and text), the sparse pass (which measures each layer's
+                       attention against the dense pass's as it runs), the achieved sparsity and the next-token
+                       metrics (perplexities, KL, top-1 agreement)
+    attention metrics  mass recall and KL(sparse‖dense) per layer and head, summarised (or, when the dense pass
+                       kept no queries, both passes' layers recomputed and measured one at a time)
     continuations      greedy continuations under each regime (language models)
     per-layer curve    ΔPPL with the mask at one layer only, then at layers 0..l, one replayed pass at a time
 
