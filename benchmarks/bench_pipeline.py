@@ -7,6 +7,8 @@ seen, what sweeps and notebooks do):
   - the unit: one plain forward pass (the model's own SDPA attention, nothing captured);
   - ``compare(per_layer=False, continuation_tokens=0)``: target <= 1.6 x the unit;
   - ``compare(per_layer=False)`` with the default 20-token continuations: target <= 2.8 x the unit;
+  - the floor under the continuations: 20 greedy steps of the plain model with its KV cache (its own SDPA
+    attention), after one prefill that is not counted;
   - the split of the latter by stage (sparse pass and headline metrics, attention metrics, continuations), read
     from the pipeline's own progress.
 Each repeat times the plain forward and both compares back to back and takes their ratios; the figures are the
@@ -21,10 +23,13 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import torch
 from common import default_model, median_seconds, plain_forward, text_of
 
 from attnsparse_widget import compare, masks
+from attnsparse_widget.compat import cache_kwarg, output_cache
 from attnsparse_widget.measure import output_metrics, sparsity_metrics
 from attnsparse_widget.metrics import Metrics
 from attnsparse_widget.passes import captured_pass
@@ -65,17 +70,20 @@ def main() -> None:
         bare_compare(0)  # the dense pass, cached from here on
         bare_compare(20)  # ... and its continuation
         forward_fn = plain_forward(model, tok, text)
-        forwards, shorts, fulls = [], [], []
+        decode_fn = plain_decode(model, tok, text, 20)
+        forwards, shorts, fulls, decodes = [], [], [], []
         for _ in range(args.repeat):
             f = seconds(forward_fn)
             forwards.append(f)
             shorts.append(seconds(lambda: bare_compare(0)) / f)
             fulls.append(seconds(lambda: bare_compare(20)) / f)
+            decodes.append(decode_fn() / f)
         forward = statistics.median(forwards)
         splits = [stage_seconds(run, text, args.mask, s) for s in [0.5, 0.6][: max(1, min(args.repeat, 2))]]
         split = {k: statistics.median(s.get(k, 0.0) for s in splits) for k in splits[0]}
         parts = ", ".join(f"{k} {v / forward:.2f}" for k, v in split.items())
         print(f"{n:>5} {forward:>7.3f}s {spread(shorts):>17} {spread(fulls):>19}   {parts}")
+        print(f"      20 plain decoding steps with the model's KV cache (the continuations' floor): {spread(decodes)}")
         pieces = first_stage_pieces(run, text, args.mask, args.repeat)
         print("      first stage, by piece: " + ", ".join(f"{k} {v / forward:.2f}" for k, v in pieces.items()))
 
@@ -84,6 +92,22 @@ def seconds(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def plain_decode(model: Any, tok: Any, text: str, steps: int) -> Callable[[], float]:
+    """Seconds of ``steps`` greedy steps of the model as it is, with its KV cache, after an uncounted prefill."""
+    ids = tok(text, return_tensors="pt").input_ids
+
+    def run() -> float:
+        with torch.inference_mode():
+            out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            start = time.perf_counter()
+            for _ in range(steps):
+                token = out.logits[0, -1].argmax().view(1, 1)
+                out = model(input_ids=token, use_cache=True, **cache_kwarg(model, output_cache(out)))
+            return time.perf_counter() - start
+
+    return run
 
 
 def spread(ratios: list[float]) -> str:
