@@ -22,13 +22,13 @@ from attnsparse_widget import contract
 from attnsparse_widget.figures import layer_figure
 from attnsparse_widget.metrics import Metrics
 from attnsparse_widget.payload import (
-    encode,
     failed_status,
     gallery_payload,
     info_payload,
     metrics_payload,
     status_payload,
     view_payload,
+    with_binary_arrays,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -302,9 +302,13 @@ def test_gallery_info_and_metrics_payloads_conform(res):
 
 def test_layer_chart_conforms(res):
     m = metrics_payload(res)
-    chart = encode(layer_figure(m["per_layer_delta_ppl"], m["cumulative_delta_ppl"], m["mass_recall"], res.n_layers, 0))
+    chart = with_binary_arrays(
+        layer_figure(m["per_layer_delta_ppl"], m["cumulative_delta_ppl"], m["mass_recall"], res.n_layers, 0)
+    )
     assert_conforms(chart, contract.Figure)
-    assert_conforms(encode(layer_figure(None, None, None, res.n_layers)), contract.Figure)  # before the curve
+    assert_conforms(
+        with_binary_arrays(layer_figure(None, None, None, res.n_layers)), contract.Figure
+    )  # before the curve
 
 
 def test_status_payloads_conform():

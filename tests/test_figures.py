@@ -8,7 +8,7 @@ from tiny_models import ToyTokenizer, build
 
 import attnsparse_widget as aw
 from attnsparse_widget import figures as F
-from attnsparse_widget.payload import encode
+from attnsparse_widget.payload import with_binary_arrays
 
 TEXT = "sparse attention keeps some pairs <and> drops the rest"
 
@@ -98,6 +98,6 @@ def test_layer_and_mask_figures(res):
 
 
 def test_encode_sends_arrays_as_bytes():
-    out = encode({"a": np.eye(2, dtype=np.float32), "b": [np.zeros((1, 3), np.uint8)], "c": (1, 2)})
+    out = with_binary_arrays({"a": np.eye(2, dtype=np.float32), "b": [np.zeros((1, 3), np.uint8)], "c": (1, 2)})
     assert out["a"]["dtype"] == "f2" and np.frombuffer(out["a"]["data"], np.float16).tolist() == [1, 0, 0, 1]
     assert out["b"][0] == {"shape": [1, 3], "dtype": "u1", "data": bytes(3)} and out["c"] == [1, 2]

@@ -2,8 +2,8 @@
 render, so a GIF frame is the widget's main view.
 
 Figures are plain plotly dicts whose heatmap ``z`` are float32 numpy arrays (NaN where a cell is blank). The widget
-sends them with every array as a binary buffer (:func:`attnsparse_widget.payload.encode`); the exports hand them to
-plotly.py and kaleido as they are.
+sends them with every array as a binary buffer (:func:`attnsparse_widget.payload.with_binary_arrays`); the
+exports hand them to plotly.py and kaleido as they are.
 
 The main view of one layer and head (or the mean of heads) has three panels:
     dense          the model's own attention probabilities;

@@ -5,8 +5,9 @@ Every numpy array inside a figure (see :mod:`attnsparse_widget.figures`) becomes
 the bytes as binary websocket frames and the frontend decodes them into Float32Array rows for plotly. Never JSON
 lists of floats. Gallery thumbnails are uint8, each head's dense and sparse pair scaled to that head's maximum.
 
-The builders of the widget's output traits live here, one per trait (``layer_chart`` is ``encode(layer_figure(...))``);
-what each returns is declared in :mod:`attnsparse_widget.contract`, mirrored by ``js/contract.ts``.
+The builders of the widget's output traits live here, one per trait (``layer_chart`` is
+``with_binary_arrays(layer_figure(...))``); what each returns is declared in :mod:`attnsparse_widget.contract`,
+mirrored by ``js/contract.ts``.
 """
 
 from __future__ import annotations
@@ -31,15 +32,15 @@ def matrix(values: np.ndarray, dtype: Literal["f2", "u1"] = "f2") -> MatrixPaylo
     return {"shape": list(arr.shape), "dtype": dtype, "data": arr.tobytes()}
 
 
-def encode(value: Any) -> Any:
+def with_binary_arrays(value: Any) -> Any:
     """``value`` with every 2-D numpy array replaced by a binary :func:`matrix` entry (uint8 stays uint8, the rest
     goes as float16) and tuples as lists; everything else as it is."""
     if isinstance(value, np.ndarray) and value.ndim == 2:
         return matrix(value, "u1" if value.dtype == np.uint8 else "f2")
     if isinstance(value, dict):
-        return {k: encode(v) for k, v in value.items()}
+        return {k: with_binary_arrays(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [encode(v) for v in value]
+        return [with_binary_arrays(v) for v in value]
     return value
 
 
@@ -55,8 +56,8 @@ def view_payload(res: Comparison, layer: int, head: int, region: list[int] | Non
         "head": head,
         "region": list(view.region),
         "factor": view.factor,
-        "figure": encode(main_figure(view, res.tokens, view_title(res, view))),
-        "mask_figure": encode(mask_figure(view, mask_label(res))),
+        "figure": with_binary_arrays(main_figure(view, res.tokens, view_title(res, view))),
+        "mask_figure": with_binary_arrays(mask_figure(view, mask_label(res))),
         "states": matrix(view.states(), "u1"),
         "kept_pct": matrix(np.round(100 * np.nan_to_num(view.kept_fraction())).astype(np.uint8), "u1"),
         "drops": heavy_drops(view),
@@ -192,7 +193,7 @@ def _finite(value: Any) -> Any:
 
 
 __all__ = [
-    "encode",
+    "with_binary_arrays",
     "failed_status",
     "gallery_payload",
     "info_payload",

@@ -28,13 +28,13 @@ from .figures import layer_figure
 from .messages import CAVEAT
 from .models import display_name, resolve_model
 from .payload import (
-    encode,
     failed_status,
     gallery_payload,
     info_payload,
     metrics_payload,
     status_payload,
     view_payload,
+    with_binary_arrays,
 )
 from .pipeline import Stages
 from .result import Comparison
@@ -396,7 +396,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             self.layer_chart = {}
             return
         m = self.metrics
-        self.layer_chart = encode(
+        self.layer_chart = with_binary_arrays(
             layer_figure(
                 m.get("per_layer_delta_ppl"),
                 m.get("cumulative_delta_ppl"),
