@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from common import default_model, median_seconds, plain_forward, text_of
+from common import default_model, median_seconds, plain_forward, seconds, text_of
 
 from attnsparse_widget import compare, masks
 from attnsparse_widget.compat import cache_kwarg, output_cache
@@ -86,12 +86,6 @@ def main() -> None:
         print(f"      20 plain decoding steps with the model's KV cache (the continuations' floor): {spread(decodes)}")
         pieces = first_stage_pieces(run, text, args.mask, args.repeat)
         print("      first stage, by piece: " + ", ".join(f"{k} {v / forward:.2f}" for k, v in pieces.items()))
-
-
-def seconds(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def plain_decode(model: Any, tok: Any, text: str, steps: int) -> Callable[[], float]:

@@ -33,13 +33,15 @@ def text_of(tok: Any, n_tokens: int) -> str:
     raise RuntimeError(f"could not cut a text of exactly {n_tokens} tokens")
 
 
+def seconds(fn: Callable[[], object]) -> float:
+    """Wall-clock seconds of one call of ``fn``."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def median_seconds(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(seconds(fn) for _ in range(repeat))
 
 
 def in_a_thread(fn: Callable[[], object]) -> Callable[[], object]:

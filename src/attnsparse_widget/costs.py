@@ -35,6 +35,7 @@ __all__ = [
     "budget_sparsity",
     "skippable_tiles",
     "head_dims",
+    "n_kv_heads",
     "kv_cache_bytes",
     "kv_values_per_token_per_layer",
     "projection_and_mlp_flops",
@@ -62,7 +63,8 @@ def _n_heads(config: Any) -> int:
     return int(config.num_attention_heads)
 
 
-def _n_kv_heads(config: Any) -> int:
+def n_kv_heads(config: Any) -> int:
+    """Key/value heads (``num_key_value_heads``; ``num_attention_heads`` when absent)."""
     return int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
 
 
@@ -175,7 +177,7 @@ def projection_and_mlp_flops(config: Any, seq_len: int, *, gated_mlp: bool = Tru
     moe_keys = ("n_routed_experts", "num_local_experts", "num_experts")
     if _is_mla(config) or any(getattr(config, key, None) for key in moe_keys):
         raise ValueError("projection_and_mlp_flops models dense standard-attention decoders only (no MLA, no MoE)")
-    d, h, h_kv, d_h = int(config.hidden_size), _n_heads(config), _n_kv_heads(config), _head_dim(config)
+    d, h, h_kv, d_h = int(config.hidden_size), _n_heads(config), n_kv_heads(config), _head_dim(config)
     layers = int(config.num_hidden_layers)
     d_ff = int(config.intermediate_size)
     qkvo = 2 * t * layers * (d * h * d_h + 2 * d * h_kv * d_h + h * d_h * d)
@@ -197,7 +199,7 @@ def kv_values_per_token_per_layer(config: Any) -> int:
     config = text_config(config)
     if _is_mla(config):
         return int(config.kv_lora_rank) + int(config.qk_rope_head_dim)
-    return 2 * _n_kv_heads(config) * _head_dim(config)
+    return 2 * n_kv_heads(config) * _head_dim(config)
 
 
 def kv_cache_bytes(config: Any, seq_len: int, dtype_bytes: float = 2, *, cached_tokens: int | None = None) -> int:

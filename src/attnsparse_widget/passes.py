@@ -28,6 +28,7 @@ from .capture import (
     unsupported,
 )
 from .compat import cache_kwarg, output_cache, without_cache
+from .costs import head_dims, n_kv_heads
 from .logits import chunks, head_can_replay, logits_at, record_base_output, verify_replay
 from .masks import Mask
 from .store import AttentionStore
@@ -228,10 +229,8 @@ def captured_pass(
 def qk_bytes(model: PreTrainedModel, n_tokens: int) -> int:
     """Bytes of every layer's float32 queries and keys for a text of ``n_tokens`` (batch of one)."""
     config = text_config(model)
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return 4 * num_layers(model) * n_tokens * (heads + kv_heads) * head_dim
+    d_qk, _ = head_dims(config)
+    return 4 * num_layers(model) * n_tokens * (config.num_attention_heads + n_kv_heads(config)) * d_qk
 
 
 def next_token_stats(result: PassResult, keep_logits: bool = False) -> None:

@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from . import masks as mask_library
 from .capture import check_supported, layer_stack, num_layers, text_config
+from .costs import n_kv_heads
 from .dense_cache import DENSE_CACHE, DenseCache, release_free_memory
 from .masks import Mask
 from .measure import iter_attention_metrics, output_metrics, sparsity_metrics
@@ -228,7 +229,7 @@ def prepare(
         sparse=sparse,
         n_layers=num_layers(model),
         n_heads=config.num_attention_heads,
-        n_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+        n_kv_heads=n_kv_heads(config),
         is_lm=is_lm,
         eos=eos_ids(tok, model),
         _decode=decode,
