@@ -97,12 +97,15 @@ export interface Gallery {
 export interface Continuations {
   dense?: string;
   sparse?: string;
+  /** the adapted model under the mask (a comparison with an adaptation) */
+  adapted?: string;
 }
 
 /** The continuations as decoded tokens. */
 export interface ContinuationTokens {
   dense?: string[];
   sparse?: string[];
+  adapted?: string[];
 }
 
 /** The `metrics` trait: the Metrics fields (non-finite floats as null) plus the continuations; null where not
@@ -134,6 +137,18 @@ export interface MetricsPayload {
   per_layer_delta_ppl: (number | null)[] | null;
   /** ΔPPL with the mask at layers 0..l */
   cumulative_delta_ppl: (number | null)[] | null;
+  /** perplexity of the adapted model under the mask (null without an adaptation) */
+  adapted_ppl: number | null;
+  /** fraction of the perplexity gap won back: (sparse_ppl − adapted_ppl) / (sparse_ppl − dense_ppl) */
+  recovered: number | null;
+  adapted_next_token_kl: number | null;
+  adapted_top1_agreement: number | null;
+  adapted_achieved_sparsity: number | null;
+  adapted_mass_recall: (number | null)[] | null;
+  adapted_mass_recall_per_head: (number | null)[][] | null;
+  /** per layer: KL(adapted ‖ dense) of the attention rows */
+  adapted_kl: (number | null)[] | null;
+  adapted_kl_per_head: (number | null)[][] | null;
   notes: string[];
   continuations: Continuations;
   continuation_tokens: ContinuationTokens;

@@ -73,7 +73,22 @@ def run_sweep(model):
     )
 
 
-OPERATIONS = {"compare": run_compare, "widget": run_widget, "sweep": run_sweep}
+def run_adapt(model):
+    """Adapters trained under the mask (the user's model is the teacher), then a comparison's adapted pass."""
+    adaptation = aw.adapt(
+        (model, ToyTokenizer()),
+        "sink_window",
+        0.5,
+        steps=2,
+        texts=[TEXT * 3],
+        own_data=False,
+        progress=False,
+        cache=False,
+    )
+    aw.compare((model, ToyTokenizer()), TEXT[::-1], "sink_window", 0.5, adapted=adaptation, continuation_tokens=3)
+
+
+OPERATIONS = {"compare": run_compare, "widget": run_widget, "sweep": run_sweep, "adapt": run_adapt}
 
 
 @pytest.mark.parametrize("operation", OPERATIONS)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from . import masks
+from .adapt import Adaptation, adapt
 from .capture import UnsupportedModelError
 from .compare import compare
 from .dense_cache import clear_cache
@@ -22,12 +23,14 @@ from .texts import sample_texts
 from .widget import AttentionDiffWidget, show
 
 __all__ = [
+    "Adaptation",
     "AttentionDiffWidget",
     "Comparison",
     "ExportError",
     "Metrics",
     "SweepTable",
     "UnsupportedModelError",
+    "adapt",
     "clear_cache",
     "compare",
     "load_model",

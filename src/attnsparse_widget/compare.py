@@ -8,7 +8,7 @@ pass), :mod:`.dense_cache`, :mod:`.measure` (the metrics), :mod:`.replay` (the p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import PreTrainedTokenizerBase
 
@@ -16,6 +16,9 @@ from .dense_cache import clear_cache
 from .masks import Mask
 from .pipeline import stages
 from .result import Comparison
+
+if TYPE_CHECKING:
+    from .adapt import Adaptation
 
 
 def compare(
@@ -29,6 +32,7 @@ def compare(
     continuation_tokens: int = 20,
     max_tokens: int | None = None,
     seed: int = 0,
+    adapted: Adaptation | None = None,
     **mask_params: Any,
 ) -> Comparison:
     """Run ``model`` on ``text`` densely and with the sparse ``mask``, and measure the difference.
@@ -45,6 +49,10 @@ def compare(
         max_tokens: truncate the text to this many tokens (otherwise a text longer than the model's positions
             raises).
         seed: seed of randomised patterns (BigBird).
+        adapted: an :class:`~attnsparse_widget.adapt.Adaptation` of this model (:func:`~attnsparse_widget.adapt`):
+            adds a third pass, the adapted model under the same mask (``res.attention(l, which="adapted")``,
+            ``res.metrics.adapted_ppl``, ``res.metrics.recovered``, ``res.continuations["adapted"]``). The text
+            must not be one it was trained on (ValueError).
         **mask_params: the mask's own parameters.
     """
     *_, last = stages(
@@ -57,6 +65,7 @@ def compare(
         continuation_tokens=continuation_tokens,
         max_tokens=max_tokens,
         seed=seed,
+        adapted=adapted,
         **mask_params,
     )
     return last.result

@@ -132,10 +132,12 @@ class Continuations(TypedDict, total=False):
 
     dense: the continuation with dense attention.
     sparse: the continuation with the sparse mask at every layer.
+    adapted: the continuation of the adapted model under the mask (a comparison with an adaptation).
     """
 
     dense: str
     sparse: str
+    adapted: str
 
 
 class ContinuationTokens(TypedDict, total=False):
@@ -143,10 +145,12 @@ class ContinuationTokens(TypedDict, total=False):
 
     dense: the dense continuation's tokens.
     sparse: the sparse continuation's tokens.
+    adapted: the adapted continuation's tokens.
     """
 
     dense: list[str]
     sparse: list[str]
+    adapted: list[str]
 
 
 class MetricsPayload(TypedDict):
@@ -172,6 +176,16 @@ class MetricsPayload(TypedDict):
     top1_agreement: fraction of positions where both regimes predict the same next token.
     per_layer_delta_ppl: ΔPPL with the mask at layer l only (grows as the per-layer curve is computed).
     cumulative_delta_ppl: ΔPPL with the mask at layers 0..l (grows likewise).
+    adapted_ppl: perplexity of the adapted model under the mask (None without an adaptation, or until computed).
+    recovered: the fraction of the perplexity gap the adaptation won back, (sparse_ppl − adapted_ppl) /
+        (sparse_ppl − dense_ppl).
+    adapted_next_token_kl: KL(dense ‖ adapted) of the next-token distribution, averaged over positions.
+    adapted_top1_agreement: fraction of positions where the dense and adapted passes predict the same token.
+    adapted_achieved_sparsity: achieved sparsity of the adapted pass (differs for score-dependent masks).
+    adapted_mass_recall: per layer, the dense attention probability on the adapted pass's kept pairs.
+    adapted_mass_recall_per_head: the same per layer and head.
+    adapted_kl: per layer, KL(adapted ‖ dense) of the attention rows, averaged over rows and heads.
+    adapted_kl_per_head: the same per layer and head.
     notes: sentences to show with the result (truncation, approximations).
     continuations: the greedy continuations as text.
     continuation_tokens: the same as tokens.
@@ -195,6 +209,15 @@ class MetricsPayload(TypedDict):
     top1_agreement: float | None
     per_layer_delta_ppl: list[float | None] | None
     cumulative_delta_ppl: list[float | None] | None
+    adapted_ppl: float | None
+    recovered: float | None
+    adapted_next_token_kl: float | None
+    adapted_top1_agreement: float | None
+    adapted_achieved_sparsity: float | None
+    adapted_mass_recall: list[float | None] | None
+    adapted_mass_recall_per_head: list[list[float | None]] | None
+    adapted_kl: list[float | None] | None
+    adapted_kl_per_head: list[list[float | None]] | None
     notes: list[str]
     continuations: Continuations
     continuation_tokens: ContinuationTokens

@@ -335,8 +335,8 @@ def to_html(res: Comparison, path: str | Path | None = None, head: int | None = 
     conts = ""
     if res.continuations:
         conts = "<h2>Greedy continuations</h2>" + "".join(
-            f"<p><b>{name}</b> <code>{html.escape(visible_token(res.continuations[name]))}</code></p>"
-            for name in ("dense", "sparse")
+            f"<p><b>{name}</b> <code>{html.escape(visible_token(text))}</code></p>"
+            for name, text in res.continuations.items()
         )
     plots = []
     for key, fig in figures.items():

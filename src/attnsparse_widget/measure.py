@@ -39,18 +39,48 @@ def sparsity_metrics(store: AttentionStore, requested: float | None) -> M.Metric
 
 
 def output_metrics(metrics: M.Metrics, dense: PassResult, sparse: PassResult) -> None:
-    """Perplexities, next-token KL(dense‖sparse), top-1 agreement and the logits' relative error, computed over
-    the positions in chunks against the dense pass's reference (the sparse pass's per-position loss and argmax are
-    kept on it).
+    """Perplexities, next-token KL(dense‖sparse), top-1 agreement and the logits' relative error of the sparse
+    (post-hoc) pass against the dense pass (see :func:`against_dense`)."""
+    kl, diff2, norm2 = against_dense(dense, sparse, skip_unchanged=True)
+    assert dense.nll is not None and dense.argmax is not None and sparse.nll is not None and sparse.argmax is not None
+    n = sparse.ids.shape[1]
+    metrics.dense_ppl = M.perplexity(dense.nll)
+    metrics.sparse_ppl = M.perplexity(sparse.nll)
+    metrics.delta_ppl = metrics.sparse_ppl - metrics.dense_ppl
+    metrics.delta_nll = float(sparse.nll.mean() - dense.nll.mean()) if dense.nll.numel() else float("nan")
+    metrics.next_token_kl = kl
+    metrics.top1_agreement = M.top1_agreement(dense.argmax, sparse.argmax)
+    metrics.output_relative_error = math.sqrt(diff2 / max(norm2, 1e-60))
+    if n < 2:
+        metrics.notes.append(NOTE_ONE_TOKEN)
 
-    Positions before the first row any layer's mask changed (``first_changed``) come out of a causal model's sparse
-    pass exactly as out of its dense pass: the same inputs through the same operations, row by row. Chunks wholly
-    before it take the dense pass's loss and argmax, with KL and difference 0, instead of running the head again.
+
+def adapted_output_metrics(metrics: M.Metrics, dense: PassResult, adapted: PassResult) -> None:
+    """The adapted pass's perplexity, next-token KL(dense‖adapted) and top-1 agreement against the dense pass, and
+    the fraction of the post-hoc perplexity gap it recovers (after :func:`output_metrics`)."""
+    kl, _, _ = against_dense(dense, adapted, skip_unchanged=False)  # other weights: no row is the dense one
+    assert dense.argmax is not None and adapted.nll is not None and adapted.argmax is not None
+    metrics.adapted_ppl = M.perplexity(adapted.nll)
+    metrics.adapted_next_token_kl = kl
+    metrics.adapted_top1_agreement = M.top1_agreement(dense.argmax, adapted.argmax)
+    if metrics.dense_ppl is not None and metrics.sparse_ppl is not None:
+        metrics.recovered = M.recovered_fraction(metrics.dense_ppl, metrics.sparse_ppl, metrics.adapted_ppl)
+
+
+def against_dense(dense: PassResult, other: PassResult, *, skip_unchanged: bool) -> tuple[float, float, float]:
+    """Compare ``other``'s next-token distributions with the dense pass's, over the positions in chunks against the
+    dense pass's reference: keeps ``other``'s per-position loss and argmax on it, and returns (mean KL(dense‖other),
+    Σ‖logits_o − logits_d‖², Σ‖logits_d‖²).
+
+    ``skip_unchanged`` (a pass of the same model under a mask): positions before the first row any layer's mask
+    changed (``first_changed``) come out of a causal model's sparse pass exactly as out of its dense pass, the same
+    inputs through the same operations row by row, so chunks wholly before it take the dense pass's loss and argmax,
+    with KL and difference 0, instead of running the head again.
     """
-    ids = sparse.ids[0]
+    ids = other.ids[0]
     n = ids.shape[0]
     assert dense.nll is not None and dense.argmax is not None
-    first = min(sparse.first_changed.values(), default=n)
+    first = min(other.first_changed.values(), default=n) if skip_unchanged else 0
     nll, argmax, kl = [], [], []
     diff2 = norm2 = 0.0
     for (dense_logits, dense_probs, dense_lse, dense_sumsq), pos in zip(
@@ -65,49 +95,57 @@ def output_metrics(metrics: M.Metrics, dense: PassResult, sparse: PassResult) ->
         if dense_logits is None or dense_probs is None:
             dense_logits = dense.logits(pos)
             dense_probs = torch.softmax(dense_logits, dim=-1)
-        logits = sparse.logits(pos)
+        logits = other.logits(pos)
         lse = torch.logsumexp(logits, dim=-1)
         chunk_kl, chunk_diff2 = M.next_token_kl(dense_logits, dense_probs, dense_lse, logits, lse)
         kl.append(chunk_kl)
         argmax.append(logits.argmax(-1))
         nll.append(M.next_token_nll_from_logits(logits, lse, ids[pos[pos < n - 1] + 1]))
         diff2 += float(chunk_diff2.sum())
-    sparse.nll, sparse.argmax = torch.cat(nll).cpu(), torch.cat(argmax).cpu()
-    metrics.dense_ppl = M.perplexity(dense.nll)
-    metrics.sparse_ppl = M.perplexity(sparse.nll)
-    metrics.delta_ppl = metrics.sparse_ppl - metrics.dense_ppl
-    metrics.delta_nll = float(sparse.nll.mean() - dense.nll.mean()) if dense.nll.numel() else float("nan")
-    metrics.next_token_kl = float(torch.cat(kl).mean())
-    metrics.top1_agreement = M.top1_agreement(dense.argmax, sparse.argmax)
-    metrics.output_relative_error = math.sqrt(diff2 / max(norm2, 1e-60))
-    if n < 2:
-        metrics.notes.append(NOTE_ONE_TOKEN)
+    other.nll, other.argmax = torch.cat(nll).cpu(), torch.cat(argmax).cpu()
+    return float(torch.cat(kl).mean()), diff2, norm2
 
 
 def iter_attention_metrics(res: Comparison) -> Iterator[int]:
-    """Mass recall and KL(sparse‖dense) per layer and head, yielding each finished layer; the metrics are set once
-    every layer is done (a caller that stops early leaves them unset).
+    """Mass recall and KL(sparse‖dense) per layer and head, for the sparse pass and (when the comparison has one)
+    the adapted pass, yielding each finished layer; the metrics are set once every layer is done (a caller that
+    stops early leaves them unset).
 
-    The sparse pass measured them as it ran when the dense pass had kept its queries and keys (the usual case, see
+    A pass measured them as it ran when the dense pass had kept its queries and keys (the usual case, see
     :func:`~attnsparse_widget.passes.captured_pass`); otherwise both passes' layers are recomputed at full
     resolution one at a time (memory stays bounded) and measured the same way."""
-    store = res.sparse.store
-    recall_rows, kl_heads = [], []
+    passes = [res.sparse] + ([res.adapted] if res.adapted is not None else [])
+    rows: list[list[Tensor]] = [[] for _ in passes]
+    heads: list[list[list[float]]] = [[] for _ in passes]
     for layer in range(res.n_layers):
-        recall, kl = store.recall_rows[layer], store.kl_per_head[layer]
-        if recall is None or kl is None:
-            p, _, _ = res.dense.layer(layer, remember=False)  # a long text's layers are used once here: not kept
-            q, keep, allowed = res.sparse.layer(layer, remember=False)
-            recall, kl = compare_heads(q, keep, allowed, _heads_of(p))
-        recall_rows.append(recall)
-        kl_heads.append(kl.tolist())
+        dense_probs: Tensor | None = None
+        for i, result in enumerate(passes):
+            store = result.store
+            recall, kl = store.recall_rows[layer], store.kl_per_head[layer]
+            if recall is None or kl is None:
+                if dense_probs is None:  # a long text's layers are used once here: not kept
+                    dense_probs, _, _ = res.dense.layer(layer, remember=False)
+                q, keep, allowed = result.layer(layer, remember=False)
+                recall, kl = compare_heads(q, keep, allowed, _heads_of(dense_probs))
+            rows[i].append(recall)
+            heads[i].append(kl.tolist())
         yield layer
     m = res.metrics
-    m.mass_recall_min, m.mass_recall_p5 = M.summarise_rows(recall_rows)
-    m.mass_recall_per_head = [r.mean(-1).tolist() for r in recall_rows]
-    m.kl_per_head = kl_heads
-    m.kl = [float(np.mean(h)) for h in kl_heads]
-    m.mass_recall = [float(np.mean(h)) for h in m.mass_recall_per_head]
+    m.mass_recall_min, m.mass_recall_p5 = M.summarise_rows(rows[0])
+    m.mass_recall_per_head, m.kl_per_head, m.mass_recall, m.kl = _per_layer(rows[0], heads[0])
+    if res.adapted is not None:
+        m.adapted_mass_recall_per_head, m.adapted_kl_per_head, m.adapted_mass_recall, m.adapted_kl = _per_layer(
+            rows[1], heads[1]
+        )
+
+
+def _per_layer(
+    recall_rows: list[Tensor], kl_heads: list[list[float]]
+) -> tuple[list[list[float]], list[list[float]], list[float], list[float]]:
+    """(recall per head, KL per head, recall per layer, KL per layer) from each layer's per-row recall ``[H, T]``
+    and per-head KL."""
+    recall_heads = [r.mean(-1).tolist() for r in recall_rows]
+    return recall_heads, kl_heads, [float(np.mean(h)) for h in recall_heads], [float(np.mean(h)) for h in kl_heads]
 
 
 def _heads_of(probs: Tensor) -> DenseHead:

@@ -26,3 +26,10 @@ def requested_achieved(requested: float | None, achieved: float) -> str:
 
 def truncation_note(full_length: int, n_tokens: int, max_tokens: int | None) -> str:
     return f"the text is {full_length} tokens; the first {n_tokens} are analysed (max_tokens={max_tokens})"
+
+
+def adapted_elsewhere_note(trained_mask: str, trained_sparsity: float, mask: str, sparsity: float | None) -> str:
+    return (
+        f"the adapters were trained under {trained_mask} at {percent(trained_sparsity, 0)} and are evaluated under "
+        f"{mask} at {percent(sparsity, 0)}"
+    )

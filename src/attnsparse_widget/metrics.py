@@ -6,6 +6,7 @@ Attention rows (``P`` dense, ``Q`` sparse, ``S_i`` the kept keys of row i):
 Next-token distributions (``p`` dense, ``q`` sparse, over the vocabulary, per position t):
     KL_t = Σ_v p_t(v) log(p_t(v) / q_t(v));  top-1 agreement = mean_t [argmax p_t = argmax q_t]
 Perplexity:  PPL = exp(mean_t −log p(x_{t+1} | x_≤t));  ΔNLL = log PPL_sparse − log PPL_dense.
+Adaptation:  recovered = (PPL_post-hoc − PPL_adapted) / (PPL_post-hoc − PPL_dense).
 """
 
 from __future__ import annotations
@@ -78,6 +79,16 @@ def head_row_kl(sparse: Tensor, dense: Tensor) -> Tensor:
     return (q * torch.log(ratio)).sum(-1).clamp_min(0.0)
 
 
+def recovered_fraction(dense_ppl: float, sparse_ppl: float, adapted_ppl: float) -> float | None:
+    """The fraction of the perplexity gap that adaptation won back: ``(PPL_post-hoc − PPL_adapted) / (PPL_post-hoc
+    − PPL_dense)`` (1: back to dense; 0: no better than the mask forced on the dense model; negative: worse; above
+    1: better than dense). None when the mask cost nothing to win back (a gap under 1e-6 of the dense perplexity)."""
+    gap = sparse_ppl - dense_ppl
+    if not math.isfinite(gap) or abs(gap) <= 1e-6 * max(1.0, abs(dense_ppl)):
+        return None
+    return (sparse_ppl - adapted_ppl) / gap
+
+
 def achieved_sparsity(kept: Tensor, allowed: Tensor) -> Tensor:
     """Per head: 1 − kept/allowed, from pair counts (``kept [H|1]``, ``allowed`` a scalar count)."""
     return 1.0 - kept.double() / allowed.double().clamp_min(1)
@@ -107,6 +118,17 @@ class Metrics:
     top1_agreement: float | None = None
     per_layer_delta_ppl: list[float] | None = None
     cumulative_delta_ppl: list[float] | None = None
+    # the adapted pass (``compare(..., adapted=...)``): the adapted model under the same mask, measured against the
+    # dense pass exactly as the sparse (post-hoc) pass is; None without an adaptation
+    adapted_ppl: float | None = None
+    recovered: float | None = None  # (sparse_ppl − adapted_ppl) / (sparse_ppl − dense_ppl), see recovered_fraction
+    adapted_next_token_kl: float | None = None
+    adapted_top1_agreement: float | None = None
+    adapted_achieved_sparsity: float | None = None
+    adapted_mass_recall: list[float] | None = None
+    adapted_mass_recall_per_head: list[list[float]] | None = None
+    adapted_kl: list[float] | None = None
+    adapted_kl_per_head: list[list[float]] | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

@@ -4,9 +4,12 @@ stage by stage, with progress.
     sparse pass        the dense pass (cached per model and text), the sparse pass (which measures each layer's
                        attention against the dense pass's as it runs), the achieved sparsity and the next-token
                        metrics (perplexities, KL, top-1 agreement)
+    adapted pass       with ``adapted=`` (an :class:`~attnsparse_widget.adapt.Adaptation`): the adapted model under
+                       the same mask, measured against the dense pass as the sparse pass is, and the fraction of the
+                       perplexity gap it recovers
     attention metrics  mass recall and KL(sparse‖dense) per layer and head, summarised (or, when the dense pass
-                       kept no queries, both passes' layers recomputed and measured one at a time)
-    continuations      greedy continuations under each regime (language models)
+                       kept no queries, the passes' layers recomputed and measured one at a time)
+    continuations      greedy continuations under each regime (language models): dense, sparse, adapted
     per-layer curve    ΔPPL with the mask at one layer only, then at layers 0..l, one replayed pass at a time
 
 :func:`stages` yields a :class:`Progress` after every step. :func:`~attnsparse_widget.compare` runs it to the end;
@@ -20,7 +23,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import PreTrainedTokenizerBase
 
@@ -29,22 +32,26 @@ from .capture import check_supported, layer_stack, num_layers, text_config
 from .costs import n_kv_heads
 from .dense_cache import DENSE_CACHE, DenseCache, release_free_memory
 from .masks import Mask
-from .measure import iter_attention_metrics, output_metrics, sparsity_metrics
-from .messages import NOTE_NO_REPLAY, truncation_note
+from .measure import adapted_output_metrics, iter_attention_metrics, output_metrics, sparsity_metrics
+from .messages import NOTE_NO_REPLAY, adapted_elsewhere_note, truncation_note
 from .models import display_name, resolve_model
 from .passes import captured_pass, greedy_continuation, model_is_causal, next_token_stats
 from .replay import iter_per_layer
 from .result import Comparison
 from .tokens import decoder, eos_ids, readable_tokens, text_to_ids
 
+if TYPE_CHECKING:
+    from .adapt import Adaptation
+
 DEFAULT_SPARSITY = 0.5
 DENSE_LOGITS_BUDGET = 256 * 2**20  # a dense pass keeps its next-token log-probabilities up to this size
 
 SPARSE_PASS = "sparse pass"
+ADAPTED_PASS = "adapted pass"
 ATTENTION_METRICS = "attention metrics"
 CONTINUATIONS = "continuations"
 PER_LAYER = "per-layer curve"
-STAGES = (SPARSE_PASS, ATTENTION_METRICS, CONTINUATIONS, PER_LAYER)  # the order they run in
+STAGES = (SPARSE_PASS, ADAPTED_PASS, ATTENTION_METRICS, CONTINUATIONS, PER_LAYER)  # the order they run in
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,7 @@ def stages(
     continuation_tokens: int = 20,
     max_tokens: int | None = None,
     seed: int = 0,
+    adapted: Adaptation | None = None,
     **mask_params: Any,
 ) -> Stages:
     """Run every stage (arguments as for :func:`~attnsparse_widget.compare`), yielding progress after each step;
@@ -88,6 +96,7 @@ def stages(
         max_tokens=max_tokens,
         seed=seed,
         continuation_tokens=continuation_tokens,
+        adapted=adapted,
         **mask_params,
     )
     yield Progress(SPARSE_PASS, 1, 1, res)
@@ -98,6 +107,11 @@ def later_stages(res: Comparison, *, per_layer: bool = True, continuation_tokens
     """The stages after the sparse pass, in order, each skipped once done. Closing the generator early (a newer
     request) abandons the rest; the KV caches the passes kept for the continuations are released either way."""
     try:
+        if res.adaptation is not None and ADAPTED_PASS not in res.done:
+            yield Progress(ADAPTED_PASS, 0, 1, res)
+            _adapted_pass(res, keep_cache=continuation_tokens > 0)
+            res.done.add(ADAPTED_PASS)
+            yield Progress(ADAPTED_PASS, 1, 1, res)
         if ATTENTION_METRICS not in res.done:
             for layer in iter_attention_metrics(res):
                 yield Progress(ATTENTION_METRICS, layer + 1, res.n_layers, res)
@@ -105,17 +119,51 @@ def later_stages(res: Comparison, *, per_layer: bool = True, continuation_tokens
             if not res.sparse.store.retain:
                 release_free_memory()  # the recomputed full-resolution layers of a long text
         if res.is_lm and continuation_tokens > 0 and CONTINUATIONS not in res.done:
-            model = res.sparse.the_model()
-            for step, (name, result) in enumerate((("dense", res.dense), ("sparse", res.sparse))):
-                yield Progress(CONTINUATIONS, step, 2, res)
-                res.continuations[name] = res._decode(greedy_continuation(model, result, continuation_tokens, res.eos))
+            regimes = res.passes()
+            for step, (name, result) in enumerate(regimes.items()):
+                yield Progress(CONTINUATIONS, step, len(regimes), res)
+                continuation = greedy_continuation(result.the_model(), result, continuation_tokens, res.eos)
+                res.continuations[name] = res._decode(continuation)
             res.done.add(CONTINUATIONS)
-            yield Progress(CONTINUATIONS, 2, 2, res)
-        res.sparse.cache = None  # the continuation used it (or none was asked for)
+            yield Progress(CONTINUATIONS, len(regimes), len(regimes), res)
+        _drop_caches(res)  # the continuations used them (or none was asked for)
         if per_layer and res.is_lm and PER_LAYER not in res.done:
             yield from _per_layer(res)
     finally:
-        res.sparse.cache = None
+        _drop_caches(res)
+
+
+def _drop_caches(res: Comparison) -> None:
+    res.sparse.cache = None
+    if res.adapted is not None:
+        res.adapted.cache = None
+
+
+def _adapted_pass(res: Comparison, keep_cache: bool) -> None:
+    """The adapted model under the comparison's mask: sized as the sparse pass was (a score-dependent budget per
+    layer on the adapted model's own scores), measured against the dense pass."""
+    adaptation = res.adaptation
+    assert adaptation is not None
+    model = adaptation.model(res.sparse.the_model())
+    res._adapted_model = model  # the pass holds a weak reference only
+    requested = res.metrics.requested_sparsity
+    calibrate = requested is not None and mask_library.calibrated_per_layer(res.mask)
+    adapted = captured_pass(
+        model,
+        res.dense.ids,
+        res.mask,
+        seed=res.sparse.seed,
+        is_lm=True,
+        keep_cache=keep_cache,
+        target_sparsity=requested if calibrate else None,
+        compare_with=res.dense,
+    )
+    res.adapted = adapted
+    m = res.metrics
+    m.adapted_achieved_sparsity = sparsity_metrics(adapted.store, requested).achieved_sparsity
+    adapted_output_metrics(m, res.dense, adapted)
+    if not adapted.store.retain:
+        release_free_memory()
 
 
 def _per_layer(res: Comparison) -> Stages:
@@ -151,14 +199,23 @@ def prepare(
     max_tokens: int | None = None,
     seed: int = 0,
     continuation_tokens: int = 20,
+    adapted: Adaptation | None = None,
     **mask_params: Any,
 ) -> Comparison:
     """The first stage (same arguments as :func:`~attnsparse_widget.compare`): the dense pass (cached), the sparse
     pass, the achieved sparsity and the next-token metrics. :func:`later_stages` adds the rest
-    (``continuation_tokens`` > 0: the passes keep their KV cache for it)."""
+    (``continuation_tokens`` > 0: the passes keep their KV cache for it), the adapted pass first."""
     model, tok = resolve_model(model, tokenizer)
     check_supported(model)
     ids, full_length = text_to_ids(tok, text, model, max_tokens)
+    if adapted is not None:  # before any pass: a wrong adaptation fails fast
+        adapted.check_applies(model)
+        if adapted.trained_on(text or ""):
+            raise ValueError(
+                "this text is among the adaptation's training texts, so its adapted perplexity would measure "
+                "memorisation, not what training under the mask recovers: compare on a held-out text, or adapt "
+                "without this text"
+            )
     n_tokens = ids.shape[1]
     config = text_config(model)
     causal = model_is_causal(model)
@@ -206,6 +263,8 @@ def prepare(
             metrics.notes.append(shortfall)
     if full_length > n_tokens:
         metrics.notes.append(truncation_note(full_length, n_tokens, max_tokens))
+    if adapted is not None and (adapted.mask_id != resolved.id or adapted.sparsity != requested):
+        metrics.notes.append(adapted_elsewhere_note(adapted.mask_id, adapted.sparsity, resolved.id, requested))
     if is_lm:
         output_metrics(metrics, dense, sparse)
     else:
@@ -235,4 +294,5 @@ def prepare(
         _decode=decode,
         _model=model,
         done={SPARSE_PASS},
+        adaptation=adapted,
     )

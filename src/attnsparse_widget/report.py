@@ -40,6 +40,13 @@ def summary_table(res: Comparison) -> str:
         ),
         f"{'output relative error':<26}{_fmt(m.output_relative_error, 4)}",
     ]
+    if m.adapted_ppl is not None:
+        recovered = "n/a" if m.recovered is None else f"{m.recovered:.0%}"
+        lines += [
+            f"{'perplexity adapted':<26}{_fmt(m.adapted_ppl)}   (recovered {recovered} of the gap)",
+            f"{'next-token KL(d||adapted)':<26}{_fmt(m.adapted_next_token_kl, 4)}",
+            f"{'top-1 agreement adapted':<26}{_fmt(m.adapted_top1_agreement)}",
+        ]
     if m.per_layer_delta_ppl is not None:
         assert m.kl is not None  # filled with mass_recall
         lines += ["", f"{'layer':>5}  {'recall':>7}  {'KL(s||d)':>9}  {'dPPL only l':>11}  {'dPPL 0..l':>10}"]
@@ -49,8 +56,8 @@ def summary_table(res: Comparison) -> str:
             lines.append(f"{layer:>5}  {r:>7.3f}  {kl:>9.4f}  {iso:>11.3f}  {_fmt(cum):>10}")
     if res.continuations:
         lines += ["", "continuation (greedy)"]
-        for name in ("dense", "sparse"):
-            lines.append(f"  {name:<7}{res.continuations[name]!r}")
+        for name, text in res.continuations.items():
+            lines.append(f"  {name:<8}{text!r}")
     for note in m.notes:
         lines.append(f"note: {note}")
     lines += ["", *textwrap.wrap(CAVEAT, 110)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,13 +18,19 @@ from .passes import PassResult
 from .pooling import MAX_SIDE, block_mean, factor_for, repool_mean
 from .tokens import readable_tokens
 
+if TYPE_CHECKING:
+    from .adapt import Adaptation
+
+PASSES = ("dense", "sparse", "adapted")  # the regimes a comparison can hold ("sparse" is the post-hoc mask)
+
 
 @dataclass
 class Comparison:
     """The result of :func:`compare`: dense and sparse attention for every layer and head, and the metrics.
 
     ``attention(layer)`` and ``keep_mask(layer)`` return ``[heads, T, T]`` arrays; ``tokens`` are readable
-    strings; ``metrics`` is a :class:`~attnsparse_widget.metrics.Metrics`.
+    strings; ``metrics`` is a :class:`~attnsparse_widget.metrics.Metrics`. With ``compare(..., adapted=...)`` a
+    third pass, ``adapted`` (the adapted model under the same mask), sits next to ``dense`` and ``sparse``.
     """
 
     model_name: str
@@ -48,6 +54,28 @@ class Comparison:
     _model: Any = field(repr=False, default=None)
     # the stages of :mod:`attnsparse_widget.pipeline` that have finished on this result (its one record of progress)
     done: set[str] = field(default_factory=set)
+    adaptation: Adaptation | None = None  # what the adapted pass runs (compare(..., adapted=...))
+    adapted: PassResult | None = None  # the adapted pass, once its stage has run
+    _adapted_model: Any = field(repr=False, default=None)  # held here: the adapted pass keeps a weak reference
+
+    def passes(self) -> dict[str, PassResult]:
+        """The passes this comparison holds, by regime: dense, sparse and (once run) adapted."""
+        out = {"dense": self.dense, "sparse": self.sparse}
+        if self.adapted is not None:
+            out["adapted"] = self.adapted
+        return out
+
+    def pass_of(self, which: str) -> PassResult:
+        """The pass of regime ``which`` ("dense", "sparse" or "adapted"), with a clear error when it is missing."""
+        if which not in PASSES:
+            raise ValueError(f"which must be one of {PASSES}, got {which!r}")
+        if which == "adapted" and self.adapted is None:
+            raise ValueError(
+                "this comparison has no adapted pass: pass adapted=aw.adapt(model, mask, sparsity) to compare()"
+                if self.adaptation is None
+                else "the adapted pass has not run yet (the pipeline stopped before it)"
+            )
+        return self.passes()[which]
 
     @property
     def mask_label(self) -> str:
@@ -67,17 +95,19 @@ class Comparison:
         return params
 
     def attention(self, layer: int, which: str = "dense") -> np.ndarray:
-        """Post-softmax attention of ``layer`` as float32 ``[heads, T, T]``; ``which`` is "dense" or "sparse"."""
+        """Post-softmax attention of ``layer`` as float32 ``[heads, T, T]``; ``which`` is "dense", "sparse" or
+        "adapted"."""
         self._check_layer(layer)
-        if which not in ("dense", "sparse"):
-            raise ValueError(f"which must be 'dense' or 'sparse', got {which!r}")
-        probs, _, _ = (self.dense if which == "dense" else self.sparse).layer(layer)
+        probs, _, _ = self.pass_of(which).layer(layer)
         return probs[0].numpy()
 
-    def keep_mask(self, layer: int) -> np.ndarray:
-        """The keep-mask the sparse pass applied at ``layer``, bool ``[heads, T, T]`` (within the model's mask)."""
+    def keep_mask(self, layer: int, which: str = "sparse") -> np.ndarray:
+        """The keep-mask the ``which`` pass ("sparse" or "adapted") applied at ``layer``, bool ``[heads, T, T]``
+        (within the model's mask; a score-dependent mask chooses from that pass's own scores)."""
         self._check_layer(layer)
-        _, keep, allowed = self.sparse.layer(layer)
+        if which == "dense":
+            raise ValueError("the dense pass applies no keep-mask: which must be 'sparse' or 'adapted'")
+        _, keep, allowed = self.pass_of(which).layer(layer)
         if keep is None:  # the dense pattern: everything the model allows
             keep = allowed
         return keep[0].expand(self.n_heads, -1, -1).numpy().copy()
@@ -90,18 +120,26 @@ class Comparison:
         return allowed[0, 0].numpy().copy()
 
     def maps(
-        self, layer: int, head: int = -1, region: tuple[int, int, int, int] | None = None, max_side: int = MAX_SIDE
+        self,
+        layer: int,
+        head: int = -1,
+        region: tuple[int, int, int, int] | None = None,
+        max_side: int = MAX_SIDE,
+        which: str = "sparse",
     ) -> tuple[dict[str, np.ndarray], int]:
-        """Means over cells of at most ``max_side`` per axis of the dense and sparse probabilities, the keep-mask
+        """Means over cells of at most ``max_side`` per axis of the dense and masked probabilities, the keep-mask
         and the allowed set of ``layer`` and ``head`` (-1: the mean over heads) over ``region`` (half-open
-        [q0, q1, k0, k1]; None: everything). Returns the four maps (float32) and the tokens per cell.
+        [q0, q1, k0, k1]; None: everything). The masked pass is ``which``: "sparse" (post-hoc) or "adapted"; its
+        maps come under the keys "sparse" and "keep" either way. Returns the four maps (float32) and the tokens
+        per cell.
 
         The whole map of a long text comes from the stores' pooled overview; a region, or any map of a retained
         store, from full resolution (recomputed for that layer when needed)."""
         self._check_layer(layer)
         n = len(self.tokens)
         q0, q1, k0, k1 = region or (0, n, 0, n)
-        store = self.sparse.store
+        masked = self._masked(which)
+        store = masked.store
         if (q0, q1, k0, k1) == (0, n, 0, n) and not store.retain:
             keep = store.pooled_keep[layer]
             sums = {
@@ -119,19 +157,20 @@ class Comparison:
         factor = factor_for(max(q1 - q0, k1 - k0), max_side)
         cut = (slice(q0, q1), slice(k0, k1))
         full = {}
-        for name, (probs, keep, allowed) in (("dense", self.dense.layer(layer)), ("sparse", self.sparse.layer(layer))):
+        for name, (probs, keep, allowed) in (("dense", self.dense.layer(layer)), ("sparse", masked.layer(layer))):
             full[name] = _select_head(probs[0].numpy(), head)[cut]
             if name == "sparse":
                 full["keep"] = _select_head((allowed if keep is None else keep)[0].numpy(), head)[cut]
                 full["allowed"] = allowed[0, 0].numpy()[cut].astype(np.float32)
         return {name: block_mean(value, factor) for name, value in full.items()}, factor
 
-    def head_maps(self, layer: int, max_side: int) -> tuple[np.ndarray, np.ndarray]:
-        """Every head's dense and sparse map of ``layer``: ``[H, n, n]`` cell means with ``n <= max_side``."""
+    def head_maps(self, layer: int, max_side: int, which: str = "sparse") -> tuple[np.ndarray, np.ndarray]:
+        """Every head's dense and masked (``which``: "sparse" or "adapted") map of ``layer``: ``[H, n, n]`` cell
+        means with ``n <= max_side``."""
         self._check_layer(layer)
         n = len(self.tokens)
         out = []
-        for result in (self.dense, self.sparse):
+        for result in (self.dense, self._masked(which)):
             store = result.store
             if store.retain:
                 probs = store.probs[layer]
@@ -147,7 +186,14 @@ class Comparison:
     def release(self) -> None:
         """Drop the caches that can be made again (a continuation then prefills its own KV cache)."""
         self.sparse.release()
+        if self.adapted is not None:
+            self.adapted.release()
         release_free_memory()
+
+    def _masked(self, which: str) -> PassResult:
+        if which not in ("sparse", "adapted"):
+            raise ValueError(f"which must be 'sparse' or 'adapted' (the masked pass to show), got {which!r}")
+        return self.pass_of(which)
 
     def _check_layer(self, layer: int) -> None:
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < self.n_layers:
@@ -162,7 +208,7 @@ class Comparison:
             raise ValueError(f"position must be an int in [{-n}, {n - 1}], got {position!r}")
         pos = torch.tensor([int(position) % n], device=self.dense.ids.device)
         out = {}
-        for name, result in (("dense", self.dense), ("sparse", self.sparse)):
+        for name, result in self.passes().items():
             last = result.last_logits if int(pos) == n - 1 else None  # the pass's own last logits: at hand
             top = torch.softmax(last if last is not None else result.logits(pos)[0], dim=-1).topk(k)
             out[name] = [(self._decode([int(i)]), float(p)) for p, i in zip(top.values, top.indices, strict=True)]
@@ -172,7 +218,8 @@ class Comparison:
         """Each continuation as decoded tokens (for the widget's highlighting of the first divergence)."""
         if not self.continuations:
             return {}
-        return {name: readable_tokens(self._decode, getattr(self, name).continuation) for name in ("dense", "sparse")}
+        passes = self.passes()
+        return {name: readable_tokens(self._decode, passes[name].continuation) for name in self.continuations}
 
     # ------------------------------------------------------------------------------------------------ exports
     def export_gif(

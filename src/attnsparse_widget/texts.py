@@ -34,3 +34,34 @@ SAMPLES: dict[str, str] = {
 def sample_texts() -> list[str]:
     """The sample paragraphs (about 80 to 100 tokens each for SmolLM2's tokenizer)."""
     return list(SAMPLES.values())
+
+
+# Openings the model continues in its own words to make the default training data of ``adapt`` (self-distillation
+# on the teacher's own distribution). Varied on purpose: prose, instructions, dialogue, lists, code, arithmetic,
+# science and history, so that the adapters are not fitted to one register. None of them is a sample paragraph.
+ADAPTATION_PROMPTS: tuple[str, ...] = (
+    "The first thing you notice about the old market is",
+    "Here is a short story about a girl who finds a key:",
+    "To change a flat tyre on a bicycle, you need",
+    "Q: Why is the sky blue?\nA:",
+    "The French Revolution began in 1789 when",
+    "def fibonacci(n):\n    ",
+    "Photosynthesis is the process by which",
+    "Dear team, I am writing to let you know that",
+    "A list of things to pack for a camping trip:\n1.",
+    "The main difference between a virus and a bacterium is",
+    "In the year 2050, cities will",
+    "User: Can you recommend a good book for a long train journey?\nAssistant:",
+    "The recipe for a simple tomato soup starts with",
+    "Once upon a time, in a village at the edge of a forest,",
+    "To solve 3x + 7 = 22, first",
+    "The heart pumps blood through the body by",
+    "My favourite place in the world is",
+    "The committee met on Tuesday to discuss",
+    "import numpy as np\n\n# compute the mean of each column\n",
+    "Volcanoes form when",
+    "The best advice I ever received was",
+    "Chess is a game for two players in which",
+    "The train was late again, and",
+    "Water boils at a lower temperature on a mountain because",
+)
