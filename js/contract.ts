@@ -47,6 +47,8 @@ export interface NextTokens {
   dense: [string, number][];
   /** the same with the sparse mask */
   sparse: [string, number][];
+  /** the same for the adapted model under the mask */
+  adapted?: [string, number][];
 }
 
 /** The `view` trait: the main view of one layer and head, and the mask preview. */
@@ -55,6 +57,8 @@ export interface View {
   layer: number;
   /** the head shown, -1 for the mean over heads */
   head: number;
+  /** the masked pass beside the dense one: "sparse" (post-hoc) or "adapted" */
+  masked: string;
   /** [q0, q1, k0, k1], half-open token ranges shown */
   region: number[];
   /** tokens per cell and axis (1: full resolution) */
@@ -85,8 +89,10 @@ export interface Gallery {
   cell: number;
   /** dense thumbnails stitched into one uint8 image [n_layers * cell, n_heads * cell] */
   dense: MatrixPayload;
-  /** sparse thumbnails, stitched the same way */
+  /** the masked pass's thumbnails, stitched the same way */
   sparse: MatrixPayload;
+  /** the masked pass shown: "sparse" (post-hoc) or "adapted" */
+  masked: string;
   /** per head, layer-major: KL(sparse ‖ dense) averaged over rows */
   kl: (number | null)[];
   /** per head, layer-major: 1 − attention mass recall */
@@ -213,6 +219,36 @@ export interface CatalogEntry {
   score_dependent: boolean;
 }
 
+/** The `adaptation` trait: the Adapt control's state. */
+export interface AdaptState {
+  /** "none" | "training" | "ready" (the comparison has its adapted pass) | "cancelled" | "failed" */
+  state: "none" | "training" | "ready" | "cancelled" | "failed";
+  /** estimated seconds per training step on this machine (null until measured) */
+  seconds_per_step: number | null;
+  /** while training: "samples" (the model writing its training texts) or "training" */
+  phase?: string;
+  done?: number;
+  steps?: number;
+  /** the last step's loss (KL, nats per position) */
+  loss?: number | null;
+  elapsed?: number;
+  /** the mask and sparsity the adapters were trained under */
+  mask?: string;
+  sparsity?: number;
+  from_cache?: boolean;
+  error?: string;
+}
+
+/** Browser → kernel: the Adapt button. */
+export interface AdaptMessage {
+  type: "adapt";
+}
+
+/** Browser → kernel: the Cancel button of a running adaptation. */
+export interface CancelAdaptMessage {
+  type: "cancel_adapt";
+}
+
 /** Kernel → browser: a file to download; its bytes are the first buffer. */
 export interface DownloadMessage {
   type: "download";
@@ -257,6 +293,11 @@ export interface WidgetState {
   export_path: string;
   per_layer: boolean;
   max_tokens: number;
+  /** the masked pass shown: "sparse" (post-hoc) or "adapted" */
+  compare_with: string;
+  /** training steps the Adapt button runs */
+  adapt_steps: number;
+  adaptation: AdaptState;
 }
 
 /** Whether an output trait holds a value (it is {} before the first). */

@@ -6,7 +6,7 @@ export type SortKey = "grid" | "kl" | "mass_lost";
 
 /** What the layout functions read of the `gallery` trait (contract.ts: Gallery): its shape and the per-head scores
  * (kl: KL(sparse ‖ dense) averaged over rows; mass_lost: 1 − attention mass recall; per head, layer-major). */
-export type GalleryPayload = Pick<Gallery, "n_layers" | "n_heads" | "cell" | "kl" | "mass_lost">;
+export type GalleryPayload = Pick<Gallery, "n_layers" | "n_heads" | "cell" | "kl" | "mass_lost"> & Partial<Pick<Gallery, "masked">>;
 
 /** The (layer, head) of each slot, in display order. Ties keep grid order; missing scores sort last. */
 export function galleryOrder(g: GalleryPayload, key: SortKey): [number, number][] {
@@ -51,7 +51,8 @@ const fmt = (v: number | null | undefined, d: number) => (typeof v === "number" 
 /** Tooltip lines for one thumbnail. */
 export function slotInfo(g: GalleryPayload, slot: [number, number]): string[] {
   const i = slot[0] * g.n_heads + slot[1];
-  return [`L${slot[0]}H${slot[1]}`, `KL(sparse‖dense) ${fmt(g.kl[i], 4)}`, `attention mass lost ${fmt(g.mass_lost[i], 3)}`, "click to open"];
+  const masked = g.masked === "adapted" ? "adapted" : "sparse";
+  return [`L${slot[0]}H${slot[1]}`, `KL(${masked}‖dense) ${fmt(g.kl[i], 4)}`, `attention mass lost ${fmt(g.mass_lost[i], 3)}`, "click to open"];
 }
 
 /** Dense and sparse galleries side by side, each one heatmap plus one text trace of `L{l}H{h}` labels. */
@@ -76,7 +77,7 @@ export function galleryFigure(dense: Float32Array[], sparse: Float32Array[], g: 
     data: [heat(dense, "x"), labels("x"), heat(sparse, "x2"), labels("x2")],
     layout: {
       xaxis: { ...plain, domain: [0, 0.49], title: { text: "dense" } },
-      xaxis2: { ...plain, domain: [0.51, 1], title: { text: "sparse" } },
+      xaxis2: { ...plain, domain: [0.51, 1], title: { text: g.masked === "adapted" ? "adapted, under the mask" : "sparse" } },
       // no scaleanchor: the widget sizes the figure so that cells come out square
       yaxis: { autorange: "reversed", showticklabels: false, showgrid: false, zeroline: false },
       showlegend: false,

@@ -4,8 +4,9 @@
 // only what depends on it, and a pane that is not on screen is only marked stale and painted when it is shown.
 import Plotly from "plotly.js-cartesian-dist-min";
 import type { RenderProps } from "@anywidget/types";
-import { filled, type DownloadMessage, type ExportGifMessage, type Figure, type Gallery, type Info, type MetricsPayload,
-  type PaintedMessage, type Status, type View, type WidgetState } from "./contract";
+import { filled, type AdaptMessage, type AdaptState, type CancelAdaptMessage, type DownloadMessage, type ExportGifMessage,
+  type Figure, type Gallery, type Info, type MetricsPayload, type PaintedMessage, type Status, type View,
+  type WidgetState } from "./contract";
 import { decodeMatrix } from "./payload";
 import { cellInfo, cellsOf, decodeTree, firstDivergence, visibleToken, type Cells, type Decoded } from "./figures";
 import { galleryFigure, galleryOrder, restitch, slotAt, slotInfo, type SortKey } from "./gallery";
@@ -48,6 +49,11 @@ function pct(v: unknown, digits = 1): string {
   return typeof v === "number" && Number.isFinite(v) ? `${(100 * v).toFixed(digits)}%` : "…";
 }
 
+/** Seconds as "45 s" or "3.2 min". */
+function duration(s: number): string {
+  return s < 90 ? `${Math.round(s)} s` : `${(s / 60).toFixed(1)} min`;
+}
+
 /** Event wiring per plot, run once after its first draw: plotly gives the element its `.on` only then. */
 const wiring = new WeakMap<HTMLElement, () => void>();
 
@@ -85,6 +91,17 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
   const error = h("div", { class: "asw-error", role: "alert" });
   const note = h("div", { class: "asw-note", role: "note" });
   const tooltip = h("div", { class: "asw-tooltip" });
+  // the Adapt control: train adapters under the current mask, then show the adapted pass next to the post-hoc one
+  const adaptSteps = h("input", { type: "number", min: "1", step: "10", class: "asw-adapt-steps", "aria-label": "adaptation steps" }) as HTMLInputElement;
+  const adaptEstimate = h("span", { class: "asw-hint asw-adapt-estimate" });
+  const adaptButton = h("button", { class: "asw-adapt", title: "train LoRA adapters under this mask (self-distillation from the dense model), then compare" }, "Adapt");
+  const cancelButton = h("button", { class: "asw-adapt-cancel", title: "stop the training: nothing is kept" }, "Cancel");
+  const adaptInfo = h("span", { class: "asw-adapt-info", role: "status" });
+  const showSel = h("select", { class: "asw-compare-with", "aria-label": "masked pass shown" }) as HTMLSelectElement;
+  showSel.append(h("option", { value: "sparse" }, "post-hoc (mask forced on the dense model)"), h("option", { value: "adapted" }, "adapted (trained under the mask)"));
+  const adaptRow = h("div", { class: "asw-row asw-adapt-row" });
+  adaptRow.append(h("label", {}, "adapt"), adaptSteps, h("span", { class: "asw-hint" }, "steps"), adaptEstimate, adaptButton, cancelButton,
+    adaptInfo, h("label", {}, "show"), showSel);
 
   const row = (...kids: HTMLElement[]) => { const r = h("div", { class: "asw-row" }); r.append(...kids); return r; };
   controls.append(
@@ -92,6 +109,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
     row(h("label", {}, "mask"), maskSel, maskPaper),
     row(h("label", {}, "sparsity"), slider, sparsityLabel, params),
     row(h("label", {}, "layer"), layer, layerLabel, h("label", {}, "head"), headSel, busy),
+    adaptRow,
   );
 
   const tabs = h("div", { class: "asw-tabs", role: "tablist" });
@@ -187,6 +205,14 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
   sortSel.onchange = () => { gallery = null; paintGallery(); };
   positionInput.onchange = () => set("position", Number(positionInput.value));
   perLayer.onchange = () => set("per_layer", perLayer.checked);
+  adaptSteps.onchange = () => { set("adapt_steps", Math.max(1, Math.round(Number(adaptSteps.value) || 1))); paintAdapt(); };
+  adaptButton.onclick = () => {
+    performance.mark("attnsparse:intent:adapt");
+    const request: AdaptMessage = { type: "adapt" };
+    m.send(request);
+  };
+  cancelButton.onclick = () => { const request: CancelAdaptMessage = { type: "cancel_adapt" }; m.send(request); };
+  showSel.onchange = () => set("compare_with", showSel.value);
   gifButton.onclick = () => {
     performance.mark("attnsparse:intent:export");
     const request: ExportGifMessage = { type: "export_gif" };
@@ -281,6 +307,37 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
     paintSparsity();
   }
 
+  function paintAdapt() {
+    const a: Partial<AdaptState> = m.get("adaptation") ?? {};
+    const info = infoOf();
+    adaptRow.style.display = info.causal === false ? "none" : "";
+    if (document.activeElement !== adaptSteps) adaptSteps.value = String(m.get("adapt_steps"));
+    const perStep = a.seconds_per_step;
+    adaptEstimate.textContent = typeof perStep === "number" ? `≈ ${duration(perStep * Number(adaptSteps.value || 0))} on this machine` : "";
+    const training = a.state === "training";
+    adaptButton.disabled = training;
+    cancelButton.style.display = training ? "" : "none";
+    const current = a.mask === m.get("mask") && typeof a.sparsity === "number" && Math.abs(a.sparsity - m.get("sparsity")) < 1e-9;
+    let textOut = "";
+    if (training) {
+      textOut = a.phase === "samples" ? "the model is writing its own training texts…"
+        : `step ${a.done ?? 0}/${a.steps ?? "?"}${typeof a.loss === "number" ? ` · loss ${a.loss.toFixed(4)}` : ""} · ${duration(a.elapsed ?? 0)}`;
+    } else if (a.state === "ready") {
+      textOut = current
+        ? `adapted: ${a.steps} steps${a.from_cache ? " (from the cache)" : ` in ${duration(a.elapsed ?? 0)}`}`
+        : `adapters were trained for ${a.mask} at ${pct(a.sparsity, 0)}: press Adapt for this mask`;
+    } else if (a.state === "cancelled") {
+      textOut = "cancelled: nothing was kept";
+    } else if (a.state === "failed") {
+      textOut = `failed: ${a.error ?? ""}`;
+    }
+    adaptInfo.textContent = textOut;
+    adaptInfo.dataset.state = a.state ?? "none";
+    const hasAdapted = typeof metricsOf().adapted_ppl === "number";
+    showSel.disabled = !hasAdapted;
+    showSel.value = hasAdapted ? m.get("compare_with") : "sparse";
+  }
+
   let timer: ReturnType<typeof setInterval> | undefined;
   function paintStatus() {
     const s: Partial<Status> = m.get("status") ?? {};
@@ -363,6 +420,11 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
       ["next-token KL", fmt(met.next_token_kl, 4), "KL(dense ‖ sparse) of the next-token distribution, mean over positions"],
       ["top-1 agreement", pct(met.top1_agreement), "positions where both predict the same next token"],
     ];
+    if (typeof met.adapted_ppl === "number") {
+      cells.splice(2, 0,
+        ["perplexity adapted", fmt(met.adapted_ppl), "the adapted model (LoRA trained under the mask) with the same mask"],
+        ["recovered", pct(met.recovered, 0), "the fraction of the perplexity gap the adaptation won back: (sparse − adapted) / (sparse − dense)"]);
+    }
     for (const [k, val, tip] of cells) {
       const d = h("div", { class: "asw-metric", title: tip });
       d.append(h("span", {}, k), h("b", { "data-metric": k }, val));
@@ -375,13 +437,17 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
     conts.replaceChildren();
     const toks = met.continuation_tokens ?? {};
     if (toks.dense && toks.sparse) {
-      const split = firstDivergence(toks.dense, toks.sparse);
+      const dense = toks.dense;
+      const split = firstDivergence(dense, toks.sparse);
       const table = h("div", { class: "asw-cont-grid" });
-      for (const [name, regime] of [["dense", toks.dense], ["sparse", toks.sparse]] as const) {
+      const regimes: [string, string[]][] = [["dense", dense], ["sparse", toks.sparse]];
+      if (toks.adapted) regimes.push(["adapted", toks.adapted]);
+      for (const [name, regime] of regimes) {
         const box = h("div", { class: "asw-cont", "data-regime": name });
         box.appendChild(h("b", {}, `${name} continuation`));
         const line = h("div", { class: "asw-cont-text" });
-        regime.forEach((t, i) => line.appendChild(h("span", { class: i === split ? "asw-diverge" : i > split ? "asw-after" : "" }, visibleToken(t))));
+        const own = name === "dense" ? split : firstDivergence(dense, regime); // where this one leaves the dense one
+        regime.forEach((t, i) => line.appendChild(h("span", { class: i === own ? "asw-diverge" : i > own ? "asw-after" : "" }, visibleToken(t))));
         box.appendChild(line);
         table.appendChild(box);
       }
@@ -399,10 +465,12 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
       nextTok.appendChild(h("div", {}, `after position ${v.position} (${JSON.stringify(visibleToken(info.tokens?.[v.position] ?? ""))}):`));
       const both = new Set(next.dense.map(([t]) => t).filter((t) => next.sparse.some(([s]) => s === t)));
       const table = h("table");
-      for (const name of ["dense", "sparse"] as const) {
+      for (const name of ["dense", "sparse", "adapted"] as const) {
+        const top = next[name];
+        if (!top) continue;
         const tr = h("tr");
         tr.appendChild(h("th", {}, name));
-        for (const [tok, p] of next[name]) {
+        for (const [tok, p] of top) {
           tr.appendChild(h("td", { class: both.has(tok) ? "asw-shared" : "" }, `${JSON.stringify(visibleToken(tok))} ${(100 * p).toFixed(1)}%`));
         }
         table.appendChild(tr);
@@ -479,7 +547,9 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
   m.on("change:mask_params", paintParams);
   m.on("change:info", () => { paintParams(); paintControls(); gallery = null; });
   m.on("change:view", onView);
-  m.on("change:metrics", () => { paintSparsity(); invalidate("output", "mask"); });
+  m.on("change:metrics", () => { paintSparsity(); paintAdapt(); invalidate("output", "mask"); });
+  m.on("change:adaptation", paintAdapt);
+  for (const name of ["adapt_steps", "compare_with", "mask", "sparsity"] as const) m.on(`change:${name}`, paintAdapt);
   m.on("change:gallery", () => { performance.mark("attnsparse:gallery-arrived"); invalidate("gallery"); });
   m.on("change:layer_chart", () => invalidate("output"));
   m.on("change:status", paintStatus);
@@ -489,6 +559,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
   paintParams();
   paintControls();
   paintStatus();
+  paintAdapt();
   onView();
   select("main");
 

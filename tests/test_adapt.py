@@ -8,6 +8,8 @@ keep-mask; the held-out next-token KL drops; the user's model stays bit for bit 
 from __future__ import annotations
 
 import copy
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -299,3 +301,73 @@ def test_adapted_attention_metrics_measured_in_the_pass_match_numpy(sharp, mask_
     np.testing.assert_allclose(res.metrics.adapted_mass_recall_per_head, recall, rtol=1e-5)
     np.testing.assert_allclose(res.metrics.adapted_kl_per_head, kl, rtol=1e-4, atol=1e-6)
     assert res.metrics.adapted_kl != res.metrics.kl
+
+
+# --------------------------------------------------------------------------------------------------- the widget
+@pytest.fixture
+def comm(monkeypatch, tmp_path):
+    from ipywidgets.widgets.tests.utils import setup_test_comm, teardown_test_comm
+
+    monkeypatch.setenv("ATTNSPARSE_CACHE_DIR", str(tmp_path))  # the widget's adapters and samples go here
+    setup_test_comm()
+    yield
+    teardown_test_comm()
+
+
+def test_the_widget_adapts_and_shows_the_adapted_pass(comm, sharp):
+    from attnsparse_widget.widget import AttentionDiffWidget
+
+    w = AttentionDiffWidget(sharp, threaded=False, text=HELD_OUT, mask="sliding_window", sparsity=0.7, per_layer=False)
+    assert w.adaptation["state"] == "none" and w.adaptation["seconds_per_step"] > 0
+    assert w.metrics["adapted_ppl"] is None and w.view["masked"] == "sparse"
+    w.adapt(4)
+    assert w.adaptation["state"] == "ready" and w.adaptation["done"] == 4 and w.adaptation["mask"] == "sliding_window"
+    assert w.adapted is not None and len(w.adapted.losses) == 4
+    assert w.metrics["adapted_ppl"] > 0 and set(w.metrics["continuations"]) == {"dense", "sparse", "adapted"}
+    assert "adapted" in w.view["next_tokens"]
+    w.compare_with = "adapted"
+    assert w.view["masked"] == "adapted" and w.gallery["masked"] == "adapted"
+    assert "adapted" in json_text(w.view["figure"])
+    # another sparsity: the adapters do not apply, the view falls back to the post-hoc pass
+    w.sparsity = 0.5
+    assert w.metrics["adapted_ppl"] is None and w.view["masked"] == "sparse"
+    w.sparsity = 0.7  # and back: read from memory, no training
+    assert w.metrics["adapted_ppl"] is not None and w.view["masked"] == "adapted"
+    w.close()
+
+
+def json_text(figure) -> str:
+    return " ".join(str(a.get("text", "")) for a in figure["layout"].get("annotations", []))
+
+
+def test_the_widget_cancels_an_adaptation(comm, sharp):
+    from attnsparse_widget.widget import AttentionDiffWidget
+
+    model, _ = sharp
+    before = snapshot(model, IDS)
+    w = AttentionDiffWidget(sharp, text=HELD_OUT, mask="sliding_window", sparsity=0.7, per_layer=False).wait()
+    seen = []
+    w.observe(lambda change: seen.append(change["new"]), names=["adaptation"])
+    w.adapt(400)
+    for _ in range(600):
+        if any(s.get("phase") == "training" and s.get("done", 0) >= 2 for s in seen):
+            break
+
+        time.sleep(0.05)
+    w.cancel_adaptation()
+    w.wait()
+    assert w.adaptation["state"] == "cancelled" and w.adapted is None
+    assert w.status["busy"] is False and w.metrics["adapted_ppl"] is None
+    assert not list(Path(os.environ["ATTNSPARSE_CACHE_DIR"]).rglob("*.safetensors"))
+    assert_unchanged(model, IDS, before)
+    w.close()
+
+
+def test_the_widget_reports_a_failed_adaptation(comm, sharp):
+    from attnsparse_widget.widget import AttentionDiffWidget
+
+    w = AttentionDiffWidget(sharp, threaded=False, text=HELD_OUT, mask="dense", per_layer=False)
+    w.adapt(2)
+    assert w.adaptation["state"] == "failed" and "drops no query-key pair" in w.adaptation["error"]
+    assert "drops no query-key pair" in w.status["error"] and w.status["busy"] is False
+    w.close()

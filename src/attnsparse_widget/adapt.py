@@ -406,10 +406,7 @@ def adaptation_steps(
         with attention_active(student, plan):
             logits = student(input_ids=ids).logits[0].float()
         if step == 0 and not plan.first_changed:
-            raise ValueError(
-                f"mask {mask!r} at sparsity {sparsity} drops no query-key pair on the training texts "
-                f"({ids.shape[1]} tokens): there is nothing to adapt to; raise the sparsity or choose another mask"
-            )
+            raise ValueError(_drops_nothing(mask, sparsity, ids.shape[1]))
         log_q = torch.log_softmax(logits, dim=-1)
         loss = (teacher.exp() * (teacher - log_q)).sum(-1).mean()
         optimiser.zero_grad(set_to_none=True)
@@ -554,11 +551,22 @@ def _check_arguments(
         )
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 < sparsity < 1:
         raise ValueError(f"sparsity must be a number in (0, 1): the fraction of pairs the mask drops; got {sparsity!r}")
+    if not cls.score_dependent and isinstance(max_tokens, int) and max_tokens >= 2:
+        keep = mask_library.build(mask, max_tokens, sparsity, **mask_params)
+        if keep.sum() >= max_tokens * (max_tokens + 1) // 2:  # every causal pair: nothing to adapt to
+            raise ValueError(_drops_nothing(mask, sparsity, max_tokens))
     for name, value, low in (("steps", steps, 1), ("rank", rank, 1), ("max_tokens", max_tokens, 2)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise ValueError(f"lr must be a positive number, got {lr!r}")
+
+
+def _drops_nothing(mask: str, sparsity: float, n_tokens: int) -> str:
+    return (
+        f"mask {mask!r} at sparsity {sparsity} drops no query-key pair on the training texts ({n_tokens} tokens): "
+        f"there is nothing to adapt to; raise the sparsity or choose another mask"
+    )
 
 
 def _order(n: int, steps: int, seed: int) -> list[int]:

@@ -61,20 +61,26 @@ class Drop(TypedDict):
     w: float
 
 
-class NextTokens(TypedDict):
+class _NextTokensKeys(TypedDict):
+    dense: list[tuple[str, float]]
+    sparse: list[tuple[str, float]]
+
+
+class NextTokens(_NextTokensKeys, total=False):
     """The top-5 next tokens after the view's ``position`` under each regime, most probable first.
 
     dense: ``[token, probability]`` pairs with dense attention.
     sparse: the same with the sparse mask.
+    adapted: the same for the adapted model under the mask (a comparison with an adaptation).
     """
 
-    dense: list[tuple[str, float]]
-    sparse: list[tuple[str, float]]
+    adapted: list[tuple[str, float]]
 
 
 class _ViewKeys(TypedDict):
     layer: int
     head: int
+    masked: str
     region: list[int]
     factor: int
     figure: Figure
@@ -89,6 +95,7 @@ class View(_ViewKeys, total=False):
 
     layer: the layer shown.
     head: the head shown, -1 for the mean over heads.
+    masked: the masked pass beside the dense one: "sparse" (the mask forced on the model) or "adapted".
     region: ``[q0, q1, k0, k1]``, half-open query and key ranges of the tokens shown.
     factor: tokens per cell and axis (1: full resolution; more when a long text is pooled).
     figure: the main figure, dense | sparse | sparse − dense heatmaps (one trace each, named by panel).
@@ -112,8 +119,9 @@ class Gallery(TypedDict):
     cell: a thumbnail's side, in cells.
     dense: the dense thumbnails stitched into one uint8 image, ``[n_layers * cell, n_heads * cell]``; each head's
         dense and sparse pair is scaled to that head's peak (255).
-    sparse: the sparse thumbnails, stitched the same way.
-    kl: per head, layer-major: KL(sparse ‖ dense) averaged over rows (None where not finite).
+    sparse: the masked pass's thumbnails (``masked``), stitched the same way.
+    masked: the masked pass shown: "sparse" (post-hoc) or "adapted".
+    kl: per head, layer-major: KL(masked ‖ dense) averaged over rows (None where not finite).
     mass_lost: per head, layer-major: 1 − attention mass recall (None where not finite).
     """
 
@@ -122,6 +130,7 @@ class Gallery(TypedDict):
     cell: int
     dense: MatrixPayload
     sparse: MatrixPayload
+    masked: str
     kl: list[float | None]
     mass_lost: list[float | None]
 
@@ -299,6 +308,57 @@ class CatalogEntry(TypedDict):
     score_dependent: bool
 
 
+class _AdaptStateKeys(TypedDict):
+    state: Literal["none", "training", "ready", "cancelled", "failed"]
+    seconds_per_step: float | None
+
+
+class AdaptState(_AdaptStateKeys, total=False):
+    """The ``adaptation`` trait: the Adapt control's state (:func:`payload.adapt_payload`).
+
+    state: "none" (nothing trained for the current mask), "training", "ready" (adapters for the current mask and
+        sparsity: the comparison has its adapted pass), "cancelled" or "failed".
+    seconds_per_step: the estimated seconds per training step on this machine (None until measured).
+    phase: while training: "samples" (the model writing its training texts) or "training".
+    done: steps done.
+    steps: steps asked for.
+    loss: the last step's loss (KL, nats per position).
+    elapsed: seconds since the training started.
+    mask: the mask the adapters were trained under (with ``sparsity``).
+    sparsity: the sparsity they were trained at.
+    from_cache: whether they were read from the disk cache instead of trained.
+    error: why it failed.
+    """
+
+    phase: str
+    done: int
+    steps: int
+    loss: float | None
+    elapsed: float
+    mask: str
+    sparsity: float
+    from_cache: bool
+    error: str
+
+
+class AdaptMessage(TypedDict):
+    """Browser → kernel custom message: the Adapt button (train ``adapt_steps`` steps under the current mask).
+
+    type: always "adapt".
+    """
+
+    type: Literal["adapt"]
+
+
+class CancelAdaptMessage(TypedDict):
+    """Browser → kernel custom message: the Cancel button of a running adaptation.
+
+    type: always "cancel_adapt".
+    """
+
+    type: Literal["cancel_adapt"]
+
+
 class DownloadMessage(TypedDict):
     """Kernel → browser custom message: a file to hand to the browser as a download; its bytes are the first buffer.
 
@@ -340,8 +400,9 @@ class ExportGifMessage(_ExportGifKeys, total=False):
 class WidgetState(TypedDict):
     """Every synced trait of the widget and its type. Inputs (set by Python or the frontend's controls): text, mask,
     sparsity, mask_params, layer, head, zoom (``[q0, q1, k0, k1]`` or ``[]``), position (-1: the last), per_layer,
-    max_tokens, export_path. Outputs (computed by the kernel): catalog, caveat, info, metrics, view, layer_chart
-    (the per-layer perplexity figure), gallery, status."""
+    max_tokens, export_path, compare_with ("sparse" or "adapted": the masked pass shown), adapt_steps. Outputs
+    (computed by the kernel): catalog, caveat, info, metrics, view, layer_chart (the per-layer perplexity figure),
+    gallery, status, adaptation."""
 
     text: str
     mask: str
@@ -362,9 +423,15 @@ class WidgetState(TypedDict):
     export_path: str
     per_layer: bool
     max_tokens: int
+    compare_with: str
+    adapt_steps: int
+    adaptation: AdaptState
 
 
 __all__ = [
+    "AdaptMessage",
+    "AdaptState",
+    "CancelAdaptMessage",
     "CatalogEntry",
     "ContinuationTokens",
     "Continuations",

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 TOKEN_LABELS_UP_TO = 64  # axis ticks show the tokens up to this many cells, positions beyond
 PANELS = ("dense", "sparse", "diff")
 PANEL_TITLES = {"dense": "dense", "sparse": "sparse (red: dropped, by the dense p lost)", "diff": "sparse − dense"}
+# the same panels when the masked pass shown is the adapted model's (compare(..., adapted=...))
+ADAPTED_TITLES = {"dense": "dense", "sparse": "adapted, under the mask (red: dropped)", "diff": "adapted − dense"}
 
 VIRIDIS = "Viridis"
 DROPPED_SCALE: list[list[Any]] = [[0.0, "#e6e6e6"], [0.15, "#f4a582"], [1.0, "#b2182b"]]  # by the fraction of zmax lost
@@ -77,6 +79,7 @@ class MapView:
     allowed: np.ndarray
     region: tuple[int, int, int, int]
     factor: int
+    masked: str = "sparse"  # the masked pass in ``sparse`` and ``keep``: "sparse" (post-hoc) or "adapted"
 
     def states(self) -> np.ndarray:
         """uint8 code per cell: NOT_ALLOWED, KEPT, PARTLY_KEPT or DROPPED."""
@@ -104,11 +107,17 @@ def clip_region(region: list[int] | tuple[int, ...] | None, n: int) -> tuple[int
 
 
 def map_view(
-    res: Comparison, layer: int, head: int = -1, region: list[int] | None = None, max_side: int = MAX_SIDE
+    res: Comparison,
+    layer: int,
+    head: int = -1,
+    region: list[int] | None = None,
+    max_side: int = MAX_SIDE,
+    which: str = "sparse",
 ) -> MapView:
-    """The maps of ``layer`` and ``head`` (-1: mean over heads) over ``region``, pooled to ``max_side`` cells."""
+    """The maps of ``layer`` and ``head`` (-1: mean over heads) over ``region``, pooled to ``max_side`` cells; the
+    masked pass is ``which`` ("sparse", post-hoc, or "adapted")."""
     q0, q1, k0, k1 = clip_region(region, len(res.tokens))
-    maps, factor = res.maps(layer, head, (q0, q1, k0, k1), max_side)
+    maps, factor = res.maps(layer, head, (q0, q1, k0, k1), max_side, which=which)
     return MapView(
         layer=layer,
         head=head,
@@ -118,6 +127,7 @@ def map_view(
         allowed=maps["allowed"],
         region=(q0, q1, k0, k1),
         factor=factor,
+        masked=which,
     )
 
 
@@ -240,7 +250,7 @@ def main_figure(view: MapView, tokens: list[str], title: str, panels: tuple[str,
         }
         layout["annotations"].append(
             {
-                "text": PANEL_TITLES[panel],
+                "text": (ADAPTED_TITLES if view.masked == "adapted" else PANEL_TITLES)[panel],
                 "x": left + width / 2,
                 "y": 1.0,
                 "yanchor": "bottom",
@@ -406,7 +416,7 @@ def view_title(res: Comparison, view: MapView, per_layer: bool = False) -> str:
     """``L3 H2 · sink_window(sinks=4, window=60)``, with the pooling, and, for export frames, the requested and
     achieved sparsity and the layer's perplexity delta."""
     head = "mean of heads" if view.head < 0 else f"H{view.head}"
-    parts = [f"L{view.layer} {head}", res.mask_label]
+    parts = [f"L{view.layer} {head}", res.mask_label + (" · adapted model" if view.masked == "adapted" else "")]
     if per_layer:
         m = res.metrics
         parts.append(f"sparsity {requested_achieved(m.requested_sparsity, m.achieved_sparsity)}")

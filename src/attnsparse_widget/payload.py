@@ -17,10 +17,21 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
-from .contract import Continuations, ContinuationTokens, Gallery, Info, MatrixPayload, MetricsPayload, Status, View
+from .contract import (
+    AdaptState,
+    Continuations,
+    ContinuationTokens,
+    Gallery,
+    Info,
+    MatrixPayload,
+    MetricsPayload,
+    Status,
+    View,
+)
 from .figures import heavy_drops, main_figure, map_view, mask_figure, view_title
 
 if TYPE_CHECKING:
+    from .adapt import Adaptation, AdaptProgress
     from .result import Comparison
 
 THUMB = 24  # cells per axis of a gallery thumbnail
@@ -44,14 +55,18 @@ def with_binary_arrays(value: Any) -> Any:
     return value
 
 
-def view_payload(res: Comparison, layer: int, head: int, region: list[int] | None = None) -> View:
-    """The main view and the mask preview of ``layer`` and ``head`` (-1: mean over heads), ready to send.
+def view_payload(
+    res: Comparison, layer: int, head: int, region: list[int] | None = None, which: str = "sparse"
+) -> View:
+    """The main view and the mask preview of ``layer`` and ``head`` (-1: mean over heads), ready to send; the masked
+    pass beside the dense one is ``which`` ("sparse": post-hoc, or "adapted").
 
     Besides the two figures: per cell, its state code (figures.NOT_ALLOWED, KEPT, PARTLY_KEPT, DROPPED) and the
     percentage of its pairs kept (the tooltip's data), and the heaviest dropped pairs. The widget adds ``position``
     and ``next_tokens`` for a language model."""
-    view = map_view(res, layer, head, region)
+    view = map_view(res, layer, head, region, which=which)
     return {
+        "masked": which,
         "layer": layer,
         "head": head,
         "region": list(view.region),
@@ -78,12 +93,17 @@ def _thumbnails(dense: np.ndarray, sparse: np.ndarray) -> tuple[np.ndarray, np.n
     return tuple(np.round(p * scale).astype(np.uint8) for p in (dense, sparse))  # type: ignore[return-value]
 
 
-def gallery_payload(res: Comparison, side: int = THUMB) -> Gallery:
-    """Every layer x head as a small dense and sparse thumbnail, stitched into one grid per regime, plus the
-    per-head change scores the gallery sorts by (KL(sparse‖dense) and attention mass lost)."""
-    pairs = [_thumbnails(*res.head_maps(layer, side)) for layer in range(res.n_layers)]
+def gallery_payload(res: Comparison, side: int = THUMB, which: str = "sparse") -> Gallery:
+    """Every layer x head as a small dense and masked thumbnail (``which``: "sparse", post-hoc, or "adapted"),
+    stitched into one grid per regime, plus the per-head change scores the gallery sorts by (KL(masked‖dense) and
+    attention mass lost)."""
+    pairs = [_thumbnails(*res.head_maps(layer, side, which=which)) for layer in range(res.n_layers)]
     dense = np.stack([d for d, _ in pairs])
     sparse = np.stack([s for _, s in pairs])
+    m = res.metrics
+    adapted = which == "adapted"
+    kl = m.adapted_kl_per_head if adapted else m.kl_per_head
+    recall = m.adapted_mass_recall_per_head if adapted else m.mass_recall_per_head
     cell = dense.shape[-1]
 
     def stitch(thumbs: np.ndarray) -> MatrixPayload:
@@ -96,8 +116,9 @@ def gallery_payload(res: Comparison, side: int = THUMB) -> Gallery:
         "cell": cell,
         "dense": stitch(dense),
         "sparse": stitch(sparse),
-        "kl": [_finite(float(v)) for row in res.metrics.kl_per_head or [] for v in row],
-        "mass_lost": [_finite(1.0 - float(v)) for row in res.metrics.mass_recall_per_head or [] for v in row],
+        "masked": which,
+        "kl": [_finite(float(v)) for row in kl or [] for v in row],
+        "mass_lost": [_finite(1.0 - float(v)) for row in recall or [] for v in row],
     }
 
 
@@ -179,6 +200,30 @@ def status_payload(
     return status
 
 
+def adapt_payload(
+    state: Literal["none", "training", "ready", "cancelled", "failed"],
+    seconds_per_step: float | None,
+    *,
+    progress: AdaptProgress | None = None,
+    adaptation: Adaptation | None = None,
+    error: str | None = None,
+) -> AdaptState:
+    """The ``adaptation`` trait: the Adapt control's state, with the training's progress or the finished
+    adaptation's record when given."""
+    out: AdaptState = {"state": state, "seconds_per_step": _finite(seconds_per_step)}
+    if progress is not None:
+        out["phase"], out["done"], out["steps"] = progress.phase, progress.done, progress.total
+        out["loss"], out["elapsed"] = _finite(progress.loss), progress.elapsed
+    if adaptation is not None:
+        out["mask"], out["sparsity"], out["from_cache"] = adaptation.mask_id, adaptation.sparsity, adaptation.from_cache
+        out["steps"] = out["done"] = adaptation.steps
+        out["loss"] = _finite(adaptation.losses[-1]) if adaptation.losses else None
+        out["elapsed"] = adaptation.seconds
+    if error is not None:
+        out["error"] = error
+    return out
+
+
 def failed_status(status: Status, error: str, *, request: int | None = None) -> Status:
     """``status`` ended by ``error``: not busy, the error shown; the stage, start and progress kept, and the request
     number unless ``request`` is given."""
@@ -202,6 +247,7 @@ def _finite(value: Any) -> Any:
 
 
 __all__ = [
+    "adapt_payload",
     "with_binary_arrays",
     "failed_status",
     "gallery_payload",

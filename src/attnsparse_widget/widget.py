@@ -2,7 +2,10 @@
 frontend (``js/``) renders and reports intent by setting the input traits.
 
 Changing ``text`` re-runs both passes, changing ``mask``/``sparsity``/``mask_params`` only the sparse pass (the
-dense pass is cached), and changing ``layer``/``head``/``zoom`` runs no model at all. Requests coalesce: a worker
+dense pass is cached), and changing ``layer``/``head``/``zoom`` runs no model at all. The Adapt control trains
+LoRA adapters under the current mask (:func:`~attnsparse_widget.adapt.adapt`, with progress and Cancel), then runs
+the comparison again with its adapted pass; ``compare_with`` switches the views between the post-hoc and the
+adapted pass. Requests coalesce: a worker
 thread always computes the latest state, abandons stale work between steps, and never publishes a stale result.
 The per-layer perplexity curve fills in after the main view, one layer at a time.
 """
@@ -22,12 +25,14 @@ import anywidget
 import traitlets as t
 
 from . import masks, pipeline
-from .contract import Empty, Figure, Gallery, Info, MetricsPayload, NextTokens, Status, View
+from .adapt import DEFAULT_STEPS, Adaptation, adaptation_steps, estimate_seconds
+from .contract import AdaptState, Empty, Figure, Gallery, Info, MetricsPayload, NextTokens, Status, View
 from .export import gif_bytes, writable, write_atomically
 from .figures import layer_figure
 from .messages import CAVEAT
 from .models import display_name, resolve_model
 from .payload import (
+    adapt_payload,
     failed_status,
     gallery_payload,
     info_payload,
@@ -49,7 +54,8 @@ _MODEL_INPUTS = ("text", "mask", "sparsity", "mask_params", "max_tokens")
 MAX_TOKENS = 2048  # the widget analyses at most this many tokens of a text (interactive on a laptop CPU)
 CONTINUATION_TOKENS = 20  # greedy tokens generated under each regime
 PAINT_GRACE_S = 0.4  # at most this long, the later stages wait for the browser to paint the main view
-_VIEW_INPUTS = ("layer", "head", "zoom", "position")
+_VIEW_INPUTS = ("layer", "head", "zoom", "position", "compare_with")
+MASKED_PASSES = ("sparse", "adapted")  # what compare_with may be
 
 
 def _esm() -> Path | str:
@@ -93,15 +99,28 @@ class AttentionDiffWidget(anywidget.AnyWidget):
     export_overwrite = t.Bool(False)  # ... replacing a file already there (never without it)
     per_layer = t.Bool(True).tag(sync=True)  # compute the per-layer perplexity curve (about 2L replayed passes)
     max_tokens = t.Int(MAX_TOKENS).tag(sync=True)  # a longer text is cut to its first max_tokens (with a note)
+    compare_with = t.Unicode("sparse").tag(sync=True)  # the masked pass shown: "sparse" (post-hoc) or "adapted"
+    adapt_steps = t.Int(DEFAULT_STEPS).tag(sync=True)  # training steps of the Adapt button
+    adaptation = cast("t.TraitType[Any, AdaptState]", t.Dict(dict(adapt_payload("none", None))).tag(sync=True))
 
     def __init__(
-        self, model: Any = None, tokenizer: Any = None, *, threaded: bool | None = None, **kwargs: Any
+        self,
+        model: Any = None,
+        tokenizer: Any = None,
+        *,
+        threaded: bool | None = None,
+        adapted: Adaptation | None = None,
+        **kwargs: Any,
     ) -> None:
         """``threaded``: compute in a worker thread so the kernel stays responsive and rapid changes coalesce (the
         default), or in the kernel's own thread (``False``). None picks the worker thread everywhere except Google
         Colab, whose frontend holds widget messages sent from a background thread until the next message from the
-        main thread (googlecolab/colabtools#3373)."""
+        main thread (googlecolab/colabtools#3373). ``adapted``: an adaptation of this model made earlier
+        (:func:`~attnsparse_widget.adapt`), shown while the mask and sparsity are the ones it was trained at."""
         self._model, self._tokenizer = resolve_model(model, tokenizer)
+        self._adaptation: Adaptation | None = adapted
+        self._cancel_adapt = threading.Event()
+        self._seconds_per_step: float | None = None
         self._threaded = ("google.colab" not in sys.modules) if threaded is None else threaded
         self._lock = threading.Lock()
         self._pending: set[str] = set()  # "model", "view", "export": what the worker still has to do
@@ -126,6 +145,8 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         self.observe(self._on_model_input, names=list(_MODEL_INPUTS))
         self.observe(self._on_view_input, names=list(_VIEW_INPUTS))
         self.observe(self._on_view_input, names=["per_layer"])  # switched on: the curve of the current result
+        if adapted is not None:
+            self.adaptation = adapt_payload("ready", None, adaptation=adapted)
         self._submit("model")
 
     # ----------------------------------------------------------------------------------------------- requests
@@ -142,6 +163,29 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         if isinstance(content, dict) and content.get("type") == "export_gif":
             self._export_request = {k: content[k] for k in ("view", "duration_ms") if k in content}
             self._submit("export")
+        if isinstance(content, dict) and content.get("type") == "adapt":
+            self.adapt()
+        if isinstance(content, dict) and content.get("type") == "cancel_adapt":
+            self.cancel_adaptation()
+
+    def adapt(self, steps: int | None = None) -> AttentionDiffWidget:
+        """Train adapters under the current mask and sparsity (``steps``: default ``adapt_steps``), then show the
+        comparison with its adapted pass (what the Adapt button does; progress in ``adaptation``). Returns at once
+        when threaded; :meth:`wait` blocks until it is done."""
+        if steps is not None:
+            self.adapt_steps = steps
+        self._cancel_adapt.clear()
+        self._submit("adapt")
+        return self
+
+    def cancel_adaptation(self) -> None:
+        """Stop a running adaptation (the Cancel button): nothing is written, the model is unchanged."""
+        self._cancel_adapt.set()
+
+    @property
+    def adapted(self) -> Adaptation | None:
+        """The last adaptation made or given (it applies while the mask and sparsity are the ones it was trained at)."""
+        return self._adaptation
 
     def _submit(self, kind: str) -> None:
         with self._lock:
@@ -232,7 +276,14 @@ class AttentionDiffWidget(anywidget.AnyWidget):
     def _run(self, kinds: set[str], model_generation: int) -> None:
         started = time.time() * 1000
         steps: Stages | None = None
-        if "model" in kinds or self._result is None:
+        trained = False
+        if "adapt" in kinds:
+            trained = self._train(model_generation, started)
+            if not trained:
+                if not self._stale(model_generation) and not self.status.get("error"):
+                    self._status(False)
+                return
+        if "model" in kinds or self._result is None or trained:
             self._status(True, "running the model", started)
             if self._result is not None:  # it stays on screen, but its caches can go before the next pass runs
                 self._result.release()
@@ -245,6 +296,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                     per_layer=self.per_layer,
                     continuation_tokens=CONTINUATION_TOKENS,
                     max_tokens=self._token_limit(),
+                    adapted=self._current_adaptation(),
                     **self.mask_params,
                 )
                 res = next(steps).result  # the first stage: the sparse pass and the headline metrics
@@ -277,6 +329,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                 self._painted.wait(PAINT_GRACE_S)
         elif self._result is not None and "view" in kinds:
             self._publish_view(self._result)
+            self._publish_gallery(self._result)
         if self._result is not None:
             if steps is None:  # a view request: the stages this result still lacks (the curve, once switched on)
                 steps = pipeline.later_stages(
@@ -287,8 +340,51 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         if ("export" in kinds or self._take("export")) and self._result is not None:
             if not self._export(started):
                 return  # its error stays on screen
+        if self._seconds_per_step is None and self._result is not None and self._result.is_lm:
+            self._seconds_per_step = estimate_seconds(self._model, 1)
+            self.adaptation = cast(AdaptState, {**self.adaptation, "seconds_per_step": self._seconds_per_step})
         if not self._stale(model_generation):
             self._status(False)
+
+    def _current_adaptation(self) -> Adaptation | None:
+        """The adaptation, if it was trained under the current mask, sparsity and parameters."""
+        a = self._adaptation
+        if a is None or a.mask_id != self.mask or abs(a.sparsity - self.sparsity) > 1e-9:
+            return None
+        return a if a.mask_params == dict(self.mask_params) else None
+
+    def _train(self, model_generation: int, started: float) -> bool:
+        """Run the adaptation (publishing its progress, serving view requests between steps); False when it was
+        cancelled, made stale by a newer model request, or failed (said in ``adaptation``)."""
+        self._status(True, "adapting", started, progress=0.0)
+        per_step = self._seconds_per_step
+        last = None
+        try:
+            steps = adaptation_steps(
+                (self._model, self._tokenizer), self.mask, self.sparsity, steps=self.adapt_steps, **self.mask_params
+            )
+            with contextlib.closing(steps):
+                for last in steps:
+                    if self._cancel_adapt.is_set() or self._stale(model_generation):
+                        self.adaptation = adapt_payload("cancelled", per_step, progress=last)
+                        return False
+                    with self.hold_sync():
+                        self.adaptation = adapt_payload("training", per_step, progress=last)
+                        self._status(True, "adapting", started, progress=last.done / max(1, last.total))
+                        if self._take("view") and self._result is not None:
+                            self._publish_view(self._result)
+        except (ValueError, TypeError) as err:
+            self.adaptation = adapt_payload("failed", per_step, error=str(err))
+            self.status = failed_status(self.status, f"adapt: {err}")
+            return False
+        assert last is not None and last.result is not None
+        self._adaptation = last.result
+        self.adaptation = adapt_payload("ready", per_step, adaptation=last.result)
+        return True
+
+    def _masked(self, res: Comparison) -> str:
+        """The masked pass the views show: ``compare_with`` when the result has it, else the post-hoc one."""
+        return "adapted" if self.compare_with == "adapted" and res.adapted is not None else "sparse"
 
     def _follow(self, res: Comparison, steps: Stages, model_generation: int, started: float) -> bool:
         """Publish the pipeline's later stages as they fill in (the attention metrics and the head gallery, the
@@ -304,7 +400,10 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                     ):
                         self.metrics = metrics_payload(res)
                     self._publish_gallery(res)
-                    if self._take("view"):
+                    adapted_done = progress.stage == pipeline.ADAPTED_PASS and progress.done == progress.total
+                    if adapted_done:
+                        self.metrics = metrics_payload(res)
+                    if self._take("view") or adapted_done:  # the adapted pass adds its maps and next tokens
                         self._publish_view(res)
                     elif progress.stage == pipeline.PER_LAYER:
                         self._publish_layer_chart(res)
@@ -316,11 +415,17 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         """The head gallery and the chart's recall line, once the attention metrics are in (once per result)."""
         if pipeline.ATTENTION_METRICS not in res.done:
             return
-        if self.gallery and self._gallery_of is not None and self._gallery_of() is res:
+        which = self._masked(res)
+        if (
+            self.gallery
+            and self._gallery_of is not None
+            and self._gallery_of() is res
+            and self.gallery.get("masked") == which
+        ):
             return
         with self.hold_sync():
             self.metrics = metrics_payload(res)
-            self.gallery = gallery_payload(res)
+            self.gallery = gallery_payload(res, which=which)
             self._gallery_of = weakref.ref(res)
             self._publish_layer_chart(res)
 
@@ -382,7 +487,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
     def _publish_view(self, res: Comparison) -> None:
         layer = min(max(self.layer, 0), res.n_layers - 1)
         head = self.head if -1 <= self.head < res.n_heads else -1
-        view = view_payload(res, layer, head, self.zoom or None)
+        view = view_payload(res, layer, head, self.zoom or None, which=self._masked(res))
         if res.metrics.dense_ppl is not None:
             position = self.position if -len(res.tokens) <= self.position < len(res.tokens) else -1
             view["position"] = position % len(res.tokens)
