@@ -205,6 +205,8 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
   sortSel.onchange = () => { gallery = null; paintGallery(); };
   positionInput.onchange = () => set("position", Number(positionInput.value));
   perLayer.onchange = () => set("per_layer", perLayer.checked);
+  // the estimate follows the typing, so that nothing moves under the pointer when the input loses focus on a click
+  adaptSteps.oninput = () => paintAdapt();
   adaptSteps.onchange = () => { set("adapt_steps", Math.max(1, Math.round(Number(adaptSteps.value) || 1))); paintAdapt(); };
   adaptButton.onclick = () => {
     performance.mark("attnsparse:intent:adapt");

@@ -371,3 +371,35 @@ def test_the_widget_reports_a_failed_adaptation(comm, sharp):
     assert w.adaptation["state"] == "failed" and "drops no query-key pair" in w.adaptation["error"]
     assert "drops no query-key pair" in w.status["error"] and w.status["busy"] is False
     w.close()
+
+
+def test_sweep_adds_adapted_columns(sharp, monkeypatch, tmp_path):
+    monkeypatch.setenv("ATTNSPARSE_CACHE_DIR", str(tmp_path))
+    table = aw.sweep(sharp, [HELD_OUT], masks=["sliding_window"], sparsities=[0.0, 0.7], adapt_steps=3, progress=False)
+    plain, adapted = table
+    assert plain["adapted_ppl"] is None and plain["recovered"] is None  # sparsity 0: nothing to adapt to
+    direct = aw.compare(
+        sharp, HELD_OUT, "sliding_window", 0.7, adapted=aw.adapt(sharp, "sliding_window", 0.7, steps=3, progress=False)
+    )
+    assert adapted["adapted_ppl"] == pytest.approx(direct.metrics.adapted_ppl, rel=1e-6)
+    assert adapted["recovered"] == pytest.approx(direct.metrics.recovered, rel=1e-5)
+    fig = aw.plot_sweep(table)
+    assert any(trace.name == "sliding_window, adapted" for trace in fig.data)
+    assert table.to_pandas()["adapted_ppl"].notna().sum() == 1
+    with pytest.raises(ValueError, match="adapt_steps must be None or an int"):
+        aw.sweep(sharp, [HELD_OUT], masks=["sliding_window"], sparsities=[0.7], adapt_steps=0, progress=False)
+
+
+def test_exports_show_the_adapted_pass(sharp, tmp_path):
+    adaptation = quick_adapt(sharp, steps=3)
+    res = aw.compare(sharp, HELD_OUT, "sliding_window", 0.7, adapted=adaptation, per_layer=False)
+    page = res.to_html(which="adapted")
+    assert "adapted, under the mask" in page and "perplexity adapted" in page  # the panel title, the table
+    png = res.export_png(tmp_path / "adapted.png", layer=1, which="adapted")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    gif = res.export_gif(tmp_path / "adapted.gif", layers=[0, 2], which="adapted", size=(600, 240))
+    assert gif.frames == 2
+    plain = aw.compare(sharp, HELD_OUT, "sliding_window", 0.7, per_layer=False)
+    with pytest.raises(ValueError, match="no adapted pass"):
+        plain.export_png(tmp_path / "none.png", which="adapted")
+    assert not (tmp_path / "none.png").exists()

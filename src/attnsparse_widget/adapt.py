@@ -314,7 +314,6 @@ def adaptation_steps(
     _check_arguments(model, mask, sparsity, steps, rank, lr, max_tokens, mask_params)
     chosen = _choose_targets(model, targets)
     alpha = float(2 * rank if alpha is None else alpha)
-    start = time.perf_counter()
 
     data: list[str] = []
     if own_data:
@@ -382,6 +381,7 @@ def adaptation_steps(
             yield AdaptProgress("cached", 1, 1, result=made(adapters, meta["losses"], meta["seconds"], True))
             return
 
+    start = time.perf_counter()  # the training's wall time (the model's samples are made, or read, before)
     student, peft_model = _student(model, chosen, rank, alpha, seed)
     trainable = [p for p in student.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
@@ -394,7 +394,7 @@ def adaptation_steps(
     layer_of = layer_indexer(student)
     causal = True
     losses: list[float] = []
-    yield AdaptProgress("training", 0, steps, elapsed=time.perf_counter() - start)
+    yield AdaptProgress("training", 0, steps)
     for step, index in enumerate(order):
         ids = encoded[index].to(student.device)
         with torch.inference_mode(), attention_active(model, teacher_plan):

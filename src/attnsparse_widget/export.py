@@ -164,11 +164,14 @@ def _check_layers(res: Comparison, layers: Iterable[int] | None) -> list[int]:
     return chosen
 
 
-def frame_figure(res: Comparison, layer: int, head: int, view: str = "side_by_side") -> dict[str, Any]:
-    """The figure of one GIF frame: the widget's main view of ``layer``, titled with the layer, head, mask,
-    requested and achieved sparsity and that layer's perplexity delta."""
+def frame_figure(
+    res: Comparison, layer: int, head: int, view: str = "side_by_side", which: str = "sparse"
+) -> dict[str, Any]:
+    """The figure of one GIF frame: the widget's main view of ``layer`` (the masked pass ``which``: "sparse",
+    post-hoc, or "adapted"), titled with the layer, head, mask, requested and achieved sparsity and that layer's
+    perplexity delta."""
     panels = _check_view(view)
-    mv = map_view(res, layer, head)
+    mv = map_view(res, layer, head, which=which)
     fig = main_figure(mv, res.tokens, view_title(res, mv, per_layer=True), panels)
     fig["layout"]["title"]["font"] = {"size": 12}
     return fig
@@ -184,6 +187,7 @@ def export_gif(
     size: tuple[int, int] | None = None,
     progress: Callable[[int, int], None] | None = None,
     overwrite: bool = False,
+    which: str = "sparse",
 ) -> GifReport:
     """Write an animated GIF stepping through ``layers`` (default: all), one frame per layer, looping forever.
 
@@ -194,16 +198,19 @@ def export_gif(
         size: (width, height) of a frame in pixels (default depends on ``view``).
         progress: called as ``progress(done, total)`` after each rendered frame.
         overwrite: replace ``path`` if it exists (otherwise FileExistsError, before anything is rendered).
+        which: the masked pass shown: "sparse" (the mask forced on the model) or "adapted" (a comparison made with
+            ``adapted=``: the adapted model under the mask; its panels read "adapted" and "adapted − dense").
     """
     path = writable(path, overwrite)
     chosen = _check_layers(res, layers)
+    res.masked_pass(which)  # a missing adapted pass fails here, before anything is rendered
     head = _check_head(res, head)
     _check_view(view)
     size = size or SIZES[view]
     if isinstance(duration_ms, bool) or not isinstance(duration_ms, (int, float)) or duration_ms <= 0:
         raise ValueError(f"duration_ms must be a positive number of milliseconds, got {duration_ms!r}")
     start = time.perf_counter()
-    figures = (frame_figure(res, layer, head, view) for layer in chosen)
+    figures = (frame_figure(res, layer, head, view, which) for layer in chosen)
     pngs = render_pngs(figures, size, progress=None if progress is None else (lambda k: progress(k, len(chosen))))
     import imageio.v3 as iio
 
@@ -229,12 +236,14 @@ def export_png(
     size: tuple[int, int] | None = None,
     scale: float = 2.0,
     overwrite: bool = False,
+    which: str = "sparse",
 ) -> Path:
-    """Write a PNG of one layer's view (``scale`` 2: sharp on high-density screens and slides); an existing file
-    is replaced only with ``overwrite``."""
+    """Write a PNG of one layer's view (``scale`` 2: sharp on high-density screens and slides; ``which``: the
+    masked pass, "sparse" or "adapted"); an existing file is replaced only with ``overwrite``."""
     path = writable(path, overwrite)
     layer = _check_layers(res, [layer])[0]
-    fig = frame_figure(res, layer, _check_head(res, head), view)
+    res.masked_pass(which)
+    fig = frame_figure(res, layer, _check_head(res, head), view, which)
     write_atomically(path, render_pngs([fig], size or SIZES[view], scale=scale)[0])
     return path
 
@@ -264,14 +273,16 @@ def _figure_json(fig: dict[str, Any]) -> str:
     return text.replace("</", "<\\/")  # nothing in the data can close the <script>
 
 
-def layer_slider_figure(res: Comparison, head: int = -1, max_side: int = HTML_MAX_SIDE) -> dict[str, Any]:
+def layer_slider_figure(
+    res: Comparison, head: int = -1, max_side: int = HTML_MAX_SIDE, which: str = "sparse"
+) -> dict[str, Any]:
     """The main view with a slider over the layers (plotly frames): one figure for a static page."""
     frames = []
     for layer in range(res.n_layers):
-        mv = map_view(res, layer, head, max_side=max_side)
+        mv = map_view(res, layer, head, max_side=max_side, which=which)
         fig = main_figure(mv, res.tokens, view_title(res, mv, per_layer=True))
         frames.append({"name": str(layer), "data": fig["data"], "layout": {"title": fig["layout"]["title"]}})
-    first = main_figure(map_view(res, 0, head, max_side=max_side), res.tokens, "")
+    first = main_figure(map_view(res, 0, head, max_side=max_side, which=which), res.tokens, "")
     first["data"] = frames[0]["data"]
     first["layout"]["title"] = frames[0]["layout"]["title"]
     first["layout"]["margin"]["b"] = 110
@@ -299,14 +310,22 @@ def layer_slider_figure(res: Comparison, head: int = -1, max_side: int = HTML_MA
     return first
 
 
-def to_html(res: Comparison, path: str | Path | None = None, head: int | None = None, overwrite: bool = False) -> str:
+def to_html(
+    res: Comparison,
+    path: str | Path | None = None,
+    head: int | None = None,
+    overwrite: bool = False,
+    which: str = "sparse",
+) -> str:
     """A self-contained, offline HTML page of the comparison: headline metrics, the caveat, the main view with a
-    slider over the layers, the per-layer chart, the keep-pattern and both continuations. Returns the HTML and
-    writes it to ``path`` if given (an existing file only with ``overwrite``)."""
+    slider over the layers (the masked pass ``which``: "sparse" or "adapted"), the per-layer chart, the
+    keep-pattern and the continuations. Returns the HTML and writes it to ``path`` if given (an existing file only
+    with ``overwrite``)."""
     out = None if path is None else writable(path, overwrite)
     head = _check_head(res, head)
+    res.masked_pass(which)
     m = res.metrics
-    figures = {"main": layer_slider_figure(res, head)}
+    figures = {"main": layer_slider_figure(res, head, which=which)}
     if m.per_layer_delta_ppl is not None:
         figures["layers"] = layer_figure(m.per_layer_delta_ppl, m.cumulative_delta_ppl, m.mass_recall, res.n_layers)
     mv = map_view(res, 0, head)
@@ -331,6 +350,9 @@ def to_html(res: Comparison, path: str | Path | None = None, head: int | None = 
         ("top-1 agreement", fmt(m.top1_agreement)),
         ("attention mass recall (mean over layers)", fmt(float(np.mean(m.mass_recall)))),
     ]
+    if m.adapted_ppl is not None:
+        recovered = "n/a" if m.recovered is None else f"{m.recovered:.0%}"
+        rows.append(("perplexity adapted (trained under the mask)", f"{fmt(m.adapted_ppl)} (recovered {recovered})"))
     table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     conts = ""
     if res.continuations:

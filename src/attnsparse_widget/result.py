@@ -138,7 +138,7 @@ class Comparison:
         self._check_layer(layer)
         n = len(self.tokens)
         q0, q1, k0, k1 = region or (0, n, 0, n)
-        masked = self._masked(which)
+        masked = self.masked_pass(which)
         store = masked.store
         if (q0, q1, k0, k1) == (0, n, 0, n) and not store.retain:
             keep = store.pooled_keep[layer]
@@ -170,7 +170,7 @@ class Comparison:
         self._check_layer(layer)
         n = len(self.tokens)
         out = []
-        for result in (self.dense, self._masked(which)):
+        for result in (self.dense, self.masked_pass(which)):
             store = result.store
             if store.retain:
                 probs = store.probs[layer]
@@ -190,7 +190,8 @@ class Comparison:
             self.adapted.release()
         release_free_memory()
 
-    def _masked(self, which: str) -> PassResult:
+    def masked_pass(self, which: str) -> PassResult:
+        """The masked pass ``which`` ("sparse" or "adapted"); ValueError for anything else or a missing pass."""
         if which not in ("sparse", "adapted"):
             raise ValueError(f"which must be 'sparse' or 'adapted' (the masked pass to show), got {which!r}")
         return self.pass_of(which)
@@ -231,29 +232,44 @@ class Comparison:
         duration_ms: int = 700,
         size: tuple[int, int] | None = None,
         overwrite: bool = False,
+        which: str = "sparse",
     ) -> Any:
-        """Write an animated GIF stepping through the layers (see :func:`attnsparse_widget.export.export_gif`);
-        returns a report with the path, the frame count and the seconds it took. An existing file is replaced
-        only with ``overwrite=True``."""
+        """Write an animated GIF stepping through the layers (see :func:`attnsparse_widget.export.export_gif`;
+        ``which="adapted"``: the adapted pass); returns a report with the path, the frame count and the seconds it
+        took. An existing file is replaced only with ``overwrite=True``."""
         from .export import export_gif
 
         return export_gif(
-            self, path, view=view, head=head, layers=layers, duration_ms=duration_ms, size=size, overwrite=overwrite
+            self,
+            path,
+            view=view,
+            head=head,
+            layers=layers,
+            duration_ms=duration_ms,
+            size=size,
+            overwrite=overwrite,
+            which=which,
         )
 
     def export_png(
-        self, path: Any, layer: int = 0, head: int | None = None, view: str = "side_by_side", overwrite: bool = False
+        self,
+        path: Any,
+        layer: int = 0,
+        head: int | None = None,
+        view: str = "side_by_side",
+        overwrite: bool = False,
+        which: str = "sparse",
     ) -> Any:
         """Write a PNG of one layer's view (see :func:`attnsparse_widget.export.export_png`)."""
         from .export import export_png
 
-        return export_png(self, path, layer=layer, head=head, view=view, overwrite=overwrite)
+        return export_png(self, path, layer=layer, head=head, view=view, overwrite=overwrite, which=which)
 
-    def to_html(self, path: Any = None, head: int | None = None, overwrite: bool = False) -> str:
+    def to_html(self, path: Any = None, head: int | None = None, overwrite: bool = False, which: str = "sparse") -> str:
         """A self-contained offline HTML page of this comparison (see :func:`attnsparse_widget.export.to_html`)."""
         from .export import to_html
 
-        return to_html(self, path, head=head, overwrite=overwrite)
+        return to_html(self, path, head=head, overwrite=overwrite, which=which)
 
     def summary(self) -> str:
         """A readable table of the headline metrics and the continuations."""

@@ -4,6 +4,7 @@
     ...                  sparsities=[0.3, 0.5, 0.7, 0.8, 0.9])
     >>> table.to_pandas()                  # a DataFrame (pandas installed), else use the records: list(table)
     >>> aw.plot_sweep(table)               # perplexity against achieved sparsity, one line per mask
+    >>> aw.sweep(None, masks=["sliding_window"], sparsities=[0.5, 0.8], adapt_steps=100)   # + adapted columns
 
 Work is grouped per text: one group runs the dense pass once (it is cached) and then every (mask, sparsity) of
 that text. With ``executor=`` (any ``concurrent.futures.Executor``: a ``ProcessPoolExecutor``, a Dask
@@ -39,6 +40,9 @@ COLUMNS = (
     "top1_agreement",
     "next_token_kl",
     "out_of_reach",
+    "adapted_ppl",  # with adapt_steps: the model adapted under the mask (aw.adapt), else None
+    "recovered",
+    "adapted_next_token_kl",
 )
 
 
@@ -80,19 +84,28 @@ class _Group:
     cells: tuple[tuple[str, float], ...]
     max_tokens: int | None
     mask_params: dict[str, dict[str, Any]]
+    adapt_steps: int | None = None
 
 
 def _run_group(group: _Group) -> list[dict[str, Any]]:
     """Run one group in this process (a worker's entry point: module-level, so it pickles)."""
+    from .adapt import adapt
     from .compare import compare
 
     records = []
     for mask, sparsity in group.cells:
+        adapted = None
+        if group.adapt_steps is not None and sparsity > 0 and mask != "dense":
+            # one training per (mask, sparsity): the texts after the first read it from the disk cache
+            adapted = adapt(
+                group.model, mask, sparsity, steps=group.adapt_steps, progress=False, **group.mask_params.get(mask, {})
+            )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", SparsityOutOfReach)
             res = compare(
                 group.model,
                 group.text,
+                adapted=adapted,
                 mask=mask,
                 sparsity=sparsity,
                 per_layer=False,
@@ -118,6 +131,9 @@ def _run_group(group: _Group) -> list[dict[str, Any]]:
                 "top1_agreement": m.top1_agreement,
                 "next_token_kl": m.next_token_kl,
                 "out_of_reach": any(issubclass(w.category, SparsityOutOfReach) for w in caught),
+                "adapted_ppl": m.adapted_ppl,
+                "recovered": m.recovered,
+                "adapted_next_token_kl": m.adapted_next_token_kl,
             }
         )
     return records
@@ -149,6 +165,7 @@ def sweep(
     max_tokens: int | None = None,
     mask_params: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
+    adapt_steps: int | None = None,
 ) -> SweepTable:
     """Run every (text, mask, sparsity) and return a :class:`SweepTable` of dense/sparse perplexity and its delta,
     mass recall, top-1 agreement, next-token KL and the achieved sparsity (``out_of_reach`` marks requests the mask
@@ -161,14 +178,21 @@ def sweep(
         executor: a ``concurrent.futures.Executor`` to run the per-text groups on (default: this process).
         mask_params: per mask id, its own parameters, e.g. ``{"sink_window": {"sinks": 1}}``.
         progress: show a tqdm progress bar (one step per finished combination).
+        adapt_steps: also adapt the model to every (mask, sparsity) for this many steps
+            (:func:`~attnsparse_widget.adapt`, on the model's own samples, cached on disk) and fill the adapted
+            columns (``adapted_ppl``, ``recovered``, ``adapted_next_token_kl``); None leaves them None.
     """
     from .texts import sample_texts
 
     texts = list(sample_texts() if texts is None else texts)
     masks, sparsities = list(masks), [float(s) for s in sparsities]
     _check(masks, sparsities, texts)
+    if adapt_steps is not None and (
+        isinstance(adapt_steps, bool) or not isinstance(adapt_steps, int) or adapt_steps < 1
+    ):
+        raise ValueError(f"adapt_steps must be None or an int >= 1, got {adapt_steps!r}")
     cells = tuple((m, s) for m in masks for s in sparsities)
-    groups = [_Group(model, i, t, cells, max_tokens, dict(mask_params or {})) for i, t in enumerate(texts)]
+    groups = [_Group(model, i, t, cells, max_tokens, dict(mask_params or {}), adapt_steps) for i, t in enumerate(texts)]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -239,6 +263,23 @@ def plot_sweep(table: Iterable[dict[str, Any]], y: str = "sparse_ppl", log_y: bo
                 hovertemplate=f"{mask}<br>achieved %{{x:.1%}}<br>{y} %{{y:.4g}}<br>%{{text}}<extra></extra>",
             )
         )
+    adapted_rows = [r for r in records if r.get("adapted_ppl") is not None]
+    if y == "sparse_ppl" and adapted_rows:  # the adapted model under each mask: the same colour order, dotted
+        for mask in dict.fromkeys(r["mask"] for r in adapted_rows):
+            rows = sorted((r for r in adapted_rows if r["mask"] == mask), key=lambda r: r["requested_sparsity"])
+            points: dict[float, list[dict[str, Any]]] = {}
+            for r in rows:
+                points.setdefault(r["requested_sparsity"], []).append(r)
+            fig.add_trace(
+                go.Scatter(
+                    x=[float(np.mean([r["achieved_sparsity"] for r in c])) for c in points.values()],
+                    y=[float(np.mean([r["adapted_ppl"] for r in c])) for c in points.values()],
+                    mode="lines+markers",
+                    name=f"{mask}, adapted",
+                    line={"dash": "dot"},
+                    hovertemplate=f"{mask}, adapted<br>achieved %{{x:.1%}}<br>adapted ppl %{{y:.4g}}<extra></extra>",
+                )
+            )
     if y == "sparse_ppl":
         # a trace, not add_hline: on a log axis an hline's annotation is placed in log units and wrecks the range
         dense = float(np.mean([r["dense_ppl"] for r in {r["text"]: r for r in records}.values()]))

@@ -461,11 +461,13 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                 progress=progress,
                 view=request.get("view", "side_by_side"),
                 duration_ms=request.get("duration_ms", 700),
+                which=self._masked(res),  # the masked pass on screen
             )
         except Exception as err:  # noqa: BLE001 - shown in the widget
             self.status = failed_status(self.status, f"GIF export failed: {err}")
             return False
-        name = f"attnsparse-{res.mask.id}-{round(100 * res.metrics.achieved_sparsity)}pct.gif"
+        adapted = "-adapted" if self._masked(res) == "adapted" else ""
+        name = f"attnsparse-{res.mask.id}-{round(100 * res.metrics.achieved_sparsity)}pct{adapted}.gif"
         if target is not None:
             write_atomically(target, data)
         self.send({"type": "download", "filename": name, "mime": "image/gif"}, buffers=[data])
@@ -482,6 +484,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         if not target:
             raise ValueError("pass a path, e.g. w.export_gif('layers.gif'), or set w.export_path")
         kwargs.setdefault("head", None if self.head < 0 else self.head)
+        kwargs.setdefault("which", self._masked(self._result))
         return self._result.export_gif(target, **kwargs)
 
     def _publish_view(self, res: Comparison) -> None:
