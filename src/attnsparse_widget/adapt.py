@@ -39,7 +39,7 @@ from transformers.pytorch_utils import Conv1D
 
 from . import masks as mask_library
 from .capture import Plan, attention_active, check_supported, layer_indexer, layer_stack
-from .export import write_atomically
+from .files import write_atomically
 from .models import PathLike, cache_root, display_name, resolve_model
 from .passes import model_is_causal
 from .texts import ADAPTATION_PROMPTS

@@ -13,9 +13,7 @@ headless Chromium session (Debian's ``chromium`` works; kaleido finds ``/usr/bin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
-import os
 import tempfile
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -27,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from .figures import PANELS, layer_figure, main_figure, map_view, mask_figure, view_title, visible_token
+from .files import writable, write_atomically
 from .messages import CAVEAT, requested_achieved
 
 if TYPE_CHECKING:
@@ -122,38 +121,6 @@ def _check_head(res: Comparison, head: int | None) -> int:
     if isinstance(head, bool) or not isinstance(head, (int, np.integer)) or not -1 <= head < res.n_heads:
         raise ValueError(f"head must be None (mean of heads) or an int in [0, {res.n_heads - 1}], got {head!r}")
     return int(head)
-
-
-def writable(path: str | Path, overwrite: bool) -> Path:
-    """``path`` as a Path, checked before any work is done: an existing file is replaced only with ``overwrite``."""
-    out = Path(path).expanduser()
-    if out.is_dir():
-        raise IsADirectoryError(f"{str(path)!r} is a folder; pass a file path such as {str(out / 'layers.gif')!r}")
-    if out.exists() and not overwrite:
-        raise FileExistsError(
-            f"{str(path)!r} already exists; pass overwrite=True to replace it, or choose another path"
-        )
-    return out
-
-
-_UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it), and put back
-os.umask(_UMASK)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, then rename it into place: an export interrupted
-    half-way leaves no half-written file (and never a damaged version of the one it was replacing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; a written file gets the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _check_layers(res: Comparison, layers: Iterable[int] | None) -> list[int]:
@@ -401,5 +368,4 @@ __all__ = [
     "gif_bytes",
     "render_pngs",
     "to_html",
-    "writable",
 ]

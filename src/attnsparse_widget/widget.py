@@ -27,8 +27,9 @@ import traitlets as t
 from . import masks, pipeline
 from .adapt import DEFAULT_STEPS, Adaptation, adaptation_steps, estimate_seconds
 from .contract import AdaptState, Empty, Figure, Gallery, Info, MetricsPayload, NextTokens, Status, View
-from .export import gif_bytes, writable, write_atomically
+from .export import gif_bytes
 from .figures import layer_figure
+from .files import writable, write_atomically
 from .messages import CAVEAT
 from .models import display_name, resolve_model
 from .payload import (
