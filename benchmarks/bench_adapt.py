@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--masks", nargs="+", default=["sliding_window", "sink_window"])
     parser.add_argument("--sparsity", type=float, default=0.8)
     parser.add_argument("--timing-steps", type=int, default=10)
+    parser.add_argument("--timing-only", action="store_true", help="parts 1-2 only (about two minutes)")
     args = parser.parse_args()
     model, tok = default_model()
     cache = tempfile.mkdtemp(prefix="attnsparse-bench-adapt-")
@@ -86,6 +87,8 @@ def main() -> None:
             f"{peak / 1e9:>7.2f} GB"
         )
 
+    if args.timing_only:
+        return
     print(f"\n3. held-out perplexity on the {len(aw.sample_texts())} sample paragraphs, sparsity {args.sparsity}")
     print(f"{'mask':<16} {'steps':>5} {'dense':>7} {'post-hoc':>9} {'adapted':>8} {'recovered':>9} {'train s':>8}")
     torch.set_grad_enabled(True)

@@ -52,7 +52,7 @@ DEFAULT_RANK = 16
 DEFAULT_LR = 1e-3
 DEFAULT_MAX_TOKENS = 128  # training texts are cut to this many tokens (a step's cost grows with it)
 SAMPLE_TOKENS = 112  # new tokens the model writes per prompt for the default training data
-STEP_FORWARDS = 4.0  # a training step costs about this many dense forward passes (benchmarks/bench_adapt.py)
+STEP_FORWARDS = 3.5  # a training step costs about this many plain forward passes (benchmarks/bench_adapt.py: 3.4-3.6)
 
 
 @dataclass(frozen=True)
