@@ -56,7 +56,6 @@ MAX_TOKENS = 2048  # the widget analyses at most this many tokens of a text (int
 CONTINUATION_TOKENS = 20  # greedy tokens generated under each regime
 PAINT_GRACE_S = 0.4  # at most this long, the later stages wait for the browser to paint the main view
 _VIEW_INPUTS = ("layer", "head", "zoom", "position", "compare_with")
-MASKED_PASSES = ("sparse", "adapted")  # what compare_with may be
 
 
 def _esm() -> Path | str:
