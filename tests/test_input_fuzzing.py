@@ -311,11 +311,17 @@ def test_widget_traits_refuse_values_of_the_wrong_type(comm, tiny, value):
     w.close()
 
 
-def test_widget_truncates_a_text_beyond_its_interactive_limit(comm, tiny, tok):
-    text = " ".join(f"word{i % 97}" for i in range(2600))  # over 5000 tokens
-    w = AttentionDiffWidget(tiny, threaded=False, text=text, per_layer=False)
+def test_widget_truncates_a_text_beyond_the_models_positions(comm, tiny, tok):
+    """The widget's limit is the model's own (8192 positions here): a longer text is cut there, with a note; a
+    smaller max_tokens cuts it shorter."""
+    text = " ".join(f"word{i % 97}" for i in range(4200))  # over 8192 tokens
+    w = AttentionDiffWidget(tiny, threaded=False, text=text, per_layer=False, max_tokens=2048)
     assert w.status["error"] is None and w.info["n_tokens"] == w.max_tokens == 2048
     assert "first 2048" in w.info["note"]
+    w.close()
+    w = AttentionDiffWidget(tiny, threaded=False, text=text, per_layer=False)
+    assert w.status["error"] is None and w.max_tokens == 8192 and w.info["n_tokens"] == 8192
+    assert "first 8192" in w.info["note"]
     w.max_tokens = 3000
     assert w.info["n_tokens"] == 3000
     w.close()

@@ -92,6 +92,10 @@ class Plan:
     calibrated_dropped: float = 0.0
     keep_qk: QueryKeys | None = None  # fill with every layer's queries and keys (a dense pass)
     dense_qk: QueryKeys | None = None  # a dense pass's: the recorder gets that pass's probabilities too
+    # long texts (:func:`row_block`): rows per block are a multiple of ``cell`` (the store's pooling factor), and a
+    # probe of one region computes only the query rows ``rows`` of the probed layer
+    cell: int = 1
+    rows: tuple[int, int] | None = None
 
     def mask_for(self, layer: int) -> Mask | None:
         """The mask of ``layer`` (None: dense), with its own budget when the plan has one for it."""
@@ -119,6 +123,32 @@ class Recorder:
     ) -> None:
         raise NotImplementedError
 
+    takes_blocks = True  # False: every layer must come whole (a store that keeps full-resolution maps)
+
+    def record_block(self, layer: int, block: RowBlock, dense: DenseHead | None = None) -> None:
+        """One block of query rows of a long text's attention call (:func:`row_block`); ``dense(h)``: the dense
+        pass's probabilities of head h on the block's rows and columns. :meth:`finish_layer` follows the last."""
+        raise NotImplementedError
+
+    def finish_layer(self, layer: int, allowed: Tensor) -> None:
+        """Every block of ``layer`` was recorded; ``allowed``: the model's allowed set ``[1, 1, Tq, Tk]``."""
+        raise NotImplementedError
+
+
+@dataclass
+class RowBlock:
+    """What the blocked path computed for query rows ``rows = (a, b)`` of one attention call (batch of one):
+    float32 probabilities ``[1, H, b - a, C]`` over the key positions ``cols`` (int64 ``[C]``, increasing; every
+    pair outside them has probability 0: not allowed, or dropped by the mask), the keep-mask ``[1, H|1, b - a, C]``
+    (None: every allowed pair) and the allowed set ``[1, 1, b - a, C]`` on the same columns."""
+
+    rows: tuple[int, int]
+    n_keys: int
+    cols: Tensor
+    probs: Tensor
+    keep: Tensor | None
+    allowed: Tensor
+
 
 @dataclass
 class QueryKeys:
@@ -127,10 +157,13 @@ class QueryKeys:
 
     queries: list[Tensor | None]
     keys: list[Tensor | None]
+    # long texts (:func:`row_block`): per layer, the log-normaliser of every row ``[B, H, T]`` (float32): with
+    # it a block of the dense probabilities is rebuilt on any columns, without the rest of the row
+    lse: list[Tensor | None] = field(default_factory=list)
 
     @classmethod
     def empty(cls, n_layers: int) -> QueryKeys:
-        return cls([None] * n_layers, [None] * n_layers)
+        return cls([None] * n_layers, [None] * n_layers, [None] * n_layers)
 
     @property
     def complete(self) -> bool:
@@ -199,6 +232,10 @@ def attention_forward(
                 query, key_states, value_states, attn_mask=attention_mask, scale=scaling
             )
             return out.transpose(1, 2).contiguous(), None
+        rows = _rows_per_block(plan, module, query, key_states, mask, dropout)
+        if rows is not None:
+            args = (query, key, value, attention_mask, scaling, softcap)
+            return _blocked(plan, module, layer, mask, rows, *args), None
 
     scores = eager_scores(query, key_states, attention_mask, scaling, softcap)
 
@@ -245,6 +282,242 @@ def attention_forward(
             dense = _dense_heads(plan.dense_qk, layer, n_rep, attention_mask, scaling, softcap)
         plan.recorder.record(layer, probs32, keep, allowed, dense)
     return out, probs
+
+
+# ------------------------------------------------------------------------------------------------ long texts
+# The attention of one call is computed one block of query rows at a time when its float32 scores would take more
+# than LONG_SCORES_BYTES (9 heads: beyond about 2700 tokens), in blocks of about BLOCK_SCORES_BYTES. Rows are
+# independent: every row goes through the same operations as in one piece (scores, the model's mask, the sparse
+# mask, a float32 softmax, ·v), only fewer at a time, and over the key positions that row block can use: the keys
+# a static mask keeps (a window's band, sinks plus a band) or, for a score-dependent mask, every allowed key. The
+# pairs left out have probability exactly 0 in the one-piece computation too (finfo.min before the softmax), so
+# the probabilities agree to float rounding (the sums run over fewer zeros), and nothing [H, T, T] is ever held.
+LONG_SCORES_BYTES = 256 * 2**20
+BLOCK_SCORES_BYTES = 64 * 2**20
+
+
+def row_block(n_heads: int, n_q: int, n_k: int, cell: int = 1) -> int | None:
+    """Query rows per block for an attention call of this shape, a multiple of ``cell``; None: one piece."""
+    if 4 * n_heads * n_q * n_k <= LONG_SCORES_BYTES:
+        return None
+    rows = max(cell, BLOCK_SCORES_BYTES // (4 * n_heads * n_k) // cell * cell)
+    return rows if rows < n_q else None
+
+
+def _rows_per_block(
+    plan: Plan, module: nn.Module, query: Tensor, key_states: Tensor, mask: Mask | None, dropout: float
+) -> int | None:
+    """Rows per block when this call takes the blocked path, else None. It needs a batch of one, no gradients, a
+    causal model (masks give the rows of a block as the last queries of its keys) and a row-local mask (the others
+    read other rows' scores: they run in one piece, at the memory that takes)."""
+    n_q, n_k = query.shape[-2], key_states.shape[-2]
+    if (
+        query.shape[0] != 1
+        or n_q < 2
+        or module.training
+        or dropout
+        or (torch.is_grad_enabled() and query.requires_grad)
+        or not getattr(module, "is_causal", True)
+        or (mask is not None and not mask.row_local)
+        or (plan.recorder is not None and not plan.recorder.takes_blocks)
+    ):
+        return None
+    rows = row_block(query.shape[1], n_q, n_k, plan.cell)
+    if plan.rows is not None:  # a probe of some rows: those rows, in blocks if long
+        return rows or n_q
+    return rows
+
+
+def _blocked(
+    plan: Plan,
+    module: nn.Module,
+    layer: int,
+    mask: Mask | None,
+    rows_per_block: int,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float,
+    softcap: float | None,
+) -> Tensor:
+    """:func:`attention_forward` one block of query rows at a time (see :data:`LONG_SCORES_BYTES`): the output
+    ``[1, Tq, H, D]``; each block goes to the recorder (:meth:`Recorder.record_block`), a dense pass keeping its
+    queries and keys also keeps every row's log-normaliser, and a pass compared with it hands the recorder the
+    dense probabilities of the same block."""
+    _, n_heads, n_q, _ = query.shape
+    n_k = key.shape[-2]
+    n_rep = n_heads // key.shape[1]
+    offset = n_k - n_q  # the key position of query 0
+    allowed = _memo(
+        plan, ("allowed", n_q, n_k), attention_mask, allowed_from, attention_mask, module, n_q, n_k, query.device
+    )
+    ctx = MaskContext(causal=True, layer=layer, n_heads=n_heads, kv_groups=n_rep, seed=plan.seed)
+    calibrating = mask is not None and plan.calibrates(layer)
+    if calibrating:
+        assert mask is not None
+        args = (query, key, attention_mask, allowed, scaling, softcap)
+        mask = mask.with_budget(_budget_on_blocks(plan, mask, rows_per_block, *args, ctx))
+    keep_qk, dense_qk = plan.keep_qk, plan.dense_qk
+    lse = None
+    if keep_qk is not None:
+        lse = torch.empty(query.shape[:-1], dtype=torch.float32, device=query.device)
+        keep_qk.queries[layer], keep_qk.keys[layer], keep_qk.lse[layer] = query, key, lse
+    compared = dense_qk is not None and len(dense_qk.lse) > layer and dense_qk.lse[layer] is not None
+    out = torch.zeros(1, n_q, n_heads, value.shape[-1], dtype=value.dtype, device=value.device)
+    first, kept = None, 0.0
+    lo, hi = plan.rows or (0, n_q)
+    for a in range(lo, hi, rows_per_block):
+        b = min(hi, a + rows_per_block)
+        block_allowed = allowed[:, :, a:b]
+        keep = None
+        if mask is None:
+            cols = _columns(block_allowed[0, 0].any(0))
+        elif not mask.score_dependent:  # positions only: the keys it keeps, known before any score
+            keep = mask.keep(offset + b, n_queries=b - a, ctx=ctx, device=query.device)[None]
+            keep = keep & block_allowed[..., : offset + b]
+            cols = _columns(keep.any(dim=(0, 1, 2)))
+        else:  # the mask reads every key up to the block's last query
+            cols = torch.arange(offset + b, device=query.device)
+        cut = (slice(None), slice(None), slice(a, b))
+        cut_mask = None if attention_mask is None else _take(attention_mask[cut], cols)
+        scores = eager_scores(query[cut], repeat_kv(_take(key, cols, -2), n_rep), cut_mask, scaling, softcap)
+        allowed_cols = _take(block_allowed, cols)
+        if mask is not None:
+            if mask.score_dependent:
+                keep = _block_keep(mask, scores, allowed_cols, offset + b, ctx)
+            else:
+                assert keep is not None
+                keep = _take(keep, cols)
+            dropped = allowed_cols & ~keep
+            lost = dropped.any(dim=-1).flatten(0, 1).any(0).nonzero()  # the block's rows that lost a pair
+            if lost.numel():
+                first = offset + a + int(lost[0]) if first is None else first
+            scores = scores.masked_fill_(dropped, torch.finfo(scores.dtype).min)
+            kept += float((keep & allowed_cols).sum()) / keep.shape[1]
+        if lse is not None:
+            lse[cut] = torch.logsumexp(scores.float(), dim=-1)
+        probs32 = softmax_float32(scores)
+        del scores
+        out[:, a:b] = torch.matmul(probs32.to(value.dtype), repeat_kv(_take(value, cols, -2), n_rep)).transpose(1, 2)
+        if plan.recorder is not None:
+            dense = None
+            if compared:
+                assert dense_qk is not None
+                dense = _dense_block(dense_qk, layer, n_rep, (a, b), cols, cut_mask, scaling, softcap)
+            plan.recorder.record_block(layer, RowBlock((a, b), n_k, cols, probs32, keep, allowed_cols), dense)
+        del probs32
+    if first is not None:
+        plan.first_changed[layer] = min(plan.first_changed.get(layer, first), first)
+    if calibrating:
+        assert mask is not None and mask.budget is not None
+        _calibrated_layer(plan, layer, getattr(mask, mask.budget), float(allowed.sum()), kept)
+    if plan.recorder is not None:
+        plan.recorder.finish_layer(layer, allowed)
+    return out
+
+
+CALIBRATION_BLOCKS = 4  # row blocks, evenly spread, on which a long text's score-dependent budget is sized
+
+
+def _budget_on_blocks(
+    plan: Plan,
+    mask: Mask,
+    rows_per_block: int,
+    query: Tensor,
+    key: Tensor,
+    attention_mask: Tensor | None,
+    allowed: Tensor,
+    scaling: float,
+    softcap: float | None,
+    ctx: MaskContext,
+) -> int:
+    """The budget of a score-dependent mask for one layer of a long text (the blocked :func:`_calibrated`).
+
+    Masks that drop by position (top-k, DSA: row i keeps min(i + 1, k)) are sized exactly from the allowed counts.
+    The others are sized on :data:`CALIBRATION_BLOCKS` row blocks spread evenly over the text (the last one
+    included), an estimate that keeps the memory a few blocks' size; the pass counts what the chosen budget really
+    keeps (the achieved sparsity, and the error feedback of the next layers)."""
+    n_q, n_k = query.shape[-2], key.shape[-2]
+    offset = n_k - n_q
+    row_allowed = allowed[0, 0].sum(-1)
+    n_allowed = float(row_allowed.sum())
+    if mask.drops_by_position:
+
+        def sparsity_at(candidate: Mask) -> float:
+            budget = getattr(candidate, str(candidate.budget))
+            return 1.0 - float(row_allowed.clamp(max=budget).sum()) / max(1.0, n_allowed)
+
+        return _choose_budget(plan, mask, sparsity_at, n_allowed, n_k, True)
+    starts = list(range(0, n_q, rows_per_block))
+    picked = sorted(
+        {starts[round(i * (len(starts) - 1) / max(1, CALIBRATION_BLOCKS - 1))] for i in range(CALIBRATION_BLOCKS)}
+    )
+    n_rep = query.shape[1] // key.shape[1]
+    samples = []
+    for a in picked:
+        b, end = min(n_q, a + rows_per_block), offset + min(n_q, a + rows_per_block)
+        cut_mask = None if attention_mask is None else attention_mask[:, :, a:b, :end]
+        scores = eager_scores(query[:, :, a:b], repeat_kv(key[:, :, :end], n_rep), cut_mask, scaling, softcap)
+        block_allowed = allowed[:, :, a:b, :end]
+        samples.append((scores.float().masked_fill_(~block_allowed, float("-inf")), block_allowed, end))
+    sample_allowed = sum(float(al.sum()) for _, al, _ in samples)
+
+    def sampled_sparsity(candidate: Mask) -> float:
+        kept = 0.0
+        for logits, block_allowed, end in samples:
+            keep = candidate.keep(end, n_queries=logits.shape[-2], scores=logits[0], ctx=ctx)[None] & block_allowed
+            kept += float(keep.sum()) / keep.shape[1]
+        return 1.0 - kept / max(1.0, sample_allowed)
+
+    return _choose_budget(plan, mask, sampled_sparsity, n_allowed, n_k, True)
+
+
+def _block_keep(mask: Mask, scores: Tensor, allowed: Tensor, n_keys: int, ctx: MaskContext) -> Tensor:
+    """A score-dependent mask's keep-mask ``[1, H|1, R, n_keys]`` for a block of rows, the last ``R`` queries of
+    keys ``0 .. n_keys - 1`` (row-local masks give the same rows as on the whole text)."""
+    logits = scores.float().masked_fill(~allowed, float("-inf"))
+    return mask.keep(n_keys, n_queries=scores.shape[-2], scores=logits[0], ctx=ctx)[None] & allowed
+
+
+def _dense_block(
+    qk: QueryKeys,
+    layer: int,
+    n_rep: int,
+    rows: tuple[int, int],
+    cols: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float,
+    softcap: float | None,
+) -> DenseHead:
+    """Head by head, the dense pass's probabilities of ``layer`` on a block's rows and columns: its queries and keys
+    through the same operations, normalised by the row's log-normaliser the dense pass kept (``exp(s − lse)``:
+    the columns a block leaves out need not be computed)."""
+    query, key, lse = qk.queries[layer], qk.keys[layer], qk.lse[layer]
+    assert query is not None and key is not None and lse is not None
+    a, b = rows
+    keys = _take(key, cols, -2)
+
+    def head(h: int) -> Tensor:
+        k = keys[:, h // n_rep : h // n_rep + 1]
+        scores = eager_scores(query[:, h : h + 1, a:b], k, attention_mask, scaling, softcap)
+        return scores.sub_(lse[:, h : h + 1, a:b, None]).exp_()[:, 0]
+
+    return head
+
+
+def _columns(used: Tensor) -> Tensor:
+    """The key positions a block computes: those ``used`` marks (bool ``[Tk]``), as int64 positions."""
+    return used.nonzero().squeeze(-1)
+
+
+def _take(x: Tensor, cols: Tensor, dim: int = -1) -> Tensor:
+    """``x`` at the key positions ``cols`` along ``dim``: a view when they are one contiguous run."""
+    n = cols.numel()
+    if n and int(cols[-1]) - int(cols[0]) + 1 == n:
+        start = int(cols[0])
+        return x.narrow(dim, start, n)
+    return x.index_select(dim, cols)
 
 
 def eager_scores(
@@ -348,21 +621,35 @@ def _calibrated(
             keeps.pop(next(iter(keeps)))
         return 1.0 - float(keep.sum()) / max(1.0, n_allowed * keep.shape[1])
 
+    budget = _choose_budget(plan, mask, sparsity_at, n_allowed, n_k, ctx.causal)
+    chosen = mask.with_budget(budget)
+    keep = keeps.get(budget)
+    if keep is None:
+        keep = sparse_keep(chosen, scores, allowed, ctx, logits)
+    _calibrated_layer(plan, layer, budget, n_allowed, float(keep.sum()) / keep.shape[1])
+    return chosen, keep
+
+
+def _choose_budget(
+    plan: Plan, mask: Mask, sparsity_at: Callable[[Mask], float], n_allowed: float, n_k: int, causal: bool
+) -> int:
+    """The budget of the next calibrated layer (``n_allowed`` allowed pairs per head), by the one search on
+    ``sparsity_at``, aimed as :func:`_calibrated` describes."""
+    assert plan.target_sparsity is not None
     total = plan.calibrated_allowed + n_allowed
     target = plan.target_sparsity
     if abs(plan.calibrated_dropped - target * plan.calibrated_allowed) > _DEAD_BAND * max(1.0, plan.calibrated_allowed):
         # the layers so far are off the target: aim this one so that, with them, the target is met
         target = min(max((target * total - plan.calibrated_dropped) / max(1.0, n_allowed), 0.0), 1.0)
     start = plan.budgets[max(plan.budgets)] if plan.budgets else None
-    budget = mask.budget_for(target, sparsity_at, n_k, ctx.causal, start)
-    chosen = mask.with_budget(budget)
-    keep = keeps.get(budget)
-    if keep is None:
-        keep = sparse_keep(chosen, scores, allowed, ctx, logits)
+    return mask.budget_for(target, sparsity_at, n_k, causal, start)
+
+
+def _calibrated_layer(plan: Plan, layer: int, budget: int, n_allowed: float, kept_per_head: float) -> None:
+    """Record a calibrated layer's budget and what it really kept (the error feedback of the next layers)."""
     plan.budgets[layer] = budget
-    plan.calibrated_allowed = total
-    plan.calibrated_dropped += n_allowed - float(keep.sum()) / keep.shape[1]
-    return chosen, keep
+    plan.calibrated_allowed += n_allowed
+    plan.calibrated_dropped += n_allowed - kept_per_head
 
 
 def _logits(mask: Mask, scores: Tensor, allowed: Tensor) -> Tensor | None:
@@ -648,20 +935,49 @@ class _Probed(Exception):
 
 
 class _LayerProbe(Recorder):
-    def __init__(self, layer: int) -> None:
+    def __init__(self, layer: int, rows: tuple[int, int] | None = None) -> None:
         self.layer = layer
+        self.rows = rows
         self.found: tuple[Tensor, Tensor | None, Tensor] | None = None
+        self._probs: Tensor | None = None
+        self._keep: Tensor | None = None
 
     def record(
         self, layer: int, probs: Tensor, keep: Tensor | None, allowed: Tensor, dense: DenseHead | None = None
     ) -> None:
         if layer == self.layer:
+            lo, hi = self.rows or (0, probs.shape[-2])
             self.found = (
-                probs.detach().to("cpu", torch.float32),
-                None if keep is None else keep.detach().to("cpu"),
-                allowed.detach().to("cpu"),
+                probs[:, :, lo:hi].detach().to("cpu", torch.float32),
+                None if keep is None else keep[:, :, lo:hi].detach().to("cpu"),
+                allowed[:, :, lo:hi].detach().to("cpu"),
             )
             raise _Probed
+
+    def record_block(self, layer: int, block: RowBlock, dense: DenseHead | None = None) -> None:
+        """Scatter a block's rows and columns into the probed rows at full width (zeros elsewhere)."""
+        if layer != self.layer:
+            return
+        a, b = block.rows
+        lo, hi = self.rows or (0, block.n_keys)
+        heads = block.probs.shape[1]
+        if self._probs is None:
+            self._probs = torch.zeros(1, heads, hi - lo, block.n_keys)
+        self._probs[:, :, a - lo : b - lo].index_copy_(
+            -1, block.cols.cpu(), block.probs.detach().to("cpu", torch.float32)
+        )
+        if block.keep is not None:
+            if self._keep is None:
+                self._keep = torch.zeros(1, block.keep.shape[1], hi - lo, block.n_keys, dtype=torch.bool)
+            self._keep[:, :, a - lo : b - lo].index_copy_(-1, block.cols.cpu(), block.keep.detach().to("cpu"))
+
+    def finish_layer(self, layer: int, allowed: Tensor) -> None:
+        if layer != self.layer:
+            return
+        assert self._probs is not None
+        lo, hi = self.rows or (0, allowed.shape[-2])
+        self.found = (self._probs, self._keep, allowed[:, :, lo:hi].detach().to("cpu"))
+        raise _Probed
 
 
 def layer_attention(
@@ -672,14 +988,20 @@ def layer_attention(
     outputs: LayerOutputs,
     seed: int = 0,
     budgets: dict[int, int] | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """Probabilities, keep-mask and allowed set of one layer of a recorded pass, recomputed at full resolution.
+    """Probabilities, keep-mask and allowed set of one layer of a recorded pass, recomputed at full resolution:
+    ``[1, H, R, T]``, ``[1, H|1, R, T]`` (None: the pass kept every allowed pair), ``[1, 1, R, T]`` for the query
+    rows ``rows`` (half-open; None: all ``T``).
 
     Blocks ``0 .. layer-1`` replay the pass's recorded outputs, so block ``layer`` sees exactly the input it saw
-    then and computes exactly the same scores, mask and probabilities; the pass stops right after. ``mask`` is the
-    pass's mask (None for the dense pass), ``budgets`` the per-layer budgets the pass chose (:class:`Plan`)."""
-    probe = _LayerProbe(layer)
-    plan = Plan(layer_of=layer_indexer(model), mask=mask, recorder=probe, seed=seed, budgets=dict(budgets or {}))
+    then and computes exactly the same scores, mask and probabilities; only the asked rows of a long text are
+    computed (:func:`row_block`), and the pass stops right after. ``mask`` is the pass's mask (None for the dense
+    pass), ``budgets`` the per-layer budgets the pass chose (:class:`Plan`)."""
+    probe = _LayerProbe(layer, rows)
+    plan = Plan(
+        layer_of=layer_indexer(model), mask=mask, recorder=probe, seed=seed, budgets=dict(budgets or {}), rows=rows
+    )
     try:
         with torch.inference_mode(), attention_active(model, plan), start_at_layer(model, layer, outputs):
             model(input_ids=ids, use_cache=False)

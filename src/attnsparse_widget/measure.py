@@ -19,6 +19,7 @@ from .result import Comparison
 from .store import AttentionStore, compare_heads
 
 Tensor = torch.Tensor
+RECOMPUTE_BYTES = 256 * 2**20  # probabilities of one pass recomputed at a time (every head, full width)
 
 
 def sparsity_metrics(store: AttentionStore, requested: float | None) -> M.Metrics:
@@ -118,15 +119,11 @@ def iter_attention_metrics(res: Comparison) -> Iterator[int]:
     rows: list[list[Tensor]] = [[] for _ in passes]
     heads: list[list[list[float]]] = [[] for _ in passes]
     for layer in range(res.n_layers):
-        dense_probs: Tensor | None = None
         for i, result in enumerate(passes):
             store = result.store
             recall, kl = store.recall_rows[layer], store.kl_per_head[layer]
             if recall is None or kl is None:
-                if dense_probs is None:  # a long text's layers are used once here: not kept
-                    dense_probs, _, _ = res.dense.layer(layer, remember=False)
-                q, keep, allowed = result.layer(layer, remember=False)
-                recall, kl = compare_heads(q, keep, allowed, _heads_of(dense_probs))
+                recall, kl = _recomputed(res.dense, result, layer, res.n_heads)
             rows[i].append(recall)
             heads[i].append(kl.tolist())
         yield layer
@@ -146,6 +143,24 @@ def _per_layer(
     and per-head KL."""
     recall_heads = [r.mean(-1).tolist() for r in recall_rows]
     return recall_heads, kl_heads, [float(np.mean(h)) for h in recall_heads], [float(np.mean(h)) for h in kl_heads]
+
+
+def _recomputed(dense: PassResult, other: PassResult, layer: int, n_heads: int) -> tuple[Tensor, Tensor]:
+    """Recall per row ``[H, rows]`` and mean row KL per head ``[H]`` of ``other``'s ``layer`` against the dense
+    pass's, both recomputed at full resolution a block of rows at a time (a long text's layers are used once here:
+    not kept)."""
+    n = int(dense.ids.shape[1])
+    step = max(1, RECOMPUTE_BYTES // (4 * n_heads * n))
+    recall, kl_sum, rows = [], torch.zeros(n_heads, dtype=torch.float64), 0
+    for a in range(0, n, step):
+        span = (a, min(n, a + step))
+        dense_probs, _, _ = dense.layer(layer, remember=False, rows=span)
+        q, keep, allowed = other.layer(layer, remember=False, rows=span)
+        block_recall, block_kl = compare_heads(q, keep, allowed, _heads_of(dense_probs))
+        recall.append(block_recall)
+        kl_sum += block_kl.double() * block_recall.shape[-1]
+        rows += block_recall.shape[-1]
+    return torch.cat(recall, dim=-1), (kl_sum / max(1, rows)).float()
 
 
 def _heads_of(probs: Tensor) -> DenseHead:

@@ -36,9 +36,9 @@ from .store import AttentionStore
 Tensor = torch.Tensor
 RECOMPUTED_LAYERS = 1  # full-resolution layers recomputed on demand and kept, per pass (overview stores)
 # a dense pass of a text longer than the overview keeps every layer's queries and keys up to this size (141 MB of
-# queries at 2048 tokens for the default model; its keys are the KV cache's), so that its sparse passes measure
-# their attention metrics as they run
-QK_BUDGET = 256 * 2**20
+# queries at 2048 tokens for the default model, 566 MB at 8192; its keys are the KV cache's), so that its sparse
+# passes measure their attention metrics as they run (a long text's layers are never recomputed whole for them)
+QK_BUDGET = 1024 * 2**20
 
 
 @dataclass
@@ -73,7 +73,9 @@ class PassResult:
     budgets: dict[int, int] = field(default_factory=dict)
     continuation: list[int] = field(default_factory=list)
     continuation_steps: int = 0  # tokens asked for (the continuation stops early at an end-of-sequence token)
-    _layers: OrderedDict[int, tuple[Tensor, Tensor | None, Tensor]] = field(default_factory=OrderedDict)
+    _layers: OrderedDict[tuple[int, int, int], tuple[Tensor, Tensor | None, Tensor]] = field(
+        default_factory=OrderedDict
+    )
 
     def the_model(self) -> PreTrainedModel:
         model = self.model()
@@ -90,28 +92,33 @@ class PassResult:
             return self.full_output[positions.to(self.full_output.device)].float()
         return logits_at(self.the_model(), self.ids, self.base_output, positions)
 
-    def layer(self, layer: int, remember: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
-        """(probs ``[1, H, T, T]``, keep ``[1, H|1, T, T]`` or None, allowed ``[1, 1, T, T]``) at full resolution:
-        from the store when retained, else recomputed by replaying that layer (the last one is kept when
-        ``remember``)."""
+    def layer(
+        self, layer: int, remember: bool = True, rows: tuple[int, int] | None = None
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """(probs ``[1, H, R, T]``, keep ``[1, H|1, R, T]`` or None, allowed ``[1, 1, R, T]``) at full resolution
+        for the query rows ``rows`` (half-open; None: all ``T``): from the store when retained, else recomputed by
+        replaying that layer (the last one asked for is kept when ``remember``)."""
         store = self.store
+        lo, hi = rows or (0, self.ids.shape[1])
         if store.retain:
             probs = store.probs[layer]
             allowed = store.allowed[layer]
             assert probs is not None and allowed is not None
-            return probs, store.keep[layer], allowed
-        found = self._layers.get(layer)
+            keep = store.keep[layer]
+            return probs[:, :, lo:hi], None if keep is None else keep[:, :, lo:hi], allowed[:, :, lo:hi]
+        key = (layer, lo, hi)
+        found = self._layers.get(key)
         if found is None:
             found = layer_attention(
-                self.the_model(), self.ids, self.mask, layer, self.layer_outputs, self.seed, self.budgets
+                self.the_model(), self.ids, self.mask, layer, self.layer_outputs, self.seed, self.budgets, rows
             )
             if not remember:
                 return found
-            self._layers[layer] = found
+            self._layers[key] = found
             while len(self._layers) > RECOMPUTED_LAYERS:
                 self._layers.popitem(last=False)
         else:
-            self._layers.move_to_end(layer)
+            self._layers.move_to_end(key)
         return found
 
     def release(self) -> None:
@@ -165,7 +172,14 @@ def captured_pass(
     n_layers = num_layers(model)
     config = text_config(model)
     store = AttentionStore(n_layers, config.num_attention_heads, ids.shape[1])
-    plan = Plan(layer_of=layer_indexer(model), mask=mask, recorder=store, seed=seed, target_sparsity=target_sparsity)
+    plan = Plan(
+        layer_of=layer_indexer(model),
+        mask=mask,
+        recorder=store,
+        seed=seed,
+        target_sparsity=target_sparsity,
+        cell=store.factor,
+    )
     if not store.retain:  # retained maps give the attention metrics afterwards, at no recomputation
         if mask is None and qk_bytes(model, ids.shape[1]) <= QK_BUDGET:
             plan.keep_qk = QueryKeys.empty(n_layers)

@@ -35,6 +35,27 @@ def pool_sum(values: torch.Tensor, factor: int) -> torch.Tensor:
     return pooled.reshape(*lead, *pooled.shape[-2:])
 
 
+def pool_sum_rows(values: torch.Tensor, factor: int, rows: int = 1024) -> torch.Tensor:
+    """:func:`pool_sum` of a large (e.g. bool) map, converting ``rows`` rows to float32 at a time."""
+    if factor <= 1 or values.shape[-2] <= rows:
+        return pool_sum(values, factor)
+    rows = max(factor, rows // factor * factor)
+    return torch.cat([pool_sum(values[..., a : a + rows, :], factor) for a in range(0, values.shape[-2], rows)], -2)
+
+
+def pool_columns(values: torch.Tensor, factor: int, cells: torch.Tensor, n_cells: int) -> torch.Tensor:
+    """Sums over ``factor``-row blocks of ``values [..., R, C]`` and over the column cells ``cells`` (``[C]``, the
+    cell of each column: columns need not be contiguous) → ``[..., ceil(R / factor), n_cells]`` (float32)."""
+    values = values.float() if values.dtype != torch.float32 else values
+    lead, (rows, cols) = values.shape[:-2], values.shape[-2:]
+    if factor > 1:
+        values = torch.nn.functional.avg_pool2d(
+            values.reshape(1, -1, rows, cols), (factor, 1), stride=(factor, 1), ceil_mode=True, divisor_override=1
+        ).reshape(*lead, -1, cols)
+    out = torch.zeros((*values.shape[:-1], n_cells), dtype=torch.float32, device=values.device)
+    return out.index_add_(-1, cells.to(values.device), values)
+
+
 def cell_counts(rows: int, cols: int, factor: int) -> np.ndarray:
     """Pairs per pooled cell, ``[ceil(rows/f), ceil(cols/f)]`` (smaller along the last row and column)."""
     per_row = np.minimum(factor, rows - factor * np.arange(math.ceil(rows / factor)))

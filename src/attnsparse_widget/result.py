@@ -21,6 +21,8 @@ from .tokens import readable_tokens
 if TYPE_CHECKING:
     from .adapt import Adaptation
 
+FULL_MAP_BYTES = 2**30  # Comparison.attention / keep_mask return at most this much at once (float32 or bool)
+BLOCK_MAP_BYTES = 256 * 2**20  # a long text's rows are recomputed this much (every head, full width) at a time
 PASSES = ("dense", "sparse", "adapted")  # the regimes a comparison can hold ("sparse" is the post-hoc mask)
 
 
@@ -94,23 +96,80 @@ class Comparison:
             params[self.mask.budget] = next(iter(self.sparse.budgets.values()))
         return params
 
-    def attention(self, layer: int, which: str = "dense") -> np.ndarray:
-        """Post-softmax attention of ``layer`` as float32 ``[heads, T, T]``; ``which`` is "dense", "sparse" or
-        "adapted"."""
-        self._check_layer(layer)
-        probs, _, _ = self.pass_of(which).layer(layer)
-        return probs[0].numpy()
+    def attention(
+        self,
+        layer: int,
+        which: str = "dense",
+        *,
+        head: int | None = None,
+        region: tuple[int, int, int, int] | None = None,
+    ) -> np.ndarray:
+        """Post-softmax attention of ``layer``, float32: ``[heads, T, T]``, or one head's ``[T, T]`` (``head``),
+        or the half-open ``region = (q0, q1, k0, k1)`` of queries and keys (``[heads, q1 - q0, k1 - k0]``, or
+        ``[q1 - q0, k1 - k0]`` with ``head``). ``which`` is "dense", "sparse" or "adapted".
 
-    def keep_mask(self, layer: int, which: str = "sparse") -> np.ndarray:
+        Whole layers are returned up to :data:`FULL_MAP_BYTES` (1 GiB: 9 heads up to about 5400 tokens); a longer
+        text asks for one head or a region. A long text's rows are recomputed exactly, a block at a time."""
+        probs = self._full_resolution(layer, which, head, region, "attention", lambda found: found[0], 4)
+        return probs
+
+    def keep_mask(
+        self,
+        layer: int,
+        which: str = "sparse",
+        *,
+        head: int | None = None,
+        region: tuple[int, int, int, int] | None = None,
+    ) -> np.ndarray:
         """The keep-mask the ``which`` pass ("sparse" or "adapted") applied at ``layer``, bool ``[heads, T, T]``
-        (within the model's mask; a score-dependent mask chooses from that pass's own scores)."""
-        self._check_layer(layer)
+        (within the model's mask; a score-dependent mask chooses from that pass's own scores); ``head`` and
+        ``region`` as for :meth:`attention`."""
         if which == "dense":
             raise ValueError("the dense pass applies no keep-mask: which must be 'sparse' or 'adapted'")
-        _, keep, allowed = self.pass_of(which).layer(layer)
-        if keep is None:  # the dense pattern: everything the model allows
-            keep = allowed
-        return keep[0].expand(self.n_heads, -1, -1).numpy().copy()
+
+        def keep_of(found: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]) -> torch.Tensor:
+            _, keep, allowed = found
+            return (allowed if keep is None else keep).expand(-1, self.n_heads, -1, -1)
+
+        return self._full_resolution(layer, which, head, region, "keep_mask", keep_of, 1)
+
+    def _full_resolution(
+        self,
+        layer: int,
+        which: str,
+        head: int | None,
+        region: tuple[int, int, int, int] | None,
+        name: str,
+        pick: Callable[[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]], torch.Tensor],
+        item_bytes: int,
+    ) -> np.ndarray:
+        """Rows of a pass's full-resolution layer (see :meth:`attention`), a block of rows at a time when long."""
+        self._check_layer(layer)
+        result = self.pass_of(which)
+        n = len(self.tokens)
+        q0, q1, k0, k1 = check_region(region, n)
+        if head is not None and (isinstance(head, bool) or not isinstance(head, (int, np.integer))):
+            raise TypeError(f"head must be an int (0..{self.n_heads - 1}) or None for every head, got {head!r}")
+        if head is not None and not 0 <= head < self.n_heads:
+            raise ValueError(f"head must be in 0..{self.n_heads - 1} ({self.n_heads} heads), got {head}")
+        heads = self.n_heads if head is None else 1
+        size = item_bytes * heads * (q1 - q0) * (k1 - k0)
+        if size > FULL_MAP_BYTES:
+            raise ValueError(
+                f"{name}({layer}) would return {heads} x {q1 - q0} x {k1 - k0} values ({size / 2**30:.1f} GiB), above "
+                f"the {FULL_MAP_BYTES / 2**30:.0f} GiB it returns at once: ask for one head, {name}({layer}, head=0) "
+                f"([{q1 - q0}, {k1 - k0}]), or a region of queries and keys, {name}({layer}, region=(q0, q1, k0, k1)), "
+                f"e.g. region=(0, 512, 0, 512)"
+            )
+        if result.store.retain or (q0, q1) == (0, n) and 4 * self.n_heads * n * n <= FULL_MAP_BYTES:
+            whole = pick(result.layer(layer, rows=(q0, q1)))[0, :, :, k0:k1]
+            return (whole if head is None else whole[head]).numpy().copy()
+        step = max(1, BLOCK_MAP_BYTES // (4 * self.n_heads * n))  # rows per recomputation: every head, full width
+        parts = []
+        for a in range(q0, q1, step):
+            rows = pick(result.layer(layer, remember=False, rows=(a, min(q1, a + step))))[0, :, :, k0:k1]
+            parts.append((rows if head is None else rows[head]).clone())
+        return torch.cat(parts, dim=-2).numpy()
 
     def allowed_mask(self, layer: int) -> np.ndarray:
         """The model's own allowed pairs at ``layer`` (causal, padding, its own sliding window), bool ``[T, T]``."""
@@ -155,14 +214,20 @@ class Comparison:
                 out[name] = repool_mean(_select_head(value.numpy(), head), n, n, store.factor, outer)
             return out, store.factor * outer
         factor = factor_for(max(q1 - q0, k1 - k0), max_side)
-        cut = (slice(q0, q1), slice(k0, k1))
-        full = {}
-        for name, (probs, keep, allowed) in (("dense", self.dense.layer(layer)), ("sparse", masked.layer(layer))):
-            full[name] = _select_head(probs[0].numpy(), head)[cut]
-            if name == "sparse":
-                full["keep"] = _select_head((allowed if keep is None else keep)[0].numpy(), head)[cut]
-                full["allowed"] = allowed[0, 0].numpy()[cut].astype(np.float32)
-        return {name: block_mean(value, factor) for name, value in full.items()}, factor
+        # the rows of the region, a block at a time (a multiple of the cell height, so the cells' means join up)
+        step = max(factor, BLOCK_MAP_BYTES // (4 * self.n_heads * n) // factor * factor)
+        parts: dict[str, list[np.ndarray]] = {"dense": [], "sparse": [], "keep": [], "allowed": []}
+        once = q1 - q0 <= step  # one block: remembered, for the next head of the same region
+        for a in range(q0, q1, step):
+            rows = (a, min(q1, a + step))
+            for name, result in (("dense", self.dense), ("sparse", masked)):
+                probs, keep, allowed = result.layer(layer, remember=once, rows=rows)
+                parts[name].append(block_mean(_select_head(probs[0].numpy(), head)[:, k0:k1], factor))
+                if name == "sparse":
+                    kept = _select_head((allowed if keep is None else keep)[0].numpy(), head)[:, k0:k1]
+                    parts["keep"].append(block_mean(kept, factor))
+                    parts["allowed"].append(block_mean(allowed[0, 0].numpy()[:, k0:k1].astype(np.float32), factor))
+        return {name: np.concatenate(value, axis=0) for name, value in parts.items()}, factor
 
     def head_maps(self, layer: int, max_side: int, which: str = "sparse") -> tuple[np.ndarray, np.ndarray]:
         """Every head's dense and masked (``which``: "sparse" or "adapted") map of ``layer``: ``[H, n, n]`` cell
@@ -276,6 +341,21 @@ class Comparison:
         from .report import summary_table
 
         return summary_table(self)
+
+
+def check_region(region: Any, n: int) -> tuple[int, int, int, int]:
+    """``region = (q0, q1, k0, k1)``, half-open query and key ranges within ``n`` tokens (None: everything)."""
+    if region is None:
+        return 0, n, 0, n
+    ok = isinstance(region, (tuple, list)) and len(region) == 4
+    ok = ok and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in region)
+    if not ok or not (0 <= region[0] < region[1] <= n and 0 <= region[2] < region[3] <= n):
+        raise ValueError(
+            f"region must be (q0, q1, k0, k1): half-open query and key ranges with 0 <= q0 < q1 <= {n} and "
+            f"0 <= k0 < k1 <= {n} (the text has {n} tokens), got {region!r}"
+        )
+    q0, q1, k0, k1 = (int(v) for v in region)
+    return q0, q1, k0, k1
 
 
 def _select_head(values: np.ndarray, head: int) -> np.ndarray:

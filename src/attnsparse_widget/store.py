@@ -20,12 +20,13 @@ layer (static patterns, the model's causal mask), so sharing, counting and pooli
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from . import metrics as M
-from .capture import DenseHead, Recorder
-from .pooling import MAX_SIDE, factor_for, pool_sum
+from .capture import DenseHead, Recorder, RowBlock
+from .pooling import MAX_SIDE, factor_for, pool_columns, pool_sum, pool_sum_rows
 
 Tensor = torch.Tensor
 RETAIN_BUDGET = 384 * 2**20  # bytes of float32 maps per pass kept at full resolution, at most
@@ -72,6 +73,8 @@ class AttentionStore(Recorder):
         self.kl_per_head: list[Tensor | None] = [None] * n_layers
         self._last: dict[str, tuple[Tensor, Tensor]] = {}  # what -> (the last object, its result)
         self._slab: Tensor | None = None  # the pooled overviews of every layer, [L, H, n, n]
+        # a long text's layer being recorded block by block: pooled keep-mask, kept pairs, recall and KL per row
+        self._pending: dict[str, Any] = {}
 
     def record(
         self, layer: int, probs: Tensor, keep: Tensor | None, allowed: Tensor, dense: DenseHead | None = None
@@ -95,6 +98,60 @@ class AttentionStore(Recorder):
             self.pooled_allowed[layer] = self._once("pool allowed", allowed, lambda: pool_sum(allowed[0], self.factor))
             if keep is not None:  # full resolution is recomputed on demand (one layer replayed)
                 self.pooled_keep[layer] = self._once("pool keep", keep, lambda: pool_sum(keep[0], self.factor))
+        self.recorded[layer] = True
+
+    @property
+    def takes_blocks(self) -> bool:  # type: ignore[override]
+        return not self.retain
+
+    def record_block(self, layer: int, block: RowBlock, dense: DenseHead | None = None) -> None:
+        """Pool one block of a long text's rows into the overview (see :class:`~attnsparse_widget.capture.RowBlock`)
+        and, compared with a dense pass, measure its rows' recall and KL."""
+        pending = self._pending
+        if pending.get("layer") != layer:
+            pending.clear()
+            pending.update(layer=layer, keep=None, kept=None, recall=[], kl=[])
+            if self._slab is None:
+                n = -(-self.n_tokens // self.factor)
+                self._slab = torch.zeros((len(self.pooled_probs), block.probs.shape[1], n, n))
+            self.pooled_probs[layer] = self._slab[layer].zero_()
+        a, b = block.rows
+        cell = slice(a // self.factor, -(-b // self.factor))
+        cells = block.cols.cpu() // self.factor
+        pooled = self.pooled_probs[layer]
+        assert pooled is not None
+        pooled[:, cell] += pool_columns(block.probs.detach()[0].to("cpu"), self.factor, cells, pooled.shape[-1])
+        allowed = block.allowed
+        if block.keep is not None:
+            kept = block.keep & allowed
+            if pending["keep"] is None:
+                pending["keep"] = torch.zeros((kept.shape[1], *pooled.shape[1:]))
+                pending["kept"] = torch.zeros(kept.shape[:2], dtype=torch.int64)
+            pending["keep"][:, cell] += pool_columns(kept[0].to("cpu"), self.factor, cells, pooled.shape[-1])
+            pending["kept"] += kept.sum(dim=(-1, -2)).cpu()
+        if dense is not None:
+            kept_pairs = allowed if block.keep is None else block.keep
+            recall, kl = [], []
+            for h in range(block.probs.shape[1]):
+                p = dense(h)[0]
+                recall.append(M.head_recall(p, kept_pairs[0, h if kept_pairs.shape[1] > 1 else 0]).cpu())
+                kl.append(M.head_row_kl(block.probs[0, h], p).cpu())
+            pending["recall"].append(torch.stack(recall))
+            pending["kl"].append(torch.stack(kl))
+
+    def finish_layer(self, layer: int, allowed: Tensor) -> None:
+        """The last block of ``layer`` is in: its counts, pooled allowed set and attention metrics."""
+        pending = self._pending
+        assert pending.get("layer") == layer, "finish_layer without record_block"
+        self.allowed[layer] = allowed
+        self.allowed_count[layer] = self._once("count allowed", allowed, lambda: allowed.sum(dim=(-1, -2)))
+        self.pooled_allowed[layer] = self._once("pool allowed", allowed, lambda: pool_sum_rows(allowed[0], self.factor))
+        self.kept[layer] = self.allowed_count[layer] if pending["kept"] is None else pending["kept"]
+        self.pooled_keep[layer] = pending["keep"]
+        if pending["recall"]:
+            self.recall_rows[layer] = torch.cat(pending["recall"], dim=-1)
+            self.kl_per_head[layer] = torch.cat(pending["kl"], dim=-1).mean(-1)
+        pending.clear()
         self.recorded[layer] = True
 
     def _once(self, what: str, obj: Tensor, compute: Callable[[], Tensor]) -> Tensor:

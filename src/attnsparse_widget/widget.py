@@ -52,7 +52,9 @@ DEFAULT_TEXT = (
     "the harbour until the wind turned."
 )
 _MODEL_INPUTS = ("text", "mask", "sparsity", "mask_params", "max_tokens")
-MAX_TOKENS = 2048  # the widget analyses at most this many tokens of a text (interactive on a laptop CPU)
+# the widget analyses a text up to the model's positions (max_position_embeddings); this many for a model that
+# states none
+MAX_TOKENS = 8192
 CONTINUATION_TOKENS = 20  # greedy tokens generated under each regime
 PAINT_GRACE_S = 0.4  # at most this long, the later stages wait for the browser to paint the main view
 _VIEW_INPUTS = ("layer", "head", "zoom", "position", "compare_with")
@@ -137,6 +139,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         params = {k: kwargs.pop(k) for k in list(kwargs) if k not in self.trait_names()}
         if params:
             kwargs["mask_params"] = {**kwargs.get("mask_params", {}), **params}
+        kwargs.setdefault("max_tokens", max_positions(self._model) or MAX_TOKENS)
         super().__init__(**kwargs)
         self.catalog = [
             {k: info[k] for k in ("id", "description", "paper", "budget", "params", "score_dependent")}
@@ -517,7 +520,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
     def _token_limit(self) -> int:
         """``max_tokens``, and never more than the model's positions: a long text is cut, with a note."""
         if isinstance(self.max_tokens, bool) or self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive int, got {self.max_tokens!r}; e.g. w.max_tokens = 2048")
+            raise ValueError(f"max_tokens must be a positive int, got {self.max_tokens!r}; e.g. w.max_tokens = 4096")
         positions = max_positions(self._model)
         return self.max_tokens if positions is None else min(self.max_tokens, positions)
 

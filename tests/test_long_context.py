@@ -1,0 +1,220 @@
+"""Long texts: the blocked attention path (capture.row_block) against independent oracles.
+
+Above ``capture.LONG_SCORES_BYTES`` of scores per attention call the engine computes one block of query rows at a
+time, over only the keys a block can use. Here the threshold is lowered (fixture ``blocked``) so that short texts on
+tiny models take that path, and what comes out is checked against:
+
+* the stock eager model handed the same keep-mask as an explicit additive float mask (static masks; every tiny
+  family, GQA, soft-capping and the models' own sliding windows included), and the default model at 1024 tokens;
+* the plain per-row reference of tests/reference_masks.py (score-dependent masks, on the default model);
+* the spec's formulas in numpy for the attention metrics measured block by block.
+
+Tolerances: probabilities 1e-5 absolute (sums over fewer exact zeros round differently), perplexity 1e-4 relative.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_capture_oracle import (
+    STATIC_MASKS,
+    TOY_TEXT,
+    additive,
+    eager,
+    model_allowed,
+    numpy_attention_metrics,
+    random_ids,
+)
+from test_sparse_oracle_scores import SCORE_MASKS, TEXT, reference_attention
+from tiny_models import ToyTokenizer, build, configs
+from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.masking_utils import eager_mask
+
+import attnsparse_widget as aw
+from attnsparse_widget import capture, masks
+from attnsparse_widget import store as store_module
+from attnsparse_widget.capture import Plan, attention_active, layer_indexer, num_layers
+from attnsparse_widget.passes import captured_pass
+from attnsparse_widget.pooling import pool_sum
+from attnsparse_widget.store import AttentionStore
+
+ATOL = 1e-5
+ROWS = 6  # query rows per block in these tests
+
+
+@pytest.fixture
+def blocked(monkeypatch):
+    """Every attention call of more than one query takes the blocked path, ``ROWS`` rows (rounded to the store's
+    cell) at a time, into stores that keep the pooled overview only, as for a long text."""
+    aw.clear_cache()
+    monkeypatch.setattr(capture, "LONG_SCORES_BYTES", 0)
+    monkeypatch.setattr(capture, "row_block", _small_blocks)
+    monkeypatch.setattr(store_module, "retains", lambda *args, **kwargs: False)
+    yield
+    aw.clear_cache()
+
+
+def _small_blocks(n_heads: int, n_q: int, n_k: int, cell: int = 1) -> int | None:
+    rows = max(cell, ROWS // cell * cell)
+    return rows if rows < n_q else None
+
+
+def capture_overview(model, ids, mask=None, max_side=16):
+    """Our pass into an overview store (``max_side`` cells a side); returns (store, logits, plan)."""
+    heads = model.config.get_text_config().num_attention_heads
+    store = AttentionStore(num_layers(model), heads, ids.shape[1], retain=False, max_side=max_side)
+    plan = Plan(layer_of=layer_indexer(model), mask=mask, recorder=store, cell=store.factor)
+    with torch.no_grad(), attention_active(model, plan):
+        logits = model(input_ids=ids).logits
+    return store, logits, plan
+
+
+def explicit_masks(model, mask, n):
+    """The keep-mask of every layer within the model's own allowed set, and the additive mask(s) for eager."""
+    heads = model.config.num_attention_heads
+    per_layer = [torch.as_tensor(masks.build(mask, n, layer=layer, n_heads=heads)) for layer in range(3)]
+    allowed = model_allowed(model, n)
+    keep = [(k if k.dim() == 3 else k[None]) & a for k, a in zip(per_layer, allowed, strict=False)]
+    types = getattr(model.config, "layer_types", None)
+    if types and len(set(types)) > 1:
+        return keep, {t: additive(keep[types.index(t)]) for t in set(types)}
+    return keep, additive(keep[0])
+
+
+def pooled(attention: torch.Tensor, factor: int) -> torch.Tensor:
+    return pool_sum(attention[0].float(), factor)
+
+
+TINY = list(configs())
+
+
+@pytest.mark.parametrize("mask_id", STATIC_MASKS)
+@pytest.mark.parametrize("family", TINY)
+def test_blocked_static_sparse_equals_eager_with_explicit_mask(blocked, family, mask_id):
+    model = build(family, "eager" if family == "gemma2" else "sdpa")
+    n = 40
+    ids = random_ids(n, seed=2)
+    mask = masks.resolve(mask_id, n, 0.5)
+    keep, explicit = explicit_masks(model, mask, n)
+    if not isinstance(explicit, dict) and any(not torch.equal(keep[0], k) for k in keep):
+        model = build(family, "eager" if family == "gemma2" else "sdpa", n_layers=1)  # one explicit mask per model
+    store, logits, _ = capture_overview(model, ids, mask)
+    attentions, ref_logits = eager(model, ids, explicit)
+    assert float((logits - ref_logits).abs().max()) <= 1e-4
+    heads = model.config.num_attention_heads
+    for layer, ref in enumerate(attentions):
+        assert float((store.pooled_probs[layer] - pooled(ref, store.factor)).abs().max()) <= ATOL * store.factor**2
+        if store.pooled_keep[layer] is not None:  # the keep-mask it applied, pooled: the explicit one
+            expected = pool_sum(keep[layer].expand(heads, -1, -1).float(), store.factor)
+            assert torch.equal(store.pooled_keep[layer].expand(heads, -1, -1), expected)
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_blocked_probe_of_a_region_equals_eager_rows(blocked, family):
+    """``layer_attention(rows=...)`` recomputes only those query rows, at full width: eager's rows exactly."""
+    model = build(family, "eager" if family == "gemma2" else "sdpa")
+    n = 40
+    ids = random_ids(n, seed=3)
+    mask = masks.resolve("sink_window", n, 0.5)
+    keep, explicit = explicit_masks(model, mask, n)
+    attentions, _ = eager(model, ids, explicit)
+    sparse = captured_pass(model, ids, mask, seed=0, is_lm=True)
+    for layer in range(num_layers(model)):
+        probs, kept, allowed = sparse.layer(layer, rows=(7, 19))
+        assert probs.shape == (1, model.config.num_attention_heads, 12, n)
+        assert float((probs - attentions[layer][:, :, 7:19]).abs().max()) <= ATOL
+        assert kept is not None and torch.equal(
+            kept[0].expand(probs.shape[1], -1, -1), keep[layer][:, 7:19].expand(probs.shape[1], -1, -1)
+        )
+
+
+@pytest.mark.parametrize("mask_id", SCORE_MASKS)
+def test_blocked_score_dependent_mask_equals_reference(blocked, default_model, mask_id):
+    """Row-local score-dependent masks (top-k, DSA, NSA, MoBA, Quest) chosen block by block equal the plain per-row
+    reference; the others (H2O, vertical-slash, block top-k read other rows) run in one piece, and still match."""
+    model, tok = default_model
+    ids = tok(TEXT, return_tensors="pt").input_ids
+    mask = masks.resolve(mask_id, ids.shape[1], 0.5)
+    store, ours, _ = capture_overview(model, ids, mask, max_side=8)
+    name = f"reference_blocked_{mask_id}"
+    AttentionInterface.register(name, reference_attention(mask))
+    AttentionMaskInterface.register(name, eager_mask)
+    before = model.config._attn_implementation
+    model.set_attn_implementation(name)
+    try:
+        with torch.no_grad():
+            out = model(input_ids=ids, output_attentions=True)
+    finally:
+        model.set_attn_implementation(before)
+    for layer in range(num_layers(model)):
+        ref = pooled(out.attentions[layer], store.factor)
+        assert float((store.pooled_probs[layer] - ref).abs().max()) <= ATOL * store.factor**2, layer
+    assert float((ours - out.logits).abs().max()) <= 1e-4
+
+
+@pytest.mark.parametrize("mask_id", ["sink_window", "topk", "nsa"])
+def test_blocked_attention_metrics_match_numpy(blocked, mask_id):
+    """Recall and KL measured block by block, from the dense pass's queries, keys and row log-normalisers, equal the
+    spec's formulas on the full maps."""
+    model = build("llama")
+    text = (TOY_TEXT + " ") * 2
+    res = aw.compare((model, ToyTokenizer()), text, mask=mask_id, sparsity=0.5, per_layer=False)
+    assert not res.sparse.store.retain and res.sparse.store.compared
+    assert res.dense.qk is not None and all(lse is not None for lse in res.dense.qk.lse)
+    recall, kl = numpy_attention_metrics(res)
+    np.testing.assert_allclose(res.metrics.mass_recall_per_head, recall, rtol=1e-5)
+    np.testing.assert_allclose(res.metrics.kl_per_head, kl, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("mask_id", ["sink_window", "topk"])
+def test_blocked_and_one_piece_give_the_same_comparison(monkeypatch, mask_id):
+    """The whole comparison, blocked or not: the same budgets, sparsity and continuations, and the same metrics
+    to float tolerance. (Masks sized on sampled blocks, NSA, MoBA, Quest, may choose another budget: see
+    capture.CALIBRATION_BLOCKS.)"""
+    model, tok = build("qwen2"), ToyTokenizer()
+    text = (TOY_TEXT + " ") * 2
+    kwargs = dict(mask=mask_id, sparsity=0.6, per_layer=True, continuation_tokens=4)
+    aw.clear_cache()
+    whole = aw.compare((model, tok), text, **kwargs)
+    aw.clear_cache()
+    monkeypatch.setattr(capture, "LONG_SCORES_BYTES", 0)
+    monkeypatch.setattr(capture, "row_block", _small_blocks)
+    monkeypatch.setattr(store_module, "retains", lambda *args, **kwargs: False)
+    parts = aw.compare((model, tok), text, **kwargs)
+    aw.clear_cache()
+    assert parts.sparse.budgets == whole.sparse.budgets
+    m, w = parts.metrics, whole.metrics
+    assert m.achieved_sparsity == w.achieved_sparsity
+    assert m.dense_ppl == pytest.approx(w.dense_ppl, rel=1e-4)
+    assert m.sparse_ppl == pytest.approx(w.sparse_ppl, rel=1e-4)
+    np.testing.assert_allclose(m.mass_recall_per_head, w.mass_recall_per_head, rtol=1e-5)
+    np.testing.assert_allclose(m.per_layer_delta_ppl, w.per_layer_delta_ppl, rtol=1e-4, atol=1e-4)
+    assert parts.continuations == whole.continuations
+
+
+def test_default_model_at_1024_tokens_blocked_equals_eager_with_explicit_mask(default_model, monkeypatch):
+    """The default model at 1024 tokens, in blocks of 128 rows: the logits and perplexity of a sinks + window mask
+    equal the stock eager model handed the same mask (1e-4 relative on perplexity)."""
+    model, tok = default_model
+    ids = tok(" ".join(aw.sample_texts()) * 4, return_tensors="pt").input_ids[:, :1024]
+    n = ids.shape[1]
+    assert n == 1024
+    monkeypatch.setattr(capture, "LONG_SCORES_BYTES", 0)
+    monkeypatch.setattr(capture, "BLOCK_SCORES_BYTES", 4 * 9 * n * 128)
+    assert capture.row_block(9, n, n, 4) == 128
+    mask = masks.resolve("sink_window", n, 0.9)
+    store, logits, plan = capture_overview(model, ids, mask, max_side=256)
+    assert store.factor == 4 and plan.first_changed
+    keep = torch.as_tensor(masks.build(mask, n, n_heads=1))
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            ref = model(input_ids=ids, attention_mask=additive(keep)).logits
+    finally:
+        model.set_attn_implementation(before)
+    assert float((logits - ref).abs().max()) <= 1e-3
+    nll = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
+    ref_nll = torch.nn.functional.cross_entropy(ref[0, :-1], ids[0, 1:])
+    assert float(torch.exp(nll)) == pytest.approx(float(torch.exp(ref_nll)), rel=1e-4)
