@@ -157,6 +157,20 @@ def test_decoding_row_equals_last_row(name, n, s):
 
 @pytest.mark.parametrize("name", ROW_LOCAL)
 @FEW
+@given(n=st.integers(min_value=2, max_value=120), cut=st.tuples(st.floats(0, 1), st.floats(0, 1)), s=sparsities)
+def test_a_block_of_rows_equals_those_rows_of_the_whole_mask(name, n, cut, s):
+    """Rows a..b-1 asked for on their own (the last b - a queries of b keys, as a long text's attention computes
+    them one block at a time, capture.row_block) are those rows of the whole mask."""
+    a, b = sorted((int(cut[0] * (n - 1)), int(cut[1] * (n - 1)) + 1))
+    b = max(b, a + 1)
+    mask, full, scores = realise(name, n, s)
+    ctx = MaskContext(n_heads=3, kv_groups=3)
+    block = mask.keep(b, n_queries=b - a, scores=None if scores is None else scores[:, a:b, :b], ctx=ctx)
+    assert torch.equal(block.expand(full.shape[0], -1, -1), full[:, a:b, :b].expand(block.shape[0], -1, -1))
+
+
+@pytest.mark.parametrize("name", ROW_LOCAL)
+@FEW
 @given(n=st.integers(min_value=1, max_value=120), extra=st.integers(1, 40), s=sparsities)
 def test_rows_do_not_change_when_the_text_grows(name, n, extra, s):
     """A row-local causal pattern decided on the first n tokens keeps the same rows after more tokens arrive (what

@@ -45,7 +45,7 @@ def test_notebook_runs(path, tmp_path):
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
-        "ATTNSPARSE_NOTEBOOK_STEPS": "20",  # notebook 07 trains adapters: 20 steps each here, its default 200 by hand
+        "ATTNSPARSE_NOTEBOOK_STEPS": "10",  # notebook 07 trains adapters: 10 steps each here, its default 200 by hand
     }
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute(
         env=env
