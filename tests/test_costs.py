@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from transformers import BertConfig, DeepseekV3Config, LlamaConfig, LlavaConfig, MixtralConfig
 
@@ -209,3 +211,57 @@ def test_skippable_tiles_of_a_window_counted_by_hand():
     assert costs.skippable_tiles(window[:100, :100], tile=32) == pytest.approx(3 / 10)  # a padded edge tile row
     with pytest.raises(ValueError, match="tile must be"):
         costs.skippable_tiles(window, tile=0)
+
+
+# ------------------------------------------------------------------------------------------------------ roofline
+def test_roofline_counts_by_hand_for_gqa_prefill_and_decode():
+    """H = 4 query heads, H_kv = 2, d = 16, T = 8, bf16: every figure written out from the docstring's formulas."""
+    cfg = SimpleNamespace(num_attention_heads=4, num_key_value_heads=2, hidden_size=64, num_hidden_layers=1)
+    pre = costs.attention_roofline(cfg, 8, "prefill")
+    pairs = 36  # 8 * 9 / 2
+    assert pre["QK^T"]["flops"] == 2 * 16 * pairs * 4
+    assert pre["QK^T"]["bytes"] == 2 * (4 * 8 * 16 + 2 * 8 * 16 + 4 * pairs)
+    assert pre["softmax"]["flops"] == 5 * pairs * 4 and pre["softmax"]["bytes"] == 2 * 2 * 4 * pairs
+    assert pre["PV"]["bytes"] == 2 * (4 * pairs + 2 * 8 * 16 + 4 * 8 * 16)
+    assert pre["KV-cache read"]["bytes"] == 2 * 2 * 8 * 32
+    assert pre["KV-cache read"]["flops"] == pre["QK^T"]["flops"] + pre["PV"]["flops"]
+    dec = costs.attention_roofline(cfg, 8, "decode", sparsity=0.5)
+    assert dec["QK^T"]["flops"] == 2 * 16 * 4 * 4  # 4 kept keys, 4 heads
+    assert dec["KV-cache read"]["bytes"] == 2 * 2 * 4 * 32  # only the kept keys are read
+    for op in costs.ATTENTION_OPS:
+        assert pre[op]["intensity"] == pre[op]["flops"] / pre[op]["bytes"]
+
+
+def test_roofline_mla_decode_reads_one_shared_latent():
+    cfg = SimpleNamespace(
+        num_attention_heads=128,
+        hidden_size=7168,
+        num_hidden_layers=1,
+        kv_lora_rank=512,
+        qk_rope_head_dim=64,
+        qk_nope_head_dim=128,
+        v_head_dim=128,
+    )
+    dec = costs.attention_roofline(cfg, 4096, "decode")
+    assert dec["KV-cache read"]["bytes"] == 2 * 4096 * 576  # one latent + rope key per token, shared by 128 heads
+    assert dec["KV-cache read"]["intensity"] == pytest.approx(128 * (2 * 576 + 2 * 512) / (2 * 576))
+    mha = SimpleNamespace(num_attention_heads=128, hidden_size=16384, num_hidden_layers=1)
+    assert (
+        dec["KV-cache read"]["intensity"]
+        > 50 * costs.attention_roofline(mha, 4096, "decode")["KV-cache read"]["intensity"]
+    )
+
+
+def test_ridge_points_and_where_a_mask_crosses_them():
+    assert costs.ACCELERATORS["H100"].ridge == pytest.approx(989.4e12 / 3.35e12)
+    assert costs.bound_by(1.0, costs.ACCELERATORS["A100"]) == "memory"
+    assert costs.bound_by(1e4, costs.ACCELERATORS["B200"]) == "compute"
+    # GQA with H / H_kv = 3 at 2048 tokens, bf16: the fused prefill's intensity is (1 - s)(T + 1)·3/2, 3074 dense;
+    # at 95 % it is 154, under H100's ridge (295) and B200's (281) but just over A100's (153)
+    cfg = SimpleNamespace(num_attention_heads=9, num_key_value_heads=3, hidden_size=576, num_hidden_layers=1)
+    crossed = costs.ridge_crossings(cfg, 2048, "prefill", 0.95)
+    assert {(op, acc) for op, acc, _, _ in crossed} == {("KV-cache read", "H100"), ("KV-cache read", "B200")}
+    assert all(before == "compute" and after == "memory" for _, _, before, after in crossed)
+    assert costs.ridge_crossings(cfg, 2048, "decode", 0.95) == []  # decode is memory-bound either way
+    with pytest.raises(ValueError, match="phase"):
+        costs.attention_roofline(cfg, 16, "train")

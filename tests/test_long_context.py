@@ -25,10 +25,8 @@ from test_capture_oracle import (
     numpy_attention_metrics,
     random_ids,
 )
-from test_sparse_oracle_scores import SCORE_MASKS, TEXT, reference_attention
+from test_sparse_oracle_scores import SCORE_MASKS, TEXT, reference_run
 from tiny_models import ToyTokenizer, build, configs
-from transformers import AttentionInterface, AttentionMaskInterface
-from transformers.masking_utils import eager_mask
 
 import attnsparse_widget as aw
 from attnsparse_widget import capture, masks
@@ -138,16 +136,7 @@ def test_blocked_score_dependent_mask_equals_reference(blocked, default_model, m
     ids = tok(TEXT, return_tensors="pt").input_ids
     mask = masks.resolve(mask_id, ids.shape[1], 0.5)
     store, ours, _ = capture_overview(model, ids, mask, max_side=8)
-    name = f"reference_blocked_{mask_id}"
-    AttentionInterface.register(name, reference_attention(mask))
-    AttentionMaskInterface.register(name, eager_mask)
-    before = model.config._attn_implementation
-    model.set_attn_implementation(name)
-    try:
-        with torch.no_grad():
-            out = model(input_ids=ids, output_attentions=True)
-    finally:
-        model.set_attn_implementation(before)
+    out = reference_run(model, ids, mask)
     for layer in range(num_layers(model)):
         ref = pooled(out.attentions[layer], store.factor)
         assert float((store.pooled_probs[layer] - ref).abs().max()) <= ATOL * store.factor**2, layer
@@ -219,3 +208,33 @@ def test_default_model_at_1024_tokens_blocked_equals_eager_with_explicit_mask(de
     nll = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
     ref_nll = torch.nn.functional.cross_entropy(ref[0, :-1], ids[0, 1:])
     assert float(torch.exp(nll)) == pytest.approx(float(torch.exp(ref_nll)), rel=1e-4)
+
+
+def test_a_region_is_recomputed_bit_for_bit_as_in_the_whole_layer(blocked):
+    """Rows asked for on their own come from the pass's own blocks of rows: exactly the numbers of the whole layer
+    recomputed, and of ``Comparison.attention(layer, head=..., region=...)``."""
+    model = build("llama")
+    res = aw.compare((model, ToyTokenizer()), TOY_TEXT, mask="sink_window", sparsity=0.5, per_layer=False)
+    n = len(res.tokens)
+    for which in ("dense", "sparse"):
+        whole = res.attention(1, which)
+        assert np.array_equal(res.attention(1, which, region=(7, 19, 3, n)), whole[:, 7:19, 3:])
+        assert np.array_equal(res.attention(1, which, head=2), whole[2])
+    assert np.array_equal(res.keep_mask(1, region=(5, 9, 0, 4)), res.keep_mask(1)[:, 5:9, :4])
+
+
+def test_whole_maps_above_the_limit_are_refused_with_the_two_ways_that_fit(blocked, monkeypatch):
+    from attnsparse_widget import result
+
+    model = build("llama")
+    res = aw.compare((model, ToyTokenizer()), TOY_TEXT, mask="sink_window", sparsity=0.5, per_layer=False)
+    n = len(res.tokens)
+    monkeypatch.setattr(result, "FULL_MAP_BYTES", 4 * n * n)  # one head's map fits, four heads' do not
+    with pytest.raises(ValueError, match=r"head=0.*region=\(q0, q1, k0, k1\)"):
+        res.attention(0, "sparse")
+    assert res.attention(0, "sparse", head=3).shape == (n, n)
+    for bad in ((0, n + 1, 0, n), (5, 5, 0, n), (0, 1, 0)):
+        with pytest.raises(ValueError, match="region must be"):
+            res.attention(0, region=bad)
+    with pytest.raises(ValueError, match="head must be in 0..3"):
+        res.attention(0, head=4)

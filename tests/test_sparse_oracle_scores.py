@@ -43,6 +43,20 @@ def reference_attention(mask) -> Callable:
     return attention
 
 
+def reference_run(model, ids, mask):
+    """The model run through :func:`reference_attention` (registered under its own name), attentions returned."""
+    name = f"reference_{mask.id}"
+    AttentionInterface.register(name, reference_attention(mask))
+    AttentionMaskInterface.register(name, eager_mask)
+    before = model.config._attn_implementation
+    model.set_attn_implementation(name)
+    try:
+        with torch.no_grad():
+            return model(input_ids=ids, output_attentions=True)
+    finally:
+        model.set_attn_implementation(before)
+
+
 @pytest.mark.parametrize("mask_id", SCORE_MASKS)
 def test_score_dependent_mask_equals_reference(default_model, mask_id):
     model, tok = default_model
@@ -53,16 +67,7 @@ def test_score_dependent_mask_equals_reference(default_model, mask_id):
     with torch.no_grad(), attention_active(model, Plan(layer_of=layer_indexer(model), mask=mask, recorder=store)):
         ours = model(input_ids=ids).logits
 
-    name = f"reference_{mask_id}"
-    AttentionInterface.register(name, reference_attention(mask))
-    AttentionMaskInterface.register(name, eager_mask)
-    before = model.config._attn_implementation
-    model.set_attn_implementation(name)
-    try:
-        with torch.no_grad():
-            out = model(input_ids=ids, output_attentions=True)
-    finally:
-        model.set_attn_implementation(before)
+    out = reference_run(model, ids, mask)
     for layer in range(num_layers(model)):
         assert float((store.probs[layer] - out.attentions[layer]).abs().max()) <= 1e-5, layer
     assert float((ours - out.logits).abs().max()) <= 1e-4

@@ -322,10 +322,7 @@ def _rows_per_block(
         or (plan.recorder is not None and not plan.recorder.takes_blocks)
     ):
         return None
-    rows = row_block(query.shape[1], n_q, n_k, plan.cell)
-    if plan.rows is not None:  # a probe of some rows: those rows, in blocks if long
-        return rows or n_q
-    return rows
+    return row_block(query.shape[1], n_q, n_k, plan.cell)
 
 
 def _blocked(
@@ -367,8 +364,9 @@ def _blocked(
     out = torch.zeros(1, n_q, n_heads, value.shape[-1], dtype=value.dtype, device=value.device)
     first, kept = None, 0.0
     lo, hi = plan.rows or (0, n_q)
-    for a in range(lo, hi, rows_per_block):
-        b = min(hi, a + rows_per_block)
+    # a probe of some rows computes the blocks of the pass's own grid that hold them: the same numbers, bit for bit
+    for a in range(lo // rows_per_block * rows_per_block, hi, rows_per_block):
+        b = min(n_q, a + rows_per_block)
         block_allowed = allowed[:, :, a:b]
         keep = None
         if mask is None:
@@ -963,18 +961,21 @@ class _LayerProbe(Recorder):
         """Scatter a block's rows and columns into the probed rows at full width (zeros elsewhere)."""
         if layer != self.layer:
             return
-        a, b = block.rows
         lo, hi = self.rows or (0, block.n_keys)
+        a, b = max(lo, block.rows[0]), min(hi, block.rows[1])  # the asked rows within the block
+        if a >= b:
+            return
+        inside = slice(a - block.rows[0], b - block.rows[0])
         heads = block.probs.shape[1]
         if self._probs is None:
             self._probs = torch.zeros(1, heads, hi - lo, block.n_keys)
-        self._probs[:, :, a - lo : b - lo].index_copy_(
-            -1, block.cols.cpu(), block.probs.detach().to("cpu", torch.float32)
-        )
+        probs = block.probs[:, :, inside].detach().to("cpu", torch.float32)
+        self._probs[:, :, a - lo : b - lo].index_copy_(-1, block.cols.cpu(), probs)
         if block.keep is not None:
             if self._keep is None:
                 self._keep = torch.zeros(1, block.keep.shape[1], hi - lo, block.n_keys, dtype=torch.bool)
-            self._keep[:, :, a - lo : b - lo].index_copy_(-1, block.cols.cpu(), block.keep.detach().to("cpu"))
+            keep = block.keep[:, :, inside].detach().to("cpu")
+            self._keep[:, :, a - lo : b - lo].index_copy_(-1, block.cols.cpu(), keep)
 
     def finish_layer(self, layer: int, allowed: Tensor) -> None:
         if layer != self.layer:
@@ -994,18 +995,26 @@ def layer_attention(
     seed: int = 0,
     budgets: dict[int, int] | None = None,
     rows: tuple[int, int] | None = None,
+    cell: int = 1,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """Probabilities, keep-mask and allowed set of one layer of a recorded pass, recomputed at full resolution:
     ``[1, H, R, T]``, ``[1, H|1, R, T]`` (None: the pass kept every allowed pair), ``[1, 1, R, T]`` for the query
     rows ``rows`` (half-open; None: all ``T``).
 
     Blocks ``0 .. layer-1`` replay the pass's recorded outputs, so block ``layer`` sees exactly the input it saw
-    then and computes exactly the same scores, mask and probabilities; only the asked rows of a long text are
-    computed (:func:`row_block`), and the pass stops right after. ``mask`` is the pass's mask (None for the dense
-    pass), ``budgets`` the per-layer budgets the pass chose (:class:`Plan`)."""
+    then and computes exactly the same scores, mask and probabilities; of a long text only the blocks of rows
+    (:func:`row_block`) that hold the asked rows are computed, and the pass stops right after. ``mask`` is the
+    pass's mask (None for the dense pass), ``budgets`` the per-layer budgets the pass chose, ``cell`` its
+    :attr:`Plan.cell` (the same blocks of rows as the pass: the same numbers, bit for bit)."""
     probe = _LayerProbe(layer, rows)
     plan = Plan(
-        layer_of=layer_indexer(model), mask=mask, recorder=probe, seed=seed, budgets=dict(budgets or {}), rows=rows
+        layer_of=layer_indexer(model),
+        mask=mask,
+        recorder=probe,
+        seed=seed,
+        budgets=dict(budgets or {}),
+        rows=rows,
+        cell=cell,
     )
     try:
         with torch.inference_mode(), attention_active(model, plan), start_at_layer(model, layer, outputs):

@@ -21,6 +21,7 @@ modelled); the numbers describe one forward pass over ``T`` tokens (a prefill) a
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,12 @@ from .masks.base import allowed_pairs as _allowed_pairs
 from .masks.base import window_count, window_for_sparsity
 
 __all__ = [
+    "ACCELERATORS",
+    "ATTENTION_OPS",
+    "Accelerator",
+    "attention_roofline",
+    "bound_by",
+    "ridge_crossings",
     "allowed_pairs",
     "attention_flops",
     "budget_for_sparsity",
@@ -259,3 +266,113 @@ def skippable_tiles(keep: Any, allowed: Any = None, tile: int = 64) -> float:
     live = any_per_tile(allowed)
     touched = any_per_tile(keep & allowed) & live
     return float(1.0 - touched.sum(axis=(-2, -1)).mean() / max(1, int(live.sum())))
+
+
+# ------------------------------------------------------------------------------------------------------ roofline
+@dataclass(frozen=True)
+class Accelerator:
+    """An accelerator's published peaks: dense BF16 tensor-core FLOP/s and HBM bandwidth in bytes/s."""
+
+    name: str
+    peak_flops: float
+    bandwidth: float
+    source: str
+
+    @property
+    def ridge(self) -> float:
+        """The ridge point in FLOPs per byte: an operation with less arithmetic intensity is memory-bound."""
+        return self.peak_flops / self.bandwidth
+
+
+# Dense BF16 (the "with sparsity" figures are 2x and need 2:4 structured weights) and HBM bandwidth, per GPU, from
+# NVIDIA's data sheets: A100 SXM4 80GB (A100 Tensor Core GPU data sheet, 2021: BF16 312 TFLOPS, HBM2e 2,039 GB/s);
+# H100 SXM5 (H100 Tensor Core GPU data sheet, 2023: BF16 1,979 TFLOPS with sparsity = 989.4 dense, HBM3 3.35 TB/s);
+# HGX B200 at 1,000 W (NVIDIA Blackwell / HGX B200 data sheet, 2024: BF16 4.5 PFLOPS with sparsity = 2.25 dense,
+# HBM3e 8 TB/s).
+ACCELERATORS: dict[str, Accelerator] = {
+    "A100": Accelerator("A100 SXM4 80GB", 312e12, 2.039e12, "NVIDIA A100 data sheet (BF16 dense, HBM2e)"),
+    "H100": Accelerator("H100 SXM5", 989.4e12, 3.35e12, "NVIDIA H100 data sheet (BF16 dense, HBM3)"),
+    "B200": Accelerator("HGX B200", 2.25e15, 8.0e12, "NVIDIA HGX B200 data sheet (BF16 dense, HBM3e)"),
+}
+ATTENTION_OPS = ("QK^T", "softmax", "PV", "KV-cache read")
+SOFTMAX_FLOPS_PER_PAIR = 5  # max, subtract, exp, sum, divide
+
+
+def attention_roofline(
+    config: Any, seq_len: int, phase: str = "prefill", sparsity: float = 0.0, dtype_bytes: float = 2
+) -> dict[str, dict[str, float]]:
+    """FLOPs, bytes moved and arithmetic intensity (FLOPs/byte) of each attention operation of one layer (all its
+    heads), for a ``"prefill"`` of ``T`` tokens or one ``"decode"`` step over ``T`` cached tokens.
+
+    Each operation is counted as an unfused kernel that reads its inputs from and writes its outputs to HBM (the
+    eager path), with ``P`` kept pairs per query head (prefill: ``(1 − s)·T(T+1)/2``; decode: ``(1 − s)·T``),
+    ``H`` query heads, ``H_kv`` key/value heads, ``T_kv`` = tokens whose keys and values are read (prefill ``T``;
+    decode ``(1 − s)·T``: a sparse decode kernel reads only the kept keys) and ``b`` bytes per value:
+
+        QK^T           2·d_qk·P·H FLOPs;  b·(H·T_q·d_qk + H_kv·T_kv·d_qk + H·P) bytes   (Q, K in; scores out)
+        softmax        5·P·H FLOPs;       b·2·H·P bytes                                  (scores in; probs out)
+        PV             2·d_v·P·H FLOPs;   b·(H·P + H_kv·T_kv·d_v + H·T_q·d_v) bytes      (probs, V in; out)
+        KV-cache read  the QK^T + PV FLOPs over b·H_kv·T_kv·(d_qk + d_v) bytes (MLA decode: b·T_kv·d_qk, the
+                       latent being the values too): a fused kernel (FlashAttention)
+                       that keeps scores on chip and reads the cache once; its intensity is attention's best case
+
+    ``T_q`` = T (prefill) or 1 (decode). MHA, GQA and MQA differ in ``H_kv`` only. MLA (``kv_lora_rank``): prefill
+    in its plain form (per-head keys and values of d_qk and d_v dims, ``H_kv = H``); decode in the weight-absorbed
+    form DeepSeek uses, every head scoring the one shared latent of ``kv_lora_rank + qk_rope_head_dim`` values per
+    token (``H_kv = 1``, d_qk = that, d_v = ``kv_lora_rank``): many heads per byte read, hence its high intensity.
+    Not counted: the projections, the indexer or selection of sparse patterns, masking.
+    """
+    config = text_config(config)
+    t = _check_len(seq_len)
+    s = _check_sparsity(sparsity)
+    if phase not in ("prefill", "decode"):
+        raise ValueError(f"phase must be 'prefill' or 'decode', got {phase!r}")
+    if isinstance(dtype_bytes, bool) or not isinstance(dtype_bytes, (int, float)) or dtype_bytes <= 0:
+        raise ValueError(f"dtype_bytes must be a positive number, got {dtype_bytes!r}")
+    h = _n_heads(config)
+    d_qk, d_v = head_dims(config)
+    h_kv = h if _is_mla(config) else n_kv_heads(config)
+    cached = d_qk + d_v  # values per token and key/value head that the cache holds
+    if phase == "prefill":
+        t_q, pairs, t_kv = t, (1.0 - s) * allowed_pairs(t), float(t)
+    else:
+        t_q, pairs, t_kv = 1, (1.0 - s) * t, (1.0 - s) * t
+        if _is_mla(config):  # the values are the latent itself: the cache holds latent + RoPE key only
+            h_kv, d_qk, d_v = 1, int(config.kv_lora_rank) + int(config.qk_rope_head_dim), int(config.kv_lora_rank)
+            cached = d_qk
+    b = float(dtype_bytes)
+    qk = 2.0 * d_qk * pairs * h
+    pv = 2.0 * d_v * pairs * h
+    ops = {
+        "QK^T": (qk, b * (h * t_q * d_qk + h_kv * t_kv * d_qk + h * pairs)),
+        "softmax": (SOFTMAX_FLOPS_PER_PAIR * pairs * h, b * 2 * h * pairs),
+        "PV": (pv, b * (h * pairs + h_kv * t_kv * d_v + h * t_q * d_v)),
+        "KV-cache read": (qk + pv, b * h_kv * t_kv * cached),
+    }
+    return {name: {"flops": f, "bytes": m, "intensity": f / m} for name, (f, m) in ops.items()}
+
+
+def bound_by(intensity: float, accelerator: Accelerator) -> str:
+    """``"memory"`` below the accelerator's ridge point, else ``"compute"``."""
+    return "memory" if intensity < accelerator.ridge else "compute"
+
+
+def ridge_crossings(
+    config: Any, seq_len: int, phase: str, sparsity: float, dtype_bytes: float = 2
+) -> list[tuple[str, str, str, str]]:
+    """Where a mask of this ``sparsity`` moves an attention operation across an accelerator's ridge point:
+    ``(operation, accelerator, bound when dense, bound when sparse)`` for each one whose bound changes.
+
+    A mask cuts FLOPs and score bytes in proportion, so the unfused operations keep their intensity; what moves is
+    the fused kernel of a prefill ("KV-cache read"): its FLOPs fall with the kept pairs while it still reads every
+    key and value once, so a sparse prefill drops towards memory-bound. A sparse decode that reads only the kept
+    keys keeps its (low) intensity and saves bytes instead."""
+    dense = attention_roofline(config, seq_len, phase, 0.0, dtype_bytes)
+    sparse = attention_roofline(config, seq_len, phase, sparsity, dtype_bytes)
+    out = []
+    for op in ATTENTION_OPS:
+        for key, acc in ACCELERATORS.items():
+            before, after = bound_by(dense[op]["intensity"], acc), bound_by(sparse[op]["intensity"], acc)
+            if before != after:
+                out.append((op, key, before, after))
+    return out

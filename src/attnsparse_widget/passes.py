@@ -110,7 +110,15 @@ class PassResult:
         found = self._layers.get(key)
         if found is None:
             found = layer_attention(
-                self.the_model(), self.ids, self.mask, layer, self.layer_outputs, self.seed, self.budgets, rows
+                self.the_model(),
+                self.ids,
+                self.mask,
+                layer,
+                self.layer_outputs,
+                self.seed,
+                self.budgets,
+                rows,
+                store.factor,
             )
             if not remember:
                 return found
