@@ -441,12 +441,7 @@ def _budget_on_blocks(
     row_allowed = allowed[0, 0].sum(-1)
     n_allowed = float(row_allowed.sum())
     if mask.drops_by_position:
-
-        def sparsity_at(candidate: Mask) -> float:
-            budget = getattr(candidate, str(candidate.budget))
-            return 1.0 - float(row_allowed.clamp(max=budget).sum()) / max(1.0, n_allowed)
-
-        return _choose_budget(plan, mask, sparsity_at, n_allowed, n_k, True)
+        return _choose_budget(plan, mask, _sparsity_by_position(row_allowed, n_allowed), n_allowed, n_k, True)
     starts = list(range(0, n_q, rows_per_block))
     picked = sorted(
         {starts[round(i * (len(starts) - 1) / max(1, CALIBRATION_BLOCKS - 1))] for i in range(CALIBRATION_BLOCKS)}
@@ -474,7 +469,8 @@ def _budget_on_blocks(
 def _block_keep(mask: Mask, scores: Tensor, allowed: Tensor, n_keys: int, ctx: MaskContext) -> Tensor:
     """A score-dependent mask's keep-mask ``[1, H|1, R, n_keys]`` for a block of rows, the last ``R`` queries of
     keys ``0 .. n_keys - 1`` (row-local masks give the same rows as on the whole text)."""
-    logits = scores.float().masked_fill(~allowed, float("-inf"))
+    logits = _logits(mask, scores, allowed)
+    assert logits is not None
     return mask.keep(n_keys, n_queries=scores.shape[-2], scores=logits[0], ctx=ctx)[None] & allowed
 
 
@@ -612,12 +608,12 @@ def _calibrated(
     logits = _logits(mask, scores, allowed)
     keeps: dict[int, Tensor] = {}
 
-    row_allowed = allowed[:, 0].sum(-1)  # [B, Tq]
+    by_position = _sparsity_by_position(allowed[:, 0].sum(-1), n_allowed)
 
     def sparsity_at(candidate: Mask) -> float:
+        if mask.drops_by_position:  # count, select once
+            return by_position(candidate)
         budget = getattr(candidate, str(candidate.budget))
-        if mask.drops_by_position:  # row i keeps min(its allowed keys, k) whatever the scores: count, select once
-            return 1.0 - float(row_allowed.clamp(max=budget).sum()) / max(1.0, n_allowed)
         keep = sparse_keep(candidate, scores, allowed, ctx, logits)
         keeps[budget] = keep
         while len(keeps) > _KEEPS_REMEMBERED:
@@ -631,6 +627,17 @@ def _calibrated(
         keep = sparse_keep(chosen, scores, allowed, ctx, logits)
     _calibrated_layer(plan, layer, budget, n_allowed, float(keep.sum()) / keep.shape[1])
     return chosen, keep
+
+
+def _sparsity_by_position(row_allowed: Tensor, n_allowed: float) -> Callable[[Mask], float]:
+    """The sparsity of a candidate budget of a mask that drops by position (top-k, DSA): row i keeps
+    min(its allowed keys, k) whatever the scores, so it is counted from the allowed keys per row."""
+
+    def sparsity_at(candidate: Mask) -> float:
+        budget = getattr(candidate, str(candidate.budget))
+        return 1.0 - float(row_allowed.clamp(max=budget).sum()) / max(1.0, n_allowed)
+
+    return sparsity_at
 
 
 def _choose_budget(

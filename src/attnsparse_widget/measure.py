@@ -16,7 +16,7 @@ from .logits import chunks
 from .messages import NOTE_ONE_TOKEN
 from .passes import PassResult
 from .result import Comparison
-from .store import AttentionStore, compare_heads
+from .store import AttentionStore, RowsCompared
 
 Tensor = torch.Tensor
 RECOMPUTE_BYTES = 256 * 2**20  # probabilities of one pass recomputed at a time (every head, full width)
@@ -151,16 +151,13 @@ def _recomputed(dense: PassResult, other: PassResult, layer: int, n_heads: int) 
     not kept)."""
     n = int(dense.ids.shape[1])
     step = max(1, RECOMPUTE_BYTES // (4 * n_heads * n))
-    recall, kl_sum, rows = [], torch.zeros(n_heads, dtype=torch.float64), 0
+    compared = RowsCompared()
     for a in range(0, n, step):
         span = (a, min(n, a + step))
         dense_probs, _, _ = dense.layer(layer, remember=False, rows=span)
         q, keep, allowed = other.layer(layer, remember=False, rows=span)
-        block_recall, block_kl = compare_heads(q, keep, allowed, _heads_of(dense_probs))
-        recall.append(block_recall)
-        kl_sum += block_kl.double() * block_recall.shape[-1]
-        rows += block_recall.shape[-1]
-    return torch.cat(recall, dim=-1), (kl_sum / max(1, rows)).float()
+        compared.add(q, keep, allowed, _heads_of(dense_probs))
+    return compared.result()
 
 
 def _heads_of(probs: Tensor) -> DenseHead:

@@ -110,8 +110,7 @@ class Comparison:
 
         Whole layers are returned up to :data:`FULL_MAP_BYTES` (1 GiB: 9 heads up to about 5400 tokens); a longer
         text asks for one head or a region. A long text's rows are recomputed exactly, a block at a time."""
-        probs = self._full_resolution(layer, which, head, region, "attention", lambda found: found[0], 4)
-        return probs
+        return self._full_resolution(layer, which, head, region, "attention", lambda found: found[0], 4)
 
     def keep_mask(
         self,

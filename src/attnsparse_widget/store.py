@@ -110,7 +110,7 @@ class AttentionStore(Recorder):
         pending = self._pending
         if pending.get("layer") != layer:
             pending.clear()
-            pending.update(layer=layer, keep=None, kept=None, recall=[], kl=[])
+            pending.update(layer=layer, keep=None, kept=None, compared=RowsCompared())
             if self._slab is None:
                 n = -(-self.n_tokens // self.factor)
                 self._slab = torch.zeros((len(self.pooled_probs), block.probs.shape[1], n, n))
@@ -130,14 +130,7 @@ class AttentionStore(Recorder):
             pending["keep"][:, cell] += pool_columns(kept[0].to("cpu"), self.factor, cells, pooled.shape[-1])
             pending["kept"] += kept.sum(dim=(-1, -2)).cpu()
         if dense is not None:
-            kept_pairs = allowed if block.keep is None else block.keep
-            recall, kl = [], []
-            for h in range(block.probs.shape[1]):
-                p = dense(h)[0]
-                recall.append(M.head_recall(p, kept_pairs[0, h if kept_pairs.shape[1] > 1 else 0]).cpu())
-                kl.append(M.head_row_kl(block.probs[0, h], p).cpu())
-            pending["recall"].append(torch.stack(recall))
-            pending["kl"].append(torch.stack(kl))
+            pending["compared"].add(block.probs, block.keep, allowed, dense)
 
     def finish_layer(self, layer: int, allowed: Tensor) -> None:
         """The last block of ``layer`` is in: its counts, pooled allowed set and attention metrics."""
@@ -148,9 +141,8 @@ class AttentionStore(Recorder):
         self.pooled_allowed[layer] = self._once("pool allowed", allowed, lambda: pool_sum_rows(allowed[0], self.factor))
         self.kept[layer] = self.allowed_count[layer] if pending["kept"] is None else pending["kept"]
         self.pooled_keep[layer] = pending["keep"]
-        if pending["recall"]:
-            self.recall_rows[layer] = torch.cat(pending["recall"], dim=-1)
-            self.kl_per_head[layer] = torch.cat(pending["kl"], dim=-1).mean(-1)
+        if pending["compared"]:
+            self.recall_rows[layer], self.kl_per_head[layer] = pending["compared"].result()
         pending.clear()
         self.recorded[layer] = True
 
@@ -207,3 +199,29 @@ def compare_heads(
         recall.append(recall_h[rows].cpu())
         kl.append(kl_h[rows].mean().cpu())
     return torch.stack(recall), torch.stack(kl)
+
+
+class RowsCompared:
+    """:func:`compare_heads` of one layer gathered over blocks of its rows: the recall of every row and the mean row
+    KL per head over all of them (each block's mean weighted by its rows)."""
+
+    def __init__(self) -> None:
+        self.recall: list[Tensor] = []
+        self.kl_sum: Tensor | None = None
+        self.rows = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.recall)
+
+    def add(self, probs: Tensor, keep: Tensor | None, allowed: Tensor, dense: DenseHead) -> None:
+        """Compare one block of rows (arguments as for :func:`compare_heads`)."""
+        recall, kl = compare_heads(probs, keep, allowed, dense)
+        weighted = kl.double() * recall.shape[-1]
+        self.kl_sum = weighted if self.kl_sum is None else self.kl_sum + weighted
+        self.recall.append(recall)
+        self.rows += recall.shape[-1]
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        """Recall per row ``[H, rows]`` and mean row KL per head ``[H]``."""
+        assert self.kl_sum is not None, "no block was compared"
+        return torch.cat(self.recall, dim=-1), (self.kl_sum / max(1, self.rows)).float()
