@@ -155,6 +155,14 @@ export interface MetricsPayload {
   /** per layer: KL(adapted ‖ dense) of the attention rows */
   adapted_kl: (number | null)[] | null;
   adapted_kl_per_head: (number | null)[][] | null;
+  /** measured seconds of one forward pass's attention, every layer, dense causal SDPA (null unless asked for) */
+  attention_time_dense: number | null;
+  /** the same under the sparse pass's keep-masks on a block-sparse kernel */
+  attention_time_sparse: number | null;
+  /** that kernel: "flex" (FlexAttention) or "sdpa" (SDPA with the mask) */
+  attention_kernel: string | null;
+  /** fraction of the allowed 128 x 128 tiles the sparse kernel skipped */
+  attention_tiles_skipped: number | null;
   notes: string[];
   continuations: Continuations;
   continuation_tokens: ContinuationTokens;
@@ -292,6 +300,7 @@ export interface WidgetState {
   status: Status;
   export_path: string;
   per_layer: boolean;
+  time_attention: boolean;
   max_tokens: number;
   /** the masked pass shown: "sparse" (post-hoc) or "adapted" */
   compare_with: string;

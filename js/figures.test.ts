@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { cellInfo, cellsOf, decodeTree, DROPPED, firstDivergence, KEPT, NOT_ALLOWED, PARTLY_KEPT, visibleToken } from "./figures";
+import { cellInfo, cellsOf, decodeTree, DROPPED, firstDivergence, KEPT, NOT_ALLOWED, PARTLY_KEPT, timeText, visibleToken } from "./figures";
 
 const rows = (m: number[][]) => m.map((r) => Float32Array.from(r));
 const f2 = (m: number[][]) => {
@@ -58,5 +58,19 @@ describe("text", () => {
     expect(firstDivergence(["a", "b", "c"], ["a", "x", "c"])).toBe(1);
     expect(firstDivergence(["a"], ["a", "b"])).toBe(1);
     expect(firstDivergence(["a"], ["a"])).toBe(1);
+  });
+});
+
+describe("timeText", () => {
+  it("says nothing until the time is measured", () => {
+    expect(timeText({})).toBe("");
+    expect(timeText({ attention_time_dense: 0.5, attention_time_sparse: null })).toBe("");
+  });
+  it("gives both times, the kernel, the skipped tiles and the ratio", () => {
+    const met = { attention_time_dense: 0.6, attention_time_sparse: 0.2, attention_kernel: "flex", attention_tiles_skipped: 0.75 };
+    expect(timeText(met)).toBe(
+      "Attention per forward pass on this machine: dense 600 ms, sparse 200 ms (FlexAttention, 75% of the tiles skipped): 3.00× faster.");
+    expect(timeText({ ...met, attention_time_sparse: 1.2, attention_kernel: "sdpa" })).toContain("SDPA with the mask");
+    expect(timeText({ ...met, attention_time_sparse: 1.2 })).toContain("0.50× — slower");
   });
 });

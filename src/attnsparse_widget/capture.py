@@ -30,6 +30,7 @@ from torch import nn
 from transformers import AttentionInterface, AttentionMaskInterface, PreTrainedModel
 from transformers.masking_utils import eager_mask
 
+from . import kernels
 from .costs import text_config
 from .masks import Mask, MaskContext
 from .masks.base import SPARSITY_TOLERANCE, calibrated_per_layer
@@ -96,6 +97,9 @@ class Plan:
     # probe of one region computes only the query rows ``rows`` of the probed layer
     cell: int = 1
     rows: tuple[int, int] | None = None
+    # the kernel of masked layers whose probabilities nobody reads (:func:`_fast_path`): None chooses by measurement
+    # (:func:`~attnsparse_widget.kernels.choose_kernel`), "eager" never leaves the eager path
+    kernel: str | None = None
 
     def mask_for(self, layer: int) -> Mask | None:
         """The mask of ``layer`` (None: dense), with its own budget when the plan has one for it."""
@@ -232,6 +236,8 @@ def attention_forward(
                 query, key_states, value_states, attn_mask=attention_mask, scale=scaling
             )
             return out.transpose(1, 2).contiguous(), None
+        if mask is not None and _takes_fast_path(plan, module, query, mask, softcap, dropout):
+            return _fast_path(plan, module, layer, mask, query, key, value, attention_mask, scaling), None
         rows = _rows_per_block(plan, module, query, key_states, mask, dropout)
         if rows is not None:
             args = (query, key, value, attention_mask, scaling, softcap)
@@ -282,6 +288,73 @@ def attention_forward(
             dense = _dense_heads(plan.dense_qk, layer, n_rep, attention_mask, scaling, softcap)
         plan.recorder.record(layer, probs32, keep, allowed, dense)
     return out, probs
+
+
+# ------------------------------------------------------------------------------------------------ the fast path
+def _takes_fast_path(
+    plan: Plan, module: nn.Module, query: Tensor, mask: Mask, softcap: float | None, dropout: float
+) -> bool:
+    """Whether a masked call goes to a kernel that skips dropped work (:mod:`.kernels`): nobody reads its
+    probabilities, the mask is known from positions alone, a batch of one, no soft-capping (neither kernel takes
+    it here), no training."""
+    return (
+        plan.kernel != "eager"
+        and plan.recorder is None
+        and plan.keep_qk is None
+        and not mask.score_dependent
+        and softcap is None
+        and not dropout
+        and not module.training
+        and query.shape[0] == 1
+        and not (torch.is_grad_enabled() and query.requires_grad)
+    )
+
+
+def _static_keep(
+    mask: Mask, allowed: Tensor, n_q: int, n_k: int, ctx: MaskContext, device: torch.device
+) -> tuple[Tensor, int | None]:
+    """A positions-only mask's kept pairs within the model's ``allowed`` (bool ``[H|1, Tq, Tk]``) and the position
+    of the first query that lost a pair (None: none did)."""
+    keep = mask.keep(n_k, n_queries=n_q, ctx=ctx, device=device) & allowed[0]
+    rows = (allowed[0] & ~keep).any(dim=-1).any(dim=0).nonzero()
+    return keep, int(rows[0]) + n_k - n_q if rows.numel() else None
+
+
+def _fast_path(
+    plan: Plan,
+    module: nn.Module,
+    layer: int,
+    mask: Mask,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float,
+) -> Tensor:
+    """The attention output ``[1, Tq, H, D]`` of a masked layer whose probabilities nobody reads, by the kernel the
+    plan names or :func:`~attnsparse_widget.kernels.choose_kernel` picks: the same kept pairs and softmax as the
+    eager path, without ``[H, Tq, Tk]`` scores."""
+    n_q, n_k = query.shape[-2], key.shape[-2]
+    allowed = _memo(
+        plan, ("allowed", n_q, n_k), attention_mask, allowed_from, attention_mask, module, n_q, n_k, query.device
+    )
+    ctx = MaskContext(
+        causal=bool(getattr(module, "is_causal", True)),
+        layer=layer,
+        n_heads=query.shape[1],
+        kv_groups=query.shape[1] // key.shape[1],
+        seed=plan.seed,
+    )
+    args = (mask, allowed, n_q, n_k, ctx, query.device)
+    if mask.varies_by_layer:
+        keep, first = _static_keep(*args)
+    else:  # the same kept pairs for every layer of this pass, made once
+        keep, first = _memo(plan, ("fast keep", ctx.causal, ctx.n_heads), allowed, _static_keep, *args)
+    if first is not None:
+        plan.first_changed[layer] = min(plan.first_changed.get(layer, first), first)
+    kernel = plan.kernel or kernels.choose_kernel(n_q, n_k, query.device)
+    out = kernels.masked_attention(query, key, value, keep, scaling, kernel)
+    return out.transpose(1, 2).contiguous()
 
 
 # ------------------------------------------------------------------------------------------------ long texts

@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--tokens", type=int, default=20, help="greedy continuation length (default 20)")
     cmp.add_argument("--max-tokens", type=int, default=None, help="truncate the text to this many tokens")
     cmp.add_argument("--no-per-layer", action="store_true", help="skip the per-layer perplexity curves")
+    cmp.add_argument(
+        "--time-attention",
+        action="store_true",
+        help="measure the attention's time on this machine, dense against the mask on FlexAttention",
+    )
+    cmp.add_argument("--text-file", default=None, help="read the input text from this file (instead of --text)")
     cmp.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     sub.add_parser("masks", help="list every mask with its description and parameters")
@@ -70,17 +76,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .pipeline import stages
 
+    text = args.text
+    if args.text_file is not None:
+        try:
+            with open(args.text_file, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as err:
+            print(f"attnsparse: error: cannot read --text-file: {err}", file=sys.stderr)
+            return 2
     start = time.perf_counter()
     progress = sys.stderr.isatty() and not args.json  # a live line of the stage being computed, on a terminal
     try:
         for step in stages(
             args.model,
-            args.text,
+            text,
             mask=args.mask,
             sparsity=args.sparsity,
             per_layer=not args.no_per_layer,
             continuation_tokens=args.tokens,
             max_tokens=args.max_tokens,
+            time_attention=args.time_attention,
             **_mask_params(args.param),
         ):
             if progress:

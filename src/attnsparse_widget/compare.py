@@ -33,6 +33,7 @@ def compare(
     max_tokens: int | None = None,
     seed: int = 0,
     adapted: Adaptation | None = None,
+    time_attention: bool = False,
     **mask_params: Any,
 ) -> Comparison:
     """Run ``model`` on ``text`` densely and with the sparse ``mask``, and measure the difference.
@@ -53,6 +54,10 @@ def compare(
             adds a third pass, the adapted model under the same mask (``res.attention(l, which="adapted")``,
             ``res.metrics.adapted_ppl``, ``res.metrics.recovered``, ``res.continuations["adapted"]``). The text
             must not be one it was trained on (ValueError).
+        time_attention: also measure the attention's wall time on this machine, dense against the sparse pass's
+            masks on a block-sparse kernel (``res.metrics.attention_time_dense`` / ``attention_time_sparse``,
+            seconds per forward pass; see :mod:`~attnsparse_widget.kernels`). The first call at a new length
+            compiles the kernel (seconds).
         **mask_params: the mask's own parameters.
     """
     *_, last = stages(
@@ -66,6 +71,7 @@ def compare(
         max_tokens=max_tokens,
         seed=seed,
         adapted=adapted,
+        time_attention=time_attention,
         **mask_params,
     )
     return last.result

@@ -195,6 +195,11 @@ class MetricsPayload(TypedDict):
     adapted_mass_recall_per_head: the same per layer and head.
     adapted_kl: per layer, KL(adapted ‖ dense) of the attention rows, averaged over rows and heads.
     adapted_kl_per_head: the same per layer and head.
+    attention_time_dense: measured seconds of one forward pass's attention over every layer, dense (causal SDPA);
+        None unless asked for (``time_attention``).
+    attention_time_sparse: the same under the sparse pass's keep-masks on a block-sparse kernel.
+    attention_kernel: that kernel ("flex": FlexAttention; "sdpa": SDPA with the mask, where flex cannot compile).
+    attention_tiles_skipped: the fraction of the allowed 128 x 128 tiles the sparse kernel skipped.
     notes: sentences to show with the result (truncation, approximations).
     continuations: the greedy continuations as text.
     continuation_tokens: the same as tokens.
@@ -227,6 +232,10 @@ class MetricsPayload(TypedDict):
     adapted_mass_recall_per_head: list[list[float | None]] | None
     adapted_kl: list[float | None] | None
     adapted_kl_per_head: list[list[float | None]] | None
+    attention_time_dense: float | None
+    attention_time_sparse: float | None
+    attention_kernel: str | None
+    attention_tiles_skipped: float | None
     notes: list[str]
     continuations: Continuations
     continuation_tokens: ContinuationTokens
@@ -400,6 +409,7 @@ class ExportGifMessage(_ExportGifKeys, total=False):
 class WidgetState(TypedDict):
     """Every synced trait of the widget and its type. Inputs (set by Python or the frontend's controls): text, mask,
     sparsity, mask_params, layer, head, zoom (``[q0, q1, k0, k1]`` or ``[]``), position (-1: the last), per_layer,
+    time_attention (measure the attention time),
     max_tokens, export_path, compare_with ("sparse" or "adapted": the masked pass shown), adapt_steps. Outputs
     (computed by the kernel): catalog, caveat, info, metrics, view, layer_chart (the per-layer perplexity figure),
     gallery, status, adaptation."""
@@ -422,6 +432,7 @@ class WidgetState(TypedDict):
     status: Status
     export_path: str
     per_layer: bool
+    time_attention: bool
     max_tokens: int
     compare_with: str
     adapt_steps: int

@@ -10,9 +10,12 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from . import kernels
 from . import metrics as M
-from .capture import DenseHead
+from .capture import DenseHead, text_config
+from .costs import head_dims
 from .logits import chunks
+from .masks import MaskContext
 from .messages import NOTE_ONE_TOKEN
 from .passes import PassResult
 from .result import Comparison
@@ -163,3 +166,58 @@ def _recomputed(dense: PassResult, other: PassResult, layer: int, n_heads: int) 
 def _heads_of(probs: Tensor) -> DenseHead:
     """Head h of full-resolution probabilities ``[1, H, Tq, Tk]``, as :func:`compare_heads` asks for it."""
     return lambda h: probs[:, h]
+
+
+# ------------------------------------------------------------------------------------------------ measured time
+TIMED_LAYERS = 3  # layers timed per comparison (first, middle, last: masks and budgets differ by layer)
+
+
+def timed_layers(n_layers: int) -> list[int]:
+    """The layers :func:`iter_attention_time` times, evenly spread."""
+    count = min(TIMED_LAYERS, n_layers)
+    return sorted({round(i * (n_layers - 1) / max(1, count - 1)) for i in range(count)})
+
+
+def iter_attention_time(res: Comparison) -> Iterator[int]:
+    """Measure what the sparse pass's masks buy in time on this machine: one attention call per timed layer on
+    the model's own shapes (queries, keys and values drawn at random: neither kernel's time depends on the values),
+    dense (SDPA) against the layer's keep-mask on a block-sparse kernel (:func:`kernels.time_attention`), yielding
+    after each layer. The metrics are seconds for one forward pass, the timed layers' mean times the layer count;
+    set once every timed layer is done. The first call of a length bucket compiles the flex kernel (seconds,
+    outside the timed calls)."""
+    model = res.sparse.the_model()
+    n, heads = len(res.token_ids), res.n_heads
+    d_qk, d_v = head_dims(text_config(model))
+    param = next(model.parameters())
+    g = torch.Generator(device=param.device).manual_seed(0)
+
+    def draw(h: int, d: int) -> Tensor:
+        return torch.randn(1, h, n, d, generator=g, device=param.device).to(param.dtype)
+
+    query, key, value = draw(heads, d_qk), draw(res.n_kv_heads, d_qk), draw(res.n_kv_heads, d_v)
+    causal = res.causal
+    timings: dict[int, kernels.Timing] = {}
+    same_every_layer = not (res.mask.score_dependent or res.mask.varies_by_layer)
+    for layer in timed_layers(res.n_layers):
+        if same_every_layer and timings:
+            timings[layer] = next(iter(timings.values()))
+        else:
+            keep = _keep_of_layer(res, layer, causal, heads, param.device)
+            timings[layer] = kernels.time_attention(query, key, value, keep, d_qk**-0.5, causal=causal)
+        yield layer
+    found = list(timings.values())
+    m = res.metrics
+    m.attention_time_dense = float(np.mean([t.dense for t in found])) * res.n_layers
+    m.attention_time_sparse = float(np.mean([t.sparse for t in found])) * res.n_layers
+    m.attention_kernel = found[0].kernel
+    m.attention_tiles_skipped = float(np.mean([t.skipped for t in found]))
+
+
+def _keep_of_layer(res: Comparison, layer: int, causal: bool, heads: int, device: torch.device) -> Tensor:
+    """The sparse pass's kept pairs at ``layer`` (bool ``[H|1, T, T]``, causal): a positions-only mask's from its
+    rule, a score-dependent mask's as the pass chose them (recomputed for a long text)."""
+    mask, n = res.mask, len(res.token_ids)
+    if mask.score_dependent:
+        return torch.from_numpy(res.keep_mask(layer)).to(device)
+    ctx = MaskContext(causal=causal, layer=layer, n_heads=heads, kv_groups=1, seed=res.sparse.seed)
+    return mask.keep(n, ctx=ctx, device=device)

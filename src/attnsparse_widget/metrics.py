@@ -129,6 +129,13 @@ class Metrics:
     adapted_mass_recall_per_head: list[list[float]] | None = None
     adapted_kl: list[float] | None = None
     adapted_kl_per_head: list[list[float]] | None = None
+    # measured, with ``compare(..., time_attention=True)`` (measure.attention_time): seconds of one forward pass's
+    # attention over every layer on this machine, dense (causal SDPA) and under the sparse pass's keep-masks on a
+    # block-sparse kernel, the kernel's name and the fraction of the allowed tiles it skipped
+    attention_time_dense: float | None = None
+    attention_time_sparse: float | None = None
+    attention_kernel: str | None = None
+    attention_tiles_skipped: float | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,6 +10,8 @@ stage by stage, with progress.
     attention metrics  mass recall and KL(sparse‖dense) per layer and head, summarised (or, when the dense pass
                        kept no queries, the passes' layers recomputed and measured one at a time)
     continuations      greedy continuations under each regime (language models): dense, sparse, adapted
+    attention time     with ``time_attention``: the measured time of the attention, dense against the sparse
+                       pass's masks on a block-sparse kernel (:func:`~attnsparse_widget.measure.iter_attention_time`)
     per-layer curve    ΔPPL with the mask at one layer only, then at layers 0..l, one replayed pass at a time
 
 :func:`stages` yields a :class:`Progress` after every step. :func:`~attnsparse_widget.compare` runs it to the end;
@@ -32,7 +34,14 @@ from .capture import check_supported, layer_stack, num_layers, text_config
 from .costs import n_kv_heads
 from .dense_cache import DENSE_CACHE, DenseCache, release_free_memory
 from .masks import Mask
-from .measure import adapted_output_metrics, iter_attention_metrics, output_metrics, sparsity_metrics
+from .measure import (
+    adapted_output_metrics,
+    iter_attention_metrics,
+    iter_attention_time,
+    output_metrics,
+    sparsity_metrics,
+    timed_layers,
+)
 from .messages import NOTE_NO_REPLAY, adapted_elsewhere_note, truncation_note
 from .models import display_name, resolve_model
 from .passes import captured_pass, greedy_continuation, model_is_causal, next_token_stats
@@ -50,8 +59,9 @@ SPARSE_PASS = "sparse pass"
 ADAPTED_PASS = "adapted pass"
 ATTENTION_METRICS = "attention metrics"
 CONTINUATIONS = "continuations"
+ATTENTION_TIME = "attention time"
 PER_LAYER = "per-layer curve"
-STAGES = (SPARSE_PASS, ADAPTED_PASS, ATTENTION_METRICS, CONTINUATIONS, PER_LAYER)  # the order they run in
+STAGES = (SPARSE_PASS, ADAPTED_PASS, ATTENTION_METRICS, CONTINUATIONS, ATTENTION_TIME, PER_LAYER)  # in this order
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,7 @@ def stages(
     max_tokens: int | None = None,
     seed: int = 0,
     adapted: Adaptation | None = None,
+    time_attention: bool = False,
     **mask_params: Any,
 ) -> Stages:
     """Run every stage (arguments as for :func:`~attnsparse_widget.compare`), yielding progress after each step;
@@ -100,10 +111,14 @@ def stages(
         **mask_params,
     )
     yield Progress(SPARSE_PASS, 1, 1, res)
-    yield from later_stages(res, per_layer=per_layer, continuation_tokens=continuation_tokens)
+    yield from later_stages(
+        res, per_layer=per_layer, continuation_tokens=continuation_tokens, time_attention=time_attention
+    )
 
 
-def later_stages(res: Comparison, *, per_layer: bool = True, continuation_tokens: int = 20) -> Stages:
+def later_stages(
+    res: Comparison, *, per_layer: bool = True, continuation_tokens: int = 20, time_attention: bool = False
+) -> Stages:
     """The stages after the sparse pass, in order, each skipped once done. Closing the generator early (a newer
     request) abandons the rest; the KV caches the passes kept for the continuations are released either way."""
     try:
@@ -127,6 +142,12 @@ def later_stages(res: Comparison, *, per_layer: bool = True, continuation_tokens
             res.done.add(CONTINUATIONS)
             yield Progress(CONTINUATIONS, len(regimes), len(regimes), res)
         _drop_caches(res)  # the continuations used them (or none was asked for)
+        if time_attention and ATTENTION_TIME not in res.done:
+            total = len(timed_layers(res.n_layers))
+            yield Progress(ATTENTION_TIME, 0, total, res)
+            for done, _ in enumerate(iter_attention_time(res), start=1):
+                yield Progress(ATTENTION_TIME, done, total, res)
+            res.done.add(ATTENTION_TIME)
         if per_layer and res.is_lm and PER_LAYER not in res.done:
             yield from _per_layer(res)
     finally:

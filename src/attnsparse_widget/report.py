@@ -47,6 +47,12 @@ def summary_table(res: Comparison) -> str:
             f"{'next-token KL(d||adapted)':<26}{_fmt(m.adapted_next_token_kl, 4)}",
             f"{'top-1 agreement adapted':<26}{_fmt(m.adapted_top1_agreement)}",
         ]
+    if m.attention_time_dense is not None and m.attention_time_sparse is not None:
+        lines.append(
+            f"{'attention time':<26}dense {1000 * m.attention_time_dense:.1f} ms, sparse "
+            f"{1000 * m.attention_time_sparse:.1f} ms per forward ({m.attention_kernel}, "
+            f"{_fmt(m.attention_tiles_skipped, 2)} of the tiles skipped; measured here)"
+        )
     if m.per_layer_delta_ppl is not None:
         assert m.kl is not None  # filled with mass_recall
         lines += ["", f"{'layer':>5}  {'recall':>7}  {'KL(s||d)':>9}  {'dPPL only l':>11}  {'dPPL 0..l':>10}"]

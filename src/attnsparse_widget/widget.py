@@ -100,6 +100,8 @@ class AttentionDiffWidget(anywidget.AnyWidget):
     export_path = t.Unicode("").tag(sync=True)  # the Export button also writes its GIF here when set
     export_overwrite = t.Bool(False)  # ... replacing a file already there (never without it)
     per_layer = t.Bool(True).tag(sync=True)  # compute the per-layer perplexity curve (about 2L replayed passes)
+    # measure the attention's wall time, dense against the mask on a block-sparse kernel (Mask tab; compiles once)
+    time_attention = t.Bool(False).tag(sync=True)
     max_tokens = t.Int(MAX_TOKENS).tag(sync=True)  # a longer text is cut to its first max_tokens (with a note)
     compare_with = t.Unicode("sparse").tag(sync=True)  # the masked pass shown: "sparse" (post-hoc) or "adapted"
     adapt_steps = t.Int(DEFAULT_STEPS).tag(sync=True)  # training steps of the Adapt button
@@ -147,7 +149,8 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         ]
         self.observe(self._on_model_input, names=list(_MODEL_INPUTS))
         self.observe(self._on_view_input, names=list(_VIEW_INPUTS))
-        self.observe(self._on_view_input, names=["per_layer"])  # switched on: the curve of the current result
+        # switched on: the curve or the timing of the current result
+        self.observe(self._on_view_input, names=["per_layer", "time_attention"])
         if adapted is not None:
             self.adaptation = adapt_payload("ready", None, adaptation=adapted)
         self._submit("model")
@@ -299,6 +302,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                     per_layer=self.per_layer,
                     continuation_tokens=CONTINUATION_TOKENS,
                     max_tokens=self._token_limit(),
+                    time_attention=self.time_attention,
                     adapted=self._current_adaptation(),
                     **self.mask_params,
                 )
@@ -336,7 +340,10 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         if self._result is not None:
             if steps is None:  # a view request: the stages this result still lacks (the curve, once switched on)
                 steps = pipeline.later_stages(
-                    self._result, per_layer=self.per_layer, continuation_tokens=CONTINUATION_TOKENS
+                    self._result,
+                    per_layer=self.per_layer,
+                    continuation_tokens=CONTINUATION_TOKENS,
+                    time_attention=self.time_attention,
                 )
             if not self._follow(self._result, steps, model_generation, started):
                 return
