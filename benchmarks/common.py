@@ -23,14 +23,8 @@ def default_model() -> tuple[Any, Any]:
 
 
 def text_of(tok: Any, n_tokens: int) -> str:
-    """A text of exactly ``n_tokens`` tokens for ``tok``: the sample paragraphs, repeated as needed."""
-    base = "\n\n".join(aw.sample_texts())
-    ids = tok(base * (1 + n_tokens // 300), return_tensors="pt").input_ids[0]
-    for extra in range(0, 8):  # decoding and re-encoding may merge tokens at the cut: adjust until exact
-        text = tok.decode(ids[: n_tokens + extra])
-        if len(tok(text).input_ids) == n_tokens:
-            return text
-    raise RuntimeError(f"could not cut a text of exactly {n_tokens} tokens")
+    """A text of exactly ``n_tokens`` tokens for ``tok`` (:func:`attnsparse_widget.long_text`)."""
+    return aw.long_text(tok, n_tokens)
 
 
 def seconds(fn: Callable[[], object]) -> float:

@@ -13,6 +13,7 @@ from tiny_models import ToyTokenizer, build
 
 import attnsparse_widget as aw
 from attnsparse_widget import pipeline
+from attnsparse_widget import widget as widget_module
 from attnsparse_widget.widget import AttentionDiffWidget
 
 TEXT = "the quick brown fox jumps over the lazy dog and runs far away"
@@ -222,3 +223,28 @@ def test_export_button_sends_a_gif_download_and_export_gif_writes_one(tiny, tmp_
     with Image.open(report.path) as gif:
         assert gif.n_frames == 3 and gif.info["duration"] == 300 and gif.info["loop"] == 0
     assert w.status["error"] is None and w.status["busy"] is False
+
+
+def test_long_texts_skip_the_per_layer_curve_until_asked(tiny, monkeypatch):
+    """Over CURVE_TOKENS the curve would replay about two passes per layer (minutes): the widget switches the box
+    off with a note, and computes the curve once the box is ticked again, for this text and the next ones."""
+    monkeypatch.setattr(widget_module, "CURVE_TOKENS", 20)
+    w = AttentionDiffWidget(tiny, threaded=False, text=TEXT, mask="sink_window", sparsity=0.5)
+    assert len(TEXT) > 20
+    assert w.per_layer is False and w.metrics["per_layer_delta_ppl"] is None
+    assert "per-layer curve is not computed" in w.info["note"]
+    w.per_layer = True  # asked for
+    assert len(w.metrics["per_layer_delta_ppl"]) == 3
+    w.sparsity = 0.6
+    assert w.per_layer is True and len(w.metrics["per_layer_delta_ppl"]) == 3
+    short = AttentionDiffWidget(tiny, threaded=False, text=TEXT[:15], mask="sink_window", sparsity=0.5)
+    assert short.per_layer is True and len(short.metrics["per_layer_delta_ppl"]) == 3
+
+
+def test_the_mask_tab_can_time_the_attention(tiny):
+    w = AttentionDiffWidget(tiny, threaded=False, text=TEXT, mask="sliding_window", sparsity=0.7, per_layer=False)
+    assert w.metrics["attention_time_dense"] is None
+    w.time_attention = True  # the checkbox: the current result is timed, nothing else runs again
+    m = w.metrics
+    assert m["attention_time_dense"] > 0 and m["attention_time_sparse"] > 0 and m["attention_kernel"]
+    assert 0.0 <= m["attention_tiles_skipped"] <= 1.0

@@ -19,7 +19,7 @@ from .metrics import Metrics
 from .models import load_model
 from .result import Comparison
 from .sweep import SweepTable, plot_sweep, sweep
-from .texts import sample_texts
+from .texts import long_text, sample_texts
 from .widget import AttentionDiffWidget, show
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "clear_cache",
     "compare",
     "load_model",
+    "long_text",
     "masks",
     "plot_sweep",
     "sample_texts",

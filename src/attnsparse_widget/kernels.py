@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .masks import Mask, MaskContext
+
 Tensor = torch.Tensor
 log = logging.getLogger(__name__)
 
@@ -242,3 +244,25 @@ def time_attention(
     allowed_live = tiles(_padded(_padded(allowed, length, -1), length, -2)).live
     skipped = 1.0 - float(live.sum()) / (float(allowed_live.sum()) * live.shape[0])
     return Timing(dense=dense, sparse=sparse, kernel="sdpa" if _flex_failed else kernel, skipped=skipped)
+
+
+def keep_on_random_scores(mask: Mask, n_tokens: int, heads: int, dim: int, seed: int = 0) -> Tensor:
+    """The causal keep-mask bool ``[H|1, T, T]`` of ``mask`` at ``n_tokens``: a positions-only mask's from its rule,
+    a score-dependent mask's chosen on random queries and keys (``heads`` of ``dim``), a block of rows at a time
+    (masks that read other rows' scores, H2O or vertical-slash, choose on the whole at once). For timing: what a
+    block-sparse kernel skips depends on where the kept pairs fall, not on the values."""
+    ctx = MaskContext(causal=True, n_heads=heads, seed=seed)
+    if not mask.score_dependent:
+        return mask.keep(n_tokens, ctx=ctx)
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(heads, n_tokens, dim, generator=g)
+    k = torch.randn(heads, n_tokens, dim, generator=g)
+    if not mask.row_local:
+        return mask.keep(n_tokens, scores=q @ k.transpose(-1, -2) * dim**-0.5, ctx=ctx)
+    keep = torch.zeros(heads, n_tokens, n_tokens, dtype=torch.bool)
+    step = max(1, 2**26 // (4 * heads * n_tokens))
+    for a in range(0, n_tokens, step):
+        b = min(n_tokens, a + step)
+        scores = q[:, a:b] @ k[:, :b].transpose(-1, -2) * dim**-0.5
+        keep[:, a:b, :b] = mask.keep(b, n_queries=b - a, scores=scores, ctx=ctx)
+    return keep

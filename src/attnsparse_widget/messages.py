@@ -33,3 +33,10 @@ def adapted_elsewhere_note(trained_mask: str, trained_sparsity: float, mask: str
         f"the adapters were trained under {trained_mask} at {percent(trained_sparsity, 0)} and are evaluated under "
         f"{mask} at {percent(sparsity, 0)}"
     )
+
+
+def curve_skipped_note(n_tokens: int, limit: int) -> str:
+    return (
+        f"the per-layer curve is not computed by itself for texts over {limit} tokens (this one is {n_tokens}): it "
+        f"replays about two forward passes per layer; tick 'compute the per-layer curve' to run it"
+    )

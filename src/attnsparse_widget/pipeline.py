@@ -146,8 +146,10 @@ def later_stages(
             total = len(timed_layers(res.n_layers))
             yield Progress(ATTENTION_TIME, 0, total, res)
             for done, _ in enumerate(iter_attention_time(res), start=1):
-                yield Progress(ATTENTION_TIME, done, total, res)
+                if done < total:  # the metrics are set after the last timed layer: the final step follows below
+                    yield Progress(ATTENTION_TIME, done, total, res)
             res.done.add(ATTENTION_TIME)
+            yield Progress(ATTENTION_TIME, total, total, res)
         if per_layer and res.is_lm and PER_LAYER not in res.done:
             yield from _per_layer(res)
     finally:

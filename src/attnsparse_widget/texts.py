@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 SAMPLES: dict[str, str] = {
     "harbour": (
         "The lighthouse keeper wrote in his log every evening. That autumn the storm came from the west, and the "
@@ -65,3 +67,20 @@ ADAPTATION_PROMPTS: tuple[str, ...] = (
     "The train was late again, and",
     "Water boils at a lower temperature on a mountain because",
 )
+
+
+def long_text(tokenizer: Any, n_tokens: int) -> str:
+    """A text of exactly ``n_tokens`` tokens for ``tokenizer``: the sample paragraphs one after another, repeated
+    as often as needed, cut at a token boundary. (Repeated paragraphs reward looking far back: a mask that keeps
+    the earlier copy of a sentence lets the model predict it again; a short window cannot.)"""
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
+        raise ValueError(f"n_tokens must be a positive int, got {n_tokens!r}")
+    base = "\n\n".join(sample_texts()) + "\n\n"
+    ids = tokenizer(base * (1 + n_tokens // 300)).input_ids
+    if ids and ids[0] == getattr(tokenizer, "bos_token_id", None):
+        ids = ids[1:]
+    for extra in range(8):  # decoding and encoding again may merge tokens at the cut: adjust until exact
+        text = tokenizer.decode(ids[: n_tokens + extra])
+        if len(tokenizer(text).input_ids) == n_tokens:
+            return str(text)
+    raise ValueError(f"could not cut a text of exactly {n_tokens} tokens with this tokenizer")

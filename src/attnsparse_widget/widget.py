@@ -30,7 +30,7 @@ from .contract import AdaptState, Empty, Figure, Gallery, Info, MetricsPayload, 
 from .export import gif_bytes
 from .figures import layer_figure
 from .files import writable, write_atomically
-from .messages import CAVEAT
+from .messages import CAVEAT, curve_skipped_note
 from .models import display_name, resolve_model
 from .payload import (
     adapt_payload,
@@ -56,6 +56,9 @@ _MODEL_INPUTS = ("text", "mask", "sparsity", "mask_params", "max_tokens")
 # states none
 MAX_TOKENS = 8192
 CONTINUATION_TOKENS = 20  # greedy tokens generated under each regime
+# the per-layer curve replays about two forward passes per layer: over this many tokens (minutes on a laptop CPU,
+# about 40 min at 8192 for the default model) it runs only when the box is ticked again (see _skips_curve)
+CURVE_TOKENS = 2048
 PAINT_GRACE_S = 0.4  # at most this long, the later stages wait for the browser to paint the main view
 _VIEW_INPUTS = ("layer", "head", "zoom", "position", "compare_with")
 
@@ -137,6 +140,10 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         self._painted = threading.Event()  # set when a frontend reports a painted main view
         self._frontend_painted = False  # a frontend has reported one: it is displayed somewhere
         self._export_request: dict[str, Any] = {}
+        # the per-layer curve of a text over CURVE_TOKENS runs only once asked for (the box ticked after the widget
+        # switched it off for such a text); the flag marks the widget's own switch, which must not count as asking
+        self._curve_wanted = False
+        self._curve_switched_off = False
         self.on_msg(self._on_custom_message)
         params = {k: kwargs.pop(k) for k in list(kwargs) if k not in self.trait_names()}
         if params:
@@ -150,7 +157,8 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         self.observe(self._on_model_input, names=list(_MODEL_INPUTS))
         self.observe(self._on_view_input, names=list(_VIEW_INPUTS))
         # switched on: the curve or the timing of the current result
-        self.observe(self._on_view_input, names=["per_layer", "time_attention"])
+        self.observe(self._on_view_input, names=["time_attention"])
+        self.observe(self._on_per_layer, names=["per_layer"])
         if adapted is not None:
             self.adaptation = adapt_payload("ready", None, adaptation=adapted)
         self._submit("model")
@@ -160,6 +168,13 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         self._submit("model")
 
     def _on_view_input(self, change: dict[str, Any]) -> None:
+        self._submit("view")
+
+    def _on_per_layer(self, change: dict[str, Any]) -> None:
+        if self._curve_switched_off:  # the widget itself switched it off (a long text): nothing to run
+            return
+        if change["new"]:
+            self._curve_wanted = True  # asked for: from now on also for long texts
         self._submit("view")
 
     def _on_custom_message(self, _widget: Any, content: dict[str, Any], _buffers: list[bytes]) -> None:
@@ -294,12 +309,13 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             if self._result is not None:  # it stays on screen, but its caches can go before the next pass runs
                 self._result.release()
             try:
+                skip_curve = self._skips_curve()
                 steps = pipeline.stages(
                     (self._model, self._tokenizer),
                     self.text,
                     mask=self.mask,
                     sparsity=self.sparsity,
-                    per_layer=self.per_layer,
+                    per_layer=self.per_layer and not skip_curve,
                     continuation_tokens=CONTINUATION_TOKENS,
                     max_tokens=self._token_limit(),
                     time_attention=self.time_attention,
@@ -323,6 +339,13 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                 steps.close()
                 return
             self._result = res
+            if skip_curve:
+                res.metrics.notes.append(curve_skipped_note(len(res.token_ids), CURVE_TOKENS))
+                self._curve_switched_off = True
+                try:
+                    self.per_layer = False
+                finally:
+                    self._curve_switched_off = False
             self._take("view")  # published right here
             self._painted.clear()
             with self.hold_sync():  # the main view and the headline metrics, in one message
@@ -406,7 +429,8 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                     return False  # a newer request needs the model: stop, its own stages will follow
                 with self.hold_sync():
                     if progress.stage == pipeline.PER_LAYER or (
-                        progress.stage == pipeline.CONTINUATIONS and progress.done == progress.total
+                        progress.stage in (pipeline.CONTINUATIONS, pipeline.ATTENTION_TIME)
+                        and progress.done == progress.total
                     ):
                         self.metrics = metrics_payload(res)
                     self._publish_gallery(res)
@@ -523,6 +547,12 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                 self.layer,
             )
         )
+
+    def _skips_curve(self) -> bool:
+        """Whether this text is too long for the per-layer curve to run unasked (see :data:`CURVE_TOKENS`)."""
+        if not self.per_layer or self._curve_wanted or self._tokenizer is None or not isinstance(self.text, str):
+            return False
+        return int(self._tokenizer(self.text, return_tensors="pt").input_ids.shape[-1]) > CURVE_TOKENS
 
     def _token_limit(self) -> int:
         """``max_tokens``, and never more than the model's positions: a long text is cut, with a note."""
