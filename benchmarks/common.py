@@ -55,10 +55,11 @@ def in_a_thread(fn: Callable[[], object]) -> Callable[[], object]:
 
 def bare_forward(model: Any, tok: Any, text: str, mask: str, sparsity: float) -> Callable[[], object]:
     """One forward pass with the attention implementation swapped to attnsparse's and the sparse mask on every
-    layer, capturing nothing: the floor under any update of the widget."""
+    layer, capturing nothing: the floor under any update of the widget. Through the eager masked attention, as a
+    captured pass computes it (the fast kernels of kernels.py give no probabilities to show)."""
     ids = tok(text, return_tensors="pt").input_ids
     resolved = masks.resolve(mask, ids.shape[1], sparsity, True)
-    plan = Plan(layer_of=layer_indexer(model), mask=resolved)
+    plan = Plan(layer_of=layer_indexer(model), mask=resolved, kernel="eager")
 
     def run() -> object:
         with torch.inference_mode(), attention_active(model, plan):

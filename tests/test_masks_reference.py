@@ -382,3 +382,21 @@ def test_parameters_are_type_checked():
             masks.get("sliding_window", window=bad)
     with pytest.raises(ValueError, match=r"vertical_fraction must be in \[0, 1\]"):
         masks.get("vertical_slash", vertical_fraction=1.5)
+
+
+def test_paper_sizes_are_the_defaults_of_long_texts():
+    """From LONG_TEXT_TOKENS on, NSA takes the paper's 64-token blocks and 512-token window and Quest its 16-token
+    pages (sizes passed explicitly win; the slider still sets the budget); below, the short-text defaults."""
+    long, short = masks.LONG_TEXT_TOKENS, masks.LONG_TEXT_TOKENS - 1
+    assert masks.paper_sizes("nsa", long) == {"block": 64, "window": 512}
+    assert masks.paper_sizes("nsa", short) == {} and masks.paper_sizes("dsa", long) == {}
+    assert masks.paper_sizes("quest", long) == {"page": 16}
+    assert masks.paper_sizes("nsa", long, {"window": 64}) == {"block": 64}
+    nsa = masks.resolve("nsa", long, None)
+    assert (nsa.block, nsa.window, nsa.n) == (64, 512, 8)  # n: the default budget
+    assert masks.resolve("nsa", short, None).block == 8
+    assert masks.resolve("nsa", long, None, window=32).window == 32
+    # DSA's k = 2048 at 8192 tokens: every row keeps min(i + 1, 2048) keys, 1 - (T·k - k(k-1)/2) / (T(T+1)/2)
+    t, k = 8192, 2048
+    dsa = masks.get("dsa", **masks.REGISTRY["dsa"].paper_params)
+    assert dsa.realised_sparsity(t) == pytest.approx(1 - (t * k - k * (k - 1) / 2) / (t * (t + 1) / 2), abs=1e-12)

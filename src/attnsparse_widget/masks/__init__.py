@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import textwrap
+from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from .base import (
+    LONG_TEXT_TOKENS,
     SPARSITY_TOLERANCE,
     Mask,
     MaskContext,
@@ -55,6 +58,7 @@ _ORDER: tuple[type[Mask], ...] = (
 REGISTRY: dict[str, type[Mask]] = {cls.id: cls for cls in _ORDER}
 
 __all__ = [
+    "LONG_TEXT_TOKENS",
     "REGISTRY",
     "SPARSITY_TOLERANCE",
     "Mask",
@@ -65,6 +69,7 @@ __all__ = [
     "calibrated_per_layer",
     "get",
     "ids",
+    "paper_sizes",
     "resolve",
     "sparsity_of",
     "sparsity_shortfall",
@@ -90,6 +95,7 @@ def available() -> list[dict[str, Any]]:
                 "score_dependent": cls.score_dependent,
                 "supports_encoder": cls.supports_encoder,
                 "params": {f.name: f.default for f in fields(cls)},
+                "paper_params": dict(cls.paper_params),
             }
         )
     return out
@@ -121,11 +127,13 @@ def resolve(
 ) -> Mask:
     """The pattern with its budget set: from ``sparsity`` if given, else from ``params``/defaults.
 
-    Passing both ``sparsity`` and the budget parameter is ambiguous and raises. ``warn=False``: no
-    :class:`SparsityOutOfReach` warning from this estimate (for a budget the sparse pass calibrates again on the
-    real scores, :func:`calibrated_per_layer`, and judges by its outcome, :func:`sparsity_shortfall`).
+    Passing both ``sparsity`` and the budget parameter is ambiguous and raises. From ``LONG_TEXT_TOKENS`` keys on,
+    parameters not passed take the paper's sizes where the defaults are shrunk for short texts
+    (:func:`paper_sizes`). ``warn=False``: no :class:`SparsityOutOfReach` warning from this estimate (for a
+    budget the sparse pass calibrates again on the real scores, :func:`calibrated_per_layer`, and judges by its
+    outcome, :func:`sparsity_shortfall`).
     """
-    mask = get(name, **params)
+    mask = get(name, **{**paper_sizes(name, n_keys, params), **params})
     if sparsity is None:
         return mask
     check_sparsity(sparsity)
@@ -135,6 +143,19 @@ def resolve(
             f"the sparsity slider sets {mask.budget}"
         )
     return mask.with_sparsity(sparsity, n_keys, causal, warn=warn)
+
+
+def paper_sizes(name: str | Mask, n_keys: int, params: Mapping[str, Any] | None = None) -> dict[str, int]:
+    """The paper's sizes a mask takes at ``n_keys`` keys for the parameters not in ``params``: the values of
+    ``Mask.paper_params`` that differ from the defaults (shrunk for short texts), the budget aside, from
+    :data:`LONG_TEXT_TOKENS` on; none below (nor for a mask instance)."""
+    if isinstance(name, Mask) or name not in REGISTRY or n_keys < LONG_TEXT_TOKENS:
+        return {}
+    cls = REGISTRY[name]
+    defaults = {f.name: f.default for f in fields(cls)}
+    return {
+        k: v for k, v in cls.paper_params.items() if k != cls.budget and v != defaults[k] and k not in (params or {})
+    }
 
 
 def build(
@@ -170,6 +191,9 @@ def build(
     return keep.cpu().numpy()
 
 
+PAPER_TABLE_TOKENS = 8192  # the length MASKS.md shows the papers' parameters at (the default model's context)
+
+
 def reference_markdown() -> str:
     """MASKS.md: every mask's rule, paper, parameters and slider mapping, from the docstrings (the one source)."""
     lines = [
@@ -188,6 +212,33 @@ def reference_markdown() -> str:
         params = ", ".join(f"`{k}={v}`" for k, v in info["params"].items()) or "–"
         enc = "yes" if info["supports_encoder"] else "no"
         lines.append(f"| `{info['id']}` | {info['budget'] or '–'} | {params} | {enc} | {info['description']} |")
+    lines += [
+        "",
+        f"## At the papers' own parameters, at {PAPER_TABLE_TOKENS} tokens",
+        "",
+        *textwrap.wrap(
+            "The defaults above are sized for texts of a few hundred tokens, where a paper's own sizes drop nothing "
+            f"or everything. At {PAPER_TABLE_TOKENS} tokens (the default model's full context) they act as "
+            f"published. From {LONG_TEXT_TOKENS} tokens on, the sizes in bold are the defaults "
+            "(`masks.paper_sizes`); the slider still sets the budget. Sparsity of score-dependent masks: on the "
+            "surrogate scores of `Mask.realised_sparsity` (the budget fixes it for `dsa`; on a model it depends on "
+            "the scores for the others).",
+            110,
+            break_on_hyphens=False,
+        ),
+        "",
+        f"| id | the paper's parameters | sparsity at {PAPER_TABLE_TOKENS} | defaults for short texts |",
+        "|---|---|---|---|",
+    ]
+    for info in available():
+        paper = info["paper_params"]
+        if not paper:
+            continue
+        sizes = paper_sizes(info["id"], LONG_TEXT_TOKENS)
+        shown = ", ".join(f"**`{k}={v}`**" if k in sizes else f"`{k}={v}`" for k, v in paper.items())
+        sparsity = get(info["id"], **paper).realised_sparsity(PAPER_TABLE_TOKENS)
+        short = ", ".join(f"`{k}={info['params'][k]}`" for k in paper)
+        lines.append(f"| `{info['id']}` | {shown} | {sparsity:.4f} | {short} |")
     for info in available():
         kind = "score-dependent (reads the layer's logits)" if info["score_dependent"] else "static (positions only)"
         lines += ["", f"## `{info['id']}`", "", f"*{info['paper']}* — {kind}.", "", info["rule"]]

@@ -52,6 +52,11 @@ class MaskContext:
     seed: int = 0
 
 
+# from this length on a mask's paper sizes (Mask.paper_sizes) are its defaults: NSA's 512-token window and Quest's
+# pages of 16 are then a small part of a row, and the slider still reaches high sparsity (NSA: 0.86 at 8192)
+LONG_TEXT_TOKENS = 4096
+
+
 @dataclass(frozen=True)
 class Mask:
     """Base class of every pattern. Subclasses set the class attributes and implement ``pattern`` or ``select``."""
@@ -70,6 +75,10 @@ class Mask:
     minimums: ClassVar[dict[str, int]] = {}  # parameter -> smallest valid value (checked on construction)
     # what the pattern keeps at any budget (it bounds the sparsity from above), for out-of-reach messages
     fixed_part: ClassVar[str] = "the pairs it always keeps"
+    # the paper's published configuration; those of its values that differ from the defaults (shrunk for short
+    # texts: NSA's blocks and window, Quest's pages), budget aside, are the defaults from LONG_TEXT_TOKENS on
+    # (masks.paper_sizes), and the slider still sets the budget
+    paper_params: ClassVar[dict[str, int]] = {}
 
     def __post_init__(self) -> None:
         """Check every parameter: its type (an int field takes ints, integral floats are converted), its minimum,

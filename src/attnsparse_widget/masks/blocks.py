@@ -95,7 +95,8 @@ class NSA(Mask):
     compression block = stride = selection block), p_cmp = softmax over complete blocks of q·mean(k) per head,
     summed over the heads of a GQA group (Eq. 10): one selection per key/value head. Paper: l = 32, d = 16,
     l' = 64, n = 16 (1 initial + 2 local), w = 512; defaults here scaled for short texts: block 8, window 16,
-    n = 8. Slider: bisect n (kept/row ≈ (n − 2)·block + window).
+    n = 8, and from 4096 tokens on (``LONG_TEXT_TOKENS``) the paper's block 64 and window 512. Slider: bisect n
+    (kept/row ≈ (n − 2)·block + window).
     """
 
     id = "nsa"
@@ -110,6 +111,7 @@ class NSA(Mask):
     n: int = 8
     block: int = 8
     window: int = 16
+    paper_params: ClassVar[dict[str, int]] = {"n": 16, "block": 64, "window": 512}
 
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
         return 3, max(3, -(-n_keys // self.block))
@@ -226,9 +228,10 @@ class Quest(Mask):
     Quest (Tang et al. 2024, arXiv 2406.10774) scores a page by an upper bound of q·k over it, Σ_d max(q_d·min_p
     k_d, q_d·max_p k_d), from per-page min/max keys. Masks receive logits, not keys, so this uses the exact page
     maximum max_{j∈p} q·k_j, the quantity the bound approximates (an oracle Quest). Quest's defaults: page 16 (8
-    here, for short texts), token budget 1024 (MInference port), at least 3 pages, the first two layers left dense
-    and decoding only; here every layer of a full pass is sparsified. Slider: the spec's closed form round(Winv(s))
-    ignores the rounding to whole pages, so the budget is bisected on the realised mask instead.
+    here for short texts, 16 from 4096 tokens on), token budget 1024 (MInference port), at least 3 pages, the
+    first two layers left dense and decoding only; here every layer of a full pass is sparsified. Slider: the
+    spec's closed form round(Winv(s)) ignores the rounding to whole pages, so the budget is bisected on the
+    realised mask instead.
     """
 
     id = "quest"
@@ -243,6 +246,7 @@ class Quest(Mask):
     supports_encoder = False
     token_budget: int = 1024
     page: int = 8
+    paper_params: ClassVar[dict[str, int]] = {"token_budget": 1024, "page": 16}
 
     def budget_range(self, n_keys: int, causal: bool) -> tuple[int, int]:
         # any budget below 3 pages selects 3 pages: the smallest meaningful one is 3 pages

@@ -80,6 +80,7 @@ class DSA(Mask):
     score_dependent = True
     drops_by_position = True  # row i keeps min(i + 1, k): the rows that lose a pair do not depend on the scores
     k: int = 2048
+    paper_params: ClassVar[dict[str, int]] = {"k": 2048}
 
     def select(self, scores: Tensor, ctx: MaskContext) -> Tensor:
         index = torch.softmax(scores, dim=-1).sum(0, keepdim=True).nan_to_num_(0.0)  # rows with no key: 0
@@ -183,6 +184,7 @@ class VerticalSlash(Mask):
     row_local = False
     supports_encoder = False  # "the last queries" is a prefill-then-decode idea
     size: int = 7096
+    paper_params: ClassVar[dict[str, int]] = {"size": 7096, "last_q": 64}
     vertical_fraction: float = 0.14
     last_q: int = 64
     sink_columns: int = 4

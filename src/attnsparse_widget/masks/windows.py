@@ -148,6 +148,7 @@ class SinkWindow(Mask):
     budget = "window"
     sinks: int = 4
     window: int = 512
+    paper_params: ClassVar[dict[str, int]] = {"sinks": 4, "window": 2044}  # 4 sinks in a 2048-token cache
 
     def pattern(self, q: Tensor, k: Tensor, ctx: MaskContext) -> Tensor:
         local = local_window(q, k, self.window, ctx.causal)
