@@ -249,17 +249,9 @@ def attention_forward(
     allowed = None
     if plan is not None:
         n_q, n_k = scores.shape[-2], scores.shape[-1]
-        allowed = _memo(
-            plan, ("allowed", n_q, n_k), attention_mask, allowed_from, attention_mask, module, n_q, n_k, scores.device
-        )
+        allowed = _allowed(plan, module, attention_mask, n_q, n_k, scores.device)
         if mask is not None:
-            ctx = MaskContext(
-                causal=bool(getattr(module, "is_causal", True)),
-                layer=layer,
-                n_heads=query.shape[1],
-                kv_groups=n_rep,
-                seed=plan.seed,
-            )
+            ctx = _context(plan, module, layer, query, key)
             if plan.calibrates(layer):
                 mask, keep = _calibrated(plan, layer, mask, scores, allowed, ctx)
                 keep, dropped, first = _applied(mask, scores, allowed, ctx, keep)
@@ -288,6 +280,24 @@ def attention_forward(
             dense = _dense_heads(plan.dense_qk, layer, n_rep, attention_mask, scaling, softcap)
         plan.recorder.record(layer, probs32, keep, allowed, dense)
     return out, probs
+
+
+def _allowed(
+    plan: Plan, module: nn.Module, attention_mask: Tensor | None, n_q: int, n_k: int, device: torch.device
+) -> Tensor:
+    """:func:`allowed_from` of the model's mask, made once per pass for each mask tensor the model passes."""
+    return _memo(plan, ("allowed", n_q, n_k), attention_mask, allowed_from, attention_mask, module, n_q, n_k, device)
+
+
+def _context(plan: Plan, module: nn.Module, layer: int, query: Tensor, key: Tensor) -> MaskContext:
+    """What a mask may know about this attention call (``query [B, H, Tq, D]``, ``key [B, H_kv, Tk, D]``)."""
+    return MaskContext(
+        causal=bool(getattr(module, "is_causal", True)),
+        layer=layer,
+        n_heads=query.shape[1],
+        kv_groups=query.shape[1] // key.shape[1],
+        seed=plan.seed,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ the fast path
@@ -335,16 +345,8 @@ def _fast_path(
     plan names or :func:`~attnsparse_widget.kernels.choose_kernel` picks: the same kept pairs and softmax as the
     eager path, without ``[H, Tq, Tk]`` scores."""
     n_q, n_k = query.shape[-2], key.shape[-2]
-    allowed = _memo(
-        plan, ("allowed", n_q, n_k), attention_mask, allowed_from, attention_mask, module, n_q, n_k, query.device
-    )
-    ctx = MaskContext(
-        causal=bool(getattr(module, "is_causal", True)),
-        layer=layer,
-        n_heads=query.shape[1],
-        kv_groups=query.shape[1] // key.shape[1],
-        seed=plan.seed,
-    )
+    allowed = _allowed(plan, module, attention_mask, n_q, n_k, query.device)
+    ctx = _context(plan, module, layer, query, key)
     args = (mask, allowed, n_q, n_k, ctx, query.device)
     if mask.varies_by_layer:
         keep, first = _static_keep(*args)
@@ -419,10 +421,8 @@ def _blocked(
     n_k = key.shape[-2]
     n_rep = n_heads // key.shape[1]
     offset = n_k - n_q  # the key position of query 0
-    allowed = _memo(
-        plan, ("allowed", n_q, n_k), attention_mask, allowed_from, attention_mask, module, n_q, n_k, query.device
-    )
-    ctx = MaskContext(causal=True, layer=layer, n_heads=n_heads, kv_groups=n_rep, seed=plan.seed)
+    allowed = _allowed(plan, module, attention_mask, n_q, n_k, query.device)
+    ctx = _context(plan, module, layer, query, key)  # causal: the blocked path runs only on causal models
     calibrating = mask is not None and plan.calibrates(layer)
     if calibrating:
         assert mask is not None

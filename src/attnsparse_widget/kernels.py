@@ -31,9 +31,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .costs import skippable_tiles
 from .masks import Mask, MaskContext
 
 Tensor = torch.Tensor
@@ -117,7 +119,6 @@ def block_mask(keep: Tensor) -> object:
 
 # ------------------------------------------------------------------------------------------------ the kernels
 _flex_failed = False
-_compiled: set[tuple[object, ...]] = set()  # the shapes compiled in this process
 
 
 @functools.cache
@@ -125,16 +126,6 @@ def _compiled_flex() -> Callable[..., Tensor]:
     from torch.nn.attention.flex_attention import flex_attention
 
     return torch.compile(flex_attention, dynamic=False)
-
-
-def shape_key(query: Tensor, key: Tensor) -> tuple[object, ...]:
-    """What one compilation of the flex kernel serves: heads, head dims, the padded length, dtype and device."""
-    return (query.shape[1], key.shape[1], query.shape[-1], bucket(query.shape[-2]), query.dtype, query.device.type)
-
-
-def needs_compile(query: Tensor, key: Tensor) -> bool:
-    """Whether a flex call of these shapes would compile first (seconds) in this process."""
-    return shape_key(query, key) not in _compiled
 
 
 def _padded(x: Tensor, length: int, dim: int) -> Tensor:
@@ -158,7 +149,6 @@ def flex(query: Tensor, key: Tensor, value: Tensor, keep: Tensor, scale: float) 
     # buckets) it would silently run the uncompiled reference, which materialises every score
     with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
         out = _compiled_flex()(q, k, v, block_mask=mask, scale=scale, enable_gqa=query.shape[1] != key.shape[1])
-    _compiled.add(shape_key(query, key))
     return out[:, :, :n]
 
 
@@ -202,16 +192,12 @@ def _median_seconds(call: Callable[[], object], repeats: int) -> float:
 @dataclass(frozen=True)
 class Timing:
     """Measured seconds of one attention call: ``dense`` (causal SDPA, the fused kernel a dense model runs) and
-    ``sparse`` (``kernel`` with the keep-mask), and the fraction of tiles the sparse kernel computed."""
+    ``sparse`` (``kernel`` with the keep-mask), and the fraction of the allowed tiles the sparse kernel skipped."""
 
     dense: float
     sparse: float
     kernel: str
-    skipped: float  # the fraction of the causal tiles the sparse kernel skipped (no kept pair)
-
-    @property
-    def speedup(self) -> float:
-        return self.dense / self.sparse if self.sparse > 0 else float("inf")
+    skipped: float  # the fraction of the allowed tiles the sparse kernel skipped (costs.skippable_tiles)
 
 
 def time_attention(
@@ -237,12 +223,8 @@ def time_attention(
             repeats,
         )
         sparse = _median_seconds(lambda: masked_attention(query, key, value, keep, scale, kernel), repeats)
-    length = -(-n // BLOCK) * BLOCK
-    live = tiles(_padded(_padded(keep, length, -1), length, -2)).live
-    allowed = torch.ones(n, n, dtype=torch.bool, device=keep.device)
-    allowed = (allowed.tril() if causal else allowed)[None]
-    allowed_live = tiles(_padded(_padded(allowed, length, -1), length, -2)).live
-    skipped = 1.0 - float(live.sum()) / (float(allowed_live.sum()) * live.shape[0])
+    allowed = None if causal else np.ones((n, n), dtype=bool)  # None: causal
+    skipped = skippable_tiles(keep.cpu().numpy(), allowed, tile=BLOCK)
     return Timing(dense=dense, sparse=sparse, kernel="sdpa" if _flex_failed else kernel, skipped=skipped)
 
 

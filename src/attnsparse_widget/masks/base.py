@@ -52,8 +52,9 @@ class MaskContext:
     seed: int = 0
 
 
-# from this length on a mask's paper sizes (Mask.paper_sizes) are its defaults: NSA's 512-token window and Quest's
-# pages of 16 are then a small part of a row, and the slider still reaches high sparsity (NSA: 0.86 at 8192)
+# from this length on a mask's paper sizes (masks.paper_sizes, from Mask.paper_params) are its defaults: NSA's
+# 512-token window and Quest's pages of 16 are then a small part of a row, and the slider still reaches high
+# sparsity (NSA: 0.86 at 8192)
 LONG_TEXT_TOKENS = 4096
 
 
