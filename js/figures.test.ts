@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { cellInfo, cellsOf, decodeTree, DROPPED, firstDivergence, KEPT, NOT_ALLOWED, PARTLY_KEPT, timeText, visibleToken } from "./figures";
+import { cellInfo, cellsOf, decodeTree, DROPPED, firstDivergence, KEPT, NOT_ALLOWED, PARTLY_KEPT, timeText, visibleToken, weightText } from "./figures";
 
 const rows = (m: number[][]) => m.map((r) => Float32Array.from(r));
 const f2 = (m: number[][]) => {
@@ -72,5 +72,17 @@ describe("timeText", () => {
       "Attention per forward pass on this machine: dense 600 ms, sparse 200 ms (FlexAttention, 75% of the tiles skipped): 3.00× faster.");
     expect(timeText({ ...met, attention_time_sparse: 1.2, attention_kernel: "sdpa" })).toContain("SDPA with the mask");
     expect(timeText({ ...met, attention_time_sparse: 1.2 })).toContain("0.50× — slower");
+  });
+});
+
+describe("weightText", () => {
+  it("keeps fixed decimals down to their last digit, then switches to three significant digits", () => {
+    expect(weightText(0.25)).toBe("0.250");
+    expect(weightText(0.001)).toBe("0.001");
+    expect(weightText(0.000241)).toBe("2.41e-4");
+    expect(weightText(0.000241, 4)).toBe("0.0002");
+    expect(weightText(0.0000241, 4)).toBe("2.41e-5");
+    expect(weightText(0)).toBe("0.000");
+    expect(weightText(Number.NaN)).toBe("n/a");
   });
 });

@@ -69,11 +69,20 @@ export function cellInfo(c: Cells, tokens: string[], i: number, j: number): stri
   const lines = [`query ${span(q)}${tok(q)}`, `key ${span(k)}${tok(k)}`];
   if (state === undefined || state === NOT_ALLOWED) return [...lines, "not allowed by the model (future or padding)"];
   const sparse = state === DROPPED || Number.isNaN(c.sparse[i][j]) ? 0 : c.sparse[i][j];
-  lines.push(`dense ${c.dense[i][j].toFixed(4)} · sparse ${sparse.toFixed(4)}`);
+  lines.push(`dense ${weightText(c.dense[i][j], 4)} · sparse ${weightText(sparse, 4)}`);
   if (state === PARTLY_KEPT) lines.push(`${c.keptPct[i][j].toFixed(0)}% of these pairs kept`);
   else lines.push(state === KEPT ? "kept" : "dropped by the mask");
   if (c.factor > 1) lines.push(`mean over ${c.factor}×${c.factor} pairs`);
   return lines;
+}
+
+/**
+ * An attention weight for reading: `digits` decimals down to 10^-digits, below that three significant digits
+ * ("2.41e-5"). At 8K tokens a softmax row spreads over thousands of keys, so weights that matter are often tiny.
+ */
+export function weightText(w: number, digits = 3): string {
+  if (!Number.isFinite(w)) return "n/a";
+  return w === 0 || Math.abs(w) >= 10 ** -digits ? w.toFixed(digits) : w.toExponential(2);
 }
 
 /** Index of the first token where two continuations differ (their common length if one is a prefix). */

@@ -8,7 +8,7 @@ import { filled, type AdaptMessage, type AdaptState, type CancelAdaptMessage, ty
   type Figure, type Gallery, type Info, type MetricsPayload, type PaintedMessage, type Status, type View,
   type WidgetState } from "./contract";
 import { decodeMatrix } from "./payload";
-import { cellInfo, cellsOf, decodeTree, firstDivergence, timeText, visibleToken, type Cells, type Decoded } from "./figures";
+import { cellInfo, cellsOf, decodeTree, firstDivergence, timeText, visibleToken, weightText, type Cells, type Decoded } from "./figures";
 import { galleryFigure, galleryOrder, restitch, slotAt, slotInfo, type SortKey } from "./gallery";
 import "./widget.css";
 
@@ -380,7 +380,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
     if (heavy.length) {
       drops.appendChild(h("span", {}, "heaviest dropped pairs (dense weight): "));
       const name = (p: number) => (v.factor > 1 ? `${p}…` : JSON.stringify(visibleToken(info.tokens?.[p] ?? "")));
-      heavy.forEach((d, i) => drops.appendChild(h("span", { class: "asw-drop" }, `${i ? " · " : ""}${name(d.q)} → ${name(d.k)} ${d.w.toFixed(3)}`)));
+      heavy.forEach((d, i) => drops.appendChild(h("span", { class: "asw-drop" }, `${i ? " · " : ""}${name(d.q)} → ${name(d.k)} ${weightText(d.w)}`)));
     } else {
       drops.textContent = "no pair with dense weight was dropped in this view";
     }
