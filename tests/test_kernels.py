@@ -171,3 +171,47 @@ def test_timed_layers_spread_over_the_model():
     assert measure.timed_layers(30) == [0, 14, 29]  # round(14.5) is 14 (half to even)
     assert measure.timed_layers(2) == [0, 1]
     assert measure.timed_layers(1) == [0]
+
+
+def test_flex_compilation_is_a_step_of_its_own_once_per_shape(monkeypatch):
+    """The first flex call of a shape compiles (seconds): the pipeline runs it as its own step
+    (``pipeline.COMPILING``) before the stage that needs it, once per process and shape; the stage after it
+    compiles nothing more, and a second comparison of the same shapes has no such step."""
+    if not kernels.flex_usable("cpu"):
+        pytest.skip("no C++ compiler for inductor here")  # setup.sh installs one; CI always has it
+    from attnsparse_widget import pipeline
+
+    monkeypatch.setattr(kernels, "_flex_compiled", set())  # as in a fresh process (the compiled code is reused)
+    model = build("llama")
+    text = "the keeper wrote in his log; the storm came from the west " * 5
+
+    def run() -> list[str]:
+        seen: list[tuple[str, int]] = []
+        for p in pipeline.stages(
+            (model, ToyTokenizer()), text, mask="sliding_window", sparsity=0.8, per_layer=False, time_attention=True
+        ):
+            seen.append((p.stage, len(kernels._flex_compiled)))
+        return seen
+
+    first = run()
+    stages = [s for s, _ in first]
+    assert stages.index(pipeline.COMPILING) < stages.index(pipeline.ATTENTION_TIME)
+    compiled_after = {s: n for s, n in first}
+    assert compiled_after[pipeline.COMPILING] == 1 and compiled_after[pipeline.ATTENTION_TIME] == 1
+    assert pipeline.COMPILING not in [s for s, _ in run()]
+
+
+def test_replays_compile_only_where_they_take_flex(monkeypatch):
+    if not kernels.flex_usable("cpu"):
+        pytest.skip("no C++ compiler for inductor here")
+    monkeypatch.setattr(kernels, "_flex_compiled", set())
+    model = build("llama")
+    text = "the keeper wrote in his log; the storm came from the west " * 5
+    res = aw.compare((model, ToyTokenizer()), text, mask="sliding_window", sparsity=0.8, per_layer=False)
+    assert len(res.token_ids) < kernels.FLEX_MIN_TOKENS
+    assert not measure.flex_compile_pending(res, replays=True)  # short: the replays take sdpa
+    topk = aw.compare((model, ToyTokenizer()), text, mask="topk", sparsity=0.8, per_layer=False)
+    assert not measure.flex_compile_pending(topk, replays=True)  # score-dependent: the replays stay eager
+    monkeypatch.setattr(kernels, "FLEX_MIN_TOKENS", 16)  # as if the text were long: the replays take flex
+    assert measure.flex_compile_pending(res, replays=True)
+    assert not measure.flex_compile_pending(topk, replays=True)

@@ -56,9 +56,14 @@ def flex_available(device_type: str = "cpu") -> bool:
     return device_type == "cpu" and any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++"))
 
 
+def flex_usable(device_type: str = "cpu") -> bool:
+    """Whether flex runs here: available (:func:`flex_available`) and not failed to compile in this process."""
+    return flex_available(device_type) and not _flex_failed
+
+
 def choose_kernel(n_queries: int, n_keys: int, device: torch.device) -> str:
     """The kernel for one masked attention call of this shape (see the module docstring)."""
-    if n_queries == n_keys >= FLEX_MIN_TOKENS and flex_available(device.type) and not _flex_failed:
+    if n_queries == n_keys >= FLEX_MIN_TOKENS and flex_usable(device.type):
         return "flex"
     return "sdpa"
 
@@ -119,6 +124,19 @@ def block_mask(keep: Tensor) -> object:
 
 # ------------------------------------------------------------------------------------------------ the kernels
 _flex_failed = False
+_flex_compiled: set[tuple[object, ...]] = set()  # the shapes flex has run on in this process
+
+
+def _flex_shape(query: Tensor, key: Tensor, value: Tensor, keep: Tensor) -> tuple[object, ...]:
+    """What a flex compilation is specialised on: device, dtype, head counts and sizes, the keep-mask's heads (the
+    mask function reads it), the length bucket."""
+    _, heads, n, d_qk = query.shape
+    return (query.device.type, query.dtype, heads, key.shape[1], d_qk, value.shape[-1], keep.shape[0], bucket(n))
+
+
+def flex_compiled(query: Tensor, key: Tensor, value: Tensor, keep: Tensor) -> bool:
+    """Whether flex has already run on these shapes in this process: its next call will not compile."""
+    return _flex_shape(query, key, value, keep) in _flex_compiled
 
 
 @functools.cache
@@ -144,11 +162,13 @@ def flex(query: Tensor, key: Tensor, value: Tensor, keep: Tensor, scale: float) 
     n = query.shape[-2]
     length = bucket(n)
     mask = block_mask(_padded(_padded(keep, length, -1), length, -2))
-    q, k, v = (_padded(x, length, -2) for x in (query, key, value))
+    # contiguous: compilations are specialised on strides too, and a model's transposed heads have their own
+    q, k, v = (_padded(x, length, -2).contiguous() for x in (query, key, value))
     # dynamo compiles flex_attention's frame once per shape; past its default limit of 8 shapes (heads x dims x
     # buckets) it would silently run the uncompiled reference, which materialises every score
     with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
         out = _compiled_flex()(q, k, v, block_mask=mask, scale=scale, enable_gqa=query.shape[1] != key.shape[1])
+    _flex_compiled.add(_flex_shape(query, key, value, keep))
     return out[:, :, :n]
 
 
@@ -215,7 +235,7 @@ def time_attention(
     also compiles). Flex runs at its bucket's padded length (:func:`bucket`): on short texts that counts against
     it. ``keep``: bool ``[H|1, T, T]`` within the model's allowed pairs, no row empty."""
     n = query.shape[-2]
-    kernel = "flex" if flex_available(query.device.type) and not _flex_failed else "sdpa"
+    kernel = "flex" if flex_usable(query.device.type) else "sdpa"
     gqa = query.shape[1] != key.shape[1]
     with torch.inference_mode():
         dense = _median_seconds(

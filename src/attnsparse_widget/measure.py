@@ -185,16 +185,8 @@ def iter_attention_time(res: Comparison) -> Iterator[int]:
     after each layer. The metrics are seconds for one forward pass, the timed layers' mean times the layer count;
     set once every timed layer is done. The first call of a length bucket compiles the flex kernel (seconds,
     outside the timed calls)."""
-    model = res.sparse.the_model()
-    n, heads = len(res.token_ids), res.n_heads
-    d_qk, d_v = head_dims(text_config(model))
-    param = next(model.parameters())
-    g = torch.Generator(device=param.device).manual_seed(0)
-
-    def draw(h: int, d: int) -> Tensor:
-        return torch.randn(1, h, n, d, generator=g, device=param.device).to(param.dtype)
-
-    query, key, value = draw(heads, d_qk), draw(res.n_kv_heads, d_qk), draw(res.n_kv_heads, d_v)
+    query, key, value = _random_qkv(res)
+    heads, d_qk, device = res.n_heads, query.shape[-1], query.device
     causal = res.causal
     timings: dict[int, kernels.Timing] = {}
     same_every_layer = not (res.mask.score_dependent or res.mask.varies_by_layer)
@@ -202,7 +194,7 @@ def iter_attention_time(res: Comparison) -> Iterator[int]:
         if same_every_layer and timings:
             timings[layer] = next(iter(timings.values()))
         else:
-            keep = _keep_of_layer(res, layer, causal, heads, param.device)
+            keep = _keep_of_layer(res, layer, causal, heads, device)
             timings[layer] = kernels.time_attention(query, key, value, keep, d_qk**-0.5, causal=causal)
         yield layer
     found = list(timings.values())
@@ -211,6 +203,54 @@ def iter_attention_time(res: Comparison) -> Iterator[int]:
     m.attention_time_sparse = float(np.mean([t.sparse for t in found])) * res.n_layers
     m.attention_kernel = found[0].kernel
     m.attention_tiles_skipped = float(np.mean([t.skipped for t in found]))
+
+
+def _random_qkv(res: Comparison) -> tuple[Tensor, Tensor, Tensor]:
+    """Queries, keys and values ``[1, heads, T, d]`` of the model's shapes, dtype and device, drawn at random."""
+    model = res.sparse.the_model()
+    n = len(res.token_ids)
+    d_qk, d_v = head_dims(text_config(model))
+    param = next(model.parameters())
+    g = torch.Generator(device=param.device).manual_seed(0)
+
+    def draw(h: int, d: int) -> Tensor:
+        return torch.randn(1, h, n, d, generator=g, device=param.device).to(param.dtype)
+
+    return draw(res.n_heads, d_qk), draw(res.n_kv_heads, d_qk), draw(res.n_kv_heads, d_v)
+
+
+def flex_compile_pending(res: Comparison, replays: bool) -> bool:
+    """Whether the next stage's first flex call would compile (first use of these shapes in this process): the
+    attention-time stage (``replays=False``) times flex wherever it runs; the per-layer replays (``replays=True``)
+    take it for a positions-only mask on a long enough causal text (:func:`kernels.choose_kernel`)."""
+    query, key, value, keep = _flex_probe(res)
+    if not kernels.flex_usable(query.device.type):
+        return False
+    if replays:
+        n = query.shape[-2]
+        if res.mask.score_dependent or not res.causal or kernels.choose_kernel(n, n, query.device) != "flex":
+            return False
+    return not kernels.flex_compiled(query, key, value, keep)
+
+
+def compile_flex(res: Comparison) -> None:
+    """Compile flex for this comparison's shapes now (one untimed call), so that the wait is a step of its own."""
+    query, key, value, keep = _flex_probe(res)
+    with torch.inference_mode():
+        kernels.masked_attention(query, key, value, keep, query.shape[-1] ** -0.5, "flex")
+
+
+def _flex_probe(res: Comparison) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Random queries, keys and values of the model's shapes and a causal keep-mask with as many heads as the
+    comparison's masks have: what flex is compiled for."""
+    query, key, value = _random_qkv(res)
+    n, device = query.shape[-2], query.device
+    heads = res.n_heads
+    if not res.mask.score_dependent:  # the rule's own head count (1 where every head keeps the same pairs)
+        ctx = MaskContext(causal=res.causal, layer=0, n_heads=heads, kv_groups=1, seed=res.sparse.seed)
+        heads = res.mask.keep(n, ctx=ctx, device=device).shape[0]
+    causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+    return query, key, value, causal.expand(heads, n, n)
 
 
 def _keep_of_layer(res: Comparison, layer: int, causal: bool, heads: int, device: torch.device) -> Tensor:

@@ -36,6 +36,8 @@ from .dense_cache import DENSE_CACHE, DenseCache, release_free_memory
 from .masks import Mask
 from .measure import (
     adapted_output_metrics,
+    compile_flex,
+    flex_compile_pending,
     iter_attention_metrics,
     iter_attention_time,
     output_metrics,
@@ -62,6 +64,9 @@ CONTINUATIONS = "continuations"
 ATTENTION_TIME = "attention time"
 PER_LAYER = "per-layer curve"
 STAGES = (SPARSE_PASS, ADAPTED_PASS, ATTENTION_METRICS, CONTINUATIONS, ATTENTION_TIME, PER_LAYER)  # in this order
+# Not a stage of the result: the one-off compilation of the FlexAttention kernel (per process and shape bucket,
+# ~20 s at 8K tokens on 2 cores), run as a step of its own before the stage that first needs it, so the wait shows.
+COMPILING = "compiling the attention kernel"
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,7 @@ def later_stages(
             yield Progress(CONTINUATIONS, len(regimes), len(regimes), res)
         _drop_caches(res)  # the continuations used them (or none was asked for)
         if time_attention and ATTENTION_TIME not in res.done:
+            yield from _compiled(res, replays=False)
             total = len(timed_layers(res.n_layers))
             yield Progress(ATTENTION_TIME, 0, total, res)
             for done, _ in enumerate(iter_attention_time(res), start=1):
@@ -151,9 +157,18 @@ def later_stages(
             res.done.add(ATTENTION_TIME)
             yield Progress(ATTENTION_TIME, total, total, res)
         if per_layer and res.is_lm and PER_LAYER not in res.done:
+            yield from _compiled(res, replays=True)
             yield from _per_layer(res)
     finally:
         _drop_caches(res)
+
+
+def _compiled(res: Comparison, replays: bool) -> Stages:
+    """Compile the flex kernel for this comparison's shapes if the next stage would (:data:`COMPILING`)."""
+    if flex_compile_pending(res, replays):
+        yield Progress(COMPILING, 0, 1, res)
+        compile_flex(res)
+        yield Progress(COMPILING, 1, 1, res)
 
 
 def _drop_caches(res: Comparison) -> None:
