@@ -46,7 +46,7 @@ def test_notebook_runs(path, tmp_path):
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
         "ATTNSPARSE_NOTEBOOK_STEPS": "10",  # notebook 07 trains adapters: 10 steps each here, its default 200 by hand
-        "ATTNSPARSE_NOTEBOOK_TOKENS": "1536",  # notebook 04's paper-parameter section: the model's 8192 by hand
+        "ATTNSPARSE_NOTEBOOK_TOKENS": "1536",  # notebooks 02-04: the full-context sections (the model's 8192 by hand)
         "ATTNSPARSE_NOTEBOOK_LENGTHS": "512 1024",  # notebook 06's measured kernel curve: 1024 to 8192 by hand
     }
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute(
