@@ -223,14 +223,13 @@ def flex_compile_pending(res: Comparison, replays: bool) -> bool:
     """Whether the next stage's first flex call would compile (first use of these shapes in this process): the
     attention-time stage (``replays=False``) times flex wherever it runs; the per-layer replays (``replays=True``)
     take it for a positions-only mask on a long enough causal text (:func:`kernels.choose_kernel`)."""
-    query, key, value, keep = _flex_probe(res)
-    if not kernels.flex_usable(query.device.type):
+    device = next(res.sparse.the_model().parameters()).device
+    n = len(res.token_ids)
+    if not kernels.flex_usable(device.type):
         return False
-    if replays:
-        n = query.shape[-2]
-        if res.mask.score_dependent or not res.causal or kernels.choose_kernel(n, n, query.device) != "flex":
-            return False
-    return not kernels.flex_compiled(query, key, value, keep)
+    if replays and (res.mask.score_dependent or not res.causal or kernels.choose_kernel(n, n, device) != "flex"):
+        return False
+    return not kernels.flex_compiled(*_flex_probe(res))
 
 
 def compile_flex(res: Comparison) -> None:
