@@ -112,13 +112,17 @@ def test_tiles_of_a_window_counted_by_hand():
     assert kernels.tiles(everything).full.all()
 
 
-def test_choose_kernel_by_length_and_shape():
+def test_choose_kernel_by_length_and_shape(monkeypatch):
     cpu = torch.device("cpu")
     assert kernels.choose_kernel(1, 5000, cpu) == "sdpa"  # a decoding step
     assert kernels.choose_kernel(100, 100, cpu) == "sdpa"
     expected = "flex" if kernels.flex_available("cpu") else "sdpa"
     assert kernels.choose_kernel(kernels.FLEX_MIN_TOKENS, kernels.FLEX_MIN_TOKENS, cpu) == expected
     assert kernels.bucket(1) == kernels.BUCKET and kernels.bucket(kernels.BUCKET + 1) == 2 * kernels.BUCKET
+    monkeypatch.setattr(kernels, "flex_usable", lambda device_type="cpu": True)  # as on a machine with CUDA
+    cuda = torch.device("cuda")
+    assert kernels.choose_kernel(4096, 4096, cuda) == "sdpa"  # the H200's crossover is higher than the CPU's
+    assert kernels.choose_kernel(kernels.FLEX_MIN_TOKENS_CUDA, kernels.FLEX_MIN_TOKENS_CUDA, cuda) == "flex"
 
 
 def test_time_attention_measures_both_kernels():

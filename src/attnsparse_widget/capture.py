@@ -753,7 +753,8 @@ def sparse_keep(mask: Mask, scores: Tensor, allowed: Tensor, ctx: MaskContext, l
         logits = _logits(mask, scores, allowed)
     if b == 1 and bool(allowed[0, 0].any(-1).all()) and bool(allowed[0, 0].any(0).all()):
         # no padding: the common case, no compaction
-        return mask.keep(n_k, n_queries=n_q, scores=None if logits is None else logits[0], ctx=ctx) & allowed
+        scores_0 = None if logits is None else logits[0]
+        return mask.keep(n_k, n_queries=n_q, scores=scores_0, ctx=ctx, device=scores.device) & allowed
     out = allowed.expand(b, n_heads, n_q, n_k).clone()  # rows left alone keep what the model allows
     query_key = torch.arange(n_k - n_q, n_k, device=scores.device)  # the key position of each query
     for row in range(b):
@@ -765,7 +766,7 @@ def sparse_keep(mask: Mask, scores: Tensor, allowed: Tensor, ctx: MaskContext, l
         if queries.numel() == 0:
             continue
         sub = None if logits is None else logits[row][:, queries][:, :, keys]
-        keep = mask.keep(int(keys.numel()), n_queries=int(queries.numel()), scores=sub, ctx=ctx)
+        keep = mask.keep(int(keys.numel()), n_queries=int(queries.numel()), scores=sub, ctx=ctx, device=scores.device)
         out[row][:, queries[:, None], keys[None, :]] = keep.expand(n_heads, -1, -1)
     return out & allowed
 

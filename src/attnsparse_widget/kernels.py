@@ -13,10 +13,12 @@ goes to a kernel that never materialises the scores:
 ``sdpa``  ``scaled_dot_product_attention`` with the boolean mask: no tile skipped, no compilation, and no
           ``[H, T, T]`` float32 probabilities either.
 
-Which one: measured on this machine (``benchmarks/bench_kernels.py``, 2 cores, the default model's 9 query and 3
-key-value heads of 64 dims; the table is in the README). ``flex`` for a prefill (queries = keys) of at least
-:data:`FLEX_MIN_TOKENS` tokens, ``sdpa`` otherwise: below it the compilation (seconds) and the tile bookkeeping cost
-more than they save, and decoding steps (one query) have nothing to skip.
+Which one: measured (``benchmarks/bench_kernels.py`` on a 2-core CPU, ``benchmarks/bench_gpu.py`` on an H200; the
+default model's 9 query and 3 key-value heads of 64 dims; the tables are in the README). ``flex`` for a prefill
+(queries = keys) of at least :data:`FLEX_MIN_TOKENS` tokens on a CPU, :data:`FLEX_MIN_TOKENS_CUDA` on a CUDA device,
+``sdpa`` otherwise: below it the compilation (seconds) and the tile bookkeeping cost more than they save (on the
+H200 the whole model at 90 % sparsity ran at 0.52x dense speed on flex at 2048 tokens, 0.89x at 4096, 3.6x at
+8192), and decoding steps (one query) have nothing to skip.
 
 Both are exact: the same softmax over the same kept pairs (tests/test_kernels.py checks them against the eager
 masked path, to 1e-5 on the outputs).
@@ -43,7 +45,8 @@ log = logging.getLogger(__name__)
 
 BLOCK = 128  # FlexAttention's tile (its default BLOCK_SIZE)
 BUCKET = 512  # lengths are padded up to a multiple of this: one compilation serves every length of a bucket
-FLEX_MIN_TOKENS = 2048  # the measured crossover (see the module docstring)
+FLEX_MIN_TOKENS = 2048  # the measured crossover on a CPU (see the module docstring)
+FLEX_MIN_TOKENS_CUDA = 8192  # and on a CUDA device (an H200; 4096 was still slower than dense)
 KERNELS = ("flex", "sdpa")
 RECOMPILE_LIMIT = 256  # shapes the flex kernel may be compiled for in one process
 
@@ -63,7 +66,8 @@ def flex_usable(device_type: str = "cpu") -> bool:
 
 def choose_kernel(n_queries: int, n_keys: int, device: torch.device) -> str:
     """The kernel for one masked attention call of this shape (see the module docstring)."""
-    if n_queries == n_keys >= FLEX_MIN_TOKENS and flex_usable(device.type):
+    least = FLEX_MIN_TOKENS_CUDA if device.type == "cuda" else FLEX_MIN_TOKENS
+    if n_queries == n_keys >= least and flex_usable(device.type):
         return "flex"
     return "sdpa"
 

@@ -40,8 +40,9 @@ def retains(n_layers: int, n_heads: int, n_tokens: int, batch: int = 1, max_side
 
 
 class AttentionStore(Recorder):
-    """Captured attention of one pass. Full-resolution shapes: probs ``[B, H, Tq, Tk]``, keep ``[B, H|1, Tq, Tk]``,
-    allowed ``[B, 1, Tq, Tk]``; pooled sums: ``[H|1, n, n]`` with ``n = ceil(T / factor)`` (batch of one)."""
+    """Captured attention of one pass, held on the CPU whatever the model's device. Full-resolution shapes: probs
+    ``[B, H, Tq, Tk]``, keep ``[B, H|1, Tq, Tk]``, allowed ``[B, 1, Tq, Tk]``; pooled sums: ``[H|1, n, n]`` with
+    ``n = ceil(T / factor)`` (batch of one)."""
 
     def __init__(
         self,
@@ -81,23 +82,25 @@ class AttentionStore(Recorder):
     ) -> None:
         if dense is not None:
             self.recall_rows[layer], self.kl_per_head[layer] = compare_heads(probs, keep, allowed, dense)
-        self.allowed[layer] = allowed
-        self.allowed_count[layer] = self._once("count allowed", allowed, lambda: allowed.sum(dim=(-1, -2)))
+        self.allowed[layer] = self._once("allowed", allowed, allowed.cpu)
+        self.allowed_count[layer] = self._once("count allowed", allowed, lambda: allowed.sum(dim=(-1, -2)).cpu())
         if keep is None:
             self.kept[layer] = self.allowed_count[layer]
         else:
-            self.kept[layer] = self._once("count keep", keep, lambda: (keep & allowed).sum(dim=(-1, -2)))
+            self.kept[layer] = self._once("count keep", keep, lambda: (keep & allowed).sum(dim=(-1, -2)).cpu())
         if self.retain:
             self.probs[layer] = probs.detach().to("cpu", torch.float32)
-            self.keep[layer] = keep
+            self.keep[layer] = None if keep is None else self._once("keep", keep, keep.cpu)
         else:
             pooled = pool_sum(probs.detach()[0].to("cpu"), self.factor)
             if self._slab is None:  # every layer's overview in one allocation (see capture_layer_outputs)
                 self._slab = torch.empty((len(self.pooled_probs), *pooled.shape), dtype=pooled.dtype)
             self.pooled_probs[layer] = self._slab[layer].copy_(pooled)
-            self.pooled_allowed[layer] = self._once("pool allowed", allowed, lambda: pool_sum(allowed[0], self.factor))
+            self.pooled_allowed[layer] = self._once(
+                "pool allowed", allowed, lambda: pool_sum(allowed[0], self.factor).cpu()
+            )
             if keep is not None:  # full resolution is recomputed on demand (one layer replayed)
-                self.pooled_keep[layer] = self._once("pool keep", keep, lambda: pool_sum(keep[0], self.factor))
+                self.pooled_keep[layer] = self._once("pool keep", keep, lambda: pool_sum(keep[0], self.factor).cpu())
         self.recorded[layer] = True
 
     @property
@@ -136,9 +139,11 @@ class AttentionStore(Recorder):
         """The last block of ``layer`` is in: its counts, pooled allowed set and attention metrics."""
         pending = self._pending
         assert pending.get("layer") == layer, "finish_layer without record_block"
-        self.allowed[layer] = allowed
-        self.allowed_count[layer] = self._once("count allowed", allowed, lambda: allowed.sum(dim=(-1, -2)))
-        self.pooled_allowed[layer] = self._once("pool allowed", allowed, lambda: pool_sum_rows(allowed[0], self.factor))
+        self.allowed[layer] = self._once("allowed", allowed, allowed.cpu)
+        self.allowed_count[layer] = self._once("count allowed", allowed, lambda: allowed.sum(dim=(-1, -2)).cpu())
+        self.pooled_allowed[layer] = self._once(
+            "pool allowed", allowed, lambda: pool_sum_rows(allowed[0], self.factor).cpu()
+        )
         self.kept[layer] = self.allowed_count[layer] if pending["kept"] is None else pending["kept"]
         self.pooled_keep[layer] = pending["keep"]
         if pending["compared"]:
