@@ -359,7 +359,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
     const tick = () => {
       const secs = ((Date.now() - (s.started ?? Date.now())) / 1000).toFixed(1);
       const done = s.progress;
-      busy.textContent = s.busy ? `⏳ ${s.stage}${typeof done === "number" ? ` ${Math.round(100 * done)}%` : ""} · ${secs} s` : "";
+      busy.textContent = s.busy ? `${s.stage}${typeof done === "number" ? ` ${Math.round(100 * done)}%` : ""} · ${secs} s` : "";
     };
     tick();
     if (s.busy) timer = setInterval(tick, 200);
