@@ -2,6 +2,7 @@
 
 attnsparse compare --text "..." --mask sink_window --sparsity 0.5
 attnsparse masks                      # every mask id with its description and parameters
+attnsparse app [--port 8866]          # the widget as a standalone web app (Voila), on 127.0.0.1
 """
 
 from __future__ import annotations
@@ -63,6 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     sub.add_parser("masks", help="list every mask with its description and parameters")
+
+    app = sub.add_parser("app", help="serve the widget as a standalone web app (Voila), one per browser session")
+    app.add_argument("--port", type=int, default=8866, help="port to serve on (default 8866)")
+    app.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1, this machine only; another address exposes it, with a warning)",
+    )
+    app.add_argument("--model", default=None, help="hub id or local path (default: embedded SmolLM2-135M)")
+    app.add_argument("--text", default=None, metavar="FILE", help="a file with the text the app opens on")
+    app.add_argument("--open", action="store_true", help="open the app in a browser")
+    app.add_argument("--no-per-layer", action="store_true", help="start with the per-layer curve switched off")
     return parser
 
 
@@ -73,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             params = ", ".join(f"{k}={v}" for k, v in info["params"].items()) or "-"
             print(f"{info['id']:<16}{info['description']}\n{'':<16}params: {params}; budget: {info['budget']}")
         return 0
+    if args.command == "app":
+        return _app(args)
 
     from .pipeline import stages
 
@@ -113,6 +128,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(res.summary())
         print(f"\n({time.perf_counter() - start:.1f} s)")
     return 0
+
+
+def _app(args: argparse.Namespace) -> int:
+    from .app import serve
+
+    text = None
+    if args.text is not None:
+        try:
+            with open(args.text, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as err:
+            print(f"attnsparse: error: cannot read --text: {err}", file=sys.stderr)
+            return 2
+    try:
+        return serve(
+            port=args.port,
+            host=args.host,
+            model=args.model,
+            text=text,
+            open_browser=args.open,
+            per_layer=not args.no_per_layer,
+        )
+    except (ValueError, ImportError) as err:
+        print(f"attnsparse: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,154 @@
+"""``attnsparse app`` in Debian's Chromium: the standalone web app (Voila) renders the widget, repaints on a slider
+move, gives each browser session its own kernel, survives a reload, fetches nothing off the machine, and leaves
+no process behind when stopped."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from attnsparse_widget.app import app_notebook, exposure_warning, is_loopback, voila_command
+from attnsparse_widget.cli import main
+
+from .harness import chromium, free_port, settled
+
+TEXT = "The lighthouse keeper wrote in his log every evening. The storm came from the west."
+LOCAL = ("http://127.0.0.1", "data:", "blob:", "about:")
+
+
+def request_of(page) -> int:  # noqa: ANN001
+    return int(page.locator(".asw-root").get_attribute("data-request"))
+
+
+def open_app(context, url: str, requests: list[str], errors: list[str]):  # noqa: ANN001, ANN201
+    page = context.new_page()
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.goto(url, wait_until="domcontentloaded", timeout=120_000)
+    page.locator(".asw-main.js-plotly-plot").wait_for(timeout=300_000)
+    settled(page, timeout=300_000)
+    return page
+
+
+def slider_step(page) -> str:  # noqa: ANN001
+    """Move the sparsity slider one step; returns its new value once the widget has repainted."""
+    before = request_of(page)
+    page.locator(".asw-sparsity").focus()
+    page.keyboard.press("ArrowRight")
+    settled(page, before, timeout=300_000)
+    return page.locator(".asw-sparsity").input_value()
+
+
+def test_app_in_a_real_browser(tmp_path: Path) -> None:
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(TEXT, encoding="utf-8")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    log = open(tmp_path / "app.log", "w")  # noqa: SIM115 - closed below
+    app = subprocess.Popen(
+        # the per-layer curve off: every slider move here would replay the model once per layer before it settles
+        [
+            sys.executable,
+            "-m",
+            "attnsparse_widget.cli",
+            "app",
+            f"--port={port}",
+            f"--text={text_file}",
+            "--no-per-layer",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    started: set[int] = set()
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(url, timeout=1).close()  # noqa: S310 - loopback
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError((tmp_path / "app.log").read_text()[-3000:])
+        requests: list[str] = []
+        errors: list[str] = []
+        with chromium() as browser:
+            first = browser.new_context(viewport={"width": 1400, "height": 1000})
+            a = open_app(first, url, requests, errors)
+            assert a.locator(".asw-text").input_value() == TEXT  # --text FILE
+            value_a = slider_step(a)  # the slider repaints the heatmaps
+            assert a.locator(".asw-main").get_attribute("data-rendered")
+
+            second = browser.new_context(
+                viewport={"width": 1400, "height": 1000}
+            )  # another browser session: a kernel and a widget of its own
+            b = open_app(second, url, requests, errors)
+            kernels = [
+                p for p in psutil.Process(app.pid).children(recursive=True) if "ipykernel" in " ".join(p.cmdline())
+            ]
+            assert len(kernels) >= 2, "each page has its own kernel"
+            slider_step(b)
+            slider_step(b)
+            assert a.locator(".asw-sparsity").input_value() == value_a  # a's widget did not follow b's
+            started = {p.pid for p in psutil.Process(app.pid).children(recursive=True)}
+
+            a.reload(wait_until="domcontentloaded")  # a reload: a fresh page and widget, working again
+            a.locator(".asw-main.js-plotly-plot").wait_for(timeout=300_000)
+            settled(a, timeout=300_000)
+            slider_step(a)
+            started |= {p.pid for p in psutil.Process(app.pid).children(recursive=True)}
+        off_machine = sorted({u for u in requests if not u.startswith(LOCAL)})
+        assert not off_machine, f"the app fetched from off the machine: {off_machine}"
+        assert not errors, errors
+    finally:
+        app.send_signal(signal.SIGTERM)
+        try:
+            app.wait(30)
+        finally:
+            log.close()
+    assert app.returncode is not None
+    deadline = time.time() + 30  # Voila's shutdown ends its kernels; each kernel also exits when its parent goes
+    while time.time() < deadline and any(psutil.pid_exists(pid) and _alive(pid) for pid in started):
+        time.sleep(0.5)
+    left = [pid for pid in started if psutil.pid_exists(pid) and _alive(pid)]
+    assert not left, f"processes left behind: {[psutil.Process(pid).cmdline() for pid in left]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_app_binds_to_this_machine_unless_told_and_warns_when_it_is() -> None:
+    command = voila_command(Path("app.ipynb"), 8866, "127.0.0.1", open_browser=False)
+    assert "--Voila.ip=127.0.0.1" in command and "--no-browser" in command and "--template=attnsparse" in command
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
+    assert "no login" in exposure_warning("0.0.0.0", 8866)
+
+
+def test_app_notebook_shows_the_widget_with_the_given_model_and_text() -> None:
+    import json
+
+    nb = json.loads(app_notebook("gpt2", "Hello 'there'"))
+    source = nb["cells"][0]["source"]
+    assert "aw.show('gpt2', text=\"Hello 'there'\"" in source
+    assert "text=" not in json.loads(app_notebook(None, None))["cells"][0]["source"]  # the widget's own default
+    assert "per_layer=False" in json.loads(app_notebook(None, None, per_layer=False))["cells"][0]["source"]
+
+
+@pytest.mark.parametrize("argv", [["app", "--port", "0"], ["app", "--port", "70000"], ["app", "--text", "/no/such"]])
+def test_app_rejects_bad_arguments_clearly(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "attnsparse: error:" in err and ("--port" in err or "--text" in err)
