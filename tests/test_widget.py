@@ -248,3 +248,18 @@ def test_the_mask_tab_can_time_the_attention(tiny):
     m = w.metrics
     assert m["attention_time_dense"] > 0 and m["attention_time_sparse"] > 0 and m["attention_kernel"]
     assert 0.0 <= m["attention_tiles_skipped"] <= 1.0
+
+
+def test_in_colab_the_widget_computes_in_the_kernels_own_thread(tiny, monkeypatch):
+    """Colab holds widget messages sent from a background thread (googlecolab/colabtools#3373): there the widget
+    picks threaded=False itself; anywhere else it computes in a worker thread."""
+    import sys
+    import types
+
+    elsewhere = AttentionDiffWidget(tiny, text=TEXT)
+    assert elsewhere._threaded
+    elsewhere.wait(None)
+    elsewhere.close()
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    w = AttentionDiffWidget(tiny, text=TEXT)
+    assert not w._threaded and w.status["busy"] is False and w.metrics  # computed before the constructor returned
