@@ -91,14 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .pipeline import stages
 
-    text = args.text
-    if args.text_file is not None:
-        try:
-            with open(args.text_file, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as err:
-            print(f"attnsparse: error: cannot read --text-file: {err}", file=sys.stderr)
-            return 2
+    text = args.text if args.text_file is None else _read_text(args.text_file, "--text-file")
+    if text is None:
+        return 2
     start = time.perf_counter()
     progress = sys.stderr.isatty() and not args.json  # a live line of the stage being computed, on a terminal
     try:
@@ -130,17 +125,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _read_text(path: str, option: str) -> str | None:
+    """The text in ``path``, or None after saying on stderr why it cannot be read (the caller exits with 2)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as err:
+        print(f"attnsparse: error: cannot read {option}: {err}", file=sys.stderr)
+        return None
+
+
 def _app(args: argparse.Namespace) -> int:
     from .app import serve
 
-    text = None
-    if args.text is not None:
-        try:
-            with open(args.text, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as err:
-            print(f"attnsparse: error: cannot read --text: {err}", file=sys.stderr)
-            return 2
+    text = None if args.text is None else _read_text(args.text, "--text")
+    if args.text is not None and text is None:
+        return 2
     try:
         return serve(
             port=args.port,
