@@ -12,7 +12,7 @@ import torch
 
 from . import kernels
 from . import metrics as M
-from .capture import DenseHead, text_config
+from .capture import DenseHead, input_device, text_config
 from .costs import head_dims
 from .logits import chunks
 from .masks import MaskContext
@@ -223,7 +223,7 @@ def flex_compile_pending(res: Comparison, replays: bool) -> bool:
     """Whether the next stage's first flex call would compile (first use of these shapes in this process): the
     attention-time stage (``replays=False``) times flex wherever it runs; the per-layer replays (``replays=True``)
     take it for a positions-only mask on a long enough causal text (:func:`kernels.choose_kernel`)."""
-    device = next(res.sparse.the_model().parameters()).device
+    device = input_device(res.sparse.the_model())
     n = len(res.token_ids)
     if not kernels.flex_usable(device.type):
         return False

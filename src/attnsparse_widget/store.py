@@ -82,8 +82,7 @@ class AttentionStore(Recorder):
     ) -> None:
         if dense is not None:
             self.recall_rows[layer], self.kl_per_head[layer] = compare_heads(probs, keep, allowed, dense)
-        self.allowed[layer] = self._once("allowed", allowed, allowed.cpu)
-        self.allowed_count[layer] = self._once("count allowed", allowed, lambda: allowed.sum(dim=(-1, -2)).cpu())
+        self._record_allowed(layer, allowed)
         if keep is None:
             self.kept[layer] = self.allowed_count[layer]
         else:
@@ -139,8 +138,7 @@ class AttentionStore(Recorder):
         """The last block of ``layer`` is in: its counts, pooled allowed set and attention metrics."""
         pending = self._pending
         assert pending.get("layer") == layer, "finish_layer without record_block"
-        self.allowed[layer] = self._once("allowed", allowed, allowed.cpu)
-        self.allowed_count[layer] = self._once("count allowed", allowed, lambda: allowed.sum(dim=(-1, -2)).cpu())
+        self._record_allowed(layer, allowed)
         self.pooled_allowed[layer] = self._once(
             "pool allowed", allowed, lambda: pool_sum_rows(allowed[0], self.factor).cpu()
         )
@@ -150,6 +148,11 @@ class AttentionStore(Recorder):
             self.recall_rows[layer], self.kl_per_head[layer] = pending["compared"].result()
         pending.clear()
         self.recorded[layer] = True
+
+    def _record_allowed(self, layer: int, allowed: Tensor) -> None:
+        """The model's allowed set of ``layer`` and its count, on the CPU (once per shared object)."""
+        self.allowed[layer] = self._once("allowed", allowed, allowed.cpu)
+        self.allowed_count[layer] = self._once("count allowed", allowed, lambda: allowed.sum(dim=(-1, -2)).cpu())
 
     def _once(self, what: str, obj: Tensor, compute: Callable[[], Tensor]) -> Tensor:
         """``compute()`` for ``obj``, reused while the next layers hand over the same object (a static mask, the
