@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
+from typing import Any
 
 import torch
-from common import default_model, median_seconds, text_of
+from common import default_model, ids_of, median_seconds, seconds, text_of
 
 from attnsparse_widget import kernels, masks
 from attnsparse_widget.capture import Plan, attention_active, eager_scores, layer_indexer, softmax_float32
@@ -40,30 +40,28 @@ def eager_masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.
     return softmax_float32(scores) @ vr
 
 
-def one_call(lengths: list[int], sparsity: float) -> None:
+def one_call(lengths: list[int], sparsity: float, device: str = "cpu") -> None:
     print(f"1. one attention call ({HEADS} heads, {KV_HEADS} KV heads, {DIM} dims), masks at sparsity {sparsity}")
     print(f"{'T':>6} {'mask':<15} {'dense ms':>9} {'flex ms':>8} {'x':>6} {'sdpa+m ms':>9} {'x':>6} "
           f"{'eager ms':>9} {'x':>6} {'tiles skipped':>13} {'compile s':>9}")  # fmt: skip
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)
     for n in lengths:
-        one_length(n, sparsity, g)
+        one_length(n, sparsity, g, device)
     print("x: dense time / that kernel's time (above 1: faster than dense)")
     print(f"the paper FLOPs of every mask at sparsity {sparsity}: {1 - sparsity:.2f} of dense (costs.attention_flops)")
 
 
-def one_length(n: int, sparsity: float, g: torch.Generator) -> None:
-    q = torch.randn(1, HEADS, n, DIM, generator=g)
-    k = torch.randn(1, KV_HEADS, n, DIM, generator=g)
-    v = torch.randn(1, KV_HEADS, n, DIM, generator=g)
+def one_length(n: int, sparsity: float, g: torch.Generator, device: str) -> None:
+    q = torch.randn(1, HEADS, n, DIM, generator=g, device=device)
+    k = torch.randn(1, KV_HEADS, n, DIM, generator=g, device=device)
+    v = torch.randn(1, KV_HEADS, n, DIM, generator=g, device=device)
     dense = median_seconds(
         lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True), 3
     )
     for mask_id in MASKS:
         mask = masks.resolve(mask_id, n, sparsity)
-        keep = kernels.keep_on_random_scores(mask, n, HEADS, DIM)
-        start = time.perf_counter()
-        kernels.flex(q, k, v, keep, DIM**-0.5)  # the warm-up: compiles the bucket the first time
-        compile_s = time.perf_counter() - start
+        keep = kernels.keep_on_random_scores(mask, n, HEADS, DIM).to(device)
+        compile_s = seconds(lambda keep=keep: kernels.flex(q, k, v, keep, DIM**-0.5))  # the warm-up: compiles
         timing = kernels.time_attention(q, k, v, keep, DIM**-0.5)
         sdpa = median_seconds(lambda keep=keep: kernels.sdpa(q, k, v, keep, DIM**-0.5), 3)
         eager = median_seconds(lambda keep=keep: eager_masked(q, k, v, keep), 3) if n <= EAGER_UP_TO else math.nan
@@ -74,9 +72,8 @@ def one_length(n: int, sparsity: float, g: torch.Generator) -> None:
         )
 
 
-def whole_forward(n: int, sparsity: float) -> None:
-    model, tok = default_model()
-    ids = tok(text_of(tok, n), return_tensors="pt").input_ids
+def whole_forward(model: Any, tok: Any, n: int, sparsity: float) -> None:
+    ids = ids_of(model, tok, text_of(tok, n))
     mask = masks.resolve("sliding_window", n, sparsity)
 
     def forward(kernel: str | None) -> float:
@@ -109,7 +106,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     one_call(args.lengths, args.sparsity)
     if not args.skip_forward:
-        whole_forward(2048, args.sparsity)
+        whole_forward(*default_model(), 2048, args.sparsity)
 
 
 if __name__ == "__main__":

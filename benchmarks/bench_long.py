@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from bench_memory import PeakSampler
 from common import default_model, fmt_bytes, plain_forward, seconds, text_of
 
@@ -43,6 +44,9 @@ def one_length(run: tuple[Any, Any], n: int, mask: str, sparsity: float) -> None
     text = text_of(tok, n)
     unit = seconds(plain_forward(model, tok, text))
     gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     with PeakSampler() as peak:
         base = peak.peak
         first = seconds(lambda: aw.compare(run, text, mask, sparsity, per_layer=False, continuation_tokens=0))
@@ -69,6 +73,8 @@ def one_length(run: tuple[Any, Any], n: int, mask: str, sparsity: float) -> None
     print(f"  mask change, dense pass cached: {change:.1f} s = {change / unit:.2f} x the forward ({by_stage})")
     print(f"  one head's full map of layer {layer} ({n} x {n}): {one_head:.1f} s; a 512 x 512 zoom: {zoom:.1f} s")
     print(f"  peak resident memory above the loaded model: {fmt_bytes(peak.peak - base)}")
+    if torch.cuda.is_available():
+        print(f"  peak device memory, both compares: {fmt_bytes(torch.cuda.max_memory_allocated())}")
     recall = sum(m.mass_recall) / len(m.mass_recall)
     print(f"  dense ppl {m.dense_ppl:.2f}, sparse ppl {m.sparse_ppl:.2f}, mean mass recall {recall:.3f}")
 

@@ -12,7 +12,7 @@ import torch
 
 import attnsparse_widget as aw
 from attnsparse_widget import masks
-from attnsparse_widget.capture import Plan, attention_active, layer_indexer
+from attnsparse_widget.capture import Plan, attention_active, input_device, layer_indexer
 
 LENGTHS = (128, 512, 2048)
 
@@ -28,10 +28,17 @@ def text_of(tok: Any, n_tokens: int) -> str:
 
 
 def seconds(fn: Callable[[], object]) -> float:
-    """Wall-clock seconds of one call of ``fn``."""
+    """Wall-clock seconds of one call of ``fn`` (on a CUDA machine, the device synchronised before and after)."""
+    _synchronize()
     start = time.perf_counter()
     fn()
+    _synchronize()
     return time.perf_counter() - start
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def median_seconds(fn: Callable[[], object], repeat: int) -> float:
@@ -53,11 +60,16 @@ def in_a_thread(fn: Callable[[], object]) -> Callable[[], object]:
     return run
 
 
+def ids_of(model: Any, tok: Any, text: str) -> torch.Tensor:
+    """The token ids of ``text``, ``[1, T]``, on the model's device."""
+    return tok(text, return_tensors="pt").input_ids.to(input_device(model))
+
+
 def bare_forward(model: Any, tok: Any, text: str, mask: str, sparsity: float) -> Callable[[], object]:
     """One forward pass with the attention implementation swapped to attnsparse's and the sparse mask on every
     layer, capturing nothing: the floor under any update of the widget. Through the eager masked attention, as a
     captured pass computes it (the fast kernels of kernels.py give no probabilities to show)."""
-    ids = tok(text, return_tensors="pt").input_ids
+    ids = ids_of(model, tok, text)
     resolved = masks.resolve(mask, ids.shape[1], sparsity, True)
     plan = Plan(layer_of=layer_indexer(model), mask=resolved, kernel="eager")
 
@@ -70,7 +82,7 @@ def bare_forward(model: Any, tok: Any, text: str, mask: str, sparsity: float) ->
 
 def plain_forward(model: Any, tok: Any, text: str) -> Callable[[], object]:
     """One forward pass of the model as it is (its own attention implementation)."""
-    ids = tok(text, return_tensors="pt").input_ids
+    ids = ids_of(model, tok, text)
 
     def run() -> object:
         with torch.inference_mode():
