@@ -116,9 +116,9 @@ def test_app_in_a_real_browser(tmp_path: Path) -> None:
             log.close()
     assert app.returncode is not None
     deadline = time.time() + 30  # Voila's shutdown ends its kernels; each kernel also exits when its parent goes
-    while time.time() < deadline and any(psutil.pid_exists(pid) and _alive(pid) for pid in started):
+    while time.time() < deadline and any(_alive(pid) for pid in started):
         time.sleep(0.5)
-    left = [pid for pid in started if psutil.pid_exists(pid) and _alive(pid)]
+    left = [pid for pid in started if _alive(pid)]
     assert not left, f"processes left behind: {[psutil.Process(pid).cmdline() for pid in left]}"
 
 
