@@ -16,8 +16,8 @@ demo: setup
 
 # the static checks, in this order: lint and formatting (ruff), then types (mypy on src/, tsc on js/)
 lint: setup
-	.venv/bin/ruff check src tests benchmarks scripts
-	.venv/bin/ruff format --check src tests benchmarks scripts
+	.venv/bin/ruff check src tests benchmarks scripts examples
+	.venv/bin/ruff format --check src tests benchmarks scripts examples
 	.venv/bin/mypy
 	npm run --silent typecheck
 

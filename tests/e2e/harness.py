@@ -138,10 +138,57 @@ def run_cell(page, index: int) -> None:  # noqa: ANN001
 def settled(page, request_after: int = 0, timeout: float = 300_000, nth: int = 0) -> None:  # noqa: ANN001
     """Wait until the ``nth`` widget is idle with a request number above ``request_after`` and a painted main view."""
     page.wait_for_function(
-        "([n, k]) => { const r = document.querySelectorAll('.asw-root')[k];"
+        "([n, k]) => { const deep = (root) => { const found = [...root.querySelectorAll('.asw-root')];"
+        " if (found.length) return found;"  # marimo renders each widget inside a shadow root
+        " return [...root.querySelectorAll('*')].filter((e) => e.shadowRoot).flatMap((e) => deep(e.shadowRoot)); };"
+        " const r = deep(document)[k];"
         " return r && r.dataset.busy === '0' && Number(r.dataset.request) > n"
         " && r.querySelector('.asw-main')?.dataset.rendered; }",
         arg=[request_after, nth],
         timeout=timeout,
         polling=100,  # not every animation frame: timings stay clean
     )
+
+
+def serving(url: str, log: Path, seconds: float = 60) -> None:
+    """Wait until a server answers at ``url``; a server that never does fails with the end of its ``log``."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()  # noqa: S310 - loopback
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(log.read_text()[-3000:])
+
+
+# the addresses a page may load from: this machine's loopback server and in-page data
+LOCAL = ("http://127.0.0.1", "data:", "blob:", "about:")
+
+
+def request_of(page) -> int:  # noqa: ANN001
+    """The widget's request number (it rises with each rerun of the engine the page asked for)."""
+    return int(page.locator(".asw-root").get_attribute("data-request"))
+
+
+def open_app(context, url: str, requests: list[str], errors: list[str]):  # noqa: ANN001, ANN201
+    """Open a page that shows one widget (an app: Voila, marimo) and wait until its first view is painted; every
+    request goes to ``requests``, every page error, console error and HTTP error to ``errors``."""
+    page = context.new_page()
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.goto(url, wait_until="domcontentloaded", timeout=120_000)
+    page.locator(".asw-main.js-plotly-plot").wait_for(timeout=300_000)
+    settled(page, timeout=300_000)
+    return page
+
+
+def slider_step(page) -> str:  # noqa: ANN001
+    """Move the sparsity slider one step; returns its new value once the widget has repainted."""
+    before = request_of(page)
+    page.locator(".asw-sparsity").focus()
+    page.keyboard.press("ArrowRight")
+    settled(page, before, timeout=300_000)
+    return page.locator(".asw-sparsity").input_value()

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
@@ -17,35 +16,9 @@ import pytest
 from attnsparse_widget.app import app_notebook, exposure_warning, is_loopback, voila_command
 from attnsparse_widget.cli import main
 
-from .harness import chromium, free_port, settled
+from .harness import LOCAL, chromium, free_port, open_app, serving, settled, slider_step
 
 TEXT = "The lighthouse keeper wrote in his log every evening. The storm came from the west."
-LOCAL = ("http://127.0.0.1", "data:", "blob:", "about:")
-
-
-def request_of(page) -> int:  # noqa: ANN001
-    return int(page.locator(".asw-root").get_attribute("data-request"))
-
-
-def open_app(context, url: str, requests: list[str], errors: list[str]):  # noqa: ANN001, ANN201
-    page = context.new_page()
-    page.on("request", lambda r: requests.append(r.url))
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-    page.goto(url, wait_until="domcontentloaded", timeout=120_000)
-    page.locator(".asw-main.js-plotly-plot").wait_for(timeout=300_000)
-    settled(page, timeout=300_000)
-    return page
-
-
-def slider_step(page) -> str:  # noqa: ANN001
-    """Move the sparsity slider one step; returns its new value once the widget has repainted."""
-    before = request_of(page)
-    page.locator(".asw-sparsity").focus()
-    page.keyboard.press("ArrowRight")
-    settled(page, before, timeout=300_000)
-    return page.locator(".asw-sparsity").input_value()
 
 
 def test_app_in_a_real_browser(tmp_path: Path) -> None:
@@ -70,14 +43,7 @@ def test_app_in_a_real_browser(tmp_path: Path) -> None:
     )
     started: set[int] = set()
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(url, timeout=1).close()  # noqa: S310 - loopback
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise RuntimeError((tmp_path / "app.log").read_text()[-3000:])
+        serving(url, tmp_path / "app.log")
         requests: list[str] = []
         errors: list[str] = []
         with chromium() as browser:
