@@ -24,7 +24,7 @@ def _():
 def _(aw, mo):
     # the embedded default model (SmolLM2-135M-Instruct); pass a hub id ("gpt2") or a loaded model instead
     widget = mo.ui.anywidget(aw.show(mask="sink_window", sparsity=0.5, per_layer=False))
-    widget
+    widget  # noqa: B018 - a cell shows its last expression
     return (widget,)
 
 
