@@ -99,8 +99,7 @@ build_frontend() {
         echo "$lock_hash" > node_modules/.attnsparse-lock
     fi
     local bundle=src/attnsparse_widget/static/widget.js
-    if [ ! -f "$bundle" ] || [ ! -f src/attnsparse_widget/static/plotly-cartesian.min.js ] \
-        || [ -n "$(find js package.json -newer "$bundle" -print -quit)" ]; then
+    if [ ! -f "$bundle" ] || [ -n "$(find js package.json -newer "$bundle" -print -quit)" ]; then
         log "building the widget's frontend bundle"
         npm run --silent build
     fi

@@ -121,3 +121,17 @@ def test_gif_frames_show_hostile_tokens_literally(default_model):
         (e.get("href") or e.get("{http://www.w3.org/1999/xlink}href") or "").startswith("data:image/") for e in images
     )
     assert not [e for e in svg.iter() if not e.tag.startswith(ns) or e.tag == f"{ns}foreignObject"]
+
+
+def test_exports_draw_with_the_widgets_own_plotly_js():
+    """The package ships plotly.js once, inside widget.js: the exports cut that very copy out (a classic script
+    that sets window.Plotly), so a GIF or HTML page draws exactly as the widget does."""
+    from attnsparse_widget.export import PLOTLY_BEGIN, PLOTLY_END, STATIC, _plotly_js, _plotly_js_path
+
+    bundle = (STATIC / "widget.js").read_text(encoding="utf-8")
+    script = _plotly_js()
+    assert script.startswith(PLOTLY_BEGIN) and script.endswith(PLOTLY_END) and script in bundle
+    assert "plotly.js (cartesian - minified)" in script and "window.Plotly = Plotly" in script
+    assert "\nexport" not in script and "export{" not in script  # no ES module syntax: loaded as a classic script
+    assert sorted(p.name for p in STATIC.glob("*.js")) == ["widget.js"]
+    assert _plotly_js_path().read_text(encoding="utf-8") == script

@@ -13,6 +13,7 @@ headless Chromium session (Debian's ``chromium`` works; kaleido finds ``/usr/bin
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import html
 import tempfile
 import time
@@ -216,20 +217,35 @@ def export_png(
 
 
 # ---------------------------------------------------------------------------------------------------- HTML
-def _plotly_js_path() -> Path:
-    """The plotly.js file that renders exports: the widget's own cartesian bundle when built, else plotly.py's
-    copy. Always a local file, named explicitly: kaleido would otherwise fall back to a CDN."""
-    local = STATIC / "plotly-cartesian.min.js"
-    if local.is_file():
-        return local
-    import plotly
-
-    return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+# the span of widget.js that holds plotly.js, as js/build.mjs writes it (a classic script setting window.Plotly)
+PLOTLY_BEGIN = "/* attnsparse-widget: plotly.js begins */"
+PLOTLY_END = "/* attnsparse-widget: plotly.js ends */"
 
 
 def _plotly_js() -> str:
-    """plotly.js to inline in the HTML page (see :func:`_plotly_js_path`)."""
-    return _plotly_js_path().read_text(encoding="utf-8")
+    """plotly.js for the exports, exactly the copy the widget draws with: the package ships it once, inside the
+    widget's bundle (see js/build.mjs), and this cuts it out. Without a built bundle (a checkout that never ran
+    ``npm run build``): plotly.py's own copy."""
+    bundle = STATIC / "widget.js"
+    if bundle.is_file():
+        text = bundle.read_text(encoding="utf-8")
+        begin, end = text.find(PLOTLY_BEGIN), text.find(PLOTLY_END)
+        if 0 <= begin < end:
+            return text[begin : end + len(PLOTLY_END)]
+    import plotly
+
+    return (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_text(encoding="utf-8")
+
+
+def _plotly_js_path() -> Path:
+    """:func:`_plotly_js` as a local file for kaleido, which wants a path (and would fall back to a CDN without
+    one): written once per content into the temporary directory."""
+    text = _plotly_js()
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"attnsparse-widget-plotly-{digest}.js"
+    if not path.is_file():
+        write_atomically(path, text.encode("utf-8"))
+    return path
 
 
 def _figure_json(fig: dict[str, Any]) -> str:

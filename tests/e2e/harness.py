@@ -42,8 +42,9 @@ def write_notebook(path: Path, cells: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def jupyterlab(root: Path) -> Iterator[str]:
-    """A JupyterLab server on a free loopback port serving ``root`` (no token, no news); yields its URL."""
+def jupyterlab(root: Path, python: str = sys.executable, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A JupyterLab server on a free loopback port serving ``root`` (no token, no news); yields its URL. ``python``
+    runs it (and its kernels); ``env`` replaces the environment it inherits."""
     # no "get notified about Jupyter news?" toast over the screenshots
     (root / ".cfg" / "labconfig").mkdir(parents=True, exist_ok=True)
     (root / ".cfg" / "labconfig" / "page_config.json").write_text(
@@ -51,7 +52,7 @@ def jupyterlab(root: Path) -> Iterator[str]:
     )
     port = free_port()
     env = {
-        **os.environ,
+        **(os.environ if env is None else env),
         "JUPYTER_CONFIG_DIR": str(root / ".cfg"),
         "JUPYTER_RUNTIME_DIR": str(root / ".rt"),
         "JUPYTERLAB_WORKSPACES_DIR": str(root / ".ws"),
@@ -59,7 +60,7 @@ def jupyterlab(root: Path) -> Iterator[str]:
     with open(root / "server.log", "w") as log:
         proc = subprocess.Popen(
             [
-                sys.executable,
+                python,
                 "-m",
                 "jupyterlab",
                 "--no-browser",
