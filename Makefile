@@ -1,6 +1,6 @@
 # The README's two commands. Both set everything up first (scripts/setup.sh is idempotent: a second run takes
 # well under a second).
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint docs
 
 PORT ?= 8888
 # no browser is launched where there is none to show (no display); running as root needs --allow-root
@@ -13,6 +13,10 @@ demo: setup
 	.venv/bin/python -c "import attnsparse_widget as aw; aw.load_model()"  # converts the default model once
 	@echo "Starting JupyterLab on notebooks/01_quickstart.ipynb; open the http://127.0.0.1:$(PORT)/... URL it prints."
 	.venv/bin/jupyter lab notebooks/01_quickstart.ipynb $(LAB_FLAGS)
+
+# the course site into docs/_build/html/ (index.html), offline; reuses the notebooks the tests executed
+docs: setup
+	.venv/bin/python scripts/build_docs.py
 
 # the static checks, in this order: lint and formatting (ruff), then types (mypy on src/, tsc on js/)
 lint: setup

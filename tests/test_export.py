@@ -126,10 +126,10 @@ def test_gif_frames_show_hostile_tokens_literally(default_model):
 def test_exports_draw_with_the_widgets_own_plotly_js():
     """The package ships plotly.js once, inside widget.js: the exports cut that very copy out (a classic script
     that sets window.Plotly), so a GIF or HTML page draws exactly as the widget does."""
-    from attnsparse_widget.export import PLOTLY_BEGIN, PLOTLY_END, STATIC, _plotly_js, _plotly_js_path
+    from attnsparse_widget.export import PLOTLY_BEGIN, PLOTLY_END, STATIC, _plotly_js_path, plotly_js
 
     bundle = (STATIC / "widget.js").read_text(encoding="utf-8")
-    script = _plotly_js()
+    script = plotly_js()
     assert script.startswith(PLOTLY_BEGIN) and script.endswith(PLOTLY_END) and script in bundle
     assert "plotly.js (cartesian - minified)" in script and "window.Plotly = Plotly" in script
     assert "\nexport" not in script and "export{" not in script  # no ES module syntax: loaded as a classic script

@@ -4,12 +4,15 @@ without outputs."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import nbformat
 import no_network
 import pytest
-from nbclient import NotebookClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import build_docs  # noqa: E402 - scripts/ is not a package
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
@@ -44,28 +47,19 @@ def test_notebook_is_colab_ready(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path):
-    nb = nbformat.read(path, as_version=4)
+    """Executed at the sizes of build_docs.NOTEBOOK_SIZES; the executed copy goes to docs/_build/executed/, where
+    the site's build (tests/test_site.py, make docs) takes it instead of running the notebook again."""
     # the kernel blocks every connection that leaves the machine as it starts (sitecustomize on PYTHONPATH)
     site = tmp_path / "offline-site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(no_network.SITECUSTOMIZE.format(tests=str(Path(__file__).parent)))
-    nb.cells.append(
-        nbformat.v4.new_code_cell(  # proof that it was blocked, as the last cell
-            "import socket, no_network\n"
-            "try:\n    socket.create_connection(('93.184.215.14', 80), timeout=1)\n"
-            "except no_network.NetworkBlocked:\n    print('offline: ok')"
-        )
+    proof = (  # that it was blocked, as the last cell
+        "import socket, no_network\n"
+        "try:\n    socket.create_connection(('93.184.215.14', 80), timeout=1)\n"
+        "except no_network.NetworkBlocked:\n    print('offline: ok')"
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
-        "ATTNSPARSE_NOTEBOOK_STEPS": "10",  # notebook 07 trains adapters: 10 steps each here, its default 200 by hand
-        "ATTNSPARSE_NOTEBOOK_TOKENS": "1536",  # notebooks 02-04: the full-context sections (the model's 8192 by hand)
-        "ATTNSPARSE_NOTEBOOK_LENGTHS": "512 1024",  # notebook 06's measured kernel curve: 1024 to 8192 by hand
-    }
-    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute(
-        env=env
-    )
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    nb = build_docs.execute_notebook(path, build_docs.EXECUTED / path.name, env=env, extra_cells=(proof,))
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
     assert nb.cells[-1].outputs[0]["text"] == "offline: ok\n"

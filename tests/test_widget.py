@@ -225,6 +225,20 @@ def test_export_button_sends_a_gif_download_and_export_gif_writes_one(tiny, tmp_
     assert w.status["error"] is None and w.status["busy"] is False
 
 
+def test_export_png_writes_the_view_on_screen(tiny, tmp_path):
+    """``w.export_png`` pictures the layer and head the widget shows: the same picture as the comparison's own
+    export of that layer and head, and a different one for another layer."""
+    from PIL import Image
+
+    w = AttentionDiffWidget(tiny, threaded=False, text=TEXT, layer=1, head=0, per_layer=False)
+    shown = w.export_png(tmp_path / "shown.png")
+    with Image.open(shown) as png:
+        assert png.size == (2400, 960)  # the side-by-side view at scale 2
+    same = w.result.export_png(tmp_path / "same.png", layer=1, head=0)
+    other = w.result.export_png(tmp_path / "other.png", layer=0, head=0)
+    assert shown.read_bytes() == same.read_bytes() != other.read_bytes()
+
+
 def test_long_texts_skip_the_per_layer_curve_until_asked(tiny, monkeypatch):
     """Over CURVE_TOKENS the curve would replay about two passes per layer (minutes): the widget switches the box
     off with a note, and computes the curve once the box is ticked again, for this text and the next ones."""

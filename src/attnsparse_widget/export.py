@@ -222,7 +222,7 @@ PLOTLY_BEGIN = "/* attnsparse-widget: plotly.js begins */"
 PLOTLY_END = "/* attnsparse-widget: plotly.js ends */"
 
 
-def _plotly_js() -> str:
+def plotly_js() -> str:
     """plotly.js for the exports, exactly the copy the widget draws with: the package ships it once, inside the
     widget's bundle (see js/build.mjs), and this cuts it out. Without a built bundle (a checkout that never ran
     ``npm run build``): plotly.py's own copy."""
@@ -238,9 +238,9 @@ def _plotly_js() -> str:
 
 
 def _plotly_js_path() -> Path:
-    """:func:`_plotly_js` as a local file for kaleido, which wants a path (and would fall back to a CDN without
+    """:func:`plotly_js` as a local file for kaleido, which wants a path (and would fall back to a CDN without
     one): written once per content into the temporary directory."""
-    text = _plotly_js()
+    text = plotly_js()
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
     path = Path(tempfile.gettempdir()) / f"attnsparse-widget-plotly-{digest}.js"
     if not path.is_file():
@@ -357,7 +357,7 @@ def to_html(
 <style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:20px auto;color:#222}}
 .caveat{{background:#fff8e1;border-left:4px solid #f0ad4e;padding:6px 10px}}
 th{{text-align:left;padding-right:16px;font-weight:600}} code{{white-space:pre-wrap}}</style>
-<script>{_plotly_js()}</script></head><body>
+<script>{plotly_js()}</script></head><body>
 <h1>Dense vs sparse attention</h1>
 <p class="caveat">{html.escape(CAVEAT)}</p>
 <p>Text: <code>{html.escape(res.text)}</code></p>

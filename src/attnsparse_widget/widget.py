@@ -511,15 +511,27 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         """Write the GIF of what the widget shows (mask, sparsity, head) to ``path`` (default: ``export_path``);
         keyword arguments go to :meth:`Comparison.export_gif` (``overwrite=True`` to replace an existing file).
         Returns its report."""
-        self.wait(None)
-        if self._result is None:
-            raise RuntimeError("the widget has no result to export (see its error message)")
+        res, kwargs = self._shown(kwargs)
         target = path or self.export_path
         if not target:
             raise ValueError("pass a path, e.g. w.export_gif('layers.gif'), or set w.export_path")
-        kwargs.setdefault("head", None if self.head < 0 else self.head)
-        kwargs.setdefault("which", self._masked(self._result))
-        return self._result.export_gif(target, **kwargs)
+        return res.export_gif(target, **kwargs)
+
+    def export_png(self, path: str | Path, **kwargs: Any) -> Path:
+        """Write a PNG of the main view the widget shows (layer, head, mask, sparsity) to ``path``, once its work
+        is done; keyword arguments go to :meth:`Comparison.export_png` (``overwrite=True`` to replace a file)."""
+        res, kwargs = self._shown(kwargs)
+        kwargs.setdefault("layer", min(max(self.layer, 0), res.n_layers - 1))
+        return res.export_png(path, **kwargs)
+
+    def _shown(self, kwargs: dict[str, Any]) -> tuple[Comparison, dict[str, Any]]:
+        """The comparison on screen, once computed, and an export's arguments defaulting to the head and the
+        masked pass the widget shows."""
+        self.wait(None)
+        if self._result is None:
+            raise RuntimeError("the widget has no result to export (see its error message)")
+        kwargs = {"head": None if self.head < 0 else self.head, "which": self._masked(self._result), **kwargs}
+        return self._result, kwargs
 
     def _publish_view(self, res: Comparison) -> None:
         layer = min(max(self.layer, 0), res.n_layers - 1)

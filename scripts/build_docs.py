@@ -1,0 +1,219 @@
+"""Build the course site (``make docs``): the README as the home page, the notebooks executed with their outputs,
+MASKS.md and the API reference, as a static site in ``docs/_build/html/`` that opens from the file system or any
+static host with nothing fetched off the machine.
+
+The tool is mkdocs-material with mkdocs-jupyter (and mkdocstrings for the API): pure Python, so it builds offline
+(Jupyter Book 2's MyST engine downloads its theme at build time), and its ``offline`` plugin makes the site work
+from ``file://``, search included. The configuration is ``mkdocs.yml`` at the repository root.
+
+Steps:
+1. Executed notebooks: ``docs/_build/executed/NAME.ipynb`` when it was executed from the current source (the test
+   suite writes them there, so CI runs each notebook once), else this script executes it (nbclient) at the
+   sizes the tests use (:data:`NOTEBOOK_SIZES`; set the variables yourself for the full sizes).
+2. The site's copy of each notebook (:func:`site_notebook`): plotly figures become a ``<div>`` drawn by the
+   package's own plotly.js (served once, as ``js/plotly.js``); each widget becomes a static picture of the view it
+   showed when the notebook ended (rendered by kaleido during the execution); other widgets (progress bars) are
+   dropped, and so is the saved widget state (it would load the widget manager from a CDN).
+3. ``mkdocs build`` into ``docs/_build/html/``.
+
+    .venv/bin/python scripts/build_docs.py             # or: make docs
+    .venv/bin/python scripts/build_docs.py --reexecute # run every notebook again
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+BUILD = ROOT / "docs" / "_build"
+EXECUTED = BUILD / "executed"  # executed notebooks (and their widgets' pictures), written by the tests too
+SOURCE = BUILD / "src"  # the site's sources, staged here for mkdocs (docs_dir in mkdocs.yml)
+SITE = BUILD / "html"
+REMOVE = "remove-cell"  # cells with this tag run but are left out of the site (mkdocs.yml's remove_tag_config)
+NOTEBOOK_SIZES = {  # the sizes the tests run the notebooks at (the notebooks' own defaults take tens of minutes)
+    "ATTNSPARSE_NOTEBOOK_STEPS": "10",  # notebook 07's training steps (200 by default)
+    "ATTNSPARSE_NOTEBOOK_TOKENS": "1536",  # notebooks 02-04's full-context sections (8192 by default)
+    "ATTNSPARSE_NOTEBOOK_LENGTHS": "512 1024",  # notebook 06's measured kernel curve (1024 to 8192 by default)
+}
+# The last cell of every execution (tagged out of the site): each widget finishes its work, and its main view is
+# rendered to PNG (kaleido), named by its model id, for the site's static picture of it.
+PICTURES_CELL = """\
+import gc as _gc
+from pathlib import Path as _Path
+import attnsparse_widget as _aw
+_folder = _Path({folder!r})
+_folder.mkdir(parents=True, exist_ok=True)
+for _w in [_o for _o in _gc.get_objects() if issubclass(type(_o), _aw.AttentionDiffWidget)]:  # type(): no weakproxy
+    _w.wait(None)
+    if _w.result is not None:
+        _w.export_png(_folder / f"{{_w.model_id}}.png", overwrite=True)
+"""
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def source_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def pictures_folder(executed: Path) -> Path:
+    return executed.with_suffix(".pictures")
+
+
+def execute_notebook(
+    src: Path, dst: Path, env: dict[str, str] | None = None, extra_cells: tuple[str, ...] = ()
+) -> nbformat.NotebookNode:
+    """Run ``src`` top to bottom in a fresh kernel (in a temporary working directory) and write it, outputs and
+    all, to ``dst``, stamped with the digest of its source. ``extra_cells`` run after the notebook's own cells,
+    tagged out of the site. Raises nbclient's ``CellExecutionError`` on the first failing cell (``dst`` is then
+    not written)."""
+    nb = nbformat.read(src, as_version=4)
+    cells = [PICTURES_CELL.format(folder=str(pictures_folder(dst))), *extra_cells]
+    for code in cells:
+        nb.cells.append(nbformat.v4.new_code_cell(code, metadata={"tags": [REMOVE]}))
+    shutil.rmtree(pictures_folder(dst), ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="attnsparse-nb-") as cwd:
+        client = NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": cwd}})
+        client.execute(env={**os.environ, **NOTEBOOK_SIZES, **(env or {})})
+    nb.metadata["attnsparse"] = {"source_sha256": source_digest(src)}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, dst)
+    return nb
+
+
+def executed_notebook(src: Path, reexecute: bool = False) -> Path:
+    """The executed copy of ``src`` in :data:`EXECUTED`: reused when it was run from the same source."""
+    dst = EXECUTED / src.name
+    if not reexecute and dst.is_file():
+        stamp = nbformat.read(dst, as_version=4).metadata.get("attnsparse", {}).get("source_sha256")
+        if stamp == source_digest(src):
+            return dst
+    print(f"executing {src.name} ...", flush=True)
+    execute_notebook(src, dst)
+    return dst
+
+
+def plotly_html(figure: dict[str, Any], div_id: str) -> str:
+    """A figure as a ``<div>`` and the script that draws it with the site's plotly.js (``window.Plotly``, loaded at
+    the end of the page: the drawing waits for DOMContentLoaded, which follows every script of the page)."""
+    data = json.dumps(figure).replace("</", "<\\/")  # nothing in the data can close the <script>
+    return (
+        f'<div id="{div_id}" class="asw-figure"></div>\n'
+        f'<script>document.addEventListener("DOMContentLoaded", function () {{ const f = {data};'
+        f' Plotly.newPlot("{div_id}", f.data, f.layout, {{responsive: true, displaylogo: false}}); }});</script>'
+    )
+
+
+def widget_picture(png: bytes) -> dict[str, str]:
+    alt = "The widget's main view when the notebook finished (a static picture; run the notebook for the live one)"
+    img = base64.b64encode(png).decode("ascii")
+    return {
+        "text/html": f'<figure class="asw-widget-picture"><img src="data:image/png;base64,{img}" alt="{alt}">'
+        f"<figcaption>{html.escape(alt)}.</figcaption></figure>",
+        "text/plain": "[the widget's main view]",
+    }
+
+
+def site_notebook(executed: Path) -> nbformat.NotebookNode:
+    """The site's copy of an executed notebook (see the module's docstring, step 2)."""
+    nb = nbformat.read(executed, as_version=4)
+    pictures = pictures_folder(executed)
+    stem = executed.stem
+    figures = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        outputs = []
+        for out in cell.outputs:
+            data = out.get("data", {})
+            if PLOTLY_MIME in data:
+                figures += 1
+                out.data = {"text/html": plotly_html(data[PLOTLY_MIME], f"{stem}-figure-{figures}")}
+            elif WIDGET_MIME in data:
+                png = pictures / f"{data[WIDGET_MIME]['model_id']}.png"
+                if not png.is_file():
+                    continue  # not one of ours (a progress bar): its saved text is its first state, not its last
+                out.data = widget_picture(png.read_bytes())
+            outputs.append(out)
+        cell.outputs = outputs
+    nb.metadata.pop("widgets", None)
+    return nb
+
+
+def readme_page(text: str) -> str:
+    """The README as the home page: links into the repository made to point at the site's pages."""
+    text = text.replace("](docs/images/", "](images/").replace('src="docs/images/', 'src="images/')
+    text = text.replace("](MASKS.md)", "](masks.md)")
+    return re.sub(r"`notebooks/`", "[the notebooks](notebooks/01_quickstart.ipynb)", text, count=1)
+
+
+API_PAGE = """\
+# API reference
+
+Everything `import attnsparse_widget as aw` exposes, from the docstrings.
+
+::: attnsparse_widget
+    options:
+      show_submodules: false
+      members_order: source
+"""
+
+EXTRA_CSS = """\
+.md-grid { max-width: 1500px; }  /* room for the figures (up to 1200 px wide) next to the navigation */
+.asw-figure { width: 100%; min-height: 420px; overflow-x: auto; }
+.jupyter-wrapper .jp-OutputArea-output pre { white-space: pre; overflow-x: auto; }  /* tables keep their columns */
+.asw-widget-picture img { max-width: 100%; border: 1px solid #ddd; }
+.asw-widget-picture figcaption { font-size: 0.75rem; color: #666; }
+"""
+
+
+def stage(reexecute: bool = False) -> None:
+    """Write the site's sources into :data:`SOURCE`."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from attnsparse_widget.export import plotly_js
+
+    shutil.rmtree(SOURCE, ignore_errors=True)
+    (SOURCE / "notebooks").mkdir(parents=True)
+    (SOURCE / "js").mkdir()
+    (SOURCE / "css").mkdir()
+    (SOURCE / "index.md").write_text(readme_page((ROOT / "README.md").read_text(encoding="utf-8")), encoding="utf-8")
+    shutil.copy(ROOT / "MASKS.md", SOURCE / "masks.md")
+    (SOURCE / "api.md").write_text(API_PAGE, encoding="utf-8")
+    shutil.copytree(ROOT / "docs" / "images", SOURCE / "images")
+    (SOURCE / "js" / "plotly.js").write_text(plotly_js(), encoding="utf-8")
+    shutil.copy(ROOT / "node_modules" / "iframe-worker" / "shim" / "index.js", SOURCE / "js" / "iframe-worker-shim.js")
+    (SOURCE / "css" / "site.css").write_text(EXTRA_CSS, encoding="utf-8")
+    for src in sorted(NOTEBOOKS.glob("*.ipynb")):
+        nbformat.write(site_notebook(executed_notebook(src, reexecute)), SOURCE / "notebooks" / src.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reexecute", action="store_true", help="execute every notebook again")
+    args = parser.parse_args(argv)
+    stage(args.reexecute)
+    mkdocs = [sys.executable, "-m", "mkdocs", "build", "--clean", "--config-file", str(ROOT / "mkdocs.yml")]
+    # NO_MKDOCS_2_WARNING: Material's banner on its end of life (May 2027; see the README's course-site section)
+    subprocess.run(mkdocs, check=True, cwd=ROOT, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    print(f"site: {SITE / 'index.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
