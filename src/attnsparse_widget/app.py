@@ -26,8 +26,9 @@ TEMPLATE = "attnsparse"
 APP_FILES = Path(__file__).parent / "app_files"  # holds voila/templates/attnsparse, found through JUPYTER_PATH
 LOOPBACK = "127.0.0.1"
 CULL_IDLE_S = 600  # a kernel with no page connected and nothing running for this long is shut down
-# Voila loads every JupyterLab extension it finds; Notebook 7's fails in Voila's page (an error in the console)
-DENIED_EXTENSIONS = ("@jupyter-notebook/lab-extension",)
+# Voila loads every JupyterLab extension it finds; these throw in Voila's page (an error in the console): Notebook
+# 7's, and jupytext's (installed with the docs tools)
+DENIED_EXTENSIONS = ("@jupyter-notebook/lab-extension", "jupyterlab-jupytext")
 VOILA_MISSING = "attnsparse app is served by Voila, which is not installed: pip install 'attnsparse-widget[app]'"
 
 
