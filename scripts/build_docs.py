@@ -51,8 +51,9 @@ NOTEBOOK_SIZES = {  # the sizes the tests run the notebooks at (the notebooks' o
     "ATTNSPARSE_NOTEBOOK_TOKENS": "1536",  # notebooks 02-04's full-context sections (8192 by default)
     "ATTNSPARSE_NOTEBOOK_LENGTHS": "512 1024",  # notebook 06's measured kernel curve (1024 to 8192 by default)
 }
-# The last cell of every execution (tagged out of the site): each widget finishes its work, and its main view is
-# rendered to PNG (kaleido), named by its model id, for the site's static picture of it.
+# The last cell of every execution (tagged out of the site): the main view of each widget, once computed, rendered
+# to PNG (kaleido) and named by its model id, for the site's static picture of it. It does not wait for the later
+# stages (the per-layer curve costs half a minute a widget): the picture is the main view.
 PICTURES_CELL = """\
 import gc as _gc
 from pathlib import Path as _Path
@@ -60,7 +61,7 @@ import attnsparse_widget as _aw
 _folder = _Path({folder!r})
 _folder.mkdir(parents=True, exist_ok=True)
 for _w in [_o for _o in _gc.get_objects() if issubclass(type(_o), _aw.AttentionDiffWidget)]:  # type(): no weakproxy
-    _w.wait(None)
+    _w.wait(None, view_only=True)
     if _w.result is not None:
         _w.export_png(_folder / f"{{_w.model_id}}.png", overwrite=True)
 """

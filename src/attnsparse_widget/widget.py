@@ -133,6 +133,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         self._pending: set[str] = set()  # "model", "view", "export": what the worker still has to do
         self._generation = 0  # bumped by every request; the frontend waits for its own number
         self._model_generation = 0  # bumped by requests that need the model to run again
+        self._shown_model_generation = -1  # the model request whose main view is on screen
         self._running = False  # a worker is draining the requests (set and cleared under the lock)
         self._worker: threading.Thread | None = None
         self._result: Comparison | None = None
@@ -224,12 +225,15 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         else:
             self._drain()
 
-    def wait(self, timeout: float | None = 120) -> AttentionDiffWidget:
-        """Block until the latest request is fully computed (per-layer curve included). Returns the widget."""
+    def wait(self, timeout: float | None = 120, *, view_only: bool = False) -> AttentionDiffWidget:
+        """Block until the latest request is fully computed (per-layer curve included); with ``view_only``, only
+        until its main view and headline metrics are shown (the later stages may still be running). Returns the
+        widget."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
-                if not self._running:
+                shown = self._shown_model_generation == self._model_generation and not self._pending
+                if not self._running or (view_only and shown and self._result is not None):
                     return self
                 worker = self._worker
             if worker is not None:
@@ -353,6 +357,8 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                 self.metrics = metrics_payload(res)
                 self._publish_view(res)
                 self._status(True, pipeline.ATTENTION_METRICS, started, progress=0.0)
+            with self._lock:
+                self._shown_model_generation = model_generation
             if self._threaded and self._frontend_painted:
                 # let the browser paint before the next stage takes every core (on a laptop the kernel and the
                 # browser share them): the frontend says when it has painted; never wait long for it
@@ -518,16 +524,17 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         return res.export_gif(target, **kwargs)
 
     def export_png(self, path: str | Path, **kwargs: Any) -> Path:
-        """Write a PNG of the main view the widget shows (layer, head, mask, sparsity) to ``path``, once its work
-        is done; keyword arguments go to :meth:`Comparison.export_png` (``overwrite=True`` to replace a file)."""
-        res, kwargs = self._shown(kwargs)
+        """Write a PNG of the main view the widget shows (layer, head, mask, sparsity) to ``path``, as soon as that
+        view is computed (the later stages may still run); keyword arguments go to :meth:`Comparison.export_png`
+        (``overwrite=True`` to replace a file)."""
+        res, kwargs = self._shown(kwargs, view_only=True)
         kwargs.setdefault("layer", min(max(self.layer, 0), res.n_layers - 1))
         return res.export_png(path, **kwargs)
 
-    def _shown(self, kwargs: dict[str, Any]) -> tuple[Comparison, dict[str, Any]]:
-        """The comparison on screen, once computed, and an export's arguments defaulting to the head and the
-        masked pass the widget shows."""
-        self.wait(None)
+    def _shown(self, kwargs: dict[str, Any], view_only: bool = False) -> tuple[Comparison, dict[str, Any]]:
+        """The comparison on screen, once computed (``view_only``: once its main view is), and an export's
+        arguments defaulting to the head and the masked pass the widget shows."""
+        self.wait(None, view_only=view_only)
         if self._result is None:
             raise RuntimeError("the widget has no result to export (see its error message)")
         kwargs = {"head": None if self.head < 0 else self.head, "which": self._masked(self._result), **kwargs}
