@@ -51,9 +51,10 @@ NOTEBOOK_SIZES = {  # the sizes the tests run the notebooks at (the notebooks' o
     "ATTNSPARSE_NOTEBOOK_TOKENS": "1536",  # notebooks 02-04's full-context sections (8192 by default)
     "ATTNSPARSE_NOTEBOOK_LENGTHS": "512 1024",  # notebook 06's measured kernel curve (1024 to 8192 by default)
 }
-# The last cell of every execution (tagged out of the site): the main view of each widget, once computed, rendered
-# to PNG (kaleido) and named by its model id, for the site's static picture of it. It does not wait for the later
-# stages (the per-layer curve costs half a minute a widget): the picture is the main view.
+# The last cell of every execution (tagged out of the site): each widget finishes its work, and its main view is
+# rendered to PNG (kaleido), named by its model id, for the site's static picture of it. (Waiting for the main view
+# only, wait(view_only=True), would save half a minute a widget, but the export then read the comparison while the
+# worker thread was still filling it in: an IndexError in notebook 05. Left for a thread-safe export.)
 PICTURES_CELL = """\
 import gc as _gc
 from pathlib import Path as _Path
@@ -61,7 +62,7 @@ import attnsparse_widget as _aw
 _folder = _Path({folder!r})
 _folder.mkdir(parents=True, exist_ok=True)
 for _w in [_o for _o in _gc.get_objects() if issubclass(type(_o), _aw.AttentionDiffWidget)]:  # type(): no weakproxy
-    _w.wait(None, view_only=True)
+    _w.wait(None)
     if _w.result is not None:
         _w.export_png(_folder / f"{{_w.model_id}}.png", overwrite=True)
 """

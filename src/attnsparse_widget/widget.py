@@ -524,17 +524,16 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         return res.export_gif(target, **kwargs)
 
     def export_png(self, path: str | Path, **kwargs: Any) -> Path:
-        """Write a PNG of the main view the widget shows (layer, head, mask, sparsity) to ``path``, as soon as that
-        view is computed (the later stages may still run); keyword arguments go to :meth:`Comparison.export_png`
-        (``overwrite=True`` to replace a file)."""
-        res, kwargs = self._shown(kwargs, view_only=True)
+        """Write a PNG of the main view the widget shows (layer, head, mask, sparsity) to ``path``, once its work
+        is done; keyword arguments go to :meth:`Comparison.export_png` (``overwrite=True`` to replace a file)."""
+        res, kwargs = self._shown(kwargs)
         kwargs.setdefault("layer", min(max(self.layer, 0), res.n_layers - 1))
         return res.export_png(path, **kwargs)
 
-    def _shown(self, kwargs: dict[str, Any], view_only: bool = False) -> tuple[Comparison, dict[str, Any]]:
-        """The comparison on screen, once computed (``view_only``: once its main view is), and an export's
-        arguments defaulting to the head and the masked pass the widget shows."""
-        self.wait(None, view_only=view_only)
+    def _shown(self, kwargs: dict[str, Any]) -> tuple[Comparison, dict[str, Any]]:
+        """The comparison on screen, once fully computed (an export must not read it while the worker thread still
+        fills it in), and an export's arguments defaulting to the head and the masked pass the widget shows."""
+        self.wait(None)
         if self._result is None:
             raise RuntimeError("the widget has no result to export (see its error message)")
         kwargs = {"head": None if self.head < 0 else self.head, "which": self._masked(self._result), **kwargs}
