@@ -52,9 +52,9 @@ NOTEBOOK_SIZES = {  # the sizes the tests run the notebooks at (the notebooks' o
     "ATTNSPARSE_NOTEBOOK_LENGTHS": "512 1024",  # notebook 06's measured kernel curve (1024 to 8192 by default)
 }
 # The last cell of every execution (tagged out of the site): each widget finishes its work, and its main view is
-# rendered to PNG (kaleido), named by its model id, for the site's static picture of it. (Waiting for the main view
-# only, wait(view_only=True), would save half a minute a widget, but the export then read the comparison while the
-# worker thread was still filling it in: an IndexError in notebook 05. Left for a thread-safe export.)
+# rendered to PNG (kaleido), named by its model id, for the site's static picture of it. (Exporting as soon as the
+# main view is shown would save half a minute a widget, but the export then reads the comparison while the worker
+# thread still fills it in: an IndexError in notebook 05. That needs a thread-safe export first.)
 PICTURES_CELL = """\
 import gc as _gc
 from pathlib import Path as _Path

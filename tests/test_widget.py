@@ -155,31 +155,6 @@ def test_rapid_changes_coalesce_to_the_latest(tiny, monkeypatch):
     assert w.status["busy"] is False and w.status["request"] == w._generation
 
 
-def test_wait_for_the_view_only_returns_before_the_later_stages(tiny, monkeypatch):
-    """``wait(view_only=True)`` returns once the latest request's main view is shown, while the per-layer curve is
-    still held back; ``wait()`` waits for the curve too."""
-    gate = threading.Event()
-    real = pipeline.stages
-
-    def held(*args, **kwargs):
-        steps = real(*args, **kwargs)
-        yield next(steps)  # the first stage: the main view
-        gate.wait(10)  # the later stages wait until the test lets them go
-        yield from steps
-
-    monkeypatch.setattr(pipeline, "stages", held)
-    w = AttentionDiffWidget(tiny, text=TEXT, sparsity=0.4)
-    w.wait(30, view_only=True)
-    assert w.result is not None and w.result.metrics.requested_sparsity == 0.4 and w.view["figure"]
-    assert w.status["busy"] is True and w.metrics["per_layer_delta_ppl"] is None  # the curve is still to come
-    w.sparsity = 0.6  # a newer request: its own main view, not the old one's
-    gate.set()
-    w.wait(30, view_only=True)
-    assert w.result.metrics.requested_sparsity == 0.6
-    w.wait(30)
-    assert w.status["busy"] is False and len(w.metrics["per_layer_delta_ppl"]) == w.result.n_layers
-
-
 def test_stale_results_are_never_published(tiny, monkeypatch):
     """A slow request overtaken by a newer one must not overwrite the newer result."""
     w = AttentionDiffWidget(tiny, text=TEXT, sparsity=0.2).wait()

@@ -133,7 +133,6 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         self._pending: set[str] = set()  # "model", "view", "export": what the worker still has to do
         self._generation = 0  # bumped by every request; the frontend waits for its own number
         self._model_generation = 0  # bumped by requests that need the model to run again
-        self._shown_model_generation = -1  # the model request whose main view is on screen
         self._running = False  # a worker is draining the requests (set and cleared under the lock)
         self._worker: threading.Thread | None = None
         self._result: Comparison | None = None
@@ -225,15 +224,12 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         else:
             self._drain()
 
-    def wait(self, timeout: float | None = 120, *, view_only: bool = False) -> AttentionDiffWidget:
-        """Block until the latest request is fully computed (per-layer curve included); with ``view_only``, only
-        until its main view and headline metrics are shown (the later stages may still be running). Returns the
-        widget."""
+    def wait(self, timeout: float | None = 120) -> AttentionDiffWidget:
+        """Block until the latest request is fully computed (per-layer curve included). Returns the widget."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
-                shown = self._shown_model_generation == self._model_generation and not self._pending
-                if not self._running or (view_only and shown and self._result is not None):
+                if not self._running:
                     return self
                 worker = self._worker
             if worker is not None:
@@ -357,8 +353,6 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                 self.metrics = metrics_payload(res)
                 self._publish_view(res)
                 self._status(True, pipeline.ATTENTION_METRICS, started, progress=0.0)
-            with self._lock:
-                self._shown_model_generation = model_generation
             if self._threaded and self._frontend_painted:
                 # let the browser paint before the next stage takes every core (on a laptop the kernel and the
                 # browser share them): the frontend says when it has painted; never wait long for it
