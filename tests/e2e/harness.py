@@ -80,21 +80,10 @@ def jupyterlab(root: Path, python: str = sys.executable, env: dict[str, str] | N
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(120):
-                try:
-                    urllib.request.urlopen(f"{url}/api", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.5)
-            else:
-                raise RuntimeError((root / "server.log").read_text()[-3000:])
+            serving(f"{url}/api", root / "server.log")
             yield url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc, 10)
 
 
 @contextlib.contextmanager
@@ -149,6 +138,15 @@ def settled(page, request_after: int = 0, timeout: float = 300_000, nth: int = 0
         timeout=timeout,
         polling=100,  # not every animation frame: timings stay clean
     )
+
+
+def stop(proc: subprocess.Popen, seconds: float) -> None:
+    """Ask a server to stop (SIGTERM); kill it if it is still there after ``seconds``."""
+    proc.terminate()
+    try:
+        proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def serving(url: str, log: Path, seconds: float = 60) -> None:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .harness import LOCAL, chromium, free_port, open_app, serving, slider_step
+from .harness import LOCAL, chromium, free_port, open_app, serving, slider_step, stop
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "marimo_app.py"
 
@@ -46,8 +46,4 @@ def test_marimo_app_in_a_real_browser(tmp_path: Path) -> None:
             assert not off_machine, f"the marimo app fetched from off the machine: {off_machine}"
             assert not errors, errors
         finally:
-            server.terminate()
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop(server, 30)
