@@ -10,7 +10,9 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,19 +91,20 @@ def notebook_figures() -> list[tuple[str, dict]]:
     return figures
 
 
-def data_extent(traces: list[dict], axis: str, log: bool) -> tuple[float, float] | None:
-    """The y extent of the scatter and bar traces drawn on y axis ``axis`` ("y", "y2", ...), error bars and a
-    bar's base (0) included, in the axis's own units (log10 on a log axis)."""
+def data_extent(figure: Any, axis: str, log: bool) -> tuple[float, float] | None:
+    """The y extent of the scatter and bar traces of ``figure`` (a ``go.Figure``) drawn on y axis ``axis`` ("y",
+    "y2", ...), error bars and a bar's base (0) included, in the axis's own units (log10 on a log axis)."""
     values: list[float] = []
-    for trace in traces:
-        if trace.get("type", "scatter") not in ("scatter", "bar") or trace.get("yaxis", "y") != axis:
+    for trace in figure.data:
+        if trace.type not in ("scatter", "bar") or (trace.yaxis or "y") != axis or trace.y is None:
             continue
-        ys = [float(y) for y in (trace.get("y") or []) if isinstance(y, (int, float)) and y == y]
-        err = trace.get("error_y") or {}
-        if err.get("visible", True) and err.get("array") is not None:
-            plus, minus = err["array"], err.get("arrayminus") or err["array"]
-            ys += [y + p for y, p in zip(ys, plus)] + [y - m for y, m in zip(ys, minus)]
-        if trace.get("type") == "bar":
+        ys = [float(y) for y in trace.y if isinstance(y, (int, float, np.number)) and y == y]
+        err = trace.error_y
+        if err.array is not None and err.visible is not False and len(err.array) == len(ys):
+            minus = err.arrayminus if err.arrayminus is not None else err.array
+            ys += [y + float(p) for y, p in zip(ys, err.array, strict=True)]
+            ys += [y - float(m) for y, m in zip(ys[: len(minus)], minus, strict=True)]
+        if trace.type == "bar":
             ys.append(0.0)
         values += ys
     if log:
@@ -125,21 +128,21 @@ def test_every_notebook_figure_fills_its_axes() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     async def render() -> list[dict]:
-        full = []
+        layouts = []
         async with kaleido.Kaleido(n=1, mathjax=False, plotlyjs=_plotly_js_path()) as k:
             for name, fig in figures:
                 figure = go.Figure(fig)
                 (out_dir / f"{name}.png").write_bytes(await k.calc_fig(figure, opts={"format": "png"}))
-                full.append(json.loads(await k.calc_fig(figure, opts={"format": "json"})))
-        return full
+                layouts.append(json.loads(await k.calc_fig(figure, opts={"format": "json"}))["layout"])
+        return layouts
 
     squeezed = []
-    for (name, _), fig in zip(figures, asyncio.run(render())):
-        layout = fig["layout"]
+    for (name, fig), layout in zip(figures, asyncio.run(render()), strict=True):
+        figure = go.Figure(fig)
         for key, axis in layout.items():
             if not re.fullmatch(r"yaxis\d*", key) or axis.get("type") not in ("linear", "log"):
                 continue
-            extent = data_extent(fig["data"], "y" + key[5:], axis["type"] == "log")
+            extent = data_extent(figure, "y" + key[5:], axis["type"] == "log")
             lo, hi = axis["range"]
             if extent is None or extent[1] - extent[0] <= 0:
                 continue
