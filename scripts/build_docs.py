@@ -122,6 +122,30 @@ def plotly_html(figure: dict[str, Any], div_id: str) -> str:
     )
 
 
+def progress_text(states: dict[str, Any], model_id: str) -> str | None:
+    """A progress bar (tqdm's: a box of a label, a bar and the counts) as text, in the final state the executed
+    notebook saved; None for any other widget."""
+    texts: list[str] = []
+    found = False
+
+    def walk(mid: str) -> None:
+        nonlocal found
+        model = states.get(mid, {})
+        state = model.get("state", {})
+        name = model.get("model_name", "")
+        if name in ("FloatProgressModel", "IntProgressModel"):
+            found = True
+            done = state.get("value", 0) / max(state.get("max", 1) or 1, 1e-12)
+            texts.append("[" + "#" * round(20 * done) + " " * (20 - round(20 * done)) + "]")
+        elif name in ("HTMLModel", "LabelModel"):
+            texts.append(html.unescape(re.sub(r"<[^>]+>", "", state.get("value", ""))).strip())
+        for child in state.get("children", []):
+            walk(child.removeprefix("IPY_MODEL_"))
+
+    walk(model_id)
+    return " ".join(t for t in texts if t) if found else None
+
+
 def widget_picture(png: bytes) -> dict[str, str]:
     alt = "The widget's main view when the notebook finished (a static picture; run the notebook for the live one)"
     img = base64.b64encode(png).decode("ascii")
@@ -135,6 +159,7 @@ def widget_picture(png: bytes) -> dict[str, str]:
 def site_notebook(executed: Path) -> nbformat.NotebookNode:
     """The site's copy of an executed notebook (see the module's docstring, step 2)."""
     nb = nbformat.read(executed, as_version=4)
+    widget_states = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
     pictures = pictures_folder(executed)
     stem = executed.stem
     figures = 0
@@ -148,10 +173,14 @@ def site_notebook(executed: Path) -> nbformat.NotebookNode:
                 figures += 1
                 out.data = {"text/html": plotly_html(data[PLOTLY_MIME], f"{stem}-figure-{figures}")}
             elif WIDGET_MIME in data:
-                png = pictures / f"{data[WIDGET_MIME]['model_id']}.png"
-                if not png.is_file():
-                    continue  # not one of ours (a progress bar): its saved text is its first state, not its last
-                out.data = widget_picture(png.read_bytes())
+                model_id = data[WIDGET_MIME]["model_id"]
+                png = pictures / f"{model_id}.png"
+                if png.is_file():
+                    out.data = widget_picture(png.read_bytes())
+                elif text := progress_text(widget_states, model_id):
+                    out.data = {"text/plain": text}  # a progress bar, as it ended (its saved text is its start)
+                else:
+                    continue  # another widget: no static form
             outputs.append(out)
         cell.outputs = outputs
     nb.metadata.pop("widgets", None)

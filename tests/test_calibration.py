@@ -173,6 +173,12 @@ def test_sparsity_shortfall_names_what_was_used_and_why():
     assert msg is not None and "whole steps" in msg and "(n_random=3)" in msg
     msg = sparsity_shortfall(masks.get("dense"), 0.3, 0.0, 378)
     assert msg is not None and "0.000 is used" in msg and "no budget" in msg
+    # a score-dependent mask sized without its scores (masks.build): the budget is what is used, the sparsity an
+    # estimate on a stand-in score (the real scores move it: notebook 02's quest picture)
+    quest = masks.get("quest", token_budget=24, page=8)
+    msg = sparsity_shortfall(quest, 0.7, 0.649, 128, reach=(0.0, 0.649))
+    assert msg is not None and "token_budget=24 is used (about 0.649 on a stand-in score" in msg
+    assert "depends on the real scores" in msg and "0.649 is used" not in msg
     assert out_of_reach_message("x", 0.5, 0.4, "k=3", "why").startswith("x: sparsity 0.500 cannot be reached: why;")
 
 

@@ -4,11 +4,15 @@ errors, the figures and widget pictures present, and nothing requested off the m
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,3 +72,106 @@ def test_three_pages_in_a_real_browser(site: Path) -> None:
     off_machine = sorted({u for u in requests if not u.startswith(LOCAL)})
     assert not off_machine, f"the site fetched from off the machine: {off_machine}"
     assert not errors, errors
+
+
+# ------------------------------------------------------------------------------------- every notebook figure
+MIN_SHARE = 0.3  # the data must span at least this share of its y axis (a runaway axis squeezes it into a strip)
+
+
+def notebook_figures() -> list[tuple[str, dict]]:
+    """Every plotly figure the executed notebooks show, named ``NOTEBOOK[cell]``."""
+    import nbformat
+
+    figures = []
+    for path in sorted((ROOT / "docs" / "_build" / "executed").glob("*.ipynb")):
+        for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            for out in cell.get("outputs", []):
+                if "application/vnd.plotly.v1+json" in out.get("data", {}):
+                    figures.append((f"{path.stem}[{i}]", out["data"]["application/vnd.plotly.v1+json"]))
+    return figures
+
+
+def data_extent(figure: Any, axis: str, log: bool) -> tuple[float, float] | None:
+    """The y extent of the scatter and bar traces of ``figure`` (a ``go.Figure``) drawn on y axis ``axis`` ("y",
+    "y2", ...), error bars and a bar's base (0) included, in the axis's own units (log10 on a log axis)."""
+    values: list[float] = []
+    for trace in figure.data:
+        if trace.type not in ("scatter", "bar") or (trace.yaxis or "y") != axis or trace.y is None:
+            continue
+        ys = [float(y) for y in trace.y if isinstance(y, (int, float, np.number)) and y == y]
+        err = trace.error_y
+        if err.array is not None and err.visible is not False and len(err.array) == len(ys):
+            minus = err.arrayminus if err.arrayminus is not None else err.array
+            ys += [y + float(p) for y, p in zip(ys, err.array, strict=True)]
+            ys += [y - float(m) for y, m in zip(ys[: len(minus)], minus, strict=True)]
+        if trace.type == "bar":
+            ys.append(0.0)
+        values += ys
+    if log:
+        values = [math.log10(v) for v in values if v > 0]
+    return (min(values), max(values)) if values else None
+
+
+def test_every_notebook_figure_fills_its_axes() -> None:
+    """Every figure of every notebook rendered by kaleido (PNGs in test-artifacts/figures/, to look at): on each
+    numeric y axis, the data spans at least MIN_SHARE of the axis range plotly chose."""
+    import asyncio
+
+    import kaleido
+    import plotly.graph_objects as go
+
+    from attnsparse_widget.export import _plotly_js_path
+
+    figures = notebook_figures()
+    assert len(figures) >= 15, [name for name, _ in figures]
+    out_dir = ROOT / "test-artifacts" / "figures"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    async def render() -> list[dict]:
+        layouts = []
+        async with kaleido.Kaleido(n=1, mathjax=False, plotlyjs=_plotly_js_path()) as k:
+            for name, fig in figures:
+                figure = go.Figure(fig)
+                (out_dir / f"{name}.png").write_bytes(await k.calc_fig(figure, opts={"format": "png"}))
+                layouts.append(json.loads(await k.calc_fig(figure, opts={"format": "json"}))["layout"])
+        return layouts
+
+    squeezed = []
+    for (name, fig), layout in zip(figures, asyncio.run(render()), strict=True):
+        figure = go.Figure(fig)
+        for key, axis in layout.items():
+            if not re.fullmatch(r"yaxis\d*", key) or axis.get("type") not in ("linear", "log"):
+                continue
+            extent = data_extent(figure, "y" + key[5:], axis["type"] == "log")
+            lo, hi = axis["range"]
+            if extent is None or extent[1] - extent[0] <= 0:
+                continue
+            share = (extent[1] - extent[0]) / (hi - lo)
+            if share < MIN_SHARE:
+                squeezed.append(f"{name} {key}: the data spans {share:.0%} of the axis")
+    assert not squeezed, squeezed
+
+
+def test_every_widget_has_its_picture(site: Path) -> None:
+    """No rendered page shows a half-finished widget: each of our widgets in an executed notebook has the picture of
+    its main view (taken by the execution's last cell), and the site's page shows it in the widget's place."""
+    import nbformat
+
+    pictures = 0
+    for path in sorted((ROOT / "docs" / "_build" / "executed").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        states = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+        ours = [
+            out["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
+            for cell in nb.cells
+            for out in cell.get("outputs", [])
+            if "application/vnd.jupyter.widget-view+json" in out.get("data", {})
+            and states.get(out["data"]["application/vnd.jupyter.widget-view+json"]["model_id"], {}).get("model_name")
+            == "AnyModel"
+        ]
+        for model_id in ours:
+            assert (path.with_suffix(".pictures") / f"{model_id}.png").is_file(), (path.name, model_id)
+        page = (site / "notebooks" / f"{path.stem}.html").read_text(encoding="utf-8")
+        assert page.count('class="asw-widget-picture"') == len(ours), path.name
+        pictures += len(ours)
+    assert pictures >= 5

@@ -374,8 +374,17 @@ def budget_range_text(budgets: Mapping[int, int]) -> str:
 SPARSITY_TOLERANCE = 0.02  # achieved sparsity farther than this from the request is reported as out of reach
 
 
-def out_of_reach_message(mask_id: str, requested: float, achieved: float, used: str, why: str) -> str:
-    """The one wording of a :class:`SparsityOutOfReach` warning: what was asked, what is used, and why."""
+def out_of_reach_message(
+    mask_id: str, requested: float, achieved: float, used: str, why: str, estimated: bool = False
+) -> str:
+    """The one wording of a :class:`SparsityOutOfReach` warning: what was asked, what is used, and why.
+    ``estimated``: the budget was sized before the real scores were known (a score-dependent mask built without
+    a pass), so ``achieved`` is its value on a stand-in score and the real scores will move it."""
+    if estimated:
+        return (
+            f"{mask_id}: sparsity {requested:.3f} cannot be reached: {why}; {used} is used (about {achieved:.3f} "
+            "on a stand-in score: the achieved sparsity depends on the real scores)."
+        )
     return f"{mask_id}: sparsity {requested:.3f} cannot be reached: {why}; {achieved:.3f} is used ({used})."
 
 
@@ -427,7 +436,7 @@ def sparsity_shortfall(
         why = f"at {n_keys} tokens this pattern reaches {smin:.3f} to {smax:.3f}"
     else:
         why = f"its budget moves in whole steps at {n_keys} tokens, and {used} is the nearest"
-    return out_of_reach_message(mask.id, requested, achieved, used, why)
+    return out_of_reach_message(mask.id, requested, achieved, used, why, estimated=mask.score_dependent)
 
 
 def sparsity_of(keep: Tensor, causal: bool) -> float:
