@@ -135,6 +135,8 @@ export interface MetricsPayload {
   sparse_ppl: number | null;
   delta_ppl: number | null;
   delta_nll: number | null;
+  /** standard error of delta_nll over the scored tokens (a scale for one text's noise) */
+  delta_nll_se: number | null;
   /** KL(dense ‖ sparse) of the next-token distribution, mean over positions */
   next_token_kl: number | null;
   /** positions where both regimes predict the same next token */

@@ -98,6 +98,37 @@ def test_perplexity_matches_a_direct_recomputation(res, smol):
     assert math.isclose(res.metrics.dense_ppl, math.exp(float(nll)), rel_tol=1e-4)
 
 
+def test_delta_nll_noise_matches_a_numpy_recomputation(res, smol):
+    """The standard error of ΔNLL from per-token losses of the stock model (dense) and a plain full pass under the
+    mask (sparse), with numpy's sample standard deviation."""
+    model, _ = smol
+    ids = torch.tensor([res.token_ids])
+    plan = Plan(layer_of=layer_indexer(model), mask=res.mask, sparse_layers=frozenset(range(30)),
+                budgets=res.sparse.budgets)  # fmt: skip
+    with torch.no_grad():
+        dense = torch.nn.functional.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:], reduction="none")
+        with attention_active(model, plan):
+            sparse = torch.nn.functional.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:], reduction="none")
+    diff = (sparse - dense).double().numpy()
+    assert math.isclose(res.metrics.delta_nll_se, diff.std(ddof=1) / math.sqrt(diff.size), rel_tol=1e-3)
+    assert math.isclose(res.metrics.delta_nll, diff.mean(), rel_tol=1e-3)
+
+
+def test_a_mask_that_lowers_perplexity_says_whether_that_is_noise(smol):
+    """A sparse run below dense looks like a bug: the result's notes say whether it is within the text's noise."""
+    below = [
+        aw.compare(smol, TEXT, mask=mask, sparsity=s, per_layer=False, continuation_tokens=0)
+        for mask, s in [("dsa", 0.6), ("topk", 0.3), ("sliding_window", 0.1), ("sink_window", 0.2)]
+    ]
+    below = [r for r in below if r.metrics.delta_nll < 0]
+    assert below, "no mask lowered the perplexity of TEXT: choose another case"
+    for r in below:
+        m = r.metrics
+        said = [n for n in m.notes if "lowers perplexity" in n]
+        assert len(said) == 1 and f"{m.delta_nll:+.3f}" in said[0] and f"{2 * m.delta_nll_se:.3f}" in said[0]
+        assert ("within this text's noise" in said[0]) == (-m.delta_nll <= 2 * m.delta_nll_se)
+
+
 def full_pass_ppl(model, res, sparse_layers) -> float:
     """The plain way: one full forward pass with the mask at ``sparse_layers`` only, its perplexity."""
     ids = torch.tensor([res.token_ids])

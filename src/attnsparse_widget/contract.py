@@ -181,6 +181,7 @@ class MetricsPayload(TypedDict):
     sparse_ppl: the same with the sparse mask at every layer.
     delta_ppl: sparse_ppl − dense_ppl.
     delta_nll: log sparse_ppl − log dense_ppl.
+    delta_nll_se: the standard error of delta_nll over the scored tokens (a scale for one text's noise).
     next_token_kl: KL(dense ‖ sparse) of the next-token distribution, averaged over positions.
     top1_agreement: fraction of positions where both regimes predict the same next token.
     per_layer_delta_ppl: ΔPPL with the mask at layer l only (grows as the per-layer curve is computed).
@@ -219,6 +220,7 @@ class MetricsPayload(TypedDict):
     sparse_ppl: float | None
     delta_ppl: float | None
     delta_nll: float | None
+    delta_nll_se: float | None
     next_token_kl: float | None
     top1_agreement: float | None
     per_layer_delta_ppl: list[float | None] | None

@@ -16,7 +16,7 @@ from .capture import DenseHead, input_device, text_config
 from .costs import head_dims
 from .logits import chunks
 from .masks import MaskContext
-from .messages import NOTE_ONE_TOKEN
+from .messages import NOTE_ONE_TOKEN, below_dense_note
 from .passes import PassResult
 from .result import Comparison
 from .store import AttentionStore, RowsCompared
@@ -52,11 +52,14 @@ def output_metrics(metrics: M.Metrics, dense: PassResult, sparse: PassResult) ->
     metrics.sparse_ppl = M.perplexity(sparse.nll)
     metrics.delta_ppl = metrics.sparse_ppl - metrics.dense_ppl
     metrics.delta_nll = float(sparse.nll.mean() - dense.nll.mean()) if dense.nll.numel() else float("nan")
+    metrics.delta_nll_se = M.paired_standard_error(sparse.nll, dense.nll)
     metrics.next_token_kl = kl
     metrics.top1_agreement = M.top1_agreement(dense.argmax, sparse.argmax)
     metrics.output_relative_error = math.sqrt(diff2 / max(norm2, 1e-60))
     if n < 2:
         metrics.notes.append(NOTE_ONE_TOKEN)
+    elif metrics.delta_nll < 0 and math.isfinite(metrics.delta_nll_se):
+        metrics.notes.append(below_dense_note(metrics.delta_nll, 2 * metrics.delta_nll_se, n - 1))
 
 
 def adapted_output_metrics(metrics: M.Metrics, dense: PassResult, adapted: PassResult) -> None:

@@ -40,3 +40,19 @@ def curve_skipped_note(n_tokens: int, limit: int) -> str:
         f"the per-layer curve is not computed by itself for texts over {limit} tokens (this one is {n_tokens}): it "
         f"replays about two forward passes per layer; tick 'compute the per-layer curve' to run it"
     )
+
+
+def below_dense_note(delta_nll: float, noise: float, n_scored: int) -> str:
+    """Said when a mask lowers the perplexity, which looks like a bug and is not one: ``noise`` is two standard
+    errors of the per-token NLL differences (:func:`attnsparse_widget.metrics.paired_standard_error`)."""
+    measured = f"ΔNLL {delta_nll:+.3f} ± {noise:.3f} nats over {n_scored} scored tokens"
+    if -delta_nll <= noise:
+        return (
+            f"the mask lowers perplexity, but within this text's noise ({measured}): on one short text a few tokens "
+            f"decide the mean; compare several texts (aw.sweep(model, aw.sample_texts(), ...)) before reading an "
+            f"effect into it"
+        )
+    return (
+        f"the mask lowers perplexity beyond this text's noise ({measured}): some heads attend to tokens that mislead "
+        f"the next-token prediction here, and dropping them helps on this text; it need not on another"
+    )

@@ -44,6 +44,15 @@ def perplexity(nll: Tensor) -> float:
     return math.exp(float(nll.mean())) if nll.numel() else float("nan")
 
 
+def paired_standard_error(nll_a: Tensor, nll_b: Tensor) -> float:
+    """Standard error of mean(nll_a − nll_b), the per-token differences taken as a sample: std / √n (nan under two
+    tokens). A scale for the noise of ΔNLL on one text, not a confidence interval: neighbouring positions are
+    correlated, so it understates the spread over texts."""
+    diff = (nll_a.double() - nll_b.double()).flatten()
+    n = diff.numel()
+    return float(diff.std(unbiased=True)) / math.sqrt(n) if n >= 2 else float("nan")
+
+
 def next_token_kl(
     dense_logits: Tensor, dense_probs: Tensor, dense_lse: Tensor, sparse_logits: Tensor, sparse_lse: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -114,6 +123,7 @@ class Metrics:
     sparse_ppl: float | None = None
     delta_ppl: float | None = None
     delta_nll: float | None = None
+    delta_nll_se: float | None = None  # standard error of delta_nll over the scored tokens (paired_standard_error)
     next_token_kl: float | None = None
     top1_agreement: float | None = None
     per_layer_delta_ppl: list[float] | None = None

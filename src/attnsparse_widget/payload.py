@@ -161,6 +161,7 @@ def metrics_payload(res: Comparison) -> MetricsPayload:
         "sparse_ppl": _finite(m.sparse_ppl),
         "delta_ppl": _finite(m.delta_ppl),
         "delta_nll": _finite(m.delta_nll),
+        "delta_nll_se": _finite(m.delta_nll_se),
         "next_token_kl": _finite(m.next_token_kl),
         "top1_agreement": _finite(m.top1_agreement),
         "per_layer_delta_ppl": _finite(m.per_layer_delta_ppl),

@@ -30,7 +30,9 @@ def summary_table(res: Comparison) -> str:
         f"{'perplexity dense':<26}{_fmt(m.dense_ppl)}",
         (
             f"{'perplexity sparse':<26}{_fmt(m.sparse_ppl)}"
-            f"   (delta {_fmt(m.delta_ppl)}, dNLL {_fmt(m.delta_nll, 4)} nats)"
+            f"   (delta {_fmt(m.delta_ppl)}, dNLL {_fmt(m.delta_nll, 4)} nats"
+            + ("" if m.delta_nll_se is None else f" ± {_fmt(2 * m.delta_nll_se, 4)}, two standard errors")
+            + ")"
         ),
         f"{'next-token KL(d||s)':<26}{_fmt(m.next_token_kl, 4)}",
         f"{'top-1 agreement':<26}{_fmt(m.top1_agreement)}",
