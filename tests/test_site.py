@@ -4,6 +4,7 @@ errors, the figures and widget pictures present, and nothing requested off the m
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
@@ -91,6 +92,13 @@ def notebook_figures() -> list[tuple[str, dict]]:
     return figures
 
 
+def decoded(values: Any) -> Any:
+    """A trace's array as numbers: plotly.py stores a numpy array as ``{"dtype": ..., "bdata": base64}``."""
+    if isinstance(values, dict) and "bdata" in values:
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=np.dtype(values["dtype"])).ravel()
+    return values
+
+
 def data_extent(figure: Any, axis: str, log: bool) -> tuple[float, float] | None:
     """The y extent of the scatter and bar traces of ``figure`` (a ``go.Figure``) drawn on y axis ``axis`` ("y",
     "y2", ...), error bars and a bar's base (0) included, in the axis's own units (log10 on a log axis)."""
@@ -98,11 +106,12 @@ def data_extent(figure: Any, axis: str, log: bool) -> tuple[float, float] | None
     for trace in figure.data:
         if trace.type not in ("scatter", "bar") or (trace.yaxis or "y") != axis or trace.y is None:
             continue
-        ys = [float(y) for y in trace.y if isinstance(y, (int, float, np.number)) and y == y]
+        ys = [float(y) for y in decoded(trace.y) if isinstance(y, (int, float, np.number)) and y == y]
         err = trace.error_y
-        if err.array is not None and err.visible is not False and len(err.array) == len(ys):
-            minus = err.arrayminus if err.arrayminus is not None else err.array
-            ys += [y + float(p) for y, p in zip(ys, err.array, strict=True)]
+        plus = decoded(err.array)
+        if plus is not None and err.visible is not False and len(plus) == len(ys):
+            minus = decoded(err.arrayminus) if err.arrayminus is not None else plus
+            ys += [y + float(p) for y, p in zip(ys, plus, strict=True)]
             ys += [y - float(m) for y, m in zip(ys[: len(minus)], minus, strict=True)]
         if trace.type == "bar":
             ys.append(0.0)

@@ -56,6 +56,9 @@ def test_pandas_and_plot(table):
     assert fig.layout.yaxis.type == "log" and not fig.layout.annotations  # nothing placed in log units by mistake
     window = [r["sparse_ppl"] for r in table if r["mask"] == MASKS[0] and r["requested_sparsity"] == 0.9]
     assert math.isclose(fig.data[0].y[-1] + fig.data[0].error_y.array[-1], max(window))  # bars span the texts
+    every = [r["sparse_ppl"] for r in table] + [fig.data[3].y[0]]
+    lo, hi = fig.layout.yaxis.range  # set, so that plotly's log autorange cuts no bar's end
+    assert lo < math.log10(min(every)) and math.log10(max(every)) < hi
     assert aw.plot_sweep(table, y="delta_ppl").layout.yaxis.title.text == "delta ppl"
     with pytest.raises(ValueError, match="y must be"):
         aw.plot_sweep(table, y="nope")

@@ -297,9 +297,15 @@ def plot_sweep(table: Iterable[dict[str, Any]], y: str = "sparse_ppl", log_y: bo
     values = [r[y] for r in records if r[y] is not None and math.isfinite(r[y])]
     if log_y is None:
         log_y = y == "sparse_ppl" and bool(values) and max(values) / max(min(values), 1e-9) > 20
+    yaxis: dict[str, Any] = {"title": {"text": y.replace("_", " ")}, "type": "log" if log_y else "linear"}
+    shown = values + [v for trace in fig.data for v in trace.y if v is not None and math.isfinite(v)]
+    if log_y and shown and min(shown) > 0:  # plotly's log autorange can cut the error bars' ends: show every text
+        lo_, hi_ = math.log10(min(shown)), math.log10(max(shown))
+        pad = 0.05 * max(hi_ - lo_, 0.1)
+        yaxis["range"] = [lo_ - pad, hi_ + pad]
     fig.update_layout(
         xaxis={"title": {"text": "achieved sparsity (fraction of allowed pairs dropped)"}, "tickformat": ".0%"},
-        yaxis={"title": {"text": y.replace("_", " ")}, "type": "log" if log_y else "linear"},
+        yaxis=yaxis,
         title={
             "text": f"{y.replace('_', ' ')} against sparsity, mean over {len({r['text'] for r in records})} text(s)"
         },
