@@ -63,8 +63,9 @@ _folder = _Path({folder!r})
 _folder.mkdir(parents=True, exist_ok=True)
 for _w in [_o for _o in _gc.get_objects() if issubclass(type(_o), _aw.AttentionDiffWidget)]:  # type(): no weakproxy
     _w.wait(None)
-    if _w.result is not None:
-        _w.export_png(_folder / f"{{_w.model_id}}.png", overwrite=True)
+    if _w.result is None:  # the page would show an error or an empty widget: say what happened
+        raise RuntimeError(f"widget {{_w.model_id}} ended without a result; its status: {{_w.status}}")
+    _w.export_png(_folder / f"{{_w.model_id}}.png", overwrite=True)
 """
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"

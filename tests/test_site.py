@@ -179,7 +179,8 @@ def test_every_widget_has_its_picture(site: Path) -> None:
             == "AnyModel"
         ]
         for model_id in ours:
-            assert (path.with_suffix(".pictures") / f"{model_id}.png").is_file(), (path.name, model_id)
+            status = states[model_id]["state"].get("status")  # an error here says why the widget had no result
+            assert (path.with_suffix(".pictures") / f"{model_id}.png").is_file(), (path.name, model_id, status)
         page = (site / "notebooks" / f"{path.stem}.html").read_text(encoding="utf-8")
         assert page.count('class="asw-widget-picture"') == len(ours), path.name
         pictures += len(ours)
