@@ -12,7 +12,7 @@
    through the eager masked path.
 
 The kernel choice of kernels.choose_kernel (flex from FLEX_MIN_TOKENS on, else SDPA with the mask) comes from
-these figures; the README's table quotes them.
+these figures; the table in benchmarks/README.md quotes them.
 """
 
 from __future__ import annotations

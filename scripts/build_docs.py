@@ -1,6 +1,6 @@
 """Build the course site (``make docs``): the README as the home page, the notebooks executed with their outputs,
-MASKS.md and the API reference, as a static site in ``docs/_build/html/`` that opens from the file system or any
-static host with nothing fetched off the machine.
+MASKS.md, benchmarks/README.md, ARCHITECTURE.md and the API reference, as a static site in ``docs/_build/html/``
+that opens from the file system or any static host with nothing fetched off the machine.
 
 The tool is mkdocs-material with mkdocs-jupyter (and mkdocstrings for the API): pure Python, so it builds offline
 (Jupyter Book 2's MyST engine downloads its theme at build time), and its ``offline`` plugin makes the site work
@@ -67,6 +67,12 @@ for _w in [_o for _o in _gc.get_objects() if issubclass(type(_o), _aw.AttentionD
         raise RuntimeError(f"widget {{_w.model_id}} ended without a result; its status: {{_w.status}}")
     _w.export_png(_folder / f"{{_w.model_id}}.png", overwrite=True)
 """
+SITE_PAGES = {  # repository files staged as pages of the site: their name there
+    "MASKS.md": "masks.md",
+    "benchmarks/README.md": "benchmarks.md",
+    "ARCHITECTURE.md": "architecture.md",
+}
+LINK = re.compile(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)")  # a Markdown link (not a picture): [label](target)
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
@@ -188,10 +194,21 @@ def site_notebook(executed: Path) -> nbformat.NotebookNode:
     return nb
 
 
+def site_link(match: re.Match[str]) -> str:
+    """A link of the README on the site: to the page a repository file became (:data:`SITE_PAGES`), or, for another
+    file of the repository (CONTRIBUTING.md, an example), its label as plain text; anything else unchanged."""
+    label, target = match.group(1), match.group(2)
+    if target in SITE_PAGES:
+        return f"[{label}]({SITE_PAGES[target]})"
+    if "://" not in target and not target.startswith("#") and (ROOT / target).is_file():
+        return label
+    return match.group(0)
+
+
 def readme_page(text: str) -> str:
     """The README as the home page: links into the repository made to point at the site's pages."""
     text = text.replace("](docs/images/", "](images/").replace('src="docs/images/', 'src="images/')
-    text = text.replace("](MASKS.md)", "](masks.md)")
+    text = LINK.sub(site_link, text)
     return re.sub(r"`notebooks/`", "[the notebooks](notebooks/01_quickstart.ipynb)", text, count=1)
 
 
@@ -225,7 +242,8 @@ def stage(reexecute: bool = False) -> None:
     (SOURCE / "js").mkdir()
     (SOURCE / "css").mkdir()
     (SOURCE / "index.md").write_text(readme_page((ROOT / "README.md").read_text(encoding="utf-8")), encoding="utf-8")
-    shutil.copy(ROOT / "MASKS.md", SOURCE / "masks.md")
+    for path, page in SITE_PAGES.items():
+        shutil.copy(ROOT / path, SOURCE / page)
     (SOURCE / "api.md").write_text(API_PAGE, encoding="utf-8")
     shutil.copytree(ROOT / "docs" / "images", SOURCE / "images")
     (SOURCE / "js" / "plotly.js").write_text(plotly_js(), encoding="utf-8")
@@ -241,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stage(args.reexecute)
     mkdocs = [sys.executable, "-m", "mkdocs", "build", "--clean", "--config-file", str(ROOT / "mkdocs.yml")]
-    # NO_MKDOCS_2_WARNING: Material's banner on its end of life (May 2027; see the README's course-site section)
+    # NO_MKDOCS_2_WARNING: Material's banner on its end of life (May 2027; why mkdocs: ARCHITECTURE.md, the course)
     subprocess.run(mkdocs, check=True, cwd=ROOT, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     print(f"site: {SITE / 'index.html'}")
     return 0
