@@ -1,6 +1,6 @@
 # The README's two commands. Both set everything up first (scripts/setup.sh is idempotent: a second run takes
 # well under a second).
-.PHONY: setup demo test lint docs
+.PHONY: setup demo check test lint docs
 
 PORT ?= 8888
 # no browser is launched where there is none to show (no display); running as root needs --allow-root
@@ -25,7 +25,17 @@ lint: setup
 	.venv/bin/mypy
 	npm run --silent typecheck
 
-# lint depends on setup too, so even `make -j` runs setup, then lint, then the tests
+# The tests run on every core (pytest-xdist, at most 4 workers): a module's tests go to one worker together, the
+# notebooks and the site built from them too, and the longest tiers start first (tests/tiers.py).
+PARALLEL = -n auto --maxprocesses=4 --dist loadgroup --no-loadscope-reorder
+
+# the inner loop (a few minutes): the static checks, the frontend's tests, the unit and model tiers
+check: setup lint
+	npm test --silent
+	.venv/bin/python -m pytest -m "unit or model" $(PARALLEL)
+
+# everything, exactly what CI runs (.ci/run); lint depends on setup too, so even `make -j` runs setup, then lint,
+# then the tests
 test: setup lint
 	npm test --silent
-	.venv/bin/python -m pytest
+	.venv/bin/python -m pytest $(PARALLEL)

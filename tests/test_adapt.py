@@ -24,6 +24,8 @@ import attnsparse_widget as aw
 from attnsparse_widget import masks
 from attnsparse_widget.adapt import adaptation_steps, attention_projections, own_samples
 
+pytestmark = pytest.mark.model
+
 MIN = torch.finfo(torch.float32).min
 TRAIN = [
     "the lighthouse keeper wrote in his log every evening and the storm came from the west",

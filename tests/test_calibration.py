@@ -35,6 +35,8 @@ from attnsparse_widget.payload import info_payload
 from attnsparse_widget.pipeline import prepare
 from attnsparse_widget.store import AttentionStore
 
+pytestmark = pytest.mark.model
+
 CALIBRATED = [m for m in masks.ids() if calibrated_per_layer(masks.get(m))]
 MONOTONE = [m for m in CALIBRATED if m != "h2o"]  # H2O's greedy heavy hitters are not nested as the budget grows
 

@@ -22,6 +22,8 @@ from attnsparse_widget.measure import output_metrics
 from attnsparse_widget.metrics import Metrics
 from attnsparse_widget.store import AttentionStore
 
+pytestmark = pytest.mark.model
+
 ATOL = 1e-5
 STATIC_MASKS = [m for m, cls in masks.REGISTRY.items() if not cls.score_dependent]
 MIN = torch.finfo(torch.float32).min

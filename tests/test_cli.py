@@ -9,6 +9,8 @@ import pytest
 from attnsparse_widget import masks
 from attnsparse_widget.cli import main
 
+pytestmark = pytest.mark.model
+
 
 def test_masks_lists_every_mask(capsys):
     assert main(["masks"]) == 0
@@ -36,6 +38,7 @@ def test_compare_summary_and_errors(default_model, capsys):
         main(["compare", "--param", "sinks"])
 
 
+@pytest.mark.slow
 def test_compare_reads_a_text_file_and_times_the_attention(default_model, capsys, tmp_path):
     path = tmp_path / "text.txt"
     path.write_text("The keeper wrote in his log. The storm came from the west and the boats stayed in.\n" * 3)

@@ -17,6 +17,8 @@ from attnsparse_widget import masks
 from attnsparse_widget.capture import Plan, attention_active, layer_indexer, layer_stack
 from attnsparse_widget.metrics import token_nll
 
+pytestmark = pytest.mark.model
+
 TEXT = (
     "The lighthouse keeper wrote in his log every evening. The storm came from the west, and the ships stayed in "
     "the harbour until the wind turned."

@@ -31,6 +31,8 @@ from attnsparse_widget.payload import (
     with_binary_arrays,
 )
 
+pytestmark = pytest.mark.model
+
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT_TS = ROOT / "js" / "contract.ts"
 TEXT = "The cat sat on the mat. It was warm."

@@ -9,6 +9,8 @@ from transformers import BertConfig, DeepseekV3Config, LlamaConfig, LlavaConfig,
 
 from attnsparse_widget import costs
 
+pytestmark = pytest.mark.unit
+
 
 def tiny_gqa() -> LlamaConfig:
     """4 query heads sharing 2 KV heads of 8 dims, 3 layers."""

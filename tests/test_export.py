@@ -13,6 +13,8 @@ from PIL import Image
 import attnsparse_widget as aw
 from attnsparse_widget.export import frame_figure
 
+pytestmark = pytest.mark.model
+
 TEXT = "The keeper lit the lamp at dusk, and the ships found the harbour through the fog."
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 

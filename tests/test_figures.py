@@ -10,6 +10,8 @@ import attnsparse_widget as aw
 from attnsparse_widget import figures as F
 from attnsparse_widget.payload import with_binary_arrays
 
+pytestmark = pytest.mark.unit
+
 TEXT = "sparse attention keeps some pairs <and> drops the rest"
 
 

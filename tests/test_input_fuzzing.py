@@ -25,6 +25,8 @@ from attnsparse_widget import masks
 from attnsparse_widget.masks.base import SparsityOutOfReach
 from attnsparse_widget.widget import AttentionDiffWidget
 
+pytestmark = pytest.mark.model
+
 # derandomize: the same examples on every run (a failure reproduces)
 FUZZ = settings(
     max_examples=25,
@@ -137,6 +139,7 @@ def test_text_of_the_wrong_type(tiny, text):
         aw.compare(tiny, text, **QUICK)
 
 
+@pytest.mark.slow
 def test_five_thousand_tokens(tiny, tok):
     text = " ".join(f"word{i % 97}" for i in range(2600))
     n = len(tok(text).input_ids)
@@ -311,6 +314,7 @@ def test_widget_traits_refuse_values_of_the_wrong_type(comm, tiny, value):
     w.close()
 
 
+@pytest.mark.slow
 def test_widget_truncates_a_text_beyond_the_models_positions(comm, tiny, tok):
     """The widget's limit is the model's own (8192 positions here): a longer text is cut there, with a note; a
     smaller max_tokens cuts it shorter."""

@@ -20,6 +20,8 @@ from attnsparse_widget import costs, kernels, masks, measure
 from attnsparse_widget.capture import Plan, attention_active, layer_indexer
 from attnsparse_widget.passes import captured_pass
 
+pytestmark = pytest.mark.model
+
 FAST_FAMILIES = [name for name in configs() if name != "gemma2"]  # gemma2 soft-caps: its layers stay eager
 
 
@@ -138,6 +140,7 @@ def test_time_attention_measures_both_kernels():
     assert timing.skipped == pytest.approx(0.0)
 
 
+@pytest.mark.slow
 def test_default_model_at_1024_tokens_fast_path_equals_eager_with_explicit_mask(default_model):
     """The default model at 1024 tokens with a sinks + window mask at 0.9: the flex pass's perplexity equals the
     stock eager model handed the same mask to 1e-4 relative."""

@@ -36,6 +36,8 @@ from attnsparse_widget.passes import captured_pass
 from attnsparse_widget.pooling import pool_sum
 from attnsparse_widget.store import AttentionStore
 
+pytestmark = pytest.mark.model
+
 ATOL = 1e-5
 ROWS = 6  # query rows per block in these tests
 

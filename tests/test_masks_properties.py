@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 from attnsparse_widget import masks
 from attnsparse_widget.masks.base import SPARSITY_TOLERANCE, MaskContext, SparsityOutOfReach
 
+pytestmark = pytest.mark.unit
+
 # derandomize: CI runs the same examples every time (a failure reproduces; no flaky runs)
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 FEW = settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

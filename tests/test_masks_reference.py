@@ -17,6 +17,8 @@ import torch
 from attnsparse_widget import masks
 from attnsparse_widget.masks.base import MaskContext, window_count, window_for_sparsity
 
+pytestmark = pytest.mark.unit
+
 STATIC_CASES = {
     "dense": [{}],
     "sliding_window": [{"window": 1}, {"window": 3}, {"window": 40}],

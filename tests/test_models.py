@@ -16,6 +16,8 @@ from transformers import PreTrainedTokenizerFast
 from attnsparse_widget import models
 from attnsparse_widget.models import DefaultModelMissing, load_model, resolve_model
 
+pytestmark = pytest.mark.model
+
 IDS = torch.tensor([[19556, 905, 30, 378]])  # "Hello world" and two more tokens of SmolLM2's vocabulary
 
 
@@ -67,6 +69,7 @@ def test_cache_folder_is_keyed_on_the_packaged_file(tmp_path):
     assert digest and digest[:16] in folder.name  # a new package version (new file hash) gets a new folder
 
 
+@pytest.mark.slow
 def test_conversion_equals_the_gguf_model_and_damaged_caches_are_rebuilt(tmp_path, monkeypatch, capsys):
     """The one real conversion of the suite (~25 s): GGUF -> float32 safetensors in an empty cache dir."""
     gguf = models.default_model_path()

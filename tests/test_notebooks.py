@@ -3,24 +3,17 @@ without outputs."""
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
 import nbformat
-import no_network
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import build_docs  # noqa: E402 - scripts/ is not a package
-
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+from notebook_runs import NOTEBOOKS
 
 
+@pytest.mark.unit
 def test_there_are_notebooks():
     assert [p.name for p in NOTEBOOKS][:1] == ["01_quickstart.ipynb"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_is_stored_clean(path):
     nb = nbformat.read(path, as_version=4)
@@ -31,6 +24,7 @@ def test_notebook_is_stored_clean(path):
             )
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_is_colab_ready(path):
     """The first code cell installs the package and the default model in Colab, and only there (it runs as a no-op
@@ -45,21 +39,14 @@ def test_notebook_is_colab_ready(path):
     assert all(line.startswith("    ") for line in guarded), "everything after the guard runs in Colab only"
 
 
+@pytest.mark.notebooks
+@pytest.mark.xdist_group("notebooks")  # with tests/test_site.py, which needs every run
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path, tmp_path):
-    """Executed at the sizes of build_docs.NOTEBOOK_SIZES; the executed copy goes to docs/_build/executed/, where
-    the site's build (tests/test_site.py, make docs) takes it instead of running the notebook again."""
-    # the kernel blocks every connection that leaves the machine as it starts (sitecustomize on PYTHONPATH)
-    site = tmp_path / "offline-site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(no_network.SITECUSTOMIZE.format(tests=str(Path(__file__).parent)))
-    proof = (  # that it was blocked, as the last cell
-        "import socket, no_network\n"
-        "try:\n    socket.create_connection(('93.184.215.14', 80), timeout=1)\n"
-        "except no_network.NetworkBlocked:\n    print('offline: ok')"
-    )
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
-    nb = build_docs.execute_notebook(path, build_docs.EXECUTED / path.name, env=env, extra_cells=(proof,))
+def test_notebook_runs(path, notebook_runs):
+    """Executed at the sizes of build_docs.NOTEBOOK_SIZES, in a kernel that blocks every connection leaving the
+    machine as it starts; the executed copy goes to docs/_build/executed/, where the site's build (tests/test_site.py,
+    make docs) takes it instead of running the notebook again."""
+    nb = notebook_runs.run(path)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
     assert nb.cells[-1].outputs[0]["text"] == "offline: ok\n"

@@ -18,6 +18,8 @@ from ipywidgets.widgets.tests.utils import setup_test_comm, teardown_test_comm
 import attnsparse_widget as aw
 from attnsparse_widget.widget import AttentionDiffWidget
 
+pytestmark = pytest.mark.model
+
 TEXT = "The lighthouse keeper wrote in his log every evening."
 
 

@@ -14,6 +14,8 @@ from attnsparse_widget import logits as logits_module
 from attnsparse_widget import store as store_module
 from attnsparse_widget.pooling import block_mean
 
+pytestmark = pytest.mark.unit
+
 TEXT = "the quick brown fox jumps over the lazy dog; " * 7  # 315 tokens: above the 256-cell overview
 CASES = [("llama", "sink_window"), ("llama", "topk"), ("gemma2", "nsa"), ("qwen2", "bigbird")]
 

@@ -24,6 +24,8 @@ from attnsparse_widget.export import export_gif
 from attnsparse_widget.result import Comparison
 from attnsparse_widget.widget import AttentionDiffWidget
 
+pytestmark = pytest.mark.unit
+
 TEXT = "the quick brown fox jumps over the lazy dog"
 IDS = torch.randint(3, 90, (1, 12), generator=torch.Generator().manual_seed(1))
 
@@ -206,6 +208,7 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+@pytest.mark.slow
 def test_two_hundred_updates_keep_memory_flat(comm):
     """A widget driven through 200 updates (sparsity, mask, layer, head, text): the resident set after the first
     50 and after all 200 differ by less than 40 MB, and no old result stays alive."""
@@ -239,6 +242,7 @@ def test_two_hundred_updates_keep_memory_flat(comm):
     w.close()
 
 
+@pytest.mark.slow
 def test_exports_leave_no_browser_behind(tmp_path):
     model = build("llama")
     res = aw.compare((model, ToyTokenizer()), TEXT, mask="sink_window", sparsity=0.5, continuation_tokens=0)

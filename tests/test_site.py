@@ -1,6 +1,7 @@
-"""The course site (``make docs``, scripts/build_docs.py): built from the notebooks the test suite executed (this
-file runs after tests/test_notebooks.py), then three pages opened from the file system in Debian's Chromium: no
-errors, the figures and widget pictures present, and nothing requested off the machine."""
+"""The course site (``make docs``, scripts/build_docs.py): built from the notebooks this test session executes
+(the ``notebook_runs`` fixture runs each one once, whichever test asks first), then three pages opened from the
+file system in Debian's Chromium: no errors, the figures and widget pictures present, and nothing requested off the
+machine."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+pytestmark = [pytest.mark.notebooks, pytest.mark.xdist_group("notebooks")]  # the runs are shared
+
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "docs" / "_build" / "html"
 LOCAL = ("file:", "data:", "blob:", "about:")
@@ -27,7 +30,13 @@ REMOTE_RESOURCE = re.compile(
 
 
 @pytest.fixture(scope="module")
-def site() -> Path:
+def executed(notebook_runs: Any) -> list[Path]:
+    """Every notebook's executed copy, from this session's runs."""
+    return notebook_runs.run_all()
+
+
+@pytest.fixture(scope="module")
+def site(executed: list[Path]) -> Path:
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "build_docs.py")], capture_output=True, text=True, cwd=ROOT
     )
@@ -38,7 +47,7 @@ def site() -> Path:
 def test_site_has_every_page_and_loads_nothing_remote(site: Path) -> None:
     pages = {p.relative_to(site).as_posix() for p in site.rglob("*.html")}
     course = {f"notebooks/{p.stem}.html" for p in (ROOT / "notebooks").glob("*.ipynb")}
-    assert {"index.html", "masks.html", "api.html"} | course <= pages
+    assert {"index.html", "masks.html", "benchmarks.html", "architecture.html", "api.html"} | course <= pages
     for page in pages:
         text = (site / page).read_text(encoding="utf-8")
         assert not REMOTE_RESOURCE.search(text), f"{page} loads {REMOTE_RESOURCE.search(text).group(0)!r}"
@@ -79,12 +88,12 @@ def test_three_pages_in_a_real_browser(site: Path) -> None:
 MIN_SHARE = 0.3  # the data must span at least this share of its y axis (a runaway axis squeezes it into a strip)
 
 
-def notebook_figures() -> list[tuple[str, dict]]:
+def notebook_figures(executed: list[Path]) -> list[tuple[str, dict]]:
     """Every plotly figure the executed notebooks show, named ``NOTEBOOK[cell]``."""
     import nbformat
 
     figures = []
-    for path in sorted((ROOT / "docs" / "_build" / "executed").glob("*.ipynb")):
+    for path in executed:
         for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
             for out in cell.get("outputs", []):
                 if "application/vnd.plotly.v1+json" in out.get("data", {}):
@@ -121,7 +130,7 @@ def data_extent(figure: Any, axis: str, log: bool) -> tuple[float, float] | None
     return (min(values), max(values)) if values else None
 
 
-def test_every_notebook_figure_fills_its_axes() -> None:
+def test_every_notebook_figure_fills_its_axes(executed: list[Path]) -> None:
     """Every figure of every notebook rendered by kaleido (PNGs in test-artifacts/figures/, to look at): on each
     numeric y axis, the data spans at least MIN_SHARE of the axis range plotly chose."""
     import asyncio
@@ -131,7 +140,7 @@ def test_every_notebook_figure_fills_its_axes() -> None:
 
     from attnsparse_widget.export import _plotly_js_path
 
-    figures = notebook_figures()
+    figures = notebook_figures(executed)
     assert len(figures) >= 15, [name for name, _ in figures]
     out_dir = ROOT / "test-artifacts" / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -161,13 +170,13 @@ def test_every_notebook_figure_fills_its_axes() -> None:
     assert not squeezed, squeezed
 
 
-def test_every_widget_has_its_picture(site: Path) -> None:
+def test_every_widget_has_its_picture(site: Path, executed: list[Path]) -> None:
     """No rendered page shows a half-finished widget: each of our widgets in an executed notebook has the picture of
     its main view (taken by the execution's last cell), and the site's page shows it in the widget's place."""
     import nbformat
 
     pictures = 0
-    for path in sorted((ROOT / "docs" / "_build" / "executed").glob("*.ipynb")):
+    for path in executed:
         nb = nbformat.read(path, as_version=4)
         states = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
         ours = [

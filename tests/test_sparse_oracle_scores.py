@@ -21,6 +21,8 @@ from attnsparse_widget import masks
 from attnsparse_widget.capture import Plan, attention_active, layer_indexer, num_layers
 from attnsparse_widget.store import AttentionStore
 
+pytestmark = pytest.mark.model
+
 MIN = torch.finfo(torch.float32).min
 TEXT = "Each query keeps only its best keys; the reference picks them with plain loops over rows and heads."
 SCORE_MASKS = [m for m, cls in masks.REGISTRY.items() if cls.score_dependent]

@@ -10,6 +10,8 @@ import pytest
 import attnsparse_widget as aw
 from attnsparse_widget.sweep import COLUMNS
 
+pytestmark = pytest.mark.model
+
 MASKS = ["sliding_window", "sink_window", "topk"]
 SPARSITIES = [0.3, 0.5, 0.7, 0.8, 0.9]
 
@@ -93,6 +95,7 @@ POSITIONAL_RTOL = 1e-5
 SCORE_DEPENDENT_RTOL = 1e-3
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_gives_the_same_table(table):
     """The sweep on a real Dask cluster of two local worker processes gives the in-process table: the same rows,
     masks and budgets; the perplexities equal within the float noise each kind of pattern allows (see above)."""

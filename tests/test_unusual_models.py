@@ -22,6 +22,8 @@ from transformers import (
 import attnsparse_widget as aw
 from attnsparse_widget.widget import AttentionDiffWidget
 
+pytestmark = pytest.mark.unit
+
 TEXT = "the quick brown fox jumps over the lazy dog"
 IDS = torch.randint(3, 90, (1, 12), generator=torch.Generator().manual_seed(2))
 QUICK = dict(per_layer=False, continuation_tokens=0)

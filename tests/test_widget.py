@@ -16,6 +16,8 @@ from attnsparse_widget import pipeline
 from attnsparse_widget import widget as widget_module
 from attnsparse_widget.widget import AttentionDiffWidget
 
+pytestmark = pytest.mark.model
+
 TEXT = "the quick brown fox jumps over the lazy dog and runs far away"
 
 

@@ -18,6 +18,8 @@ from attnsparse_widget.cli import main
 
 from .harness import LOCAL, chromium, free_port, open_app, serving, settled, slider_step
 
+pytestmark = pytest.mark.browser
+
 TEXT = "The lighthouse keeper wrote in his log every evening. The storm came from the west."
 
 

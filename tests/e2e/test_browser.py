@@ -22,7 +22,10 @@ TEXT = (
     "The lighthouse keeper wrote in his log every evening. The storm came from the west, and the ships "
     "stayed in the harbour until the wind turned."
 )
-pytestmark = pytest.mark.skipif(not BUNDLE.is_file(), reason="the frontend bundle is not built (npm run build)")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not BUNDLE.is_file(), reason="the frontend bundle is not built (npm run build)"),
+]
 
 SHOW = f"""import attnsparse_widget as aw
 w = aw.show(None, {TEXT!r}, mask="sink_window", sparsity=0.5)

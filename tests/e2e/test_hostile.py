@@ -21,7 +21,10 @@ from .harness import chromium, jupyterlab, open_notebook, run_cell, settled, wri
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 BUNDLE = ROOT / "src" / "attnsparse_widget" / "static" / "widget.js"
-pytestmark = pytest.mark.skipif(not BUNDLE.is_file(), reason="the frontend bundle is not built (npm run build)")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not BUNDLE.is_file(), reason="the frontend bundle is not built (npm run build)"),
+]
 
 HOSTILE = (
     "<img src=x onerror=alert(1)> \"double\" 'single' back\\slash & </div> <b>bold?</b>\n"

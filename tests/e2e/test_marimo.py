@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .harness import LOCAL, chromium, free_port, open_app, serving, slider_step, stop
+
+pytestmark = pytest.mark.browser
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "marimo_app.py"
 

@@ -15,6 +15,8 @@ import pytest
 
 from .harness import chromium, jupyterlab, open_notebook, run_cell, settled, slider_step, write_notebook
 
+pytestmark = pytest.mark.browser
+
 ROOT = Path(__file__).resolve().parents[2]
 TORCH = "torch==2.13.0"  # as scripts/setup.sh: an unpinned torch would pull a multi-GB CUDA build
 
