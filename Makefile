@@ -25,9 +25,10 @@ lint: setup
 	.venv/bin/mypy
 	npm run --silent typecheck
 
-# The tests run on every core (pytest-xdist, at most 4 workers): a module's tests go to one worker together, the
-# notebooks and the site built from them too, and the longest tiers start first (tests/tiers.py).
-PARALLEL = -n auto --maxprocesses=4 --dist loadgroup --no-loadscope-reorder
+# The tests run on every core (pytest-xdist, at most 4 workers): a module's tests go to one worker together (its
+# module fixtures are made once), the longest tiers first (tests/tiers.py); the workers share the notebook runs
+# (tests/notebook_runs.py).
+PARALLEL = -n auto --maxprocesses=4 --dist loadfile --no-loadscope-reorder
 
 # the inner loop (a few minutes): the static checks, the frontend's tests, the unit and model tiers
 check: setup lint

@@ -63,7 +63,8 @@ def minilm():
 
 @pytest.fixture(scope="session")
 def notebook_runs(tmp_path_factory):
-    """Runs each notebook at most once per session (tests/notebook_runs.py)."""
+    """Runs each notebook once per session, shared by the pytest-xdist workers (tests/notebook_runs.py)."""
     from notebook_runs import NotebookRuns
 
-    return NotebookRuns(tmp_path_factory.mktemp("notebooks"))
+    base = tmp_path_factory.getbasetemp()  # under pytest-xdist, the worker's folder inside the session's
+    return NotebookRuns(base.parent if "PYTEST_XDIST_WORKER" in os.environ else base)

@@ -40,7 +40,6 @@ def test_notebook_is_colab_ready(path):
 
 
 @pytest.mark.notebooks
-@pytest.mark.xdist_group("notebooks")  # with tests/test_site.py, which needs every run
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, notebook_runs):
     """Executed at the sizes of build_docs.NOTEBOOK_SIZES, in a kernel that blocks every connection leaving the

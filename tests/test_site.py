@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytestmark = [pytest.mark.notebooks, pytest.mark.xdist_group("notebooks")]  # the runs are shared
+pytestmark = pytest.mark.notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "docs" / "_build" / "html"

@@ -18,8 +18,9 @@ TIERS: dict[str, str] = {
     "browser": "drives Chromium: JupyterLab, Notebook 7, the app, marimo, the installed wheel",
     "slow": "long texts, trainings, anything that takes more than about 10 s on 2 cores",
 }
-# the order a run takes them in: the longest tiers first, so that a parallel run (pytest-xdist, `make test`) does not
-# end waiting on one worker that started the notebooks last
+# the order a run takes them in: the longest tiers first, so that a parallel run (pytest-xdist with --dist loadfile,
+# `make test`: a module's tests go to one worker, in this order) does not end waiting on one worker that started the
+# notebooks last
 ORDER = ("notebooks", "browser", "slow", "model", "unit")
 # fixtures that load a real model: a test that asks for one is not a unit test
 MODEL_FIXTURES = frozenset({"default_model", "minilm"})
@@ -64,10 +65,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for node in item.listchain():
             node.own_markers[:] = [mark for mark in node.own_markers if mark.name not in TIERS]
         item.add_marker(tier)
-        # pytest-xdist (--dist loadgroup) hands a module's tests to one worker, so that its module-scoped fixtures
-        # (a server, a built wheel, a sweep) are made once; tests that share more say so (xdist_group("notebooks"))
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
     items.sort(key=lambda item: ORDER.index(tier_of(item)))
 
 
