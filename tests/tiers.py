@@ -18,9 +18,9 @@ TIERS: dict[str, str] = {
     "browser": "drives Chromium: JupyterLab, Notebook 7, the app, marimo, the installed wheel",
     "slow": "long texts, trainings, anything that takes more than about 10 s on 2 cores",
 }
-# the order a run takes them in: the longest tiers first, so that a parallel run (pytest-xdist with --dist loadfile,
-# `make test`: a module's tests go to one worker, in this order) does not end waiting on one worker that started the
-# notebooks last
+# the order a run takes the modules in: those with the longest tiers first, so that a parallel run (pytest-xdist
+# with --dist loadfile, `make test`: a module's tests go to one worker, in this order) does not end waiting on one
+# worker that started the notebooks last
 ORDER = ("notebooks", "browser", "slow", "model", "unit")
 # fixtures that load a real model: a test that asks for one is not a unit test
 MODEL_FIXTURES = frozenset({"default_model", "minilm"})
@@ -65,7 +65,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for node in item.listchain():
             node.own_markers[:] = [mark for mark in node.own_markers if mark.name not in TIERS]
         item.add_marker(tier)
-    items.sort(key=lambda item: ORDER.index(tier_of(item)))
+    # modules in the order of their longest tier, each kept whole (a module split in two would make its module-scoped
+    # fixtures twice), its tests in their own order
+    rank: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        rank[module] = min(rank.get(module, len(ORDER)), ORDER.index(tier_of(item)))
+    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
 
 
 def tier_of(item: pytest.Item) -> str:
