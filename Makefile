@@ -27,7 +27,7 @@ lint: setup
 
 # The tests run on every core (pytest-xdist, at most 4 workers): a module's tests go to one worker together (its
 # module fixtures are made once), the longest tiers first (tests/tiers.py); the workers share the notebook runs
-# (tests/notebook_runs.py).
+# (tests/notebook_runs.py). Not --dist loadgroup: under pytest 9 it silently stops grouping (pytest-xdist#1386).
 PARALLEL = -n auto --maxprocesses=4 --dist loadfile --no-loadscope-reorder
 
 # the inner loop (a few minutes): the static checks, the frontend's tests, the unit and model tiers

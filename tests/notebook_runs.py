@@ -4,8 +4,8 @@ depends on the order the tests run in, nor on the worker they run on).
 
 Under pytest-xdist the workers share the runs through files in the session's common temporary folder: a lock per
 notebook, and a ``.done`` (or ``.failed``) mark next to it. Whoever asks first runs a notebook; the others wait for
-it and read its executed copy. ``run_all`` first takes the notebooks nobody has started, so two workers that both
-need notebooks run them side by side.
+it and read its executed copy. ``run_all`` first takes the notebooks nobody has started, from the last one back, so
+two workers that both need notebooks run them side by side.
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ class NotebookRuns:
 
     def run_all(self) -> list[Path]:
         """Every notebook run; their executed copies."""
-        for path in NOTEBOOKS:  # the ones nobody has taken yet, without waiting ...
+        # the ones nobody has taken yet, without waiting, from the last one back (a worker running
+        # tests/test_notebooks.py takes them from the first one on: the two meet in the middle) ...
+        for path in reversed(NOTEBOOKS):
             try:
                 with FileLock(self._lock(path), timeout=0):
                     self._run_locked(path)
