@@ -14,7 +14,7 @@ goes to a kernel that never materialises the scores:
           ``[H, T, T]`` float32 probabilities either.
 
 Which one: measured (``benchmarks/bench_kernels.py`` on a 2-core CPU, ``benchmarks/bench_gpu.py`` on an H200; the
-default model's 9 query and 3 key-value heads of 64 dims; the tables are in the README). ``flex`` for a prefill
+default model's 9 query and 3 key-value heads of 64 dims; tables in benchmarks/README.md). ``flex`` for a prefill
 (queries = keys) of at least :data:`FLEX_MIN_TOKENS` tokens on a CPU, :data:`FLEX_MIN_TOKENS_CUDA` on a CUDA device,
 ``sdpa`` otherwise: below it the compilation (seconds) and the tile bookkeeping cost more than they save (on the
 H200 the whole model at 90 % sparsity ran at 0.52x dense speed on flex at 2048 tokens, 0.89x at 4096, 3.6x at
