@@ -106,9 +106,14 @@ def execute_notebook(
     return nb
 
 
+def executed_path(src: Path) -> Path:
+    """Where the executed copy of the notebook ``src`` goes (the tests' runs write it there too)."""
+    return EXECUTED / src.name
+
+
 def executed_notebook(src: Path, reexecute: bool = False) -> Path:
     """The executed copy of ``src`` in :data:`EXECUTED`: reused when it was run from the same source."""
-    dst = EXECUTED / src.name
+    dst = executed_path(src)
     if not reexecute and dst.is_file():
         stamp = nbformat.read(dst, as_version=4).metadata.get("attnsparse", {}).get("source_sha256")
         if stamp == source_digest(src):

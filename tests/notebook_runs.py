@@ -63,11 +63,7 @@ class NotebookRuns:
                 continue
         for path in NOTEBOOKS:  # ... then the rest, waiting for whoever runs them
             self.run(path)
-        return [self.executed(path) for path in NOTEBOOKS]
-
-    @staticmethod
-    def executed(path: Path) -> Path:
-        return build_docs.EXECUTED / path.name
+        return [build_docs.executed_path(path) for path in NOTEBOOKS]
 
     def _lock(self, path: Path) -> Path:
         return self._dir / f"{path.stem}.lock"
@@ -77,9 +73,11 @@ class NotebookRuns:
         if failed.is_file():
             raise RuntimeError(f"{path.name} failed to run in this session:\n{failed.read_text()}")
         if done.is_file():
-            return nbformat.read(self.executed(path), as_version=4)
+            return nbformat.read(build_docs.executed_path(path), as_version=4)
         try:
-            nb = build_docs.execute_notebook(path, self.executed(path), env=self._env, extra_cells=(OFFLINE_PROOF,))
+            nb = build_docs.execute_notebook(
+                path, build_docs.executed_path(path), env=self._env, extra_cells=(OFFLINE_PROOF,)
+            )
         except Exception as error:
             failed.write_text(f"{type(error).__name__}: {error}")
             raise

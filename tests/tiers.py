@@ -9,6 +9,8 @@ marker and nothing else of the kind, so ``-m model`` selects exactly the model t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 TIERS: dict[str, str] = {
@@ -67,14 +69,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(tier)
     # modules in the order of their longest tier, each kept whole (a module split in two would make its module-scoped
     # fixtures twice), its tests in their own order
-    rank: dict[str, int] = {}
-    for item in items:
-        module = item.nodeid.split("::")[0]
-        rank[module] = min(rank.get(module, len(ORDER)), ORDER.index(tier_of(item)))
-    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
-
-
-def tier_of(item: pytest.Item) -> str:
-    """The one tier of a collected test."""
-    (name,) = [mark.name for mark in item.iter_markers() if mark.name in TIERS]
-    return name
+    rank: dict[Path, int] = {}
+    for item, tier, _ in resolved:
+        rank[item.path] = min(rank.get(item.path, len(ORDER)), ORDER.index(tier))
+    items.sort(key=lambda item: rank[item.path])
