@@ -86,6 +86,57 @@ def test_payloads_travel_as_binary_buffers(tiny):
                 assert "data" not in d["z"] and set(d["z"]) == {"shape", "dtype"}
 
 
+def sent_updates(w, act):
+    """The state updates the widget sends while ``act()`` runs: (time.monotonic(), state with its buffers in)."""
+    sent = []
+    original = w.comm.send
+
+    def send(*args, **kwargs):
+        data = kwargs.get("data", args[0] if args else {})
+        state = dict(data.get("state", {}))
+        for path, buf in zip(data.get("buffer_paths", []), kwargs.get("buffers") or [], strict=True):
+            state[f"{path[0]}:{'/'.join(map(str, path[1:]))}"] = bytes(buf)
+        sent.append((time.monotonic(), state))
+        return original(*args, **kwargs)
+
+    w.comm.send = send
+    try:
+        act()
+    finally:
+        w.comm.send = original
+    return sent
+
+
+def test_an_interaction_sends_each_payload_once_and_progress_at_most_ten_a_second(tiny):
+    w = AttentionDiffWidget(tiny, threaded=False, text=TEXT, mask="sink_window", sparsity=0.3, per_layer=True)
+    for act in (lambda: setattr(w, "sparsity", 0.7), lambda: setattr(w, "layer", 2), lambda: setattr(w, "head", 1)):
+        sent = sent_updates(w, act)
+        payloads = [(key, repr(value)) for _, state in sent for key, value in state.items()]
+        assert len(payloads) == len(set(payloads)), "a payload went twice"
+        statuses = [(at, state["status"]) for at, state in sent if "status" in state]
+        within = [
+            at
+            for (at, s), (_, before) in zip(statuses[1:], statuses[:-1], strict=True)
+            if s["stage"] == before["stage"] and 0 < (s.get("progress") or 0) < 1
+        ]
+        assert all(b - a >= widget_module.PROGRESS_INTERVAL_S for a, b in zip(within, within[1:], strict=False))
+    assert sent_updates(w, lambda: setattr(w, "head", 1)) == []  # the same value: nothing at all
+    # the throttled curve still ends complete, in the chart and in the metrics
+    assert None not in w.metrics["per_layer_delta_ppl"] and len(w.metrics["per_layer_delta_ppl"]) == 3
+    bars = w.layer_chart["data"][0]
+    assert bars["type"] == "bar" and len(bars["y"]) == 3 and None not in bars["y"]
+
+
+def test_progress_within_a_stage_goes_at_most_once_per_interval(tiny):
+    w = AttentionDiffWidget(tiny, threaded=False, text=TEXT)
+    steps = [("per-layer curve", i / 50) for i in range(51)] + [("continuations", 0.5), ("continuations", 1.0)]
+    sent = [w._progress_due(stage, fraction) for stage, fraction in steps]  # fifty steps at once
+    # the stage's first step, its end, the next stage's first step and its end; nothing between
+    assert [s for s, ok in zip(steps, sent, strict=True) if ok] == [steps[0], steps[50], steps[51], steps[52]]
+    time.sleep(widget_module.PROGRESS_INTERVAL_S)
+    assert w._progress_due("continuations", 0.7)  # once the interval has passed, the next step goes
+
+
 def test_sparsity_and_mask_changes_rerun_only_the_sparse_pass(tiny):
     w = AttentionDiffWidget(tiny, threaded=False, text=TEXT, mask="sink_window", sparsity=0.3)
     first = w.result

@@ -21,6 +21,8 @@ from .contract import (
     AdaptState,
     Continuations,
     ContinuationTokens,
+    Empty,
+    Figure,
     Gallery,
     Info,
     MatrixPayload,
@@ -28,7 +30,7 @@ from .contract import (
     Status,
     View,
 )
-from .figures import heavy_drops, main_figure, map_view, mask_figure, view_title
+from .figures import heavy_drops, layer_figure, main_figure, map_view, mask_figure, view_title
 
 if TYPE_CHECKING:
     from .adapt import Adaptation, AdaptProgress
@@ -242,6 +244,18 @@ def failed_status(status: Status, error: str, *, request: int | None = None) -> 
     )
 
 
+def layer_chart_payload(res: Comparison, selected: int) -> Figure | Empty:
+    """The per-layer chart (the ``layer_chart`` trait) from the result's metrics as far as they are computed, the
+    ``selected`` layer outlined; empty without a perplexity (an encoder)."""
+    m = res.metrics
+    if m.dense_ppl is None:
+        return {}
+    chart = layer_figure(
+        _finite(m.per_layer_delta_ppl), _finite(m.cumulative_delta_ppl), _finite(m.mass_recall), res.n_layers, selected
+    )
+    return cast(Figure, with_binary_arrays(chart))
+
+
 def _finite(value: Any) -> Any:
     """JSON has no NaN/inf: None instead (the frontend shows 'n/a'), in lists at any depth too."""
     if isinstance(value, float):
@@ -253,6 +267,7 @@ def _finite(value: Any) -> Any:
 
 __all__ = [
     "adapt_payload",
+    "layer_chart_payload",
     "with_binary_arrays",
     "failed_status",
     "gallery_payload",

@@ -28,7 +28,6 @@ from . import masks, pipeline
 from .adapt import DEFAULT_STEPS, Adaptation, adaptation_steps, estimate_seconds
 from .contract import AdaptState, Empty, Figure, Gallery, Info, MetricsPayload, NextTokens, Status, View
 from .export import gif_bytes
-from .figures import layer_figure
 from .files import writable, write_atomically
 from .messages import CAVEAT, curve_skipped_note
 from .models import display_name, resolve_model
@@ -37,10 +36,10 @@ from .payload import (
     failed_status,
     gallery_payload,
     info_payload,
+    layer_chart_payload,
     metrics_payload,
     status_payload,
     view_payload,
-    with_binary_arrays,
 )
 from .pipeline import Stages
 from .result import Comparison
@@ -60,7 +59,13 @@ CONTINUATION_TOKENS = 20  # greedy tokens generated under each regime
 # about 40 min at 8192 for the default model) it runs only when the box is ticked again (see _skips_curve)
 CURVE_TOKENS = 2048
 PAINT_GRACE_S = 0.4  # at most this long, the later stages wait for the browser to paint the main view
+# progress within a stage (the status, the filling per-layer chart, the adaptation's steps, the GIF's frames) goes to
+# the browser at most once per this many seconds: ten a second reads as live, and every message goes to every page
+# of the kernel and is buffered for a page whose connection is gone
+PROGRESS_INTERVAL_S = 0.1
 _VIEW_INPUTS = ("layer", "head", "zoom", "position", "compare_with")
+# the stages whose end adds metrics (sent once, when the stage ends: the per-layer chart shows the curve filling in)
+METRIC_STAGES = (pipeline.PER_LAYER, pipeline.CONTINUATIONS, pipeline.ATTENTION_TIME, pipeline.ADAPTED_PASS)
 
 
 def _esm() -> Path | str:
@@ -137,6 +142,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         self._worker: threading.Thread | None = None
         self._result: Comparison | None = None
         self._gallery_of: weakref.ref[Comparison] | None = None  # the result the published gallery belongs to
+        self._progress_sent = ("", 0.0)  # the stage and time.monotonic() of the last progress message
         self._painted = threading.Event()  # set when a frontend reports a painted main view
         self._frontend_painted = False  # a frontend has reported one: it is displayed somewhere
         self._export_request: dict[str, Any] = {}
@@ -293,6 +299,17 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             progress=progress,
         )
 
+    def _progress_due(self, stage: str, fraction: float | None) -> bool:
+        """Whether a progress update of ``stage`` goes to the browser now: a stage's start and end always go, the steps
+        between at most once per :data:`PROGRESS_INTERVAL_S` (a skipped one is carried by the next)."""
+        now = time.monotonic()
+        last_stage, last_time = self._progress_sent
+        within = fraction is not None and 0.0 < fraction < 1.0
+        if stage == last_stage and within and now - last_time < PROGRESS_INTERVAL_S:
+            return False
+        self._progress_sent = (stage, now)
+        return True
+
     # -------------------------------------------------------------------------------------------- computation
     def _run(self, kinds: set[str], model_generation: int) -> None:
         started = time.time() * 1000
@@ -401,10 +418,14 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                     if self._cancel_adapt.is_set() or self._stale(model_generation):
                         self.adaptation = adapt_payload("cancelled", per_step, progress=last)
                         return False
+                    fraction = last.done / max(1, last.total)
+                    view = self._take("view") and self._result is not None
+                    if not (view or self._progress_due("adapting", fraction)):
+                        continue
                     with self.hold_sync():
                         self.adaptation = adapt_payload("training", per_step, progress=last)
-                        self._status(True, "adapting", started, progress=last.done / max(1, last.total))
-                        if self._take("view") and self._result is not None:
+                        self._status(True, "adapting", started, progress=fraction)
+                        if view and self._result is not None:
                             self._publish_view(self._result)
         except (ValueError, TypeError) as err:
             self.adaptation = adapt_payload("failed", per_step, error=str(err))
@@ -427,19 +448,17 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             for progress in steps:
                 if self._stale(model_generation):
                     return False  # a newer request needs the model: stop, its own stages will follow
+                finished = progress.done == progress.total  # a finished stage adds metrics (and maps: the adapted)
+                view = self._take("view")
+                if not (view or finished or self._progress_due(progress.stage, progress.fraction)):
+                    continue  # the next update carries this one's values (the chart is drawn from the result)
                 with self.hold_sync():
-                    if progress.stage == pipeline.PER_LAYER or (
-                        progress.stage in (pipeline.CONTINUATIONS, pipeline.ATTENTION_TIME)
-                        and progress.done == progress.total
-                    ):
+                    if finished and progress.stage in METRIC_STAGES:
                         self.metrics = metrics_payload(res)
                     self._publish_gallery(res)
-                    adapted_done = progress.stage == pipeline.ADAPTED_PASS and progress.done == progress.total
-                    if adapted_done:
-                        self.metrics = metrics_payload(res)
-                    if self._take("view") or adapted_done:  # the adapted pass adds its maps and next tokens
-                        self._publish_view(res)
-                    elif progress.stage == pipeline.PER_LAYER:
+                    if view or (finished and progress.stage == pipeline.ADAPTED_PASS):
+                        self._publish_view(res)  # the adapted pass adds its maps and next tokens
+                    elif progress.stage == pipeline.PER_LAYER:  # the curve fills in (the metrics follow at its end)
                         self._publish_layer_chart(res)
                     self._status(True, progress.stage, started, progress=progress.fraction)
         self._publish_gallery(res)
@@ -486,7 +505,8 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                 return False
 
         def progress(done: int, total: int) -> None:
-            self._status(True, "exporting GIF", started, progress=done / total)
+            if self._progress_due("exporting GIF", done / total):
+                self._status(True, "exporting GIF", started, progress=done / total)
 
         try:
             data = gif_bytes(
@@ -546,19 +566,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
 
     def _publish_layer_chart(self, res: Comparison) -> None:
         """The per-layer chart from the metrics as far as they are computed."""
-        if res.metrics.dense_ppl is None:
-            self.layer_chart = {}
-            return
-        m = self.metrics
-        self.layer_chart = with_binary_arrays(
-            layer_figure(
-                m.get("per_layer_delta_ppl"),
-                m.get("cumulative_delta_ppl"),
-                m.get("mass_recall"),
-                res.n_layers,
-                self.layer,
-            )
-        )
+        self.layer_chart = layer_chart_payload(res, self.layer)
 
     def _skips_curve(self) -> bool:
         """Whether this text is too long for the per-layer curve to run unasked (see :data:`CURVE_TOKENS`)."""
