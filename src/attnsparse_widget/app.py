@@ -6,8 +6,10 @@ views and export, with no notebook around them. marimo's app mode would need the
 file and marimo's own runtime; Voila needs nothing beyond the Jupyter stack the widget already runs on.
 
 A page load starts a kernel, and the kernel ends when the page goes (Voila's own rule, made to work here: see
-:func:`voila_command`). A reload gets a fresh kernel and a fresh widget. The page fetches nothing off the machine:
-the template in ``app_files/`` removes the one CDN link of Voila's own template.
+:func:`voila_command`), or about a minute after its connection was lost when the page vanished without a word
+(:data:`CULL_IDLE_S`). A reload gets a fresh kernel and a fresh widget. Voila runs through ``app_server.py``, which
+guards its kernel websocket against a client that speaks the legacy framing (it froze the server). The page fetches
+nothing off the machine: the template in ``app_files/`` removes the one CDN link of Voila's own template.
 """
 
 from __future__ import annotations
@@ -23,9 +25,14 @@ import tempfile
 from pathlib import Path
 
 TEMPLATE = "attnsparse"
+APP_SERVER = Path(__file__).parent / "app_server.py"
 APP_FILES = Path(__file__).parent / "app_files"  # holds voila/templates/attnsparse, found through JUPYTER_PATH
 LOOPBACK = "127.0.0.1"
-CULL_IDLE_S = 600  # a kernel with no page connected and nothing running for this long is shut down
+# a kernel with no page connected that has sent nothing for CULL_IDLE_S is shut down (checked every CULL_INTERVAL_S):
+# the kernel of a page that vanished without a word (a crash, a lost network) ends about a minute after its last
+# message. A page that reconnects within the minute keeps its kernel; a connected page is never culled.
+CULL_IDLE_S = 60
+CULL_INTERVAL_S = 10
 # Voila loads every JupyterLab extension it finds; these throw in Voila's page (an error in the console): Notebook
 # 7's, and jupytext's (installed with the docs tools)
 DENIED_EXTENSIONS = ("@jupyter-notebook/lab-extension", "jupyterlab-jupytext")
@@ -73,8 +80,10 @@ def exposure_warning(host: str, port: int) -> str:
 def voila_command(notebook: Path, port: int, host: str, open_browser: bool) -> list[str]:
     return [
         sys.executable,
-        "-m",
-        "voila",
+        # Voila, its kernel websocket guarded (app_server.py), run by path: importing the package would load torch
+        # into the server process (about 300 MB) for nothing
+        "-c",
+        f"import runpy; runpy.run_path({str(APP_SERVER)!r}, run_name='__main__')",
         str(notebook),
         f"--port={port}",
         f"--Voila.ip={host}",
@@ -87,7 +96,7 @@ def voila_command(notebook: Path, port: int, host: str, open_browser: bool) -> l
         # kernel ids are random. Kernels of pages that vanish without a word (a crash) are culled once idle.
         "--Voila.tornado_settings=disable_check_xsrf=True",
         f"--MappingKernelManager.cull_idle_timeout={CULL_IDLE_S}",
-        "--MappingKernelManager.cull_interval=60",
+        f"--MappingKernelManager.cull_interval={CULL_INTERVAL_S}",
         *([] if open_browser else ["--no-browser"]),
     ]
 

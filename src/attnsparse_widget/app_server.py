@@ -1,0 +1,95 @@
+"""Voila as ``attnsparse app`` runs it: Voila's own entry point, with its kernel websocket guarded against one bug.
+The app runs this file by its path, so that the server process does not import the package (and torch with it);
+it imports nothing but the standard library, tornado and Voila.
+
+Voila's ``VoilaKernelWebsocketHandler.write_message`` reads the header of every binary message it forwards to the
+page (to drop ``execute_input``) as if the connection spoke Jupyter's ``v1.kernel.websocket.jupyter.org`` framing
+(eight-byte little-endian offsets), whatever the client negotiated. A client that asks for no subprotocol gets the
+legacy framing (four-byte big-endian), and the first binary message the kernel sends it (every widget payload) makes
+that reader build a list of about 10**18 offsets: the server's one thread never returns, its memory grows by
+hundreds of MB per second until the machine runs out, and it answers nothing, not even SIGTERM (voila 0.5.13;
+reported upstream with the text in ``docs/upstream/voila-legacy-websocket.md``).
+
+The app's own page always asks for the v1 framing (JupyterLab's services), so the guard refuses a kernel websocket
+that does not, with a 400 saying why, before the upgrade; and it reads a v1 header only within the message's bytes.
+
+It also counts a page's connection going as the kernel's last activity, so that the idle cull (``app.CULL_IDLE_S``)
+ends the kernel of a vanished page that long after the page went, not after its last message, which may be long
+before (a page left open and quiet): a page whose network blips and reconnects within that time keeps its kernel.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from typing import Any
+
+V1 = "v1.kernel.websocket.jupyter.org"
+LEGACY_REFUSED = (
+    f"attnsparse app: the kernel websocket speaks only the {V1} subprotocol (Sec-WebSocket-Protocol); "
+    "the legacy framing is refused (Voila misreads it). Connect with JupyterLab's services or offer that subprotocol."
+)
+
+
+def offers_v1(header: str | None) -> bool:
+    """Whether a ``Sec-WebSocket-Protocol`` request header offers the v1 kernel protocol."""
+    return header is not None and V1 in (p.strip() for p in header.split(","))
+
+
+def v1_header(ws_msg: bytes) -> dict[str, Any] | None:
+    """The header of a v1 binary kernel message (``[n][offset_0..offset_n-1][channel][header]...``), or None where
+    the bytes are not one. Never reads an offset beyond the message, unlike Voila's reader."""
+    if len(ws_msg) < 8:
+        return None
+    count = int.from_bytes(ws_msg[:8], "little")
+    if count < 3 or 8 * (count + 1) > len(ws_msg):
+        return None
+    start, end = (int.from_bytes(ws_msg[8 * (i + 1) : 8 * (i + 2)], "little") for i in (1, 2))
+    if not 8 * (count + 1) <= start <= end <= len(ws_msg):
+        return None
+    try:
+        header = json.loads(ws_msg[start:end].decode("utf-8"))
+    except ValueError:
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def guard_voila() -> None:
+    """Guard Voila's kernel websocket handler (the class Voila registers, changed in place: this process only)."""
+    from tornado import web
+    from voila.tornado import kernel_websocket_handler as module
+
+    handler = module.VoilaKernelWebsocketHandler
+    if getattr(handler, "_attnsparse_guarded", False):
+        return
+    opened: Callable[..., Awaitable[None]] = handler.get
+
+    async def get(self: Any, *args: Any, **kwargs: Any) -> None:
+        if not offers_v1(self.request.headers.get("Sec-WebSocket-Protocol")):
+            raise web.HTTPError(400, reason="legacy kernel websocket protocol refused", log_message=LEGACY_REFUSED)
+        await opened(self, *args, **kwargs)
+
+    closed: Callable[[Any], None] = handler.on_close
+
+    def on_close(self: Any) -> None:
+        kernel = getattr(self.kernel_manager, "_kernels", {}).get(getattr(self, "kernel_id", None))
+        closed(self)
+        if kernel is not None and hasattr(kernel, "last_activity"):  # the culler reads it (jupyter_server)
+            kernel.last_activity = datetime.now(timezone.utc)
+
+    handler.get = get
+    handler.on_close = on_close
+    module.read_header_from_binary_message = v1_header  # Voila's write_message looks it up at each call
+    handler._attnsparse_guarded = True
+
+
+def main() -> None:
+    guard_voila()
+    from voila.app import main as voila_main
+
+    voila_main()
+
+
+if __name__ == "__main__":
+    main()
