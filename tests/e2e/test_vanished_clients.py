@@ -15,7 +15,9 @@ leaves the server within 300 MB and answering within a second (the notebook's ke
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import signal
 import socket
 import subprocess
@@ -26,7 +28,9 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -250,3 +254,45 @@ def test_the_guard_reads_v1_headers_and_refuses_the_legacy_framing() -> None:
     legacy = serialize_binary_message({"header": header, "buffers": [b"\x00" * 100]})
     assert int.from_bytes(legacy[:8], "little") > 10**17  # the number of offsets Voila set out to read
     assert v1_header(legacy) is None and v1_header(b"") is None and v1_header(b"\xff" * 7) is None
+
+
+@pytest.mark.unit
+def test_a_client_that_reads_nothing_is_let_go_once_its_backlog_is_full() -> None:
+    from tornado.iostream import IOStream
+
+    from attnsparse_widget.app_server import BACKLOG_LIMIT, bounding_backlog, dropping_backlogged
+
+    async def scenario() -> tuple[int, object, bool]:
+        ours, peer = socket.socketpair()  # the peer never reads
+        handler = SimpleNamespace(ws_connection=SimpleNamespace(stream=IOStream(ours)), log=logging.getLogger("t"))
+
+        async def open_(self: object) -> None:
+            pass
+
+        await bounding_backlog(open_)(handler)
+        stream = handler.ws_connection.stream
+
+        def write_message(self: object, message: bytes, binary: bool = False) -> object:
+            return stream.write(message)  # what tornado's websocket does with a frame
+
+        write = dropping_backlogged(write_message)
+        written = write(handler, b"\0" * (BACKLOG_LIMIT - 1000), True)  # tornado's own check decides
+        dropped = write(handler, b"\0" * (8 << 20), True)  # more than the socket's own buffer can take
+        peer.close()
+        return stream.max_write_buffer_size, (written is not None, dropped), stream.closed()
+
+    limit, results, closed = asyncio.run(scenario())
+    assert limit == BACKLOG_LIMIT and results == (True, None) and closed
+
+
+@pytest.mark.unit
+def test_a_connection_going_counts_as_its_kernels_last_activity() -> None:
+    from attnsparse_widget.app_server import culled_after_close
+
+    long_ago = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    kernel = SimpleNamespace(last_activity=long_ago)
+    handler = SimpleNamespace(kernel_id="k", kernel_manager=SimpleNamespace(_kernels={"k": kernel}))
+    calls: list[object] = []
+    culled_after_close(calls.append)(handler)
+    assert calls == [handler]  # the handler's own on_close ran
+    assert (datetime.now(timezone.utc) - kernel.last_activity).total_seconds() < 5
