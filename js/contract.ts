@@ -63,7 +63,7 @@ export interface View {
   region: number[];
   /** tokens per cell and axis (1: full resolution) */
   factor: number;
-  /** dense | sparse | sparse − dense heatmaps, one trace each, named by panel */
+  /** dense | sparse | sparse − dense heatmaps, one trace each, named by panel; the dense trace's z is in `dense_map` */
   figure: Figure;
   /** the keep-pattern figure (the Mask tab) */
   mask_figure: Figure;
@@ -77,6 +77,16 @@ export interface View {
   position?: number;
   /** language models only: the top-5 next tokens after position */
   next_tokens?: NextTokens;
+}
+
+/** The `dense_map` trait: the values of the main view's dense panel, sent only when they change; they belong to the
+ *  view whose layer, head and region they carry. */
+export interface DenseMap {
+  layer: number;
+  head: number;
+  region: number[];
+  /** the dense panel's cells (NaN where no pair is allowed) */
+  z: MatrixPayload;
 }
 
 /** The `gallery` trait: every layer x head as a dense and a sparse thumbnail. */
@@ -179,10 +189,8 @@ export interface Info {
   n_heads: number;
   /** key/value heads per layer (fewer under grouped-query attention) */
   n_kv_heads: number;
-  /** tokens analysed */
+  /** tokens analysed (the tokens themselves: the `tokens` trait) */
   n_tokens: number;
-  /** the tokens as readable strings */
-  tokens: string[];
   /** false: an encoder (no next-token head) */
   causal: boolean;
   /** the mask's id */
@@ -295,8 +303,11 @@ export interface WidgetState {
   catalog: CatalogEntry[];
   caveat: string;
   info: Info | Empty;
+  /** the tokens as readable strings (sent once per text) */
+  tokens: string[];
   metrics: MetricsPayload | Empty;
   view: View | Empty;
+  dense_map: DenseMap | Empty;
   layer_chart: Figure | Empty;
   gallery: Gallery | Empty;
   status: Status;

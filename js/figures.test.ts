@@ -1,5 +1,7 @@
 import { describe, expect, it } from "vitest";
-import { cellInfo, cellsOf, decodeTree, DROPPED, firstDivergence, KEPT, NOT_ALLOWED, PARTLY_KEPT, timeText, visibleToken, weightText } from "./figures";
+import { cellInfo, cellsOf, decodeTree, DROPPED, firstDivergence, KEPT, NOT_ALLOWED, PARTLY_KEPT, timeText, visibleToken, weightText,
+  withDenseMap } from "./figures";
+import type { MatrixPayload } from "./contract";
 
 const rows = (m: number[][]) => m.map((r) => Float32Array.from(r));
 const f2 = (m: number[][]) => {
@@ -18,6 +20,26 @@ describe("decodeTree", () => {
     expect(Number.isNaN(z[0][1])).toBe(true);
     expect(tree.data[0].x).toEqual([0, 1]);
     expect(tree.layout).toEqual({ title: { text: "t" } });
+  });
+});
+
+describe("withDenseMap", () => {
+  const shown = { layer: 2, head: -1, region: [0, 2, 0, 2], figure: { data: [{ name: "dense" }, { name: "sparse", z: rows([[1]]) }], layout: {} } };
+  const z = f2([[1, NaN], [0.5, 0.5]]) as unknown as MatrixPayload;
+  it("puts the dense values into the view they belong to", () => {
+    const filledIn = withDenseMap(shown, { layer: 2, head: -1, region: [0, 2, 0, 2], z });
+    const dense = filledIn.figure.data[0].z as Float32Array[];
+    expect(Array.from(dense[1])).toEqual([0.5, 0.5]);
+    expect(filledIn.figure.data[1]).toBe(shown.figure.data[1]);
+    expect(shown.figure.data[0]).toEqual({ name: "dense" }); // the decoded view itself is left alone
+  });
+  it("leaves a view whose dense values have not come (another layer, head or region, or none yet)", () => {
+    for (const other of [{ layer: 1, head: -1, region: [0, 2, 0, 2] }, { layer: 2, head: 0, region: [0, 2, 0, 2] },
+      { layer: 2, head: -1, region: [0, 1, 0, 2] }]) {
+      expect(withDenseMap(shown, { ...other, z })).toBe(shown);
+    }
+    expect(withDenseMap(shown, {})).toBe(shown);
+    expect(withDenseMap(shown, undefined)).toBe(shown);
   });
 });
 

@@ -1,6 +1,6 @@
 // Figures come from the kernel (src/attnsparse_widget/figures.py: the one definition the widget draws and the
 // exports render); here they are decoded and read back for the tooltip. Pure functions, unit-tested without a browser.
-import type { MatrixPayload, MetricsPayload } from "./contract";
+import { filled, type DenseMap, type Empty, type MatrixPayload, type MetricsPayload } from "./contract";
 import { decodeMatrix, isMatrixPayload } from "./payload";
 
 export type { Figure } from "./contract";
@@ -24,6 +24,25 @@ export function decodeTree<T>(value: T): Decoded<T> {
 export function visibleToken(s: string): string {
   if (s === "") return "∅";
   return s.replace(/\r?\n/g, "↵").replace(/\t/g, "⇥");
+}
+
+/** What withDenseMap reads and rebuilds of a decoded view. */
+export interface DenseTarget {
+  layer: number;
+  head: number;
+  region: number[];
+  figure: { data: Record<string, unknown>[]; layout: Record<string, unknown> };
+}
+
+/** The view with its dense panel's values put in from the `dense_map` trait (sent apart, only when they change),
+ *  when that map is the view's own: the same layer, head and region. Otherwise the view as it is (its dense panel
+ *  stays empty until its values come, in the same message as the view whenever they change). */
+export function withDenseMap<V extends DenseTarget>(view: V, dense: DenseMap | Empty | undefined): V {
+  if (!dense || !filled(dense)) return view;
+  if (dense.layer !== view.layer || dense.head !== view.head || dense.region.join() !== view.region.join()) return view;
+  const z = decodeMatrix(dense.z);
+  const data = view.figure.data.map((trace) => (trace.name === "dense" ? { ...trace, z } : trace));
+  return { ...view, figure: { ...view.figure, data } };
 }
 
 // cell states, as figures.py codes them

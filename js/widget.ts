@@ -8,7 +8,8 @@ import { filled, type AdaptMessage, type AdaptState, type CancelAdaptMessage, ty
   type Figure, type Gallery, type Info, type MetricsPayload, type PaintedMessage, type Status, type View,
   type WidgetState } from "./contract";
 import { decodeMatrix } from "./payload";
-import { cellInfo, cellsOf, decodeTree, firstDivergence, timeText, visibleToken, weightText, type Cells, type Decoded } from "./figures";
+import { cellInfo, cellsOf, decodeTree, firstDivergence, timeText, visibleToken, weightText, withDenseMap, type Cells,
+  type Decoded } from "./figures";
 import { galleryFigure, galleryOrder, restitch, slotAt, slotInfo, type SortKey } from "./gallery";
 import "./widget.css";
 
@@ -164,6 +165,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
   let gallery: { g: Gallery; dense: Float32Array[]; sparse: Float32Array[]; order: [number, number][] } | null = null;
   // the output traits as read by the painters: {} before their first value, so every key may be missing
   const infoOf = (): Partial<Info> => m.get("info") ?? {};
+  const tokensOf = (): string[] => m.get("tokens") ?? [];
   const metricsOf = (): Partial<MetricsPayload> => m.get("metrics") ?? {};
 
   // every change of an input trait is marked, so a browser test can time "slider released → heatmaps repainted"
@@ -379,7 +381,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
     const heavy = v.drops ?? [];
     if (heavy.length) {
       drops.appendChild(h("span", {}, "heaviest dropped pairs (dense weight): "));
-      const name = (p: number) => (v.factor > 1 ? `${p}…` : JSON.stringify(visibleToken(info.tokens?.[p] ?? "")));
+      const name = (p: number) => (v.factor > 1 ? `${p}…` : JSON.stringify(visibleToken(tokensOf()[p] ?? "")));
       heavy.forEach((d, i) => drops.appendChild(h("span", { class: "asw-drop" }, `${i ? " · " : ""}${name(d.q)} → ${name(d.k)} ${weightText(d.w)}`)));
     } else {
       drops.textContent = "no pair with dense weight was dropped in this view";
@@ -471,7 +473,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
     nextTok.replaceChildren();
     if (next && v.position !== undefined) {
       if (document.activeElement !== positionInput) positionInput.value = String(v.position);
-      nextTok.appendChild(h("div", {}, `after position ${v.position} (${JSON.stringify(visibleToken(info.tokens?.[v.position] ?? ""))}):`));
+      nextTok.appendChild(h("div", {}, `after position ${v.position} (${JSON.stringify(visibleToken(tokensOf()[v.position] ?? ""))}):`));
       const both = new Set(next.dense.map(([t]) => t).filter((t) => next.sparse.some(([s]) => s === t)));
       const table = h("table");
       for (const name of ["dense", "sparse", "adapted"] as const) {
@@ -505,7 +507,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
     on(mainPlot, "plotly_hover", (ev: PlotlyEvent) => {
       const pt = ev?.points?.[0];
       const idx = pt?.pointNumber ?? pt?.pointIndex;
-      if (cells && Array.isArray(idx)) showTip(ev, cellInfo(cells, infoOf().tokens ?? [], idx[0], idx[1]));
+      if (cells && Array.isArray(idx)) showTip(ev, cellInfo(cells, tokensOf(), idx[0], idx[1]));
     });
     on(mainPlot, "plotly_unhover", hideTip);
     on(mainPlot, "plotly_click", (ev: PlotlyEvent) => { const pt = ev?.points?.[0]; if (pt && typeof pt.y === "number") set("position", pt.y); });
@@ -545,7 +547,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
   const onView = () => {
     performance.mark("attnsparse:view-arrived");
     const sent = m.get("view");
-    view = filled(sent) && sent.figure ? decodeTree(sent) : null;
+    view = filled(sent) && sent.figure ? withDenseMap(decodeTree(sent), m.get("dense_map")) : null;
     cells = view ? cellsOf(view) : null;
     // tell the kernel once this is on screen: it waits (briefly) before its next stage takes every core
     const painted: PaintedMessage = { type: "painted" };
@@ -555,7 +557,15 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
   m.on("change:mask", () => { paintParams(); paintControls(); });
   m.on("change:mask_params", paintParams);
   m.on("change:info", () => { paintParams(); paintControls(); gallery = null; });
-  m.on("change:view", onView);
+  // the view and its dense values change in one message (two events): one repaint for both
+  let viewQueued = false;
+  const queueView = () => {
+    if (viewQueued) return;
+    viewQueued = true;
+    queueMicrotask(() => { viewQueued = false; onView(); });
+  };
+  m.on("change:view", queueView);
+  m.on("change:dense_map", queueView);
   m.on("change:metrics", () => { paintSparsity(); paintAdapt(); invalidate("output", "mask"); });
   m.on("change:adaptation", paintAdapt);
   for (const name of ["adapt_steps", "compare_with", "mask", "sparsity"] as const) m.on(`change:${name}`, paintAdapt);

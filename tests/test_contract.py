@@ -288,9 +288,13 @@ def res():
 
 
 def test_view_payloads_conform(res):
-    assert_conforms(view_payload(res, 0, -1), contract.View)
     n = len(res.tokens)
-    assert_conforms(view_payload(res, res.n_layers - 1, 1, [1, n, 0, n - 1]), contract.View)
+    for layer, head, region in ((0, -1, None), (res.n_layers - 1, 1, [1, n, 0, n - 1])):
+        view, dense = view_payload(res, layer, head, region)
+        assert_conforms(view, contract.View)
+        assert_conforms(dense, contract.DenseMap)
+        assert [dense["layer"], dense["head"], dense["region"]] == [view["layer"], view["head"], view["region"]]
+        assert "z" not in view["figure"]["data"][0] and view["figure"]["data"][0]["name"] == "dense"
 
 
 def test_gallery_info_and_metrics_payloads_conform(res):

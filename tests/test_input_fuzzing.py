@@ -292,7 +292,7 @@ def test_widget_on_fuzzed_text(tiny, text):
     try:
         w = AttentionDiffWidget(tiny, threaded=False, text=text, per_layer=False)
         if text.strip() and "\x00" not in text:
-            assert w.status["error"] is None and w.info["tokens"] == w.result.tokens
+            assert w.status["error"] is None and w.tokens == w.result.tokens
         else:
             assert w.status["error"]
         w.text = "The cat sat on the mat."

@@ -39,8 +39,13 @@ def f16(entry):
     return np.frombuffer(entry["data"], np.float16).reshape(rows, cols).astype(np.float32)
 
 
-def trace(view, name):
-    """The decoded z of the main figure's trace ``name`` (NaN where blank)."""
+def trace(w, name):
+    """The decoded z of the main figure's trace ``name`` (NaN where blank), as the frontend composes it: the dense
+    values come in the ``dense_map`` trait, which must belong to the view shown."""
+    view = w.view
+    if name == "dense":
+        assert [w.dense_map[k] for k in ("layer", "head", "region")] == [view[k] for k in ("layer", "head", "region")]
+        return f16(w.dense_map["z"])
     return f16(next(d for d in view["figure"]["data"] if d["name"] == name)["z"])
 
 
@@ -51,7 +56,7 @@ def test_first_render_state(tiny):
     assert w.info["n_tokens"] == n and w.info["n_layers"] == 3 and w.info["n_heads"] == 4
     assert abs(w.metrics["achieved_sparsity"] - 0.5) < 0.05
     assert len(w.metrics["per_layer_delta_ppl"]) == 3 and len(w.metrics["cumulative_delta_ppl"]) == 3
-    dense, sparse = trace(w.view, "dense"), trace(w.view, "sparse")
+    dense, sparse = trace(w, "dense"), trace(w, "sparse")
     assert dense.shape == (n, n) and w.view["factor"] == 1
     res = w.result
     allowed = np.tril(np.ones((n, n), bool))
@@ -77,13 +82,18 @@ def test_payloads_travel_as_binary_buffers(tiny):
     sent = [kwargs.get("data", args[0] if args else {}) for args, kwargs in w.comm.messages]
     updates = [d for d in sent if d.get("method") == "update"]
     buffer_paths = [p for u in updates for p in u.get("buffer_paths", [])]
-    assert ["view", "figure", "data", 0, "z", "data"] in buffer_paths  # the dense map
     assert ["view", "figure", "data", 1, "z", "data"] in buffer_paths  # the sparse map
+    assert not any(p[0] == "dense_map" for p in buffer_paths)  # the dense map is as it was: not sent again
+    w.comm.messages.clear()
+    w.layer = 1
+    sent = [kwargs.get("data", args[0] if args else {}) for args, kwargs in w.comm.messages]
+    updates = [d for d in sent if d.get("method") == "update"]
+    assert ["dense_map", "z", "data"] in [p for u in updates for p in u.get("buffer_paths", [])]  # another layer
     for u in updates:  # no attention values as JSON lists of floats
         view = u["state"].get("view")
         if view:
             for d in view["figure"]["data"]:
-                assert "data" not in d["z"] and set(d["z"]) == {"shape", "dtype"}
+                assert "z" not in d or ("data" not in d["z"] and set(d["z"]) == {"shape", "dtype"})
 
 
 def sent_updates(w, act):
@@ -121,6 +131,10 @@ def test_an_interaction_sends_each_payload_once_and_progress_at_most_ten_a_secon
         ]
         assert all(b - a >= widget_module.PROGRESS_INTERVAL_S for a, b in zip(within, within[1:], strict=False))
     assert sent_updates(w, lambda: setattr(w, "head", 1)) == []  # the same value: nothing at all
+    # a new sparsity or mask leaves the text's tokens and the dense values alone: they are not sent again
+    for act in (lambda: setattr(w, "sparsity", 0.5), lambda: setattr(w, "mask", "sliding_window")):
+        assert not {"tokens", "dense_map", "info:tokens"} & {k for _, state in sent_updates(w, act) for k in state}
+    assert "tokens" in {k for _, state in sent_updates(w, lambda: setattr(w, "text", TEXT + " again")) for k in state}
     # the throttled curve still ends complete, in the chart and in the metrics
     assert None not in w.metrics["per_layer_delta_ppl"] and len(w.metrics["per_layer_delta_ppl"]) == 3
     bars = w.layer_chart["data"][0]
@@ -140,11 +154,11 @@ def test_progress_within_a_stage_goes_at_most_once_per_interval(tiny):
 def test_sparsity_and_mask_changes_rerun_only_the_sparse_pass(tiny):
     w = AttentionDiffWidget(tiny, threaded=False, text=TEXT, mask="sink_window", sparsity=0.3)
     first = w.result
-    before = trace(w.view, "sparse")
+    before = trace(w, "sparse")
     w.sparsity = 0.8
     assert w.result.dense is first.dense  # dense pass reused
     assert w.metrics["achieved_sparsity"] > 0.6
-    assert not np.array_equal(before, trace(w.view, "sparse"), equal_nan=True)
+    assert not np.array_equal(before, trace(w, "sparse"), equal_nan=True)
     # the frontend sets a trait the way a dropdown change does
     w._handle_msg(
         {"content": {"data": {"method": "update", "state": {"mask": "topk"}, "buffer_paths": []}}, "buffers": []}
@@ -163,15 +177,15 @@ def test_view_changes_run_no_model(tiny, monkeypatch):
     assert calls == []
     assert w.view["layer"] == 2 and w.view["head"] == 3 and w.view["region"] == [10, 30, 0, 20]
     expected = np.where(np.tril(np.ones((40, 40), bool))[10:30, 0:20], w.result.attention(2)[3, 10:30, 0:20], np.nan)
-    np.testing.assert_allclose(trace(w.view, "dense"), expected, atol=1e-3)
+    np.testing.assert_allclose(trace(w, "dense"), expected, atol=1e-3)
 
 
 def test_long_input_is_pooled_and_zoom_gives_full_resolution(tiny):
     text = "abcdefghij" * 30  # 300 tokens: above the 256-cell overview
     w = AttentionDiffWidget(tiny, threaded=False, text=text, mask="sliding_window", sparsity=0.9)
-    assert w.view["factor"] == 2 and w.view["figure"]["data"][0]["z"]["shape"] == [150, 150]
+    assert w.view["factor"] == 2 and w.dense_map["z"]["shape"] == [150, 150]
     w.zoom = [200, 300, 150, 300]
-    assert w.view["factor"] == 1 and w.view["figure"]["data"][0]["z"]["shape"] == [100, 150]
+    assert w.view["factor"] == 1 and w.dense_map["z"]["shape"] == [100, 150] and w.dense_map["region"] == w.zoom
 
 
 def test_errors_show_in_the_widget_and_it_stays_usable(tiny):

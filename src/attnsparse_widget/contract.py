@@ -98,7 +98,9 @@ class View(_ViewKeys, total=False):
     masked: the masked pass beside the dense one: "sparse" (the mask forced on the model) or "adapted".
     region: ``[q0, q1, k0, k1]``, half-open query and key ranges of the tokens shown.
     factor: tokens per cell and axis (1: full resolution; more when a long text is pooled).
-    figure: the main figure, dense | sparse | sparse − dense heatmaps (one trace each, named by panel).
+    figure: the main figure, dense | sparse | sparse − dense heatmaps (one trace each, named by panel); the dense
+        trace has no ``z``: its values travel in the ``dense_map`` trait, sent only when they change (a mask or
+        sparsity change leaves them as they are).
     mask_figure: the keep-pattern figure (the Mask tab).
     states: uint8 code per cell (figures.NOT_ALLOWED 0, KEPT 1, PARTLY_KEPT 2, DROPPED 3), for the tooltip.
     kept_pct: uint8 percentage of each cell's allowed pairs the mask keeps, for the tooltip.
@@ -109,6 +111,23 @@ class View(_ViewKeys, total=False):
 
     position: int
     next_tokens: NextTokens
+
+
+class DenseMap(TypedDict):
+    """The ``dense_map`` trait: the values of the main view's dense panel (:func:`payload.view_payload`), apart from
+    the view so that they go only when they change. The frontend puts ``z`` into the view's dense trace when
+    ``layer``, ``head`` and ``region`` are the view's own.
+
+    layer: the layer shown.
+    head: the head shown, -1 for the mean over heads.
+    region: ``[q0, q1, k0, k1]``, as the view's.
+    z: the dense panel's cells (float16; NaN where no pair is allowed).
+    """
+
+    layer: int
+    head: int
+    region: list[int]
+    z: MatrixPayload
 
 
 class Gallery(TypedDict):
@@ -250,8 +269,8 @@ class Info(TypedDict):
     n_layers: attention layers.
     n_heads: query heads per layer.
     n_kv_heads: key/value heads per layer (fewer than n_heads under grouped-query attention).
-    n_tokens: tokens analysed (after any truncation to max_tokens).
-    tokens: the tokens as readable strings.
+    n_tokens: tokens analysed (after any truncation to max_tokens); the tokens themselves are the ``tokens`` trait
+        (sent once per text: a mask or sparsity change, which changes ``mask_label``, does not send them again).
     causal: whether the model is causal (False: an encoder, no next-token head).
     mask: the mask's id.
     mask_label: the mask with its parameters, e.g. ``sink_window(sinks=4, window=60)``.
@@ -266,7 +285,6 @@ class Info(TypedDict):
     n_heads: int
     n_kv_heads: int
     n_tokens: int
-    tokens: list[str]
     causal: bool
     mask: str
     mask_label: str
@@ -413,8 +431,9 @@ class WidgetState(TypedDict):
     sparsity, mask_params, layer, head, zoom (``[q0, q1, k0, k1]`` or ``[]``), position (-1: the last), per_layer,
     time_attention (measure the attention time),
     max_tokens, export_path, compare_with ("sparse" or "adapted": the masked pass shown), adapt_steps. Outputs
-    (computed by the kernel): catalog, caveat, info, metrics, view, layer_chart (the per-layer perplexity figure),
-    gallery, status, adaptation."""
+    (computed by the kernel): catalog, caveat, info, tokens (the tokens as readable strings), metrics, view,
+    dense_map (the view's dense values), layer_chart (the per-layer perplexity figure), gallery, status,
+    adaptation."""
 
     text: str
     mask: str
@@ -427,8 +446,10 @@ class WidgetState(TypedDict):
     catalog: list[CatalogEntry]
     caveat: str
     info: Info | Empty
+    tokens: list[str]
     metrics: MetricsPayload | Empty
     view: View | Empty
+    dense_map: DenseMap | Empty
     layer_chart: Figure | Empty
     gallery: Gallery | Empty
     status: Status
@@ -448,6 +469,7 @@ __all__ = [
     "CatalogEntry",
     "ContinuationTokens",
     "Continuations",
+    "DenseMap",
     "Drop",
     "DownloadMessage",
     "Empty",

@@ -21,6 +21,7 @@ from .contract import (
     AdaptState,
     Continuations,
     ContinuationTokens,
+    DenseMap,
     Empty,
     Figure,
     Gallery,
@@ -59,26 +60,31 @@ def with_binary_arrays(value: Any) -> Any:
 
 def view_payload(
     res: Comparison, layer: int, head: int, region: list[int] | None = None, which: str = "sparse"
-) -> View:
+) -> tuple[View, DenseMap]:
     """The main view and the mask preview of ``layer`` and ``head`` (-1: mean over heads), ready to send; the masked
-    pass beside the dense one is ``which`` ("sparse": post-hoc, or "adapted").
+    pass beside the dense one is ``which`` ("sparse": post-hoc, or "adapted"). The dense panel's values go apart,
+    as the :class:`~attnsparse_widget.contract.DenseMap`: they stay the same while only the mask changes.
 
     Besides the two figures: per cell, its state code (figures.NOT_ALLOWED, KEPT, PARTLY_KEPT, DROPPED) and the
     percentage of its pairs kept (the tooltip's data), and the heaviest dropped pairs. The widget adds ``position``
     and ``next_tokens`` for a language model."""
     view = map_view(res, layer, head, region, which=which)
-    return {
+    figure = with_binary_arrays(main_figure(view, res.tokens, view_title(res, view)))
+    dense = next(trace for trace in figure["data"] if trace["name"] == "dense")
+    dense_map: DenseMap = {"layer": layer, "head": head, "region": list(view.region), "z": dense.pop("z")}
+    payload: View = {
         "masked": which,
         "layer": layer,
         "head": head,
         "region": list(view.region),
         "factor": view.factor,
-        "figure": with_binary_arrays(main_figure(view, res.tokens, view_title(res, view))),
+        "figure": figure,
         "mask_figure": with_binary_arrays(mask_figure(view, mask_label(res))),
         "states": matrix(view.states(), "u1"),
         "kept_pct": matrix(np.round(100 * np.nan_to_num(view.kept_fraction())).astype(np.uint8), "u1"),
         "drops": heavy_drops(view),
     }
+    return payload, dense_map
 
 
 def mask_label(res: Comparison) -> str:
@@ -132,7 +138,6 @@ def info_payload(res: Comparison) -> Info:
         "n_heads": res.n_heads,
         "n_kv_heads": res.n_kv_heads,
         "n_tokens": len(res.tokens),
-        "tokens": res.tokens,
         "causal": res.causal,
         "mask": res.mask.id,
         "mask_label": res.mask_label,

@@ -26,7 +26,7 @@ import traitlets as t
 
 from . import masks, pipeline
 from .adapt import DEFAULT_STEPS, Adaptation, adaptation_steps, estimate_seconds
-from .contract import AdaptState, Empty, Figure, Gallery, Info, MetricsPayload, NextTokens, Status, View
+from .contract import AdaptState, DenseMap, Empty, Figure, Gallery, Info, MetricsPayload, NextTokens, Status, View
 from .export import gif_bytes
 from .files import writable, write_atomically
 from .messages import CAVEAT, curve_skipped_note
@@ -99,8 +99,10 @@ class AttentionDiffWidget(anywidget.AnyWidget):
     catalog: t.List[Any] = t.List().tag(sync=True)
     caveat = t.Unicode(CAVEAT).tag(sync=True)
     info = cast("t.TraitType[Any, Info | Empty]", t.Dict().tag(sync=True))
+    tokens = t.List(t.Unicode()).tag(sync=True)  # the tokens as readable strings (apart from info: sent once a text)
     metrics = cast("t.TraitType[Any, MetricsPayload | Empty]", t.Dict().tag(sync=True))
     view = cast("t.TraitType[Any, View | Empty]", t.Dict().tag(sync=True))
+    dense_map = cast("t.TraitType[Any, DenseMap | Empty]", t.Dict().tag(sync=True))  # the view's dense values
     # the per-layer perplexity figure (fills in as it is computed)
     layer_chart = cast("t.TraitType[Any, Figure | Empty]", t.Dict().tag(sync=True))
     gallery = cast("t.TraitType[Any, Gallery | Empty]", t.Dict().tag(sync=True))
@@ -367,6 +369,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             self._painted.clear()
             with self.hold_sync():  # the main view and the headline metrics, in one message
                 self.info = info_payload(res)
+                self.tokens = list(res.tokens)  # sent only when the text's tokens changed
                 self.metrics = metrics_payload(res)
                 self._publish_view(res)
                 self._status(True, pipeline.ATTENTION_METRICS, started, progress=0.0)
@@ -554,15 +557,19 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         return self._result, kwargs
 
     def _publish_view(self, res: Comparison) -> None:
+        """The main view, its dense values (sent only when they changed: traitlets sends no equal value) and the
+        per-layer chart, in one message."""
         layer = min(max(self.layer, 0), res.n_layers - 1)
         head = self.head if -1 <= self.head < res.n_heads else -1
-        view = view_payload(res, layer, head, self.zoom or None, which=self._masked(res))
+        view, dense = view_payload(res, layer, head, self.zoom or None, which=self._masked(res))
         if res.metrics.dense_ppl is not None:
             position = self.position if -len(res.tokens) <= self.position < len(res.tokens) else -1
             view["position"] = position % len(res.tokens)
             view["next_tokens"] = cast(NextTokens, res.next_token_top(position, k=5))
-        self.view = view
-        self._publish_layer_chart(res)
+        with self.hold_sync():
+            self.dense_map = dense
+            self.view = view
+            self._publish_layer_chart(res)
 
     def _publish_layer_chart(self, res: Comparison) -> None:
         """The per-layer chart from the metrics as far as they are computed."""

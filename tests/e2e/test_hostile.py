@@ -36,7 +36,7 @@ HOSTILE_CELLS = [
     """import json
 w.wait(300)
 w.result.to_html("hostile.html", overwrite=True)
-print("KERNEL", json.dumps({"tokens": w.info["tokens"], "continuations": w.metrics["continuation_tokens"],
+print("KERNEL", json.dumps({"tokens": w.tokens, "continuations": w.metrics["continuation_tokens"],
                             "text": w.text}))""",
 ]
 RAPID_TEXT = "The lighthouse keeper wrote in his log every evening. The storm came from the west."
