@@ -36,7 +36,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import attnsparse_widget as aw
 from attnsparse_widget import kernels, masks
-from attnsparse_widget.capture import Plan, attention_active, layer_indexer
+from attnsparse_widget.capture import Plan, attention_active
+from attnsparse_widget.introspect import layer_indexer
 from attnsparse_widget.models import cache_root
 from attnsparse_widget.widget import AttentionDiffWidget
 

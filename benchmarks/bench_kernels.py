@@ -25,7 +25,8 @@ import torch
 from common import default_model, ids_of, median_seconds, seconds, text_of
 
 from attnsparse_widget import kernels, masks
-from attnsparse_widget.capture import Plan, attention_active, eager_scores, layer_indexer, softmax_float32
+from attnsparse_widget.capture import Plan, attention_active, eager_scores, softmax_float32
+from attnsparse_widget.introspect import layer_indexer
 
 HEADS, KV_HEADS, DIM = 9, 3, 64
 MASKS = ("sliding_window", "sink_window", "nsa", "topk")

@@ -12,7 +12,8 @@ import torch
 
 import attnsparse_widget as aw
 from attnsparse_widget import masks
-from attnsparse_widget.capture import Plan, attention_active, input_device, layer_indexer
+from attnsparse_widget.capture import Plan, attention_active
+from attnsparse_widget.introspect import input_device, layer_indexer
 
 LENGTHS = (128, 512, 2048)
 

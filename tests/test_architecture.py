@@ -1,9 +1,10 @@
-"""The package's shape: no import cycles between its modules (lazy imports inside functions count; imports only
-for type checkers do not), and the engine's layers import downwards only."""
+"""The package's shape: every import goes down ARCHITECTURE.md's layers, and none goes around a loop (lazy imports
+inside functions count; imports only for type checkers do not)."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,46 @@ def test_the_contract_and_the_texts_are_leaves():
     edges = graph()
     assert edges["attnsparse_widget.contract"] == set()
     assert edges["attnsparse_widget.messages"] == set()
+
+
+ARCHITECTURE = PACKAGE.parent.parent / "ARCHITECTURE.md"
+
+
+def layers() -> dict[str, int]:
+    """ARCHITECTURE.md's "The layers": each module's layer, bottom first (a package such as masks/ is one module)."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    section = text[text.index("## The layers") :]
+    section = section[: section.index("\n## ", 1)]
+    found: dict[str, int] = {}
+    for line in section.splitlines():
+        numbered = re.match(r"(\d+)\. (.*)", line)
+        if numbered:
+            for name in re.findall(r"`(\w+)`", numbered.group(2).split(":")[0]):
+                assert name not in found, f"ARCHITECTURE.md puts {name} in two layers"
+                found[name] = int(numbered.group(1))
+    return found
+
+
+def layer_of(module: str) -> str:
+    """The layer list's name of a package module (a subpackage's modules are the subpackage)."""
+    return module.removeprefix("attnsparse_widget.").split(".")[0]
+
+
+def test_every_import_goes_down_the_layers():
+    order = layers()
+    edges = {m: deps for m, deps in graph().items() if m != "attnsparse_widget"}
+    missing = sorted({layer_of(m) for m in edges} - set(order))
+    assert not missing, f"modules missing from ARCHITECTURE.md's layers: {missing}"
+    upward = sorted(
+        f"{layer_of(a)} (layer {order[layer_of(a)]}) imports {layer_of(b)} (layer {order[layer_of(b)]})"
+        for a, deps in edges.items()
+        for b in deps
+        if layer_of(a) != layer_of(b) and order[layer_of(b)] >= order[layer_of(a)]
+    )
+    assert not upward, "imports that do not go down the layers:\n" + "\n".join(upward)
+
+
+def test_the_layer_check_reads_the_list():
+    order = layers()
+    assert order["files"] == 1 and order["cli"] == max(order.values())
+    assert order["capture"] > order["introspect"] and order["pipeline"] > order["measure"]

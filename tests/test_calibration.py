@@ -16,8 +16,9 @@ import pytest
 import torch
 from tiny_models import build
 
-from attnsparse_widget import costs, masks, sample_texts
-from attnsparse_widget.capture import Plan, attention_active, layer_attention, layer_indexer, num_layers
+from attnsparse_widget import costs, introspect, masks, sample_texts
+from attnsparse_widget.capture import Plan, attention_active, layer_attention
+from attnsparse_widget.introspect import layer_indexer, num_layers
 from attnsparse_widget.masks.base import (
     SPARSITY_TOLERANCE,
     MaskContext,
@@ -191,7 +192,7 @@ def test_costs_reuses_the_mask_arithmetic(default_model):
         for s in (0.0, 0.3, 0.9):
             assert costs.budget_for_sparsity(t, s) == window_for_sparsity(s, t)
     model, _ = default_model
-    assert costs.text_config(model) is costs.text_config(model.config)
+    assert introspect.text_config(model) is introspect.text_config(model.config)
 
 
 # ------------------------------------------------------------------------------- a calibrated pass of a real model

@@ -17,7 +17,8 @@ from tiny_models import ToyTokenizer, build, configs
 import attnsparse_widget as aw
 from attnsparse_widget import masks, passes
 from attnsparse_widget import store as store_module
-from attnsparse_widget.capture import Plan, attention_active, layer_indexer, num_layers
+from attnsparse_widget.capture import Plan, attention_active
+from attnsparse_widget.introspect import layer_indexer, num_layers
 from attnsparse_widget.measure import output_metrics
 from attnsparse_widget.metrics import Metrics
 from attnsparse_widget.store import AttentionStore

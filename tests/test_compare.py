@@ -14,7 +14,8 @@ from tiny_models import ToyTokenizer, build
 
 import attnsparse_widget as aw
 from attnsparse_widget import masks
-from attnsparse_widget.capture import Plan, attention_active, layer_indexer, layer_stack
+from attnsparse_widget.capture import Plan, attention_active
+from attnsparse_widget.introspect import layer_indexer, layer_stack
 from attnsparse_widget.metrics import token_nll
 
 pytestmark = pytest.mark.model

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from transformers import BertConfig, DeepseekV3Config, LlamaConfig, LlavaConfig, MixtralConfig
 
-from attnsparse_widget import costs
+from attnsparse_widget import costs, introspect
 
 pytestmark = pytest.mark.unit
 
@@ -90,7 +90,7 @@ def test_attention_flops_quadratic_in_length():
 def test_mla_head_dims_use_nope_plus_rope_not_head_dim():
     config = DeepseekV3Config()
     assert config.head_dim == 64  # transformers stores only the RoPE part here
-    assert costs.head_dims(config) == (128 + 64, 128)
+    assert introspect.head_dims(config) == (128 + 64, 128)
     out = costs.attention_flops(config, 4)
     pairs = 10
     assert out["qk"] == 2 * 192 * pairs * 128 * 61 and out["pv"] == 2 * 128 * pairs * 128 * 61
@@ -99,7 +99,7 @@ def test_mla_head_dims_use_nope_plus_rope_not_head_dim():
 def test_head_dim_falls_back_to_hidden_over_heads():
     config = BertConfig(hidden_size=48, num_attention_heads=3, num_hidden_layers=2)
     assert getattr(config, "head_dim", None) is None
-    assert costs.head_dims(config) == (16, 16)
+    assert introspect.head_dims(config) == (16, 16)
     assert costs.kv_values_per_token_per_layer(config) == 2 * 3 * 16  # no num_key_value_heads: one per head
 
 

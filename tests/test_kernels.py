@@ -17,7 +17,8 @@ from tiny_models import ToyTokenizer, build, configs
 
 import attnsparse_widget as aw
 from attnsparse_widget import costs, kernels, masks, measure
-from attnsparse_widget.capture import Plan, attention_active, layer_indexer
+from attnsparse_widget.capture import Plan, attention_active
+from attnsparse_widget.introspect import layer_indexer
 from attnsparse_widget.passes import captured_pass
 
 pytestmark = pytest.mark.model

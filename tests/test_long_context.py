@@ -31,7 +31,8 @@ from tiny_models import ToyTokenizer, build, configs
 import attnsparse_widget as aw
 from attnsparse_widget import capture, masks
 from attnsparse_widget import store as store_module
-from attnsparse_widget.capture import Plan, attention_active, layer_indexer, num_layers
+from attnsparse_widget.capture import Plan, attention_active
+from attnsparse_widget.introspect import layer_indexer, num_layers
 from attnsparse_widget.passes import captured_pass
 from attnsparse_widget.pooling import pool_sum
 from attnsparse_widget.store import AttentionStore

@@ -18,9 +18,9 @@ from model_state import assert_unchanged, snapshot
 from tiny_models import ToyTokenizer, build
 
 import attnsparse_widget as aw
-from attnsparse_widget.capture import layer_stack
 from attnsparse_widget.dense_cache import release_free_memory
 from attnsparse_widget.export import export_gif
+from attnsparse_widget.introspect import layer_stack
 from attnsparse_widget.result import Comparison
 from attnsparse_widget.widget import AttentionDiffWidget
 

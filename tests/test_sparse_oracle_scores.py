@@ -18,7 +18,8 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import eager_mask
 
 from attnsparse_widget import masks
-from attnsparse_widget.capture import Plan, attention_active, layer_indexer, num_layers
+from attnsparse_widget.capture import Plan, attention_active
+from attnsparse_widget.introspect import layer_indexer, num_layers
 from attnsparse_widget.store import AttentionStore
 
 pytestmark = pytest.mark.model

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from . import masks
 from .adapt import Adaptation, adapt
-from .capture import UnsupportedModelError
 from .compare import compare
 from .dense_cache import clear_cache
 from .export import ExportError
+from .introspect import UnsupportedModelError
 from .metrics import Metrics
 from .models import load_model
 from .result import Comparison

@@ -38,8 +38,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
 from . import masks as mask_library
-from .capture import Plan, attention_active, check_supported, layer_indexer, layer_stack
+from .capture import Plan, attention_active
 from .files import write_atomically
+from .introspect import check_supported, layer_indexer, layer_stack
 from .models import PathLike, cache_root, display_name, resolve_model
 from .passes import model_is_causal
 from .texts import ADAPTATION_PROMPTS

@@ -31,30 +31,12 @@ from transformers import AttentionInterface, AttentionMaskInterface, PreTrainedM
 from transformers.masking_utils import eager_mask
 
 from . import kernels
-from .costs import text_config
+from .introspect import check_supported, layer_indexer, layer_stack, unsupported
 from .masks import Mask, MaskContext
 from .masks.base import SPARSITY_TOLERANCE, calibrated_per_layer
 
 Tensor = torch.Tensor
 ATTN_NAME = "attnsparse"
-
-# Families whose attention goes through AttentionInterface (transformers 5.x), for error messages.
-SUPPORTED_FAMILIES = (
-    "Llama/SmolLM2, Qwen2/Qwen3, Mistral, Mixtral, Gemma 1-3, Phi/Phi-3, OLMo, Granite, GPT-2, GPT-NeoX, OPT, "
-    "BERT/RoBERTa/DistilBERT/ELECTRA/ModernBERT"
-)
-
-
-class UnsupportedModelError(TypeError):
-    """The model's attention does not run through transformers' ``AttentionInterface``."""
-
-
-def unsupported(model: nn.Module, why: str) -> UnsupportedModelError:
-    return UnsupportedModelError(
-        f"{type(model).__name__} cannot be analysed: {why}. attnsparse-widget swaps the attention function through "
-        f"transformers' AttentionInterface, which this model class does not use. Families that work: "
-        f"{SUPPORTED_FAMILIES}."
-    )
 
 
 # ------------------------------------------------------------------------------------------------------ the plan
@@ -784,46 +766,6 @@ def register() -> None:
         _registered = True
 
 
-# ---------------------------------------------------------------------------------------------- model structure
-def layer_stack(model: nn.Module) -> nn.ModuleList | None:
-    """The model's list of transformer blocks (``model.model.layers``, ``transformer.h``, ``encoder.layer``...)."""
-    n = num_layers(model)
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n:
-            return module
-    return None
-
-
-def num_layers(model: nn.Module) -> int:
-    config = text_config(model)
-    for name in ("num_hidden_layers", "n_layer", "num_layers"):
-        value = getattr(config, name, None)
-        if isinstance(value, int):
-            return value
-    raise unsupported(model, "its config has no num_hidden_layers")
-
-
-def layer_indexer(model: nn.Module) -> Callable[[nn.Module], int]:
-    """A function mapping an attention module (as passed to the attention function) to its layer index."""
-    stack = layer_stack(model)
-    index: dict[int, int] = {}
-    if stack is not None:
-        for i, block in enumerate(stack):
-            for sub in block.modules():
-                index[id(sub)] = i
-
-    def layer_of(module: nn.Module) -> int:
-        found = index.get(id(module))
-        if found is not None:
-            return found
-        idx = getattr(module, "layer_idx", None)
-        if isinstance(idx, int):
-            return idx
-        raise unsupported(model, "an attention module could not be matched to a layer")
-
-    return layer_of
-
-
 # -------------------------------------------------------------------------------------------- switching a model
 def _configs(model: nn.Module) -> list[Any]:
     """Every config object whose attention implementation a switch may change."""
@@ -839,52 +781,6 @@ def _configs(model: nn.Module) -> list[Any]:
             if sub is not None:
                 pending.append(sub)
     return list(seen.values())
-
-
-def check_supported(model: nn.Module) -> None:
-    """Raise :class:`UnsupportedModelError` for models that do not route attention through the interface."""
-    if not isinstance(model, PreTrainedModel):
-        raise TypeError(
-            f"model must be a transformers PreTrainedModel (or a hub id / local path / (model, tokenizer) tuple), "
-            f"got {type(model).__name__}"
-        )
-    if not type(model)._can_set_attn_implementation():
-        raise unsupported(model, "its attention classes do not call ALL_ATTENTION_FUNCTIONS")
-    if getattr(text_config(model), "reorder_and_upcast_attn", False):
-        raise unsupported(model, "config.reorder_and_upcast_attn=True takes GPT-2's private attention path")
-    if getattr(model.config, "is_encoder_decoder", False):
-        raise UnsupportedModelError(
-            f"{type(model).__name__} is an encoder-decoder model (self-attention in two stacks plus cross-attention); "
-            f"attnsparse-widget analyses one stack of self-attention: use a decoder-only model, or the encoder on its "
-            f"own (e.g. T5EncoderModel.from_pretrained(...), or BartModel(...).get_encoder() saved and loaded as a "
-            f"model)"
-        )
-    if not _dispatched(model) and any(p.device.type == "meta" for p in model.parameters()):
-        raise ValueError(
-            f"{type(model).__name__} has weights on the 'meta' device (a model skeleton without its weights, e.g. "
-            f"built under torch.device('meta') or init_empty_weights()); load real weights first, e.g. "
-            f"from_pretrained(...), or load_checkpoint_and_dispatch(...) from accelerate"
-        )
-
-
-def _dispatched(model: nn.Module) -> bool:
-    """Whether accelerate placed the model (a device map, CPU or disk offloading): its hooks bring the weights."""
-    return bool(getattr(model, "hf_device_map", None)) or any(hasattr(m, "_hf_hook") for m in model.modules())
-
-
-def input_device(model: nn.Module) -> torch.device:
-    """Where the model's inputs go: its parameters' device, or, for a model dispatched by accelerate (device map,
-    offloading to CPU or disk, where parameters may sit on 'meta' until used), the device it executes on."""
-    execution_device = getattr(getattr(model, "_hf_hook", None), "execution_device", None)
-    if execution_device is not None:
-        return torch.device(execution_device)
-    for place in (getattr(model, "hf_device_map", None) or {}).values():
-        if place not in ("disk", "meta"):
-            return torch.device(place)
-    for param in model.parameters():
-        if param.device.type != "meta":
-            return param.device
-    return torch.device("cpu")
 
 
 _model_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .introspect import head_dim, head_dims, is_mla, n_heads, n_kv_heads, text_config
 from .masks.base import allowed_pairs as _allowed_pairs
 from .masks.base import window_count, window_for_sparsity
 
@@ -41,56 +42,13 @@ __all__ = [
     "budget_for_sparsity",
     "budget_sparsity",
     "skippable_tiles",
-    "head_dims",
+    "head_dims",  # the model's shape, from introspect: part of what a cost is computed from
     "n_kv_heads",
     "kv_cache_bytes",
     "kv_values_per_token_per_layer",
     "projection_and_mlp_flops",
     "text_config",
 ]
-
-
-# ------------------------------------------------------------------------------------------------------- config
-def text_config(config: Any) -> Any:
-    """The language-model part of ``config``: ``config.get_text_config()`` where it exists, else ``config``.
-
-    A model may be passed for its config (``model.config``): the one helper for both (:mod:`.capture` uses it too).
-    """
-    if callable(getattr(config, "parameters", None)) and hasattr(config, "config"):  # a model, not a config
-        config = config.config
-    get = getattr(config, "get_text_config", None)
-    return get() if callable(get) else config
-
-
-def _is_mla(config: Any) -> bool:
-    return bool(getattr(config, "kv_lora_rank", None))
-
-
-def _n_heads(config: Any) -> int:
-    return int(config.num_attention_heads)
-
-
-def n_kv_heads(config: Any) -> int:
-    """Key/value heads (``num_key_value_heads``; ``num_attention_heads`` when absent)."""
-    return int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
-
-
-def _head_dim(config: Any) -> int:
-    return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
-
-
-def head_dims(config: Any) -> tuple[int, int]:
-    """``(d_qk, d_v)``: the dimension of each query/key head and of each value head.
-
-    Standard attention: ``(d_h, d_h)`` with ``d_h = head_dim`` (or ``hidden_size // num_attention_heads``).
-    MLA (``kv_lora_rank`` set): ``(qk_nope_head_dim + qk_rope_head_dim, v_head_dim)``, e.g. (192, 128) for
-    DeepSeek-V3. (transformers' DeepSeek configs set ``head_dim`` to the RoPE part only, so it is not used there.)
-    """
-    config = text_config(config)
-    if _is_mla(config):
-        return int(config.qk_nope_head_dim + config.qk_rope_head_dim), int(config.v_head_dim)
-    d = _head_dim(config)
-    return d, d
 
 
 def _check_len(seq_len: Any) -> int:
@@ -161,7 +119,7 @@ def attention_flops(config: Any, seq_len: int, sparsity: float = 0.0, *, causal:
     s = _check_sparsity(sparsity)
     pairs = (1.0 - s) * allowed_pairs(seq_len, causal)
     d_qk, d_v = head_dims(config)
-    heads_layers = _n_heads(config) * int(config.num_hidden_layers)
+    heads_layers = n_heads(config) * int(config.num_hidden_layers)
     qk = 2.0 * d_qk * pairs * heads_layers
     pv = 2.0 * d_v * pairs * heads_layers
     return {"pairs": pairs, "qk": qk, "pv": pv, "total": qk + pv}
@@ -182,9 +140,9 @@ def projection_and_mlp_flops(config: Any, seq_len: int, *, gated_mlp: bool = Tru
     config = text_config(config)
     t = _check_len(seq_len)
     moe_keys = ("n_routed_experts", "num_local_experts", "num_experts")
-    if _is_mla(config) or any(getattr(config, key, None) for key in moe_keys):
+    if is_mla(config) or any(getattr(config, key, None) for key in moe_keys):
         raise ValueError("projection_and_mlp_flops models dense standard-attention decoders only (no MLA, no MoE)")
-    d, h, h_kv, d_h = int(config.hidden_size), _n_heads(config), n_kv_heads(config), _head_dim(config)
+    d, h, h_kv, d_h = int(config.hidden_size), n_heads(config), n_kv_heads(config), head_dim(config)
     layers = int(config.num_hidden_layers)
     d_ff = int(config.intermediate_size)
     qkvo = 2 * t * layers * (d * h * d_h + 2 * d * h_kv * d_h + h * d_h * d)
@@ -204,9 +162,9 @@ def kv_values_per_token_per_layer(config: Any) -> int:
     128 plain heads of 128 dims).
     """
     config = text_config(config)
-    if _is_mla(config):
+    if is_mla(config):
         return int(config.kv_lora_rank) + int(config.qk_rope_head_dim)
-    return 2 * n_kv_heads(config) * _head_dim(config)
+    return 2 * n_kv_heads(config) * head_dim(config)
 
 
 def kv_cache_bytes(config: Any, seq_len: int, dtype_bytes: float = 2, *, cached_tokens: int | None = None) -> int:
@@ -329,15 +287,15 @@ def attention_roofline(
         raise ValueError(f"phase must be 'prefill' or 'decode', got {phase!r}")
     if isinstance(dtype_bytes, bool) or not isinstance(dtype_bytes, (int, float)) or dtype_bytes <= 0:
         raise ValueError(f"dtype_bytes must be a positive number, got {dtype_bytes!r}")
-    h = _n_heads(config)
+    h = n_heads(config)
     d_qk, d_v = head_dims(config)
-    h_kv = h if _is_mla(config) else n_kv_heads(config)
+    h_kv = h if is_mla(config) else n_kv_heads(config)
     cached = d_qk + d_v  # values per token and key/value head that the cache holds
     if phase == "prefill":
         t_q, pairs, t_kv = t, (1.0 - s) * allowed_pairs(t), float(t)
     else:
         t_q, pairs, t_kv = 1, (1.0 - s) * t, (1.0 - s) * t
-        if _is_mla(config):  # the values are the latent itself: the cache holds latent + RoPE key only
+        if is_mla(config):  # the values are the latent itself: the cache holds latent + RoPE key only
             h_kv, d_qk, d_v = 1, int(config.kv_lora_rank) + int(config.qk_rope_head_dim), int(config.kv_lora_rank)
             cached = d_qk
     b = float(dtype_bytes)

@@ -12,8 +12,8 @@ import torch
 
 from . import kernels
 from . import metrics as M
-from .capture import DenseHead, input_device, text_config
-from .costs import head_dims
+from .capture import DenseHead
+from .introspect import head_dims, input_device, text_config
 from .logits import chunks
 from .masks import MaskContext
 from .messages import NOTE_ONE_TOKEN, below_dense_note

@@ -14,21 +14,9 @@ import torch
 from transformers import PreTrainedModel
 
 from . import metrics as M
-from .capture import (
-    LayerOutputs,
-    Plan,
-    QueryKeys,
-    attention_active,
-    capture_layer_outputs,
-    layer_attention,
-    layer_indexer,
-    layer_stack,
-    num_layers,
-    text_config,
-    unsupported,
-)
+from .capture import LayerOutputs, Plan, QueryKeys, attention_active, capture_layer_outputs, layer_attention
 from .compat import cache_kwarg, output_cache, without_cache
-from .costs import head_dims, n_kv_heads
+from .introspect import head_dims, layer_indexer, layer_stack, n_kv_heads, num_layers, text_config, unsupported
 from .logits import chunks, head_can_replay, logits_at, record_base_output, verify_replay
 from .masks import Mask
 from .store import AttentionStore

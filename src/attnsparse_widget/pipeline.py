@@ -30,9 +30,8 @@ from typing import TYPE_CHECKING, Any
 from transformers import PreTrainedTokenizerBase
 
 from . import masks as mask_library
-from .capture import check_supported, layer_stack, num_layers, text_config
-from .costs import n_kv_heads
 from .dense_cache import DENSE_CACHE, DenseCache, release_free_memory
+from .introspect import check_supported, layer_stack, n_kv_heads, num_layers, text_config
 from .masks import Mask
 from .measure import (
     adapted_output_metrics,

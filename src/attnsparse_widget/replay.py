@@ -16,15 +16,9 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from . import metrics as M
-from .capture import (
-    LayerOutputs,
-    Plan,
-    attention_active,
-    layer_indexer,
-    num_layers,
-    start_at_layer,
-)
+from .capture import LayerOutputs, Plan, attention_active, start_at_layer
 from .compat import cache_kwarg
+from .introspect import layer_indexer, num_layers
 from .logits import chunks, logits_at, record_base_output
 from .masks import Mask
 from .passes import PassResult, full_attention_only

@@ -9,10 +9,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .capture import (
-    input_device,
-    text_config,
-)
+from .introspect import input_device, text_config
 
 Tensor = torch.Tensor
 
