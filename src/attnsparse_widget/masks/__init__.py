@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import textwrap
+import warnings
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
@@ -173,11 +174,12 @@ def build(
     """The final boolean keep-mask of pattern ``name`` over ``seq_len`` tokens.
 
     Returns ``[T, T]``, or ``[H, T, T]`` when the pattern differs per head (``scores`` given as ``[H, T, T]``, or a
-    head-dependent pattern with ``n_heads > 1``). Score-dependent patterns need ``scores`` (attention logits).
+    head-dependent pattern with ``n_heads > 1``). Score-dependent patterns need ``scores`` (attention logits); with
+    a ``sparsity``, their budget is sized on these scores (:meth:`Mask.budget_for_scores`, as a sparse pass sizes
+    each layer's), and a request it cannot meet within 0.02 on them is warned about with what they gave.
     """
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
         raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
-    mask = resolve(name, seq_len, sparsity, causal, **params)
     score_t = None
     if scores is not None:
         score_t = torch.as_tensor(np.asarray(scores), dtype=torch.float32)
@@ -185,7 +187,20 @@ def build(
             raise ValueError(f"scores must have shape [T, T] or [H, T, T] with T={seq_len}, got {tuple(score_t.shape)}")
         n_heads = score_t.shape[0] if score_t.dim() == 3 else n_heads
     ctx = MaskContext(causal=causal, layer=layer, n_heads=n_heads, seed=seed)
+    on_scores = sparsity is not None and score_t is not None
+    mask = resolve(name, seq_len, sparsity, causal, warn=not on_scores, **params)
+    if on_scores and calibrated_per_layer(mask):
+        assert sparsity is not None and score_t is not None
+        budget = mask.budget_for_scores(sparsity, score_t, ctx)
+        mask = mask.with_budget(budget)
     keep = mask.keep(seq_len, scores=score_t, ctx=ctx)
+    if on_scores and mask.budget is not None:
+        assert sparsity is not None
+        achieved = sparsity_of(keep, causal)
+        budgets = {layer: getattr(mask, mask.budget)} if calibrated_per_layer(mask) else None
+        shortfall = sparsity_shortfall(mask, sparsity, achieved, seq_len, causal, budgets=budgets)
+        if shortfall is not None:
+            warnings.warn(shortfall, SparsityOutOfReach, stacklevel=2)
     if keep.shape[0] == 1 and (score_t is None or score_t.dim() == 2):
         keep = keep[0]
     return keep.cpu().numpy()
