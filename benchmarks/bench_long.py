@@ -28,7 +28,7 @@ from bench_memory import PeakSampler
 from common import default_model, fmt_bytes, plain_forward, seconds, text_of
 
 import attnsparse_widget as aw
-from attnsparse_widget.pipeline import stages
+from attnsparse_widget.pipeline import Request, stages
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
@@ -54,7 +54,8 @@ def one_length(run: tuple[Any, Any], n: int, mask: str, sparsity: float) -> None
         spent: dict[str, float] = {}
         start = time.perf_counter()
         res = None
-        for progress in stages(run, text, mask, sparsity - 0.05, per_layer=False, continuation_tokens=0):
+        request = Request(text, mask, sparsity - 0.05, per_layer=False, continuation_tokens=0)
+        for progress in stages(run, request):
             now = time.perf_counter()
             spent[progress.stage] = spent.get(progress.stage, 0.0) + now - start
             start = now

@@ -33,13 +33,13 @@ from attnsparse_widget.compat import cache_kwarg, output_cache
 from attnsparse_widget.measure import output_metrics, sparsity_metrics
 from attnsparse_widget.metrics import Metrics
 from attnsparse_widget.passes import captured_pass
-from attnsparse_widget.pipeline import stages
+from attnsparse_widget.pipeline import Request, stages
 
 
 def stage_seconds(run: tuple, text: str, mask: str, sparsity: float) -> dict[str, float]:  # noqa: ANN001
     spent: dict[str, float] = {}
     start = time.perf_counter()
-    for progress in stages(run, text, mask, sparsity, per_layer=False):
+    for progress in stages(run, Request(text, mask, sparsity, per_layer=False)):
         now = time.perf_counter()
         spent[progress.stage] = spent.get(progress.stage, 0.0) + now - start
         start = now

@@ -33,7 +33,7 @@ from attnsparse_widget.masks.base import (
 )
 from attnsparse_widget.measure import sparsity_metrics
 from attnsparse_widget.payload import info_payload
-from attnsparse_widget.pipeline import prepare
+from attnsparse_widget.pipeline import Request, prepare
 from attnsparse_widget.store import AttentionStore
 
 pytestmark = pytest.mark.model
@@ -282,7 +282,7 @@ def test_every_mask_meets_the_request_or_says_what_it_used(default_model, name):
     for requested in REQUESTS:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            res = prepare(default_model, JOINED, mask=name, sparsity=requested, continuation_tokens=0)
+            res = prepare(default_model, Request(JOINED, mask=name, sparsity=requested, continuation_tokens=0))
         assert len(res.tokens) == 378
         achieved = res.metrics.achieved_sparsity
         said = [str(w.message) for w in caught if issubclass(w.category, SparsityOutOfReach)]
@@ -302,7 +302,7 @@ def test_later_uses_of_a_calibrated_pass_apply_its_budgets(default_model):
     """A layer recomputed from a calibrated pass (long texts recompute layers on demand) is the layer the pass
     applied: the same per-layer budget, so the same keep-mask (the mask's own estimate would differ)."""
     model, _ = default_model
-    res = prepare(default_model, JOINED, mask="vertical_slash", sparsity=0.3, continuation_tokens=0)
+    res = prepare(default_model, Request(JOINED, mask="vertical_slash", sparsity=0.3, continuation_tokens=0))
     budgets = res.sparse.budgets
     layer = next(layer for layer, b in budgets.items() if b != res.mask.size)
     ids = torch.tensor([res.token_ids])

@@ -195,9 +195,8 @@ def test_flex_compilation_is_a_step_of_its_own_once_per_shape(monkeypatch):
 
     def run() -> list[str]:
         seen: list[tuple[str, int]] = []
-        for p in pipeline.stages(
-            (model, ToyTokenizer()), text, mask="sliding_window", sparsity=0.8, per_layer=False, time_attention=True
-        ):
+        request = pipeline.Request(text, mask="sliding_window", sparsity=0.8, per_layer=False, time_attention=True)
+        for p in pipeline.stages((model, ToyTokenizer()), request):
             seen.append((p.stage, len(kernels._flex_compiled)))
         return seen
 

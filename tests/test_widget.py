@@ -209,7 +209,7 @@ def test_rapid_changes_coalesce_to_the_latest(tiny, monkeypatch):
     real = pipeline.prepare
 
     def slow(*args, **kwargs):
-        seen.append(kwargs["sparsity"])
+        seen.append(args[1].sparsity)  # prepare(model, request)
         time.sleep(0.3)
         return real(*args, **kwargs)
 
@@ -229,7 +229,7 @@ def test_stale_results_are_never_published(tiny, monkeypatch):
     real = pipeline.prepare
 
     def gated(*args, **kwargs):
-        if kwargs["sparsity"] == 0.3:
+        if args[1].sparsity == 0.3:
             gate.wait(5)  # the old request finishes late
         return real(*args, **kwargs)
 

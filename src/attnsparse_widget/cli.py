@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "app":
         return _app(args)
 
-    from .pipeline import stages
+    from .pipeline import Request, stages
 
     text = args.text if args.text_file is None else _read_text(args.text_file, "--text-file")
     if text is None:
@@ -97,17 +97,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     progress = sys.stderr.isatty() and not args.json  # a live line of the stage being computed, on a terminal
     try:
-        for step in stages(
-            args.model,
-            text,
+        request = Request(
+            text=text,
             mask=args.mask,
             sparsity=args.sparsity,
+            mask_params=_mask_params(args.param),
             per_layer=not args.no_per_layer,
             continuation_tokens=args.tokens,
             max_tokens=args.max_tokens,
             time_attention=args.time_attention,
-            **_mask_params(args.param),
-        ):
+        )
+        for step in stages(args.model, request):
             if progress:
                 print(f"\r{step.stage}: {step.done}/{step.total}\033[K", end="", file=sys.stderr, flush=True)
     except (ValueError, TypeError, ImportError) as err:

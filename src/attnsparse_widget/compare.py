@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .dense_cache import clear_cache
 from .masks import Mask
-from .pipeline import stages
+from .pipeline import Request, stages
 from .result import Comparison
 
 if TYPE_CHECKING:
@@ -60,20 +60,19 @@ def compare(
             compiles the kernel (seconds).
         **mask_params: the mask's own parameters.
     """
-    *_, last = stages(
-        model,
-        text,
-        mask,
-        sparsity,
-        tokenizer=tokenizer,
+    request = Request(
+        text=text,
+        mask=mask,
+        sparsity=sparsity,
+        mask_params=mask_params,
         per_layer=per_layer,
         continuation_tokens=continuation_tokens,
         max_tokens=max_tokens,
         seed=seed,
         adapted=adapted,
         time_attention=time_attention,
-        **mask_params,
     )
+    *_, last = stages(model, request, tokenizer=tokenizer)
     return last.result
 
 

@@ -23,8 +23,9 @@ through ``compare``. Stage order, cancellation and memory release live here and 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Generator
-from dataclasses import dataclass
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from transformers import PreTrainedTokenizerBase
@@ -85,46 +86,50 @@ class Progress:
 Stages = Generator[Progress, None, None]  # what the pipeline yields; close() it to abandon the rest
 
 
-def stages(
-    model: Any = None,
-    text: str | None = None,
-    mask: str | Mask = "sink_window",
-    sparsity: float | None = None,
-    *,
-    tokenizer: PreTrainedTokenizerBase | None = None,
-    per_layer: bool = True,
-    continuation_tokens: int = 20,
-    max_tokens: int | None = None,
-    seed: int = 0,
-    adapted: Adaptation | None = None,
-    time_attention: bool = False,
-    **mask_params: Any,
-) -> Stages:
-    """Run every stage (arguments as for :func:`~attnsparse_widget.compare`), yielding progress after each step;
-    the last item's ``result`` is the finished comparison."""
-    res = prepare(
-        model,
-        text,
-        mask=mask,
-        sparsity=sparsity,
-        tokenizer=tokenizer,
-        max_tokens=max_tokens,
-        seed=seed,
-        continuation_tokens=continuation_tokens,
-        adapted=adapted,
-        **mask_params,
-    )
+@dataclass(frozen=True)
+class Request:
+    """One run of the pipeline, whoever asks for it: :func:`~attnsparse_widget.compare`, the widget, the CLI (and
+    through them sweep and the app) each build one, and nothing else carries these settings. Frozen, and
+    ``mask_params`` is a read-only mapping: a request handed to a worker thread cannot change under it.
+
+    text, mask, sparsity, mask_params: what to compare (as for :func:`~attnsparse_widget.compare`).
+    per_layer: run the per-layer curve stage. continuation_tokens: greedy tokens per regime (0: none; more also
+    makes the passes keep their KV cache for them). max_tokens: cut a longer text (None: the model's positions).
+    seed: for random patterns. adapted: an adaptation to compare as well. time_attention: run the attention-time
+    stage.
+    """
+
+    text: str | None = None
+    mask: str | Mask = "sink_window"
+    sparsity: float | None = None
+    mask_params: Mapping[str, Any] = field(default_factory=dict)
+    per_layer: bool = True
+    continuation_tokens: int = 20
+    max_tokens: int | None = None
+    seed: int = 0
+    adapted: Adaptation | None = None
+    time_attention: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mask_params", MappingProxyType(dict(self.mask_params)))
+
+
+def stages(model: Any, request: Request, *, tokenizer: PreTrainedTokenizerBase | None = None) -> Stages:
+    """Run every stage of ``request`` on ``model`` (as for :func:`~attnsparse_widget.compare`), yielding progress
+    after each step; the last item's ``result`` is the finished comparison."""
+    res = prepare(model, request, tokenizer=tokenizer)
     yield Progress(SPARSE_PASS, 1, 1, res)
-    yield from later_stages(
-        res, per_layer=per_layer, continuation_tokens=continuation_tokens, time_attention=time_attention
-    )
+    yield from later_stages(res, request)
 
 
-def later_stages(
-    res: Comparison, *, per_layer: bool = True, continuation_tokens: int = 20, time_attention: bool = False
-) -> Stages:
+def later_stages(res: Comparison, request: Request) -> Stages:
     """The stages after the sparse pass, in order, each skipped once done. Closing the generator early (a newer
     request) abandons the rest; the KV caches the passes kept for the continuations are released either way."""
+    per_layer, continuation_tokens, time_attention = (
+        request.per_layer,
+        request.continuation_tokens,
+        request.time_attention,
+    )
     try:
         if res.adaptation is not None and ADAPTED_PASS not in res.done:
             yield Progress(ADAPTED_PASS, 0, 1, res)
@@ -226,22 +231,17 @@ def _per_layer(res: Comparison) -> Stages:
             m.per_layer_delta_ppl = m.cumulative_delta_ppl = None
 
 
-def prepare(
-    model: Any = None,
-    text: str | None = None,
-    mask: str | Mask = "sink_window",
-    sparsity: float | None = None,
-    *,
-    tokenizer: PreTrainedTokenizerBase | None = None,
-    max_tokens: int | None = None,
-    seed: int = 0,
-    continuation_tokens: int = 20,
-    adapted: Adaptation | None = None,
-    **mask_params: Any,
-) -> Comparison:
-    """The first stage (same arguments as :func:`~attnsparse_widget.compare`): the dense pass (cached), the sparse
-    pass, the achieved sparsity and the next-token metrics. :func:`later_stages` adds the rest
-    (``continuation_tokens`` > 0: the passes keep their KV cache for it), the adapted pass first."""
+def prepare(model: Any, request: Request, *, tokenizer: PreTrainedTokenizerBase | None = None) -> Comparison:
+    """The first stage of ``request``: the dense pass (cached), the sparse pass, the achieved sparsity and the
+    next-token metrics. :func:`later_stages` adds the rest (``continuation_tokens`` > 0: the passes keep their KV
+    cache for it), the adapted pass first."""
+    text, mask, sparsity, mask_params = request.text, request.mask, request.sparsity, dict(request.mask_params)
+    max_tokens, seed, continuation_tokens, adapted = (
+        request.max_tokens,
+        request.seed,
+        request.continuation_tokens,
+        request.adapted,
+    )
     model, tok = resolve_model(model, tokenizer)
     check_supported(model)
     ids, full_length = text_to_ids(tok, text, model, max_tokens)

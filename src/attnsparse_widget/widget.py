@@ -330,16 +330,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             try:
                 skip_curve = self._skips_curve()
                 steps = pipeline.stages(
-                    (self._model, self._tokenizer),
-                    self.text,
-                    mask=self.mask,
-                    sparsity=self.sparsity,
-                    per_layer=self.per_layer and not skip_curve,
-                    continuation_tokens=CONTINUATION_TOKENS,
-                    max_tokens=self._token_limit(),
-                    time_attention=self.time_attention,
-                    adapted=self._current_adaptation(),
-                    **self.mask_params,
+                    (self._model, self._tokenizer), self._request(self.per_layer and not skip_curve)
                 )
                 res = next(steps).result  # the first stage: the sparse pass and the headline metrics
             except Exception as err:  # noqa: BLE001 - shown in the widget; the kernel must stay usable
@@ -382,12 +373,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             self._publish_gallery(self._result)
         if self._result is not None:
             if steps is None:  # a view request: the stages this result still lacks (the curve, once switched on)
-                steps = pipeline.later_stages(
-                    self._result,
-                    per_layer=self.per_layer,
-                    continuation_tokens=CONTINUATION_TOKENS,
-                    time_attention=self.time_attention,
-                )
+                steps = pipeline.later_stages(self._result, self._request(self.per_layer))
             if not self._follow(self._result, steps, model_generation, started):
                 return
         if ("export" in kinds or self._take("export")) and self._result is not None:
@@ -398,6 +384,20 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             self.adaptation = cast(AdaptState, {**self.adaptation, "seconds_per_step": self._seconds_per_step})
         if not self._stale(model_generation):
             self._status(False)
+
+    def _request(self, per_layer: bool) -> pipeline.Request:
+        """The run the controls ask for now (``per_layer``: whether it includes the per-layer curve)."""
+        return pipeline.Request(
+            text=self.text,
+            mask=self.mask,
+            sparsity=self.sparsity,
+            mask_params=self.mask_params,
+            per_layer=per_layer,
+            continuation_tokens=CONTINUATION_TOKENS,
+            max_tokens=self._token_limit(),
+            time_attention=self.time_attention,
+            adapted=self._current_adaptation(),
+        )
 
     def _current_adaptation(self) -> Adaptation | None:
         """The adaptation, if it was trained under the current mask, sparsity and parameters."""
