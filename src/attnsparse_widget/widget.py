@@ -18,7 +18,9 @@ import threading
 import time
 import traceback
 import weakref
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, cast
 
 import anywidget
@@ -147,7 +149,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         self._progress_sent = ("", 0.0)  # the stage and time.monotonic() of the last progress message
         self._painted = threading.Event()  # set when a frontend reports a painted main view
         self._frontend_painted = False  # a frontend has reported one: it is displayed somewhere
-        self._export_request: dict[str, Any] = {}
+        self._export_request: Mapping[str, Any] = MappingProxyType({})  # the Export button's options (read-only)
         # the per-layer curve of a text over CURVE_TOKENS runs only once asked for (the box ticked after the widget
         # switched it off for such a text); the flag marks the widget's own switch, which must not count as asking
         self._curve_wanted = False
@@ -190,7 +192,9 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             self._frontend_painted = True
             self._painted.set()
         if isinstance(content, dict) and content.get("type") == "export_gif":
-            self._export_request = {k: content[k] for k in ("view", "duration_ms") if k in content}
+            options: dict[str, Any] = {k: content[k] for k in ("view", "duration_ms") if k in content}
+            with self._lock:  # the worker reads it (_export): one read-only value, swapped under the lock
+                self._export_request = MappingProxyType(options)
             self._submit("export")
         if isinstance(content, dict) and content.get("type") == "adapt":
             self.adapt()
@@ -490,7 +494,8 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         False when it failed (the error is on screen)."""
         res = self._result
         assert res is not None
-        request = self._export_request
+        with self._lock:
+            request = self._export_request
         self._status(True, "exporting GIF", started, progress=0.0)
         target = None
         if self.export_path:
