@@ -33,7 +33,7 @@ from transformers.masking_utils import eager_mask
 from . import kernels
 from .introspect import check_supported, layer_indexer, layer_stack, unsupported
 from .masks import Mask, MaskContext
-from .masks.base import SPARSITY_TOLERANCE, calibrated_per_layer
+from .masks.base import SPARSITY_TOLERANCE, by_position_sparsity, calibrate, calibrated_per_layer
 
 Tensor = torch.Tensor
 ATTN_NAME = "attnsparse"
@@ -496,7 +496,7 @@ def _budget_on_blocks(
     row_allowed = allowed[0, 0].sum(-1)
     n_allowed = float(row_allowed.sum())
     if mask.drops_by_position:
-        return _choose_budget(plan, mask, _sparsity_by_position(row_allowed, n_allowed), n_allowed, n_k, True)
+        return _choose_budget(plan, mask, lambda c: by_position_sparsity(c, row_allowed), n_allowed, n_k, True)
     starts = list(range(0, n_q, rows_per_block))
     picked = sorted(
         {starts[round(i * (len(starts) - 1) / max(1, CALIBRATION_BLOCKS - 1))] for i in range(CALIBRATION_BLOCKS)}
@@ -639,7 +639,6 @@ def _applied(
     return keep, dropped, first
 
 
-_KEEPS_REMEMBERED = 3  # keep-masks a calibration holds on to (the answer is one of the last few it evaluated)
 # error feedback starts once the calibrated layers so far are this far from the target: within it every layer aims at
 # the target itself, so a budget that meets it to a fraction of a step (top-k's k) stays one value for all layers
 _DEAD_BAND = SPARSITY_TOLERANCE / 4
@@ -649,64 +648,42 @@ def _calibrated(
     plan: Plan, layer: int, mask: Mask, scores: Tensor, allowed: Tensor, ctx: MaskContext
 ) -> tuple[Mask, Tensor]:
     """Choose ``layer``'s budget on its real scores (recorded in ``plan.budgets``) and return the mask with it and
-    its keep-mask.
-
-    The layer's target is ``plan.target_sparsity``, or, once the calibrated layers so far (weighted by their allowed
-    pairs, as the overall achieved sparsity is) are more than :data:`_DEAD_BAND` from it, the sparsity that brings
-    them and this layer to it; the search gallops out from the previous layer's budget (the first layer: the budget
-    the mask was resolved with, sized on surrogate scores).
-    """
+    its keep-mask: the one calibration (:func:`~attnsparse_widget.masks.base.calibrate`), aimed by :func:`_aim`."""
     assert plan.target_sparsity is not None and mask.budget is not None
     b, _, n_q, n_k = scores.shape
     allowed = allowed.expand(b, 1, n_q, n_k)
-    n_allowed = float(allowed.sum())
+    row_allowed = allowed[:, 0].sum(-1)
     logits = _logits(mask, scores, allowed)
-    keeps: dict[int, Tensor] = {}
-
-    by_position = _sparsity_by_position(allowed[:, 0].sum(-1), n_allowed)
-
-    def sparsity_at(candidate: Mask) -> float:
-        if mask.drops_by_position:  # count, select once
-            return by_position(candidate)
-        budget = getattr(candidate, str(candidate.budget))
-        keep = sparse_keep(candidate, scores, allowed, ctx, logits)
-        keeps[budget] = keep
-        while len(keeps) > _KEEPS_REMEMBERED:
-            keeps.pop(next(iter(keeps)))
-        return 1.0 - float(keep.sum()) / max(1.0, n_allowed * keep.shape[1])
-
-    budget = _choose_budget(plan, mask, sparsity_at, n_allowed, n_k, ctx.causal)
-    chosen = mask.with_budget(budget)
-    keep = keeps.get(budget)
-    if keep is None:
-        keep = sparse_keep(chosen, scores, allowed, ctx, logits)
-    _calibrated_layer(plan, layer, budget, n_allowed, float(keep.sum()) / keep.shape[1])
+    target, start = _aim(plan, float(row_allowed.sum()))
+    chosen, keep = calibrate(
+        mask, target, lambda c: sparse_keep(c, scores, allowed, ctx, logits), row_allowed, n_k, ctx.causal, start
+    )
+    _calibrated_layer(plan, layer, chosen.budget_value, float(row_allowed.sum()), float(keep.sum()) / keep.shape[1])
     return chosen, keep
 
 
-def _sparsity_by_position(row_allowed: Tensor, n_allowed: float) -> Callable[[Mask], float]:
-    """The sparsity of a candidate budget of a mask that drops by position (top-k, DSA): row i keeps
-    min(its allowed keys, k) whatever the scores, so it is counted from the allowed keys per row."""
+def _aim(plan: Plan, n_allowed: float) -> tuple[float, int | None]:
+    """The sparsity the next calibrated layer (``n_allowed`` allowed pairs per head) aims at, and the budget its
+    search starts from (the previous layer's; None: the mask's own, sized on surrogate scores).
 
-    def sparsity_at(candidate: Mask) -> float:
-        budget = getattr(candidate, str(candidate.budget))
-        return 1.0 - float(row_allowed.clamp(max=budget).sum()) / max(1.0, n_allowed)
-
-    return sparsity_at
-
-
-def _choose_budget(
-    plan: Plan, mask: Mask, sparsity_at: Callable[[Mask], float], n_allowed: float, n_k: int, causal: bool
-) -> int:
-    """The budget of the next calibrated layer (``n_allowed`` allowed pairs per head), by the one search on
-    ``sparsity_at``, aimed as :func:`_calibrated` describes."""
+    The aim is ``plan.target_sparsity``, or, once the calibrated layers so far (weighted by their allowed pairs, as
+    the overall achieved sparsity is) are more than :data:`_DEAD_BAND` from it, the sparsity that brings them and
+    this layer to it."""
     assert plan.target_sparsity is not None
     total = plan.calibrated_allowed + n_allowed
     target = plan.target_sparsity
     if abs(plan.calibrated_dropped - target * plan.calibrated_allowed) > _DEAD_BAND * max(1.0, plan.calibrated_allowed):
         # the layers so far are off the target: aim this one so that, with them, the target is met
         target = min(max((target * total - plan.calibrated_dropped) / max(1.0, n_allowed), 0.0), 1.0)
-    start = plan.budgets[max(plan.budgets)] if plan.budgets else None
+    return target, plan.budgets[max(plan.budgets)] if plan.budgets else None
+
+
+def _choose_budget(
+    plan: Plan, mask: Mask, sparsity_at: Callable[[Mask], float], n_allowed: float, n_k: int, causal: bool
+) -> int:
+    """The budget of a long text's calibrated layer, measured by ``sparsity_at`` (row blocks sampled over the
+    text: :func:`_budget_on_blocks`), by the one search, aimed by :func:`_aim`."""
+    target, start = _aim(plan, n_allowed)
     return mask.budget_for(target, sparsity_at, n_k, causal, start)
 
 

@@ -178,6 +178,12 @@ class Mask:
         out.diagonal(offset=n_keys - n_queries, dim1=-2, dim2=-1).fill_(True)
         return out
 
+    @property
+    def budget_value(self) -> int:
+        """The budget parameter's value (the mask must have one)."""
+        assert self.budget is not None, f"{self.id} has no budget parameter"
+        return int(getattr(self, self.budget))
+
     def with_budget(self, value: int) -> Mask:
         """A copy with the budget field set."""
         assert self.budget is not None
@@ -250,13 +256,11 @@ class Mask:
             k = torch.arange(n_k, device=scores.device).unsqueeze(0)
             allowed = (k <= q) if ctx.causal else torch.ones(n_q, n_k, dtype=torch.bool, device=scores.device)
         allowed = allowed.to(scores.device)
-        total = float(allowed.sum())
 
-        def sparsity_at(mask: Mask) -> float:
-            keep = mask.keep(n_k, n_queries=n_q, scores=scores, ctx=ctx) & allowed
-            return 1.0 - float(keep.sum()) / max(1.0, total * keep.shape[0])
+        def keep_of(mask: Mask) -> Tensor:
+            return mask.keep(n_k, n_queries=n_q, scores=scores, ctx=ctx) & allowed
 
-        return self.budget_for(sparsity, sparsity_at, n_k, ctx.causal, start)
+        return calibrate(self, sparsity, keep_of, allowed.sum(-1), n_k, ctx.causal, start)[0].budget_value
 
     def reachable_range(self, n_keys: int, causal: bool = True) -> tuple[float, float]:
         """(min, max) sparsity the budget can realise at this length."""
@@ -315,6 +319,52 @@ def check_sparsity(sparsity: Any) -> float:
             f"use e.g. 0.5 to drop half"
         )
     return float(sparsity)
+
+
+def by_position_sparsity(mask: Mask, row_allowed: Tensor) -> float:
+    """The sparsity of a mask that drops by position (top-k, DSA): row i keeps ``min(its allowed keys, k)`` whatever
+    the scores, so it is counted from ``row_allowed`` (the allowed keys of each query row)."""
+    return 1.0 - float(row_allowed.clamp(max=mask.budget_value).sum()) / max(1.0, float(row_allowed.sum()))
+
+
+KEEPS_REMEMBERED = 3  # keep-masks a calibration holds on to (the answer is one of the last few it evaluated)
+
+
+def calibrate(
+    mask: Mask,
+    target: float,
+    keep_of: Callable[[Mask], Tensor],
+    row_allowed: Tensor,
+    n_keys: int,
+    causal: bool = True,
+    start: int | None = None,
+) -> tuple[Mask, Tensor]:
+    """The one calibration on real scores: ``mask`` with the budget whose keep-mask drops the fraction of the allowed
+    pairs nearest ``target`` (the one search, :meth:`Mask.budget_for`, galloping out from ``start``), and that
+    keep-mask. :meth:`Mask.budget_for_scores` (and so ``build`` with scores) and the sparse pass
+    (``capture._calibrated``, one layer's real logits) both size budgets here.
+
+    ``keep_of(candidate)``: the candidate's final keep-mask ``[..., H, Tq, Tk]`` within the allowed pairs.
+    ``row_allowed``: the allowed keys of each query row ``[..., Tq]``; its sum is the allowed pairs per head.
+    Masks that drop by position (top-k, DSA: a row keeps ``min(its allowed keys, k)`` whatever the scores) are
+    counted from it, with no keep-mask built until the budget is chosen.
+    """
+    n_allowed = float(row_allowed.sum())
+    keeps: dict[int, Tensor] = {}
+
+    def sparsity_at(candidate: Mask) -> float:
+        if mask.drops_by_position:
+            return by_position_sparsity(candidate, row_allowed)
+        keep = keep_of(candidate)
+        keeps[candidate.budget_value] = keep
+        while len(keeps) > KEEPS_REMEMBERED:
+            keeps.pop(next(iter(keeps)))
+        heads = keep.shape[-3] if keep.dim() >= 3 else 1
+        return 1.0 - float(keep.sum()) / max(1.0, n_allowed * heads)
+
+    chosen = mask.with_budget(mask.budget_for(target, sparsity_at, n_keys, causal, start))
+    keep = keeps.get(chosen.budget_value)
+    return chosen, keep_of(chosen) if keep is None else keep
 
 
 def search_budget(target: float, s: Callable[[int], float], lo: int, hi: int, start: int | None = None) -> int:
