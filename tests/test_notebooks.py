@@ -48,4 +48,6 @@ def test_notebook_runs(path, notebook_runs):
     nb = notebook_runs.run(path)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
-    assert nb.cells[-1].outputs[0]["text"] == "offline: ok\n"
+    # the kernel may flush one print in two stream outputs ("offline: ok", then "\n") when it is busy: join them
+    printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.output_type == "stream")
+    assert printed == "offline: ok\n"
