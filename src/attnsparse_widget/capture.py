@@ -464,7 +464,7 @@ def _blocked(
         plan.first_changed[layer] = min(plan.first_changed.get(layer, first), first)
     if calibrating:
         assert mask is not None and mask.budget is not None
-        _calibrated_layer(plan, layer, getattr(mask, mask.budget), float(allowed.sum()), kept)
+        _calibrated_layer(plan, layer, mask.budget_value, float(allowed.sum()), kept)
     if plan.recorder is not None:
         plan.recorder.finish_layer(layer, allowed)
     return out

@@ -189,15 +189,15 @@ def build(
     ctx = MaskContext(causal=causal, layer=layer, n_heads=n_heads, seed=seed)
     on_scores = sparsity is not None and score_t is not None
     mask = resolve(name, seq_len, sparsity, causal, warn=not on_scores, **params)
-    if on_scores and calibrated_per_layer(mask):
+    calibrated = on_scores and calibrated_per_layer(mask)
+    if calibrated:
         assert sparsity is not None and score_t is not None
-        budget = mask.budget_for_scores(sparsity, score_t, ctx)
-        mask = mask.with_budget(budget)
+        mask = mask.with_budget(mask.budget_for_scores(sparsity, score_t, ctx))
     keep = mask.keep(seq_len, scores=score_t, ctx=ctx)
     if on_scores and mask.budget is not None:
         assert sparsity is not None
         achieved = sparsity_of(keep, causal)
-        budgets = {layer: getattr(mask, mask.budget)} if calibrated_per_layer(mask) else None
+        budgets = {layer: mask.budget_value} if calibrated else None
         shortfall = sparsity_shortfall(mask, sparsity, achieved, seq_len, causal, budgets=budgets)
         if shortfall is not None:
             warnings.warn(shortfall, SparsityOutOfReach, stacklevel=2)

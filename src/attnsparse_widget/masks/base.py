@@ -227,7 +227,7 @@ class Mask:
         assert self.budget is not None, f"{self.id} has no budget parameter"
         lo, hi = self.budget_range(n_keys, causal)
         s = self._memoised(sparsity_at)
-        return search_budget(sparsity, s, lo, hi, getattr(self, self.budget) if start is None else start)
+        return search_budget(sparsity, s, lo, hi, self.budget_value if start is None else start)
 
     def budget_for_scores(
         self,
@@ -479,7 +479,7 @@ def sparsity_shortfall(
                 f"layers can average out at {n_keys} tokens)"
             )
         return out_of_reach_message(mask.id, requested, achieved, used, why)
-    used = f"{mask.budget}={getattr(mask, mask.budget)}"
+    used = f"{mask.budget}={mask.budget_value}"
     smin, smax = reach if reach is not None else mask.reachable_range(n_keys, causal)
     slack = 0.5 / max(1, n_keys)
     if requested > smax + slack or requested < smin - slack:
