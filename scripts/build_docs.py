@@ -51,10 +51,9 @@ NOTEBOOK_SIZES = {  # the sizes the tests run the notebooks at (the notebooks' o
     "ATTNSPARSE_NOTEBOOK_TOKENS": "1536",  # notebooks 02-04's full-context sections (8192 by default)
     "ATTNSPARSE_NOTEBOOK_LENGTHS": "512 1024",  # notebook 06's measured kernel curve (1024 to 8192 by default)
 }
-# The last cell of every execution (tagged out of the site): each widget finishes its work, and its main view is
-# rendered to PNG (kaleido), named by its model id, for the site's static picture of it. (Exporting as soon as the
-# main view is shown would save half a minute a widget, but the export then reads the comparison while the worker
-# thread still fills it in: an IndexError in notebook 05. That needs a thread-safe export first.)
+# The last cell of every execution (tagged out of the site): each widget's main view, as soon as it is on screen, is
+# rendered to PNG (kaleido), named by its model id, for the site's static picture of it. The export reads the
+# snapshot on screen (w.result), which the worker never changes while it computes the later stages.
 PICTURES_CELL = """\
 import gc as _gc
 from pathlib import Path as _Path
@@ -62,7 +61,7 @@ import attnsparse_widget as _aw
 _folder = _Path({folder!r})
 _folder.mkdir(parents=True, exist_ok=True)
 for _w in [_o for _o in _gc.get_objects() if issubclass(type(_o), _aw.AttentionDiffWidget)]:  # type(): no weakproxy
-    _w.wait(None)
+    _w.wait(None, until="view")
     if _w.result is None:  # the page would show an error or an empty widget: say what happened
         raise RuntimeError(f"widget {{_w.model_id}} ended without a result; its status: {{_w.status}}")
     _w.export_png(_folder / f"{{_w.model_id}}.png", overwrite=True)

@@ -156,7 +156,7 @@ def test_sparsity_and_mask_changes_rerun_only_the_sparse_pass(tiny):
     first = w.result
     before = trace(w, "sparse")
     w.sparsity = 0.8
-    assert w.result.dense is first.dense  # dense pass reused
+    assert w.result.dense.store is first.dense.store  # dense pass reused (each snapshot has its own view of it)
     assert w.metrics["achieved_sparsity"] > 0.6
     assert not np.array_equal(before, trace(w, "sparse"), equal_nan=True)
     # the frontend sets a trait the way a dropdown change does
@@ -219,7 +219,7 @@ def test_rapid_changes_coalesce_to_the_latest(tiny, monkeypatch):
     w.wait()
     assert len(seen) <= 3, seen  # not one run per change
     assert seen[-1] == 0.9 and w.result.metrics.requested_sparsity == 0.9
-    assert w.status["busy"] is False and w.status["request"] == w._generation
+    assert w.status["busy"] is False and w.status["request"] == w._session.generation
 
 
 def test_stale_results_are_never_published(tiny, monkeypatch):
@@ -272,7 +272,7 @@ def test_view_changes_during_the_per_layer_curve_do_not_stop_it(tiny, monkeypatc
     assert w.view["layer"] == 2 and w.status["busy"] is True  # shown while the curve is still running
     w.wait()
     assert len(w.metrics["per_layer_delta_ppl"]) == 3 and len(w.metrics["cumulative_delta_ppl"]) == 3
-    assert w.status["busy"] is False and w.status["request"] == w._generation
+    assert w.status["busy"] is False and w.status["request"] == w._session.generation
 
 
 def test_export_button_sends_a_gif_download_and_export_gif_writes_one(tiny, tmp_path):

@@ -5,9 +5,10 @@ greedy continuations under the pass's mask. Every pass goes through the single c
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -61,9 +62,25 @@ class PassResult:
     budgets: dict[int, int] = field(default_factory=dict)
     continuation: list[int] = field(default_factory=list)
     continuation_steps: int = 0  # tokens asked for (the continuation stops early at an end-of-sequence token)
+    # full-resolution layers recomputed on demand (at most RECOMPUTED_LAYERS), read and written under _memo_lock:
+    # the notebook's thread and the widget's worker may both read one pass. Each snapshot has its own (init=False).
     _layers: OrderedDict[tuple[int, int, int], tuple[Tensor, Tensor | None, Tensor]] = field(
-        default_factory=OrderedDict
+        default_factory=OrderedDict, init=False, repr=False, compare=False
     )
+    _memo_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+
+    def snapshot(self) -> PassResult:
+        """A copy for a :class:`~attnsparse_widget.result.Comparison` snapshot: what later stages set on this pass
+        (the continuation, the KV cache they release) never shows in it. The recorded tensors are shared: nothing
+        writes them once the pass has run. The copy holds no KV cache and its own recomputed layers."""
+        return replace(
+            self,
+            cache=None,
+            budgets=dict(self.budgets),
+            first_changed=dict(self.first_changed),
+            continuation=list(self.continuation),
+            reference=list(self.reference),
+        )
 
     def the_model(self) -> PreTrainedModel:
         model = self.model()
@@ -95,32 +112,35 @@ class PassResult:
             keep = store.keep[layer]
             return probs[:, :, lo:hi], None if keep is None else keep[:, :, lo:hi], allowed[:, :, lo:hi]
         key = (layer, lo, hi)
-        found = self._layers.get(key)
-        if found is None:
-            found = layer_attention(
-                self.the_model(),
-                self.ids,
-                self.mask,
-                layer,
-                self.layer_outputs,
-                self.seed,
-                self.budgets,
-                rows,
-                store.factor,
-            )
-            if not remember:
+        with self._memo_lock:
+            found = self._layers.get(key)
+            if found is not None:
+                self._layers.move_to_end(key)
                 return found
-            self._layers[key] = found
-            while len(self._layers) > RECOMPUTED_LAYERS:
-                self._layers.popitem(last=False)
-        else:
-            self._layers.move_to_end(key)
+        found = layer_attention(
+            self.the_model(),
+            self.ids,
+            self.mask,
+            layer,
+            self.layer_outputs,
+            self.seed,
+            self.budgets,
+            rows,
+            store.factor,
+        )
+        if remember:
+            with self._memo_lock:
+                self._layers[key] = found
+                while len(self._layers) > RECOMPUTED_LAYERS:
+                    self._layers.popitem(last=False)
         return found
 
     def release(self) -> None:
-        """Drop what can be made again: the KV cache kept for a continuation, recomputed layers."""
+        """Drop what can be made again: the KV cache kept for a continuation, recomputed layers (a reader holding
+        one keeps it: only the memo lets go)."""
         self.cache = None
-        self._layers.clear()
+        with self._memo_lock:
+            self._layers.clear()
 
     def nbytes(self) -> int:
         """Bytes held (maps, layer outputs, logits), roughly."""

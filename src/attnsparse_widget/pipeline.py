@@ -14,10 +14,12 @@ stage by stage, with progress.
                        pass's masks on a block-sparse kernel (:func:`~attnsparse_widget.measure.iter_attention_time`)
     per-layer curve    ΔPPL with the mask at one layer only, then at layers 0..l, one replayed pass at a time
 
-:func:`stages` yields a :class:`Progress` after every step. :func:`~attnsparse_widget.compare` runs it to the end;
-the widget publishes as it goes and stops iterating when a newer request arrives (closing the generator abandons
-the rest: a stage left unfinished leaves its metrics unset); :func:`~attnsparse_widget.sweep` and the CLI run it
-through ``compare``. Stage order, cancellation and memory release live here and nowhere else.
+:func:`stages` yields a :class:`Progress` after every step, carrying an immutable snapshot of the comparison: the
+stages fill in a working comparison of their own, which no caller holds. :func:`~attnsparse_widget.compare` runs it
+to the end; the widget publishes the snapshots as they come and stops iterating when a newer request arrives
+(closing the generator abandons the rest: a stage left unfinished leaves its metrics unset);
+:func:`~attnsparse_widget.sweep` and the CLI run it through ``compare``. Stage order, cancellation and memory
+release live here and nowhere else.
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ COMPILING = "compiling the attention kernel"
 
 @dataclass(frozen=True)
 class Progress:
-    """Where the pipeline is: ``done`` of ``total`` steps of ``stage`` finished on ``result``."""
+    """Where the pipeline is: ``done`` of ``total`` steps of ``stage`` finished; ``result`` is a snapshot of the
+    comparison at that point (:meth:`~attnsparse_widget.result.Comparison.snapshot`), which the later stages never
+    change: hand it to another thread, export it, keep it."""
 
     stage: str
     done: int
@@ -96,7 +100,8 @@ class Request:
     per_layer: run the per-layer curve stage. continuation_tokens: greedy tokens per regime (0: none; more also
     makes the passes keep their KV cache for them). max_tokens: cut a longer text (None: the model's positions).
     seed: for random patterns. adapted: an adaptation to compare as well. time_attention: run the attention-time
-    stage.
+    stage. notes: what the caller says about the run, added to the result's notes (the widget: that it left the
+    per-layer curve out for a long text).
     """
 
     text: str | None = None
@@ -109,6 +114,7 @@ class Request:
     seed: int = 0
     adapted: Adaptation | None = None
     time_attention: bool = False
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mask_params", MappingProxyType(dict(self.mask_params)))
@@ -118,13 +124,15 @@ def stages(model: Any, request: Request, *, tokenizer: PreTrainedTokenizerBase |
     """Run every stage of ``request`` on ``model`` (as for :func:`~attnsparse_widget.compare`), yielding progress
     after each step; the last item's ``result`` is the finished comparison."""
     res = prepare(model, request, tokenizer=tokenizer)
-    yield Progress(SPARSE_PASS, 1, 1, res)
+    yield Progress(SPARSE_PASS, 1, 1, res.snapshot())
     yield from later_stages(res, request)
 
 
 def later_stages(res: Comparison, request: Request) -> Stages:
-    """The stages after the sparse pass, in order, each skipped once done. Closing the generator early (a newer
-    request) abandons the rest; the KV caches the passes kept for the continuations are released either way."""
+    """The stages after the sparse pass, in order, each skipped once done, filling in the working comparison ``res``
+    (from :func:`prepare`; its owner alone may touch it) and yielding snapshots of it. Closing the generator early
+    (a newer request) abandons the rest; the KV caches the passes kept for the continuations are released either
+    way."""
     per_layer, continuation_tokens, time_attention = (
         request.per_layer,
         request.continuation_tokens,
@@ -132,34 +140,37 @@ def later_stages(res: Comparison, request: Request) -> Stages:
     )
     try:
         if res.adaptation is not None and ADAPTED_PASS not in res.done:
-            yield Progress(ADAPTED_PASS, 0, 1, res)
+            yield Progress(ADAPTED_PASS, 0, 1, res.snapshot())
             _adapted_pass(res, keep_cache=continuation_tokens > 0)
-            res.done.add(ADAPTED_PASS)
-            yield Progress(ADAPTED_PASS, 1, 1, res)
+            res.done = res.done | {ADAPTED_PASS}
+            yield Progress(ADAPTED_PASS, 1, 1, res.snapshot())
         if ATTENTION_METRICS not in res.done:
             for layer in iter_attention_metrics(res):
-                yield Progress(ATTENTION_METRICS, layer + 1, res.n_layers, res)
-            res.done.add(ATTENTION_METRICS)
+                if layer + 1 < res.n_layers:  # the metrics are set after the last layer: its step follows below
+                    yield Progress(ATTENTION_METRICS, layer + 1, res.n_layers, res.snapshot())
+            res.done = res.done | {ATTENTION_METRICS}
+            yield Progress(ATTENTION_METRICS, res.n_layers, res.n_layers, res.snapshot())
             if not res.sparse.store.retain:
                 release_free_memory()  # the recomputed full-resolution layers of a long text
         if res.is_lm and continuation_tokens > 0 and CONTINUATIONS not in res.done:
-            regimes = res.passes()
+            regimes, continuations = res.passes(), {}
             for step, (name, result) in enumerate(regimes.items()):
-                yield Progress(CONTINUATIONS, step, len(regimes), res)
+                yield Progress(CONTINUATIONS, step, len(regimes), res.snapshot())
                 continuation = greedy_continuation(result.the_model(), result, continuation_tokens, res.eos)
-                res.continuations[name] = res._decode(continuation)
-            res.done.add(CONTINUATIONS)
-            yield Progress(CONTINUATIONS, len(regimes), len(regimes), res)
+                continuations[name] = res._decode(continuation)
+            res.continuations = continuations  # all at once: a snapshot has every regime's or none
+            res.done = res.done | {CONTINUATIONS}
+            yield Progress(CONTINUATIONS, len(regimes), len(regimes), res.snapshot())
         _drop_caches(res)  # the continuations used them (or none was asked for)
         if time_attention and ATTENTION_TIME not in res.done:
             yield from _compiled(res, replays=False)
             total = len(timed_layers(res.n_layers))
-            yield Progress(ATTENTION_TIME, 0, total, res)
+            yield Progress(ATTENTION_TIME, 0, total, res.snapshot())
             for done, _ in enumerate(iter_attention_time(res), start=1):
                 if done < total:  # the metrics are set after the last timed layer: the final step follows below
-                    yield Progress(ATTENTION_TIME, done, total, res)
-            res.done.add(ATTENTION_TIME)
-            yield Progress(ATTENTION_TIME, total, total, res)
+                    yield Progress(ATTENTION_TIME, done, total, res.snapshot())
+            res.done = res.done | {ATTENTION_TIME}
+            yield Progress(ATTENTION_TIME, total, total, res.snapshot())
         if per_layer and res.is_lm and PER_LAYER not in res.done:
             yield from _compiled(res, replays=True)
             yield from _per_layer(res)
@@ -170,9 +181,9 @@ def later_stages(res: Comparison, request: Request) -> Stages:
 def _compiled(res: Comparison, replays: bool) -> Stages:
     """Compile the flex kernel for this comparison's shapes if the next stage would (:data:`COMPILING`)."""
     if flex_compile_pending(res, replays):
-        yield Progress(COMPILING, 0, 1, res)
+        yield Progress(COMPILING, 0, 1, res.snapshot())
         compile_flex(res)
-        yield Progress(COMPILING, 1, 1, res)
+        yield Progress(COMPILING, 1, 1, res.snapshot())
 
 
 def _drop_caches(res: Comparison) -> None:
@@ -221,11 +232,14 @@ def _per_layer(res: Comparison) -> Stages:
     m.per_layer_delta_ppl, m.cumulative_delta_ppl = isolated, cumulative
     finished = False
     try:
+        total = 2 * res.n_layers
         for kind, _, value in iter_per_layer(model, res.mask, res.dense, res.sparse, m.dense_ppl, res.sparse.seed):
             (isolated if kind == "isolated" else cumulative).append(value)
-            yield Progress(PER_LAYER, len(isolated) + len(cumulative), 2 * res.n_layers, res)
+            if len(isolated) + len(cumulative) < total:  # the last step follows with the stage marked done
+                yield Progress(PER_LAYER, len(isolated) + len(cumulative), total, res.snapshot())
         finished = True
-        res.done.add(PER_LAYER)
+        res.done = res.done | {PER_LAYER}
+        yield Progress(PER_LAYER, total, total, res.snapshot())
     finally:
         if not finished:
             m.per_layer_delta_ppl = m.cumulative_delta_ppl = None
@@ -298,6 +312,7 @@ def prepare(model: Any, request: Request, *, tokenizer: PreTrainedTokenizerBase 
         if shortfall is not None:  # more than 0.02 from the request: say what was used and why, here and as a note
             warnings.warn(shortfall, mask_library.SparsityOutOfReach, stacklevel=2)
             metrics.notes.append(shortfall)
+    metrics.notes.extend(request.notes)
     if full_length > n_tokens:
         metrics.notes.append(truncation_note(full_length, n_tokens, max_tokens))
     if adapted is not None and (adapted.mask_id != resolved.id or adapted.sparsity != requested):

@@ -3,9 +3,11 @@ from them. The stages that fill it in run in :mod:`attnsparse_widget.pipeline`."
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -55,10 +57,25 @@ class Comparison:
     # cache only hold weak references, so a cached pass never keeps a model alive)
     _model: Any = field(repr=False, default=None)
     # the stages of :mod:`attnsparse_widget.pipeline` that have finished on this result (its one record of progress)
-    done: set[str] = field(default_factory=set)
+    done: AbstractSet[str] = field(default_factory=frozenset)
     adaptation: Adaptation | None = None  # what the adapted pass runs (compare(..., adapted=...))
     adapted: PassResult | None = None  # the adapted pass, once its stage has run
     _adapted_model: Any = field(repr=False, default=None)  # held here: the adapted pass keeps a weak reference
+
+    def snapshot(self) -> Comparison:
+        """This comparison as it stands, for a reader on another thread: later stages fill in the pipeline's own
+        working comparison, never a snapshot (the metrics, continuations, stages done and each pass's own fields are
+        copies; the recorded tensors are shared, as nothing writes them once their pass has run). Cheap: no tensor
+        is copied."""
+        return replace(
+            self,
+            metrics=copy.deepcopy(self.metrics),
+            continuations=dict(self.continuations),
+            done=frozenset(self.done),
+            dense=self.dense.snapshot(),
+            sparse=self.sparse.snapshot(),
+            adapted=None if self.adapted is None else self.adapted.snapshot(),
+        )
 
     def passes(self) -> dict[str, PassResult]:
         """The passes this comparison holds, by regime: dense, sparse and (once run) adapted."""

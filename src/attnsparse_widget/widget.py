@@ -17,11 +17,10 @@ import sys
 import threading
 import time
 import traceback
-import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import anywidget
 import traitlets as t
@@ -45,6 +44,7 @@ from .payload import (
 )
 from .pipeline import Stages
 from .result import Comparison
+from .session import Session
 from .tokens import max_positions
 
 STATIC = Path(__file__).parent / "static"
@@ -138,14 +138,14 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         self._cancel_adapt = threading.Event()
         self._seconds_per_step: float | None = None
         self._threaded = ("google.colab" not in sys.modules) if threaded is None else threaded
-        self._lock = threading.Lock()
-        self._pending: set[str] = set()  # "model", "view", "export": what the worker still has to do
-        self._generation = 0  # bumped by every request; the frontend waits for its own number
-        self._model_generation = 0  # bumped by requests that need the model to run again
-        self._running = False  # a worker is draining the requests (set and cleared under the lock)
-        self._worker: threading.Thread | None = None
-        self._result: Comparison | None = None
-        self._gallery_of: weakref.ref[Comparison] | None = None  # the result the published gallery belongs to
+        # the worker, the coalescing of requests ("model", "view", "export", "adapt") and the snapshot on screen
+        self._session = Session(self._run, self._failed, threaded=self._threaded)
+        self._lock = threading.Lock()  # guards _export_request
+        # the pipeline's working comparison of the snapshot on screen: only the worker touches it (later stages fill
+        # it in when switched on); readers get snapshots
+        self._working: Comparison | None = None
+        self._runs = 0  # pipeline runs started (a new working comparison each)
+        self._gallery_of: tuple[int, str] | None = None  # the run and masked pass the published gallery shows
         self._progress_sent = ("", 0.0)  # the stage and time.monotonic() of the last progress message
         self._painted = threading.Event()  # set when a frontend reports a painted main view
         self._frontend_painted = False  # a frontend has reported one: it is displayed somewhere
@@ -221,82 +221,45 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         return self._adaptation
 
     def _submit(self, kind: str) -> None:
-        with self._lock:
-            self._generation += 1
-            if kind == "model":
-                self._model_generation = self._generation
-            self._pending.add(kind)
-            start = not self._running
-            self._running = True
-        if not start:
-            return  # the running worker picks it up
-        if self._threaded:
-            self._worker = threading.Thread(target=self._drain, name="attnsparse-widget", daemon=True)
-            self._worker.start()
-        else:
-            self._drain()
+        self._session.submit(kind)
 
-    def wait(self, timeout: float | None = 120) -> AttentionDiffWidget:
-        """Block until the latest request is fully computed (per-layer curve included). Returns the widget."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._lock:
-                if not self._running:
-                    return self
-                worker = self._worker
-            if worker is not None:
-                worker.join(0.05)
-            else:
-                time.sleep(0.05)
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError("the widget is still computing")
+    def wait(self, timeout: float | None = 120, *, until: Literal["done", "view"] = "done") -> AttentionDiffWidget:
+        """Block until the latest request is fully computed, per-layer curve included (``until="done"``), or until
+        its main view is on screen (``until="view"``; later stages go on). Returns the widget."""
+        self._session.wait(timeout, until=until)
+        return self
 
     @property
     def result(self) -> Comparison | None:
-        """The comparison currently displayed (None before the first one or after an error)."""
-        return self._result
+        """The comparison on screen, as an immutable snapshot: the worker fills in later stages on its own copy and
+        publishes each as a new snapshot, so this object never changes under you (read ``w.result`` again for the
+        latest). None before the first one or after an error."""
+        return self._session.shown
+
+    @property
+    def _result(self) -> Comparison | None:
+        return self._session.shown
 
     def _take(self, kind: str) -> bool:
-        """Remove ``kind`` from the pending requests; whether it was there."""
-        with self._lock:
-            found = kind in self._pending
-            self._pending.discard(kind)
-            return found
-
-    def _drain(self) -> None:
-        try:
-            while True:
-                with self._lock:
-                    if not self._pending:
-                        self._running = False
-                        return
-                    kinds, self._pending = self._pending, set()
-                    model_generation = self._model_generation
-                try:
-                    self._run(kinds, model_generation)
-                except Exception as err:  # noqa: BLE001 - the widget must stay usable whatever happens
-                    self.status = failed_status(self.status, f"{type(err).__name__}: {err}", request=self._generation)
-        except BaseException:
-            # interrupted (KeyboardInterrupt in the kernel's own thread): the next change must start a worker again
-            with self._lock:
-                self._running = False
-                self._pending.clear()
-            self.status = failed_status(
-                self.status, "interrupted; change a control to run again", request=self._generation
-            )
-            raise
+        return self._session.take(kind)
 
     def _stale(self, model_generation: int) -> bool:
-        """Whether a newer request needs the model to run again (view requests never make a result stale)."""
-        with self._lock:
-            return model_generation != self._model_generation
+        return self._session.stale(model_generation)
+
+    def _failed(self, err: BaseException) -> None:
+        """What a request raised, on screen (the widget stays usable; an interrupt needs a new change to go on)."""
+        message = (
+            f"{type(err).__name__}: {err}"
+            if isinstance(err, Exception)
+            else "interrupted; change a control to run again"
+        )
+        self.status = failed_status(self.status, message, request=self._session.generation)
 
     def _status(
         self, busy: bool, stage: str = "", started: float | None = None, *, progress: float | None = None
     ) -> None:
         """Publish a status without error (``started`` None: the current request's start)."""
-        with self._lock:
-            request = self._generation if not busy else self.status.get("request", 0)
+        request = self._session.generation if not busy else self.status.get("request", 0)
         self.status = status_payload(
             busy=busy,
             stage=stage,
@@ -327,34 +290,32 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                 if not self._stale(model_generation) and not self.status.get("error"):
                     self._status(False)
                 return
-        if "model" in kinds or self._result is None or trained:
+        if "model" in kinds or self._working is None or trained:
             self._status(True, "running the model", started)
-            if self._result is not None:  # it stays on screen, but its caches can go before the next pass runs
-                self._result.release()
+            if self._working is not None:  # the worker's own copy: its caches go before the next pass runs
+                self._working.release()  # (the snapshot on screen stays as it is)
+                self._working = None
             try:
                 skip_curve = self._skips_curve()
-                steps = pipeline.stages(
-                    (self._model, self._tokenizer), self._request(self.per_layer and not skip_curve)
-                )
-                res = next(steps).result  # the first stage: the sparse pass and the headline metrics
+                request = self._request(self.per_layer and not skip_curve, skipped_curve=skip_curve)
+                working = pipeline.prepare((self._model, self._tokenizer), request)  # the sparse pass, the headline
             except Exception as err:  # noqa: BLE001 - shown in the widget; the kernel must stay usable
                 if not self._stale(model_generation):
-                    self._result = None
+                    self._session.publish(None, model_generation)
                     expected = isinstance(err, (ValueError, TypeError, NotImplementedError))
                     self.status = status_payload(
                         busy=False,
                         error=str(err) if expected else f"{type(err).__name__}: {err}",
                         detail="" if expected else traceback.format_exc(limit=3),
                         started=started,
-                        request=self._generation,
+                        request=self._session.generation,
                     )
                 return
             if self._stale(model_generation):
-                steps.close()
                 return
-            self._result = res
+            self._working, self._runs = working, self._runs + 1
+            res = working.snapshot()
             if skip_curve:
-                res.metrics.notes.append(curve_skipped_note(len(res.token_ids), CURVE_TOKENS))
                 self._curve_switched_off = True
                 try:
                     self.per_layer = False
@@ -362,6 +323,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                     self._curve_switched_off = False
             self._take("view")  # published right here
             self._painted.clear()
+            self._session.publish(res, model_generation)
             with self.hold_sync():  # the main view and the headline metrics, in one message
                 self.info = info_payload(res)
                 self.tokens = list(res.tokens)  # sent only when the text's tokens changed
@@ -372,13 +334,14 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                 # let the browser paint before the next stage takes every core (on a laptop the kernel and the
                 # browser share them): the frontend says when it has painted; never wait long for it
                 self._painted.wait(PAINT_GRACE_S)
-        elif self._result is not None and "view" in kinds:
-            self._publish_view(self._result)
-            self._publish_gallery(self._result)
-        if self._result is not None:
+            steps = pipeline.later_stages(working, request)
+        elif (shown := self._result) is not None and "view" in kinds:
+            self._publish_view(shown)
+            self._publish_gallery(shown)
+        if self._working is not None:
             if steps is None:  # a view request: the stages this result still lacks (the curve, once switched on)
-                steps = pipeline.later_stages(self._result, self._request(self.per_layer))
-            if not self._follow(self._result, steps, model_generation, started):
+                steps = pipeline.later_stages(self._working, self._request(self.per_layer))
+            if not self._follow(steps, model_generation, started):
                 return
         if ("export" in kinds or self._take("export")) and self._result is not None:
             if not self._export(started):
@@ -389,8 +352,9 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         if not self._stale(model_generation):
             self._status(False)
 
-    def _request(self, per_layer: bool) -> pipeline.Request:
-        """The run the controls ask for now (``per_layer``: whether it includes the per-layer curve)."""
+    def _request(self, per_layer: bool, *, skipped_curve: bool = False) -> pipeline.Request:
+        """The run the controls ask for now (``per_layer``: whether it includes the per-layer curve;
+        ``skipped_curve``: the widget left the curve out for this long text, which the result's notes say)."""
         return pipeline.Request(
             text=self.text,
             mask=self.mask,
@@ -401,6 +365,9 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             max_tokens=self._token_limit(),
             time_attention=self.time_attention,
             adapted=self._current_adaptation(),
+            notes=(curve_skipped_note(min(self._token_count(), self._token_limit()), CURVE_TOKENS),)
+            if skipped_curve
+            else (),
         )
 
     def _current_adaptation(self) -> Adaptation | None:
@@ -447,18 +414,23 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         """The masked pass the views show: ``compare_with`` when the result has it, else the post-hoc one."""
         return "adapted" if self.compare_with == "adapted" and res.adapted is not None else "sparse"
 
-    def _follow(self, res: Comparison, steps: Stages, model_generation: int, started: float) -> bool:
+    def _follow(self, steps: Stages, model_generation: int, started: float) -> bool:
         """Publish the pipeline's later stages as they fill in (the attention metrics and the head gallery, the
-        continuations, the per-layer curve one replayed pass at a time), serving view requests (layer, head, zoom)
-        between steps. False when a newer model request made the result stale: the rest is abandoned."""
+        continuations, the per-layer curve one replayed pass at a time), each as a new snapshot, serving view
+        requests (layer, head, zoom) between steps. False when a newer model request made the result stale: the
+        rest is abandoned."""
+        last = None
         with contextlib.closing(steps):
             for progress in steps:
                 if self._stale(model_generation):
                     return False  # a newer request needs the model: stop, its own stages will follow
+                res = last = progress.result
                 finished = progress.done == progress.total  # a finished stage adds metrics (and maps: the adapted)
                 view = self._take("view")
                 if not (view or finished or self._progress_due(progress.stage, progress.fraction)):
                     continue  # the next update carries this one's values (the chart is drawn from the result)
+                self._session.publish(res, model_generation)
+                last = None
                 with self.hold_sync():
                     if finished and progress.stage in METRIC_STAGES:
                         self.metrics = metrics_payload(res)
@@ -468,7 +440,10 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                     elif progress.stage == pipeline.PER_LAYER:  # the curve fills in (the metrics follow at its end)
                         self._publish_layer_chart(res)
                     self._status(True, progress.stage, started, progress=progress.fraction)
-        self._publish_gallery(res)
+        if last is not None:  # never the case today (a stage's last step is always published); kept for safety
+            self._session.publish(last, model_generation)
+        if (shown := self._result) is not None:
+            self._publish_gallery(shown)
         return not self._stale(model_generation)
 
     def _publish_gallery(self, res: Comparison) -> None:
@@ -476,17 +451,12 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         if pipeline.ATTENTION_METRICS not in res.done:
             return
         which = self._masked(res)
-        if (
-            self.gallery
-            and self._gallery_of is not None
-            and self._gallery_of() is res
-            and self.gallery.get("masked") == which
-        ):
+        if self.gallery and self._gallery_of == (self._runs, which):
             return
         with self.hold_sync():
             self.metrics = metrics_payload(res)
             self.gallery = gallery_payload(res, which=which)
-            self._gallery_of = weakref.ref(res)
+            self._gallery_of = (self._runs, which)
             self._publish_layer_chart(res)
 
     def _export(self, started: float) -> bool:
@@ -553,13 +523,15 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         return res.export_png(path, **kwargs)
 
     def _shown(self, kwargs: dict[str, Any]) -> tuple[Comparison, dict[str, Any]]:
-        """The comparison on screen, once fully computed (an export must not read it while the worker thread still
-        fills it in), and an export's arguments defaulting to the head and the masked pass the widget shows."""
-        self.wait(None)
-        if self._result is None:
+        """The snapshot on screen, once the latest request's main view is there (later stages may still run: the
+        export reads the snapshot, which the worker never changes), and an export's arguments defaulting to the
+        head and the masked pass the widget shows."""
+        self.wait(None, until="view")
+        res = self._result
+        if res is None:
             raise RuntimeError("the widget has no result to export (see its error message)")
-        kwargs = {"head": None if self.head < 0 else self.head, "which": self._masked(self._result), **kwargs}
-        return self._result, kwargs
+        kwargs = {"head": None if self.head < 0 else self.head, "which": self._masked(res), **kwargs}
+        return res, kwargs
 
     def _publish_view(self, res: Comparison) -> None:
         """The main view, its dense values (sent only when they changed: traitlets sends no equal value) and the
@@ -584,7 +556,12 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         """Whether this text is too long for the per-layer curve to run unasked (see :data:`CURVE_TOKENS`)."""
         if not self.per_layer or self._curve_wanted or self._tokenizer is None or not isinstance(self.text, str):
             return False
-        return int(self._tokenizer(self.text, return_tensors="pt").input_ids.shape[-1]) > CURVE_TOKENS
+        return self._token_count() > CURVE_TOKENS
+
+    def _token_count(self) -> int:
+        """Tokens of ``text`` (before any cut)."""
+        assert self._tokenizer is not None
+        return int(self._tokenizer(self.text, return_tensors="pt").input_ids.shape[-1])
 
     def _token_limit(self) -> int:
         """``max_tokens``, and never more than the model's positions: a long text is cut, with a note."""
