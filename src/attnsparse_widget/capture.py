@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import threading
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +29,8 @@ from transformers import AttentionInterface, AttentionMaskInterface, PreTrainedM
 from transformers.masking_utils import eager_mask
 
 from . import kernels
-from .introspect import check_supported, layer_indexer, layer_stack, unsupported
+from .hooks import LayerOutputs, model_lock, start_at_layer, switched_to
+from .introspect import check_supported, layer_indexer, unsupported
 from .masks import Mask, MaskContext
 from .masks.base import SPARSITY_TOLERANCE, by_position_sparsity, calibrate, calibrated_per_layer
 
@@ -744,36 +743,6 @@ def register() -> None:
 
 
 # -------------------------------------------------------------------------------------------- switching a model
-def _configs(model: nn.Module) -> list[Any]:
-    """Every config object whose attention implementation a switch may change."""
-    seen: dict[int, Any] = {}
-    pending = [m.config for m in model.modules() if isinstance(m, PreTrainedModel)]
-    while pending:
-        config = pending.pop()
-        if id(config) in seen:
-            continue
-        seen[id(config)] = config
-        for key in getattr(config, "sub_configs", {}) or {}:
-            sub = getattr(config, key, None)
-            if sub is not None:
-                pending.append(sub)
-    return list(seen.values())
-
-
-_model_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
-_locks_guard = threading.Lock()
-
-
-def model_lock(model: nn.Module) -> threading.RLock:
-    """The lock that serialises switched passes of one model: two widgets (threads) on the same model must not
-    switch its attention implementation under each other's feet."""
-    with _locks_guard:
-        lock = _model_locks.get(model)
-        if lock is None:
-            lock = _model_locks[model] = threading.RLock()
-        return lock
-
-
 @contextlib.contextmanager
 def attention_active(model: PreTrainedModel, plan: Plan) -> Iterator[Plan]:
     """Run ``model`` with :func:`attention_forward` and ``plan`` inside the block; restore everything after.
@@ -790,101 +759,12 @@ def attention_active(model: PreTrainedModel, plan: Plan) -> Iterator[Plan]:
 
 @contextlib.contextmanager
 def _switched(model: PreTrainedModel, plan: Plan) -> Iterator[None]:
-    saved_impl = [(c, c.__dict__.get("_attn_implementation_internal")) for c in _configs(model)]
-    saved_modes = [(m, m.training) for m in model.modules()]
     token = _ACTIVE.set(plan)
     try:
-        model.set_attn_implementation(ATTN_NAME)
-        model.eval()
-        yield
+        with switched_to(model, ATTN_NAME):
+            yield
     finally:
         _ACTIVE.reset(token)
-        for config, impl in saved_impl:
-            config._attn_implementation_internal = impl
-        for module, mode in saved_modes:
-            module.training = mode
-
-
-@dataclass
-class LayerOutputs:
-    """Outputs of every transformer block of one forward pass, to restart later passes from any block."""
-
-    outputs: list[Any] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def capture_layer_outputs(model: nn.Module, into: LayerOutputs) -> Iterator[LayerOutputs]:
-    """Record each block's output (as returned) during the passes inside the block.
-
-    Hidden states are copied into one slab for all blocks (``[L, B, T, D]``, allocated at the first block): kept
-    for as long as the result lives, they would otherwise pin scattered pieces of the heap that the pass's large
-    temporaries were allocated around, and the process would keep that memory."""
-    stack = layer_stack(model)
-    if stack is None:
-        yield into
-        return
-    into.outputs = [None] * len(stack)
-    handles = []
-    slab: list[Tensor] = []
-
-    def kept(i: int, hidden: Tensor) -> Tensor:
-        if not slab or slab[0].shape[1:] != hidden.shape or slab[0].dtype != hidden.dtype:
-            slab[:] = [torch.empty((len(stack), *hidden.shape), dtype=hidden.dtype, device=hidden.device)]
-        return slab[0][i].copy_(hidden)
-
-    def hook_for(i: int) -> Callable[..., None]:
-        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
-            if isinstance(output, Tensor):
-                into.outputs[i] = kept(i, output)
-            elif isinstance(output, tuple) and output and isinstance(output[0], Tensor):
-                into.outputs[i] = (kept(i, output[0]), *output[1:])
-            else:
-                into.outputs[i] = output
-
-        return hook
-
-    try:
-        for i, block in enumerate(stack):
-            handles.append(block.register_forward_hook(hook_for(i)))
-        yield into
-    finally:
-        for h in handles:
-            h.remove()
-
-
-_NO_OVERRIDE = object()
-
-
-@contextlib.contextmanager
-def replaced_forward(module: nn.Module, forward: Callable[..., Any]) -> Iterator[None]:
-    """``module.forward`` is ``forward`` inside the block. A forward already set on the instance (accelerate's
-    offloading and device-map hooks put theirs there) is put back afterwards, not deleted."""
-    previous = module.__dict__.get("forward", _NO_OVERRIDE)
-    module.forward = forward
-    try:
-        yield
-    finally:
-        if previous is _NO_OVERRIDE:
-            del module.forward
-        else:
-            module.forward = previous
-
-
-@contextlib.contextmanager
-def start_at_layer(model: nn.Module, layer: int, outputs: LayerOutputs) -> Iterator[None]:
-    """Skip blocks ``0 .. layer-1`` by replaying their recorded outputs: the pass starts computing at ``layer``.
-
-    Exact when the recorded outputs came from a pass with the same inputs and the same masks on those blocks.
-    """
-    stack = layer_stack(model)
-    if stack is None or layer == 0:
-        yield
-        return
-    with contextlib.ExitStack() as replaced:
-        for i in range(layer):
-            recorded = outputs.outputs[i]
-            replaced.enter_context(replaced_forward(stack[i], lambda *a, _out=recorded, **k: _out))
-        yield
 
 
 class _Probed(Exception):

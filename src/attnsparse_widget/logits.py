@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .capture import model_lock, replaced_forward
+from .hooks import model_lock, replaced_forward
 
 Tensor = torch.Tensor
 CHUNK = 128  # positions per call of the head (25 MB of float32 logits: small enough for the heap to reuse)

@@ -15,8 +15,9 @@ import torch
 from transformers import PreTrainedModel
 
 from . import metrics as M
-from .capture import LayerOutputs, Plan, QueryKeys, attention_active, capture_layer_outputs, layer_attention
+from .capture import Plan, QueryKeys, attention_active, layer_attention
 from .compat import cache_kwarg, output_cache, without_cache
+from .hooks import LayerOutputs, capture_layer_outputs
 from .introspect import head_dims, layer_indexer, layer_stack, n_kv_heads, num_layers, text_config, unsupported
 from .logits import chunks, head_can_replay, logits_at, record_base_output, verify_replay
 from .masks import Mask

@@ -16,8 +16,9 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from . import metrics as M
-from .capture import LayerOutputs, Plan, attention_active, start_at_layer
+from .capture import Plan, attention_active
 from .compat import cache_kwarg
+from .hooks import LayerOutputs, start_at_layer
 from .introspect import layer_indexer, num_layers
 from .logits import chunks, logits_at, record_base_output
 from .masks import Mask
