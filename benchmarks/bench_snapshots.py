@@ -94,7 +94,8 @@ def main() -> None:
         f"export_png mid-computation: {med(mid):.2f} s; of the finished result {med(finished):.2f} s; "
         f"ratio {med(mid) / med(finished):.2f} (target about 1)"
     )
-    print(f"  the stages still running when it returned took another {med(rest) - med(mid):.1f} s (what it waited before)")
+    waited = med(rest) - med(mid)
+    print(f"  the stages still running when it returned took another {waited:.1f} s (what it waited before)")
     print(f"layer change to the new main view sent: {med(changes):.2f} s = {med(changes) / floor:.2f} forwards")
 
 
