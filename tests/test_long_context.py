@@ -29,7 +29,7 @@ from test_sparse_oracle_scores import SCORE_MASKS, TEXT, reference_run
 from tiny_models import ToyTokenizer, build, configs
 
 import attnsparse_widget as aw
-from attnsparse_widget import capture, masks
+from attnsparse_widget import capture, masks, pipeline
 from attnsparse_widget import store as store_module
 from attnsparse_widget.capture import Plan, attention_active
 from attnsparse_widget.introspect import layer_indexer, num_layers
@@ -241,3 +241,34 @@ def test_whole_maps_above_the_limit_are_refused_with_the_two_ways_that_fit(block
             res.attention(0, region=bad)
     with pytest.raises(ValueError, match="head must be in 0..3"):
         res.attention(0, head=4)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma2"])
+@pytest.mark.parametrize("mask_id", ["sink_window", "strided"])
+def test_view_first_pass_records_what_the_captured_pass_records(monkeypatch, family, mask_id):
+    """A long text under a positions-only mask goes view first (passes.masked_pass: the fast kernels, then each
+    layer recorded by replay); the comparison equals the one the captured pass gives (itself checked against eager
+    above), layer by layer: the maps, the sparsity, the metrics, the continuations. Gemma-2's soft-capping keeps
+    its layers off the fast kernels: they are recorded within the pass."""
+    model, tok = build(family, "eager" if family == "gemma2" else "sdpa"), ToyTokenizer()
+    text = ((TOY_TEXT + " ") * 6)[:300]
+    kwargs = dict(mask=mask_id, sparsity=0.6, per_layer=True, continuation_tokens=4)
+    aw.clear_cache()
+    fast = aw.compare((model, tok), text, **kwargs)
+    assert fast.n_layers == 3 and len(fast.tokens) > 256 and not fast.sparse.store.retain
+    aw.clear_cache()
+    monkeypatch.setattr(pipeline, "view_first", lambda *args: False)
+    whole = aw.compare((model, tok), text, **kwargs)
+    aw.clear_cache()
+    m, w = fast.metrics, whole.metrics
+    assert m.achieved_sparsity_per_head == w.achieved_sparsity_per_head
+    assert m.sparse_ppl == pytest.approx(w.sparse_ppl, rel=1e-5)
+    np.testing.assert_allclose(m.mass_recall_per_head, w.mass_recall_per_head, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m.kl_per_head, w.kl_per_head, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(m.per_layer_delta_ppl, w.per_layer_delta_ppl, rtol=1e-4, atol=1e-4)
+    assert fast.continuations == whole.continuations
+    for layer in range(fast.n_layers):
+        ours, _ = fast.maps(layer)
+        ref, _ = whole.maps(layer)
+        for name in ours:
+            np.testing.assert_allclose(ours[name], ref[name], atol=ATOL, err_msg=f"{name}, layer {layer}")

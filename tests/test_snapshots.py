@@ -19,10 +19,15 @@ from attnsparse_widget.widget import AttentionDiffWidget
 
 pytestmark = pytest.mark.model
 
-TEXTS = (
-    "the quick brown fox jumps over the lazy dog and runs far away",
-    "a river bends around the old mill and the miller counts his sacks",
-    "snow fell on the roofs of the village all through the long night",
+# longer than the 256-cell overview (one token a character): the sparse pass goes view first, and its other
+# layers' maps are a stage of their own
+TEXTS = tuple(
+    (sentence + " ") * 5
+    for sentence in (
+        "the quick brown fox jumps over the lazy dog and runs far away",
+        "a river bends around the old mill and the miller counts his sacks",
+        "snow fell on the roofs of the village all through the long night",
+    )
 )
 HELD = 30  # seconds a held worker waits at most (the test fails long before, if something blocks)
 
@@ -83,6 +88,8 @@ def check_whole(res: Comparison) -> None:
     per-layer curve may be part way, as the chart shows it filling in, but never longer than the layers)."""
     m, n = res.metrics, res.n_layers
     assert pipeline.SPARSE_PASS in res.done and m.sparse_ppl is not None and m.achieved_sparsity is not None
+    assert (pipeline.ATTENTION_MAPS in res.done) == res.sparse.store.complete
+    assert all(res.maps(layer)[0]["sparse"].shape == res.maps(0)[0]["sparse"].shape for layer in range(n))
     recall = pipeline.ATTENTION_METRICS in res.done
     assert (m.mass_recall is not None) == recall and (m.kl_per_head is not None) == recall
     if recall:
@@ -109,14 +116,7 @@ def frozen(res: Comparison) -> tuple:
     return repr(res.metrics), dict(res.continuations), set(res.done), res.adapted is None, passes  # repr: NaN == NaN
 
 
-STAGES = (
-    pipeline.SPARSE_PASS,
-    pipeline.ADAPTED_PASS,
-    pipeline.ATTENTION_METRICS,
-    pipeline.CONTINUATIONS,
-    pipeline.ATTENTION_TIME,
-    pipeline.PER_LAYER,
-)
+STAGES = pipeline.STAGES
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -164,6 +164,7 @@ def test_read_export_and_cancel_while_the_worker_is_held_at_each_stage(
     last = w.result
     assert last is not None and last.text == TEXTS[2] and set(last.done) == set(STAGES)
     check_whole(last)
+    assert last.sparse.store.complete
     assert w.status["error"] is None and w.status["busy"] is False
     # nothing anyone read was changed by what ran after it
     for res, state in ((first, first_state), (held, held_state)):
@@ -180,8 +181,10 @@ def test_compare_hands_back_the_final_snapshot_and_the_steps_hand_out_snapshots(
     for progress, state in seen:
         check_whole(progress.result)
         assert frozen(progress.result) == state
+    assert not seen[0][0].result.sparse.store.complete  # view first: the other layers' maps came later
     assert set(seen[-1][0].result.done) == {
         pipeline.SPARSE_PASS,
+        pipeline.ATTENTION_MAPS,
         pipeline.ATTENTION_METRICS,
         pipeline.CONTINUATIONS,
         pipeline.PER_LAYER,

@@ -81,6 +81,12 @@ class Plan:
     # the kernel of masked layers whose probabilities nobody reads (:func:`_fast_path`): None chooses by measurement
     # (:func:`~attnsparse_widget.kernels.choose_kernel`), "eager" never leaves the eager path
     kernel: str | None = None
+    # False: a flex call that would compile (first use of its shapes in this process) takes sdpa instead, so that a
+    # pass someone waits for never includes the compilation (the pipeline compiles as a step of its own)
+    may_compile: bool = True
+    # with a dict: per masked layer that took the fast path, (kept pairs ``[1, H|1]``, allowed pairs ``[1, 1]``), on
+    # the CPU: a pass that records no probabilities still knows the sparsity it achieved (a view-first pass)
+    counts: dict[int, tuple[Tensor, Tensor]] | None = None
 
     def mask_for(self, layer: int) -> Mask | None:
         """The mask of ``layer`` (None: dense), with its own budget when the plan has one for it."""
@@ -335,9 +341,20 @@ def _fast_path(
         keep, first = _memo(plan, ("fast keep", ctx.causal, ctx.n_heads), allowed, _static_keep, *args)
     if first is not None:
         plan.first_changed[layer] = min(plan.first_changed.get(layer, first), first)
+    if plan.counts is not None:
+        plan.counts[layer] = _memo(plan, ("fast counts",), keep, _counted, keep, allowed)
     kernel = plan.kernel or kernels.choose_kernel(n_q, n_k, query.device)
+    if kernel == "flex" and not plan.may_compile and not kernels.flex_compiled(query, key, value, keep):
+        kernel = "sdpa"
     out = kernels.masked_attention(query, key, value, keep, scaling, kernel)
     return out.transpose(1, 2).contiguous()
+
+
+def _counted(keep: Tensor, allowed: Tensor) -> tuple[Tensor, Tensor]:
+    """Kept pairs per head ``[1, H|1]`` of a keep-mask within the allowed pairs (``keep [H|1, Tq, Tk]``, already
+    within ``allowed [1, 1, Tq, Tk]``), and the allowed pairs ``[1, 1]``, as an :class:`~.store.AttentionStore`
+    counts them."""
+    return keep.sum(dim=(-1, -2))[None].cpu(), allowed.sum(dim=(-1, -2)).cpu()
 
 
 # ------------------------------------------------------------------------------------------------ long texts
@@ -771,6 +788,35 @@ class _Probed(Exception):
     """Raised once the probed layer is recorded: the rest of the pass is not needed."""
 
 
+class _OneLayer(Recorder):
+    """Hands ``layer``'s attention to ``into`` and stops the pass once it is recorded."""
+
+    def __init__(self, layer: int, into: Recorder) -> None:
+        self.layer, self.into, self.done = layer, into, False
+
+    @property
+    def takes_blocks(self) -> bool:  # type: ignore[override]
+        return self.into.takes_blocks
+
+    def record(
+        self, layer: int, probs: Tensor, keep: Tensor | None, allowed: Tensor, dense: DenseHead | None = None
+    ) -> None:
+        if layer == self.layer:
+            self.into.record(layer, probs, keep, allowed, dense)
+            self.done = True
+            raise _Probed
+
+    def record_block(self, layer: int, block: RowBlock, dense: DenseHead | None = None) -> None:
+        if layer == self.layer:
+            self.into.record_block(layer, block, dense)
+
+    def finish_layer(self, layer: int, allowed: Tensor) -> None:
+        if layer == self.layer:
+            self.into.finish_layer(layer, allowed)
+            self.done = True
+            raise _Probed
+
+
 class _LayerProbe(Recorder):
     def __init__(self, layer: int, rows: tuple[int, int] | None = None) -> None:
         self.layer = layer
@@ -850,11 +896,49 @@ def layer_attention(
         rows=rows,
         cell=cell,
     )
+    _replayed(model, ids, plan, layer, outputs)
+    if probe.found is None:
+        raise unsupported(model, f"layer {layer} did not call the attention function when replayed")
+    return probe.found
+
+
+def record_layer(
+    model: PreTrainedModel,
+    ids: Tensor,
+    mask: Mask | None,
+    layer: int,
+    outputs: LayerOutputs,
+    into: Recorder,
+    *,
+    seed: int = 0,
+    budgets: dict[int, int] | None = None,
+    cell: int = 1,
+    dense_qk: QueryKeys | None = None,
+) -> None:
+    """Record one layer of a pass into ``into`` (a store) as the pass would have: blocks ``0 .. layer-1`` replay the
+    pass's recorded ``outputs`` (see :func:`layer_attention`: the same input, scores, mask and probabilities), the
+    rows in the store's blocks of ``cell``, and with ``dense_qk`` (a dense pass's queries and keys) the layer is
+    measured against that pass's as it is recorded. The pass stops right after the layer."""
+    one = _OneLayer(layer, into)
+    plan = Plan(
+        layer_of=layer_indexer(model),
+        mask=mask,
+        recorder=one,
+        seed=seed,
+        budgets=dict(budgets or {}),
+        cell=cell,
+        dense_qk=dense_qk,
+    )
+    _replayed(model, ids, plan, layer, outputs)
+    if not one.done:
+        raise unsupported(model, f"layer {layer} did not call the attention function when replayed")
+
+
+def _replayed(model: PreTrainedModel, ids: Tensor, plan: Plan, layer: int, outputs: LayerOutputs) -> None:
+    """A pass under ``plan`` that starts at ``layer`` (the blocks before replay ``outputs``) and ends when the
+    plan's recorder has what it wants (:class:`_Probed`)."""
     try:
         with torch.inference_mode(), attention_active(model, plan), start_at_layer(model, layer, outputs):
             model(input_ids=ids, use_cache=False)
     except _Probed:
         pass
-    if probe.found is None:
-        raise unsupported(model, f"layer {layer} did not call the attention function when replayed")
-    return probe.found

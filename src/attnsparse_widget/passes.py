@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedModel
 
 from . import metrics as M
-from .capture import Plan, QueryKeys, attention_active, layer_attention
+from .capture import Plan, QueryKeys, attention_active, layer_attention, record_layer
 from .compat import cache_kwarg, output_cache, without_cache
 from .hooks import LayerOutputs, capture_layer_outputs
 from .introspect import head_dims, layer_indexer, layer_stack, n_kv_heads, num_layers, text_config, unsupported
@@ -57,6 +57,9 @@ class PassResult:
     cache: Any = None  # the pass's KV cache, kept until its greedy continuation uses it
     kv: list[tuple[Tensor, Tensor]] | None = None  # dense passes: every layer's keys and values (per-layer replays)
     qk: QueryKeys | None = None  # dense passes within QK_BUDGET: every layer's queries and keys (attention metrics)
+    # a view-first pass (:func:`masked_pass`), which records its layers after the pass: the dense pass's queries and
+    # keys, to measure each layer against as it is recorded (:meth:`fill`)
+    dense_qk: QueryKeys | None = None
     first_changed: dict[int, int] = field(default_factory=dict)  # per masked layer, the first row that lost a pair
     # per layer, the budget of a score-dependent mask as the pass sized it on that layer's scores (capture.Plan);
     # every later use of the pass (layer recomputation, replays, continuation) applies exactly these
@@ -69,6 +72,10 @@ class PassResult:
         default_factory=OrderedDict, init=False, repr=False, compare=False
     )
     _memo_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    # one-layer stores of layers this pass's store has not recorded yet (a view-first pass, read before :meth:`fill`)
+    _stores: OrderedDict[int, AttentionStore] = field(
+        default_factory=OrderedDict, init=False, repr=False, compare=False
+    )
 
     def snapshot(self) -> PassResult:
         """A copy for a :class:`~attnsparse_widget.result.Comparison` snapshot: what later stages set on this pass
@@ -76,6 +83,7 @@ class PassResult:
         writes them once the pass has run. The copy holds no KV cache and its own recomputed layers."""
         return replace(
             self,
+            store=self.store.snapshot(),
             cache=None,
             budgets=dict(self.budgets),
             first_changed=dict(self.first_changed),
@@ -136,12 +144,62 @@ class PassResult:
                     self._layers.popitem(last=False)
         return found
 
+    def fill(self, layer: int) -> None:
+        """Record ``layer`` into this pass's store, as the pass would have (a view-first pass records its layers
+        after the pass, :func:`~attnsparse_widget.capture.record_layer`), measured against the dense pass when it
+        kept its queries and keys. Only the pass's owner calls it (the pipeline's worker): a snapshot's store never
+        changes (:meth:`store_for` reads an unrecorded layer)."""
+        if self.store.recorded[layer]:
+            return
+        record_layer(
+            self.the_model(),
+            self.ids,
+            self.mask,
+            layer,
+            self.layer_outputs,
+            self.store,
+            seed=self.seed,
+            budgets=self.budgets,
+            cell=self.store.factor,
+            dense_qk=self.dense_qk,
+        )
+
+    def store_for(self, layer: int) -> AttentionStore:
+        """A store holding ``layer``'s maps: this pass's own once it has recorded the layer, else a store of that one
+        layer, recomputed by replay (the last one asked for is kept). The one place that reads a layer of a
+        view-first pass before the pipeline recorded it (a layer change while the later stages run)."""
+        store = self.store
+        if store.recorded[layer]:
+            return store
+        with self._memo_lock:
+            found = self._stores.get(layer)
+        if found is not None:
+            return found
+        one = AttentionStore(len(store.recorded), store.n_heads, store.n_tokens, retain=store.retain, slab=False)
+        record_layer(
+            self.the_model(),
+            self.ids,
+            self.mask,
+            layer,
+            self.layer_outputs,
+            one,
+            seed=self.seed,
+            budgets=self.budgets,
+            cell=store.factor,
+        )
+        with self._memo_lock:
+            self._stores[layer] = one
+            while len(self._stores) > RECOMPUTED_LAYERS:
+                self._stores.popitem(last=False)
+        return one
+
     def release(self) -> None:
         """Drop what can be made again: the KV cache kept for a continuation, recomputed layers (a reader holding
         one keeps it: only the memo lets go)."""
         self.cache = None
         with self._memo_lock:
             self._layers.clear()
+            self._stores.clear()
 
     def nbytes(self) -> int:
         """Bytes held (maps, layer outputs, logits), roughly."""
@@ -202,6 +260,65 @@ def captured_pass(
             plan.keep_qk = QueryKeys.empty(n_layers)
         if compare_with is not None and compare_with.qk is not None:
             plan.dense_qk = compare_with.qk
+    result = _forward(model, ids, mask, plan, store, seed=seed, is_lm=is_lm, keep_cache=keep_cache)
+    if not store.complete:
+        missing = [i for i, done in enumerate(store.recorded) if not done]
+        raise unsupported(model, f"layers {missing} did not call the attention function")
+    return result
+
+
+def view_first(model: PreTrainedModel, n_tokens: int, mask: Mask, calibrate: bool) -> bool:
+    """Whether a masked pass of ``mask`` over ``n_tokens`` goes view first (:func:`masked_pass`): a text longer than
+    the overview (a short one records everything in one cheap pass) and a mask known from positions alone, whose
+    budget is not sized on the scores."""
+    store = AttentionStore(num_layers(model), text_config(model).num_attention_heads, n_tokens)
+    return not store.retain and not mask.score_dependent and not calibrate
+
+
+def masked_pass(
+    model: PreTrainedModel,
+    ids: Tensor,
+    mask: Mask,
+    *,
+    seed: int,
+    is_lm: bool,
+    keep_cache: bool = False,
+    compare_with: PassResult | None = None,
+) -> PassResult:
+    """The view-first masked pass (see :func:`view_first`): the forward through the fast kernels (the masked layers
+    on FlexAttention or SDPA with the keep-mask, :mod:`.kernels`; no probabilities), recording every block's output,
+    the kept and allowed pairs per layer (the achieved sparsity) and what :func:`captured_pass` records for the
+    next-token metrics. No layer's maps are recorded: :meth:`PassResult.fill` records one afterwards by replaying
+    it from the recorded outputs, exactly as :func:`captured_pass` would have (measured against ``compare_with``
+    when that dense pass kept its queries and keys). A layer that could not take the fast path is recorded here."""
+    n_layers = num_layers(model)
+    config = text_config(model)
+    store = AttentionStore(n_layers, config.num_attention_heads, ids.shape[1])
+    plan = Plan(layer_of=layer_indexer(model), mask=mask, seed=seed, cell=store.factor, counts={}, may_compile=False)
+    result = _forward(model, ids, mask, plan, store, seed=seed, is_lm=is_lm, keep_cache=keep_cache)
+    result.dense_qk = compare_with.qk if compare_with is not None else None
+    assert plan.counts is not None
+    for layer, (kept, allowed) in plan.counts.items():
+        store.set_counts(layer, kept, allowed)
+    for layer in range(n_layers):
+        if store.kept[layer] is None:  # it took the eager path (soft-capping, ...): recorded whole
+            result.fill(layer)
+    return result
+
+
+def _forward(
+    model: PreTrainedModel,
+    ids: Tensor,
+    mask: Mask | None,
+    plan: Plan,
+    store: AttentionStore,
+    *,
+    seed: int,
+    is_lm: bool,
+    keep_cache: bool,
+) -> PassResult:
+    """The forward pass of :func:`captured_pass` and :func:`masked_pass` under ``plan``: every block's output and,
+    for language models, the base output (or the full logits), the last logits and the KV caches they keep."""
     outputs = LayerOutputs()
     replayable = is_lm and head_can_replay(model)
     recorded: dict[str, Any] = {}
@@ -212,9 +329,6 @@ def captured_pass(
             out = model(input_ids=ids, use_cache=use_cache, **kwargs)
     if plan.calls == 0:
         raise unsupported(model, "no attention call went through the registered attention function")
-    if not store.complete:
-        missing = [i for i, done in enumerate(store.recorded) if not done]
-        raise unsupported(model, f"layers {missing} did not call the attention function")
     result = PassResult(
         store=store,
         layer_outputs=outputs,

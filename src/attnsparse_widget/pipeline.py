@@ -1,9 +1,13 @@
 """The one staged engine pipeline: text and mask in, a :class:`~attnsparse_widget.result.Comparison` filled in
 stage by stage, with progress.
 
-    sparse pass        the dense pass (cached per model and text), the sparse pass (which measures each layer's
-                       attention against the dense pass's as it runs), the achieved sparsity and the next-token
-                       metrics (perplexities, KL, top-1 agreement)
+    sparse pass        the dense pass (cached per model and text), the sparse pass, the achieved sparsity and the
+                       next-token metrics (perplexities, KL, top-1 agreement). A long text under a mask known from
+                       positions goes view first (:func:`~attnsparse_widget.passes.masked_pass`): the pass runs on
+                       the fast kernels and records only the shown layer's maps (``Request.layer``); otherwise the
+                       pass records every layer's maps, measuring each against the dense pass's as it runs
+    attention maps     a view-first pass's other layers, recorded one at a time by replay and measured against the
+                       dense pass as they are (nothing to do after a pass that recorded them all)
     adapted pass       with ``adapted=`` (an :class:`~attnsparse_widget.adapt.Adaptation`): the adapted model under
                        the same mask, measured against the dense pass as the sparse pass is, and the fraction of the
                        perplexity gap it recovers
@@ -48,7 +52,7 @@ from .measure import (
 )
 from .messages import NOTE_NO_REPLAY, adapted_elsewhere_note, truncation_note
 from .models import display_name, resolve_model
-from .passes import captured_pass, greedy_continuation, model_is_causal, next_token_stats
+from .passes import captured_pass, greedy_continuation, masked_pass, model_is_causal, next_token_stats, view_first
 from .replay import iter_per_layer
 from .result import Comparison
 from .tokens import decoder, eos_ids, readable_tokens, text_to_ids
@@ -60,12 +64,21 @@ DEFAULT_SPARSITY = 0.5
 DENSE_LOGITS_BUDGET = 256 * 2**20  # a dense pass keeps its next-token log-probabilities up to this size
 
 SPARSE_PASS = "sparse pass"
+ATTENTION_MAPS = "attention maps"
 ADAPTED_PASS = "adapted pass"
 ATTENTION_METRICS = "attention metrics"
 CONTINUATIONS = "continuations"
 ATTENTION_TIME = "attention time"
 PER_LAYER = "per-layer curve"
-STAGES = (SPARSE_PASS, ADAPTED_PASS, ATTENTION_METRICS, CONTINUATIONS, ATTENTION_TIME, PER_LAYER)  # in this order
+STAGES = (
+    SPARSE_PASS,
+    ATTENTION_MAPS,
+    ADAPTED_PASS,
+    ATTENTION_METRICS,
+    CONTINUATIONS,
+    ATTENTION_TIME,
+    PER_LAYER,
+)  # in this order
 # Not a stage of the result: the one-off compilation of the FlexAttention kernel (per process and shape bucket,
 # ~20 s at 8K tokens on 2 cores), run as a step of its own before the stage that first needs it, so the wait shows.
 COMPILING = "compiling the attention kernel"
@@ -101,7 +114,8 @@ class Request:
     makes the passes keep their KV cache for them). max_tokens: cut a longer text (None: the model's positions).
     seed: for random patterns. adapted: an adaptation to compare as well. time_attention: run the attention-time
     stage. notes: what the caller says about the run, added to the result's notes (the widget: that it left the
-    per-layer curve out for a long text).
+    per-layer curve out for a long text). layer: the layer shown first (a view-first pass records its maps before
+    the others; None: none first).
     """
 
     text: str | None = None
@@ -115,6 +129,7 @@ class Request:
     adapted: Adaptation | None = None
     time_attention: bool = False
     notes: tuple[str, ...] = ()
+    layer: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mask_params", MappingProxyType(dict(self.mask_params)))
@@ -139,6 +154,13 @@ def later_stages(res: Comparison, request: Request) -> Stages:
         request.time_attention,
     )
     try:
+        if ATTENTION_MAPS not in res.done:
+            pending = [layer for layer, done in enumerate(res.sparse.store.recorded) if not done]
+            for step, layer in enumerate(pending):
+                yield Progress(ATTENTION_MAPS, step, len(pending), res.snapshot())
+                res.sparse.fill(layer)
+            res.done = res.done | {ATTENTION_MAPS}
+            yield Progress(ATTENTION_MAPS, len(pending), len(pending), res.snapshot())
         if res.adaptation is not None and ADAPTED_PASS not in res.done:
             yield Progress(ADAPTED_PASS, 0, 1, res.snapshot())
             _adapted_pass(res, keep_cache=continuation_tokens > 0)
@@ -293,16 +315,21 @@ def prepare(model: Any, request: Request, *, tokenizer: PreTrainedTokenizerBase 
             vocab = dense.last_logits.numel() if dense.last_logits is not None else 0
             next_token_stats(dense, keep_logits=8 * n_tokens * vocab <= DENSE_LOGITS_BUDGET)
         DENSE_CACHE.put(key, model, dense)
-    sparse = captured_pass(
-        model,
-        ids,
-        resolved,
-        seed=seed,
-        is_lm=is_lm,
-        keep_cache=keep_cache,
-        target_sparsity=requested if calibrate else None,
-        compare_with=dense,
-    )
+    if view_first(model, n_tokens, resolved, calibrate):
+        sparse = masked_pass(model, ids, resolved, seed=seed, is_lm=is_lm, keep_cache=keep_cache, compare_with=dense)
+        if request.layer is not None:  # the shown layer's maps, before anything else
+            sparse.fill(min(max(request.layer, 0), num_layers(model) - 1))
+    else:
+        sparse = captured_pass(
+            model,
+            ids,
+            resolved,
+            seed=seed,
+            is_lm=is_lm,
+            keep_cache=keep_cache,
+            target_sparsity=requested if calibrate else None,
+            compare_with=dense,
+        )
 
     metrics = sparsity_metrics(sparse.store, requested)
     if requested is not None and (resolved.budget is not None or sparsity is not None):
@@ -345,6 +372,6 @@ def prepare(model: Any, request: Request, *, tokenizer: PreTrainedTokenizerBase 
         eos=eos_ids(tok, model),
         _decode=decode,
         _model=model,
-        done={SPARSE_PASS},
+        done={SPARSE_PASS, ATTENTION_MAPS} if sparse.store.complete else {SPARSE_PASS},
         adaptation=adapted,
     )

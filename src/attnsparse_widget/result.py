@@ -190,7 +190,7 @@ class Comparison:
     def allowed_mask(self, layer: int) -> np.ndarray:
         """The model's own allowed pairs at ``layer`` (causal, padding, its own sliding window), bool ``[T, T]``."""
         self._check_layer(layer)
-        allowed = self.sparse.store.allowed[layer]
+        allowed = self.dense.store.allowed[layer]  # the dense pass records every layer at once
         assert allowed is not None
         return allowed[0, 0].numpy().copy()
 
@@ -214,8 +214,8 @@ class Comparison:
         n = len(self.tokens)
         q0, q1, k0, k1 = region or (0, n, 0, n)
         masked = self.masked_pass(which)
-        store = masked.store
-        if (q0, q1, k0, k1) == (0, n, 0, n) and not store.retain:
+        if (q0, q1, k0, k1) == (0, n, 0, n) and not masked.store.retain:
+            store = masked.store_for(layer)
             keep = store.pooled_keep[layer]
             sums = {
                 "dense": self.dense.store.pooled_probs[layer],
@@ -252,7 +252,7 @@ class Comparison:
         n = len(self.tokens)
         out = []
         for result in (self.dense, self.masked_pass(which)):
-            store = result.store
+            store = result.store_for(layer)
             if store.retain:
                 probs = store.probs[layer]
                 assert probs is not None

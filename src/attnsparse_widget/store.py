@@ -19,6 +19,7 @@ layer (static patterns, the model's causal mask), so sharing, counting and pooli
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,21 @@ def retains(n_layers: int, n_heads: int, n_tokens: int, batch: int = 1, max_side
     return n_tokens <= max_side and 4 * n_layers * n_heads * n_tokens * n_tokens * batch <= RETAIN_BUDGET
 
 
+_PER_LAYER = (  # the store's per-layer lists (what a snapshot copies)
+    "probs",
+    "keep",
+    "allowed",
+    "pooled_probs",
+    "pooled_keep",
+    "pooled_allowed",
+    "kept",
+    "allowed_count",
+    "recorded",
+    "recall_rows",
+    "kl_per_head",
+)
+
+
 class AttentionStore(Recorder):
     """Captured attention of one pass, held on the CPU whatever the model's device. Full-resolution shapes: probs
     ``[B, H, Tq, Tk]``, keep ``[B, H|1, Tq, Tk]``, allowed ``[B, 1, Tq, Tk]``; pooled sums: ``[H|1, n, n]`` with
@@ -52,7 +68,10 @@ class AttentionStore(Recorder):
         batch: int = 1,
         retain: bool | None = None,
         max_side: int = MAX_SIDE,
+        slab: bool = True,
     ) -> None:
+        """``slab``: every layer's overview in one allocation, made at the first layer (False: one per layer, for a
+        store that records a layer or two)."""
         self.n_tokens = n_tokens
         self.n_heads = n_heads
         self.retain = retains(n_layers, n_heads, n_tokens, batch, max_side) if retain is None else retain
@@ -74,6 +93,7 @@ class AttentionStore(Recorder):
         self.kl_per_head: list[Tensor | None] = [None] * n_layers
         self._last: dict[str, tuple[Tensor, Tensor]] = {}  # what -> (the last object, its result)
         self._slab: Tensor | None = None  # the pooled overviews of every layer, [L, H, n, n]
+        self._one_slab = slab
         # a long text's layer being recorded block by block: pooled keep-mask, kept pairs, recall and KL per row
         self._pending: dict[str, Any] = {}
 
@@ -92,9 +112,7 @@ class AttentionStore(Recorder):
             self.keep[layer] = None if keep is None else self._once("keep", keep, keep.cpu)
         else:
             pooled = pool_sum(probs.detach()[0].to("cpu"), self.factor)
-            if self._slab is None:  # every layer's overview in one allocation (see capture_layer_outputs)
-                self._slab = torch.empty((len(self.pooled_probs), *pooled.shape), dtype=pooled.dtype)
-            self.pooled_probs[layer] = self._slab[layer].copy_(pooled)
+            self.pooled_probs[layer] = self._overview(layer, pooled.shape).copy_(pooled)
             self.pooled_allowed[layer] = self._once(
                 "pool allowed", allowed, lambda: pool_sum(allowed[0], self.factor).cpu()
             )
@@ -113,10 +131,8 @@ class AttentionStore(Recorder):
         if pending.get("layer") != layer:
             pending.clear()
             pending.update(layer=layer, keep=None, kept=None, compared=RowsCompared())
-            if self._slab is None:
-                n = -(-self.n_tokens // self.factor)
-                self._slab = torch.zeros((len(self.pooled_probs), block.probs.shape[1], n, n))
-            self.pooled_probs[layer] = self._slab[layer].zero_()
+            n = -(-self.n_tokens // self.factor)
+            self.pooled_probs[layer] = self._overview(layer, (block.probs.shape[1], n, n)).zero_()
         a, b = block.rows
         cell = slice(a // self.factor, -(-b // self.factor))
         cells = block.cols.cpu() // self.factor
@@ -163,6 +179,34 @@ class AttentionStore(Recorder):
         result = compute()
         self._last[what] = (obj, result)
         return result
+
+    def _overview(self, layer: int, shape: tuple[int, ...]) -> Tensor:
+        """Where ``layer``'s pooled overview goes (float32 ``shape``, uninitialised): its slice of the one slab of
+        every layer (allocated at the first; see capture_layer_outputs), or its own tensor."""
+        if not self._one_slab:
+            return torch.empty(shape)
+        if self._slab is None:
+            self._slab = torch.empty((len(self.pooled_probs), *shape))
+        return self._slab[layer]
+
+    def set_counts(self, layer: int, kept: Tensor, allowed_count: Tensor) -> None:
+        """The kept pairs per head ``[1, H|1]`` and allowed pairs ``[1, 1]`` of ``layer``, counted by a pass that
+        recorded no probabilities (``capture.Plan.counts``); its maps come later (:meth:`record`, by replay)."""
+        self.kept[layer], self.allowed_count[layer] = kept, allowed_count
+
+    def snapshot(self) -> AttentionStore:
+        """A copy whose per-layer lists are its own: layers recorded later into this store do not appear in it. The
+        recorded tensors are shared (a recorded layer is never written again)."""
+        out = copy.copy(self)
+        for name in _PER_LAYER:
+            setattr(out, name, list(getattr(self, name)))
+        out._last, out._pending = {}, {}
+        return out
+
+    @property
+    def counted(self) -> bool:
+        """Whether every layer's kept and allowed pairs are known (the achieved sparsity)."""
+        return all(k is not None for k in self.kept) and all(a is not None for a in self.allowed_count)
 
     @property
     def complete(self) -> bool:

@@ -365,6 +365,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             max_tokens=self._token_limit(),
             time_attention=self.time_attention,
             adapted=self._current_adaptation(),
+            layer=self.layer,
             notes=(curve_skipped_note(min(self._token_count(), self._token_limit()), CURVE_TOKENS),)
             if skipped_curve
             else (),
