@@ -20,7 +20,7 @@ import time
 from common import LENGTHS, default_model, median_seconds, plain_forward, text_of
 
 import attnsparse_widget as aw
-from attnsparse_widget.pipeline import Request, prepare
+from attnsparse_widget.pipeline import NEXT_TOKEN_METRICS, Request, run_until
 from attnsparse_widget.replay import iter_per_layer
 
 
@@ -55,7 +55,7 @@ def main() -> None:
         def stage(cold: bool, text: str = text) -> object:  # binds this length's text
             if cold:
                 aw.clear_cache()
-            return prepare(run, Request(text, args.mask, args.sparsity, continuation_tokens=0))
+            return run_until(run, Request(text, args.mask, args.sparsity, continuation_tokens=0), NEXT_TOKEN_METRICS)
 
         stage(False)
         warm = median_seconds(lambda: stage(False), args.repeat)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from common import LENGTHS, default_model, text_of
 
-from attnsparse_widget.pipeline import Request, prepare
+from attnsparse_widget.pipeline import ATTENTION_MAPS, Request, run_until
 
 
 def main() -> None:
@@ -28,7 +28,8 @@ def main() -> None:
     print(f"{'T':>5} {'frames':>7} {'total':>8} {'per frame':>10} {'size':>9}")
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.lengths:
-            res = prepare((model, tok), Request(text_of(tok, n), "sink_window", 0.5, continuation_tokens=0))
+            request = Request(text_of(tok, n), "sink_window", 0.5, continuation_tokens=0)
+            res = run_until((model, tok), request, ATTENTION_MAPS)
             report = res.export_gif(Path(tmp) / f"{n}.gif")
             size = report.path.stat().st_size / 1e6
             print(

@@ -73,10 +73,15 @@ export interface View {
   kept_pct: MatrixPayload;
   /** the heaviest dropped cells, heaviest first */
   drops: Drop[];
-  /** language models only: the query position of next_tokens */
-  position?: number;
-  /** language models only: the top-5 next tokens after position */
-  next_tokens?: NextTokens;
+}
+
+/** The `next_tokens` trait (language models, once the next-token metrics are in): apart from the view, so that a
+ *  click on a row, or the metrics arriving after the view, send only these. */
+export interface NextTokenView {
+  /** the query position, in [0, n_tokens) */
+  position: number;
+  /** the top-5 next tokens after position under each regime */
+  top: NextTokens;
 }
 
 /** The `dense_map` trait: the values of the main view's dense panel, sent only when they change; they belong to the
@@ -308,6 +313,7 @@ export interface WidgetState {
   metrics: MetricsPayload | Empty;
   view: View | Empty;
   dense_map: DenseMap | Empty;
+  next_tokens: NextTokenView | Empty;
   layer_chart: Figure | Empty;
   gallery: Gallery | Empty;
   status: Status;

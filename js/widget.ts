@@ -5,7 +5,7 @@
 import Plotly from "plotly.js-cartesian-dist-min";
 import type { RenderProps } from "@anywidget/types";
 import { filled, type AdaptMessage, type AdaptState, type CancelAdaptMessage, type DownloadMessage, type ExportGifMessage,
-  type Figure, type Gallery, type Info, type MetricsPayload, type PaintedMessage, type Status, type View,
+  type Figure, type Gallery, type Info, type MetricsPayload, type PaintedMessage, type Status, type NextTokenView, type View,
   type WidgetState } from "./contract";
 import { decodeMatrix } from "./payload";
 import { cellInfo, cellsOf, decodeTree, firstDivergence, timeText, visibleToken, weightText, withDenseMap, type Cells,
@@ -423,13 +423,16 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
     const met = metricsOf();
     const info = infoOf();
     headline.replaceChildren();
+    // the view comes first: a language model's next-token metrics follow as a stage of their own
+    const coming = info.causal !== false && typeof met.sparse_ppl !== "number" && !!(m.get("status") as Status | undefined)?.busy;
+    const later = (text: string) => (coming ? "…" : text);
     const cells: [string, string, string][] = [
-      ["perplexity dense", fmt(met.dense_ppl), "exp of the mean next-token NLL, dense attention"],
-      ["perplexity sparse", fmt(met.sparse_ppl), "the same with the sparse mask at every layer"],
-      ["Δ perplexity", fmt(met.delta_ppl), "sparse − dense"],
+      ["perplexity dense", later(fmt(met.dense_ppl)), "exp of the mean next-token NLL, dense attention"],
+      ["perplexity sparse", later(fmt(met.sparse_ppl)), "the same with the sparse mask at every layer"],
+      ["Δ perplexity", later(fmt(met.delta_ppl)), "sparse − dense"],
       ["sparsity achieved", pct(met.achieved_sparsity), "fraction of allowed query-key pairs dropped"],
-      ["next-token KL", fmt(met.next_token_kl, 4), "KL(dense ‖ sparse) of the next-token distribution, mean over positions"],
-      ["top-1 agreement", pct(met.top1_agreement), "positions where both predict the same next token"],
+      ["next-token KL", later(fmt(met.next_token_kl, 4)), "KL(dense ‖ sparse) of the next-token distribution, mean over positions"],
+      ["top-1 agreement", later(pct(met.top1_agreement)), "positions where both predict the same next token"],
     ];
     if (typeof met.adapted_ppl === "number") {
       cells.splice(2, 0,
@@ -468,12 +471,12 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
     } else if (info.causal === false) {
       conts.textContent = "an encoder has no next-token head: perplexity and continuations do not apply";
     }
-    const v: Partial<View> = m.get("view") ?? {};
-    const next = v.next_tokens;
+    const shown: Partial<NextTokenView> = m.get("next_tokens") ?? {};
+    const next = shown.top;
     nextTok.replaceChildren();
-    if (next && v.position !== undefined) {
-      if (document.activeElement !== positionInput) positionInput.value = String(v.position);
-      nextTok.appendChild(h("div", {}, `after position ${v.position} (${JSON.stringify(visibleToken(tokensOf()[v.position] ?? ""))}):`));
+    if (next && shown.position !== undefined) {
+      if (document.activeElement !== positionInput) positionInput.value = String(shown.position);
+      nextTok.appendChild(h("div", {}, `after position ${shown.position} (${JSON.stringify(visibleToken(tokensOf()[shown.position] ?? ""))}):`));
       const both = new Set(next.dense.map(([t]) => t).filter((t) => next.sparse.some(([s]) => s === t)));
       const table = h("table");
       for (const name of ["dense", "sparse", "adapted"] as const) {
@@ -571,6 +574,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
   for (const name of ["adapt_steps", "compare_with", "mask", "sparsity"] as const) m.on(`change:${name}`, paintAdapt);
   m.on("change:gallery", () => { performance.mark("attnsparse:gallery-arrived"); invalidate("gallery"); });
   m.on("change:layer_chart", () => invalidate("output"));
+  m.on("change:next_tokens", () => invalidate("output"));
   m.on("change:status", paintStatus);
   for (const name of ["text", "sparsity", "layer", "head", "per_layer"] as const) m.on(`change:${name}`, paintControls);
 

@@ -326,7 +326,7 @@ def test_the_widget_adapts_and_shows_the_adapted_pass(comm, sharp):
     assert w.adaptation["state"] == "ready" and w.adaptation["done"] == 4 and w.adaptation["mask"] == "sliding_window"
     assert w.adapted is not None and len(w.adapted.losses) == 4
     assert w.metrics["adapted_ppl"] > 0 and set(w.metrics["continuations"]) == {"dense", "sparse", "adapted"}
-    assert "adapted" in w.view["next_tokens"]
+    assert "adapted" in w.next_tokens["top"]
     w.compare_with = "adapted"
     assert w.view["masked"] == "adapted" and w.gallery["masked"] == "adapted"
     assert "adapted" in json_text(w.view["figure"])

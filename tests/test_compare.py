@@ -162,8 +162,8 @@ def test_per_layer_curves_equal_full_passes_without_replay(res, smol, layer):
 
 def test_dense_pass_is_cached_across_masks(res, smol):
     other = aw.compare(smol, TEXT, mask="sliding_window", sparsity=0.3, per_layer=False, continuation_tokens=8)
-    assert other.dense.store is res.dense.store
-    assert other.sparse.store is not res.sparse.store
+    assert other.dense.layer_outputs is res.dense.layer_outputs
+    assert other.sparse.layer_outputs is not res.sparse.layer_outputs
     assert other.mask.id == "sliding_window"
 
 

@@ -26,6 +26,7 @@ from attnsparse_widget.payload import (
     gallery_payload,
     info_payload,
     metrics_payload,
+    next_tokens_payload,
     status_payload,
     view_payload,
     with_binary_arrays,
@@ -295,6 +296,10 @@ def test_view_payloads_conform(res):
         assert_conforms(dense, contract.DenseMap)
         assert [dense["layer"], dense["head"], dense["region"]] == [view["layer"], view["head"], view["region"]]
         assert "z" not in view["figure"]["data"][0] and view["figure"]["data"][0]["name"] == "dense"
+    for position in (0, -1, n):  # out of range: the last
+        shown = next_tokens_payload(res, position)
+        assert_conforms(shown, contract.NextTokenView)
+        assert shown["position"] == (0 if position == 0 else n - 1)
 
 
 def test_gallery_info_and_metrics_payloads_conform(res):
@@ -374,7 +379,7 @@ def test_every_synced_trait_of_a_widget_conforms(comm):
     for name in sorted(hints):
         errors = check(getattr(w, name), hints[name], name)
         assert not errors, "\n".join(errors[:20])
-    assert w.view["next_tokens"]["dense"] and w.layer_chart["data"]  # the optional parts, present for this model
+    assert w.next_tokens["top"]["dense"] and w.layer_chart["data"]  # the parts a language model has
     assert w.metrics["per_layer_delta_ppl"] is None  # per_layer=False
     w.layer, w.head, w.zoom = 2, 1, [0, 6, 0, 6]  # a view request
     assert_conforms(w.view, contract.View)

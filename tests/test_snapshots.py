@@ -87,7 +87,9 @@ def check_whole(res: Comparison) -> None:
     """A snapshot is consistent: every stage it says is done has all its values, and none it lacks has any (the
     per-layer curve may be part way, as the chart shows it filling in, but never longer than the layers)."""
     m, n = res.metrics, res.n_layers
-    assert pipeline.SPARSE_PASS in res.done and m.sparse_ppl is not None and m.achieved_sparsity is not None
+    assert pipeline.SPARSE_PASS in res.done and m.achieved_sparsity is not None
+    headline = pipeline.NEXT_TOKEN_METRICS in res.done
+    assert (m.sparse_ppl is not None) == headline and (m.top1_agreement is not None) == headline
     assert (pipeline.ATTENTION_MAPS in res.done) == res.sparse.store.complete
     assert all(res.maps(layer)[0]["sparse"].shape == res.maps(0)[0]["sparse"].shape for layer in range(n))
     recall = pipeline.ATTENTION_METRICS in res.done
@@ -184,6 +186,7 @@ def test_compare_hands_back_the_final_snapshot_and_the_steps_hand_out_snapshots(
     assert not seen[0][0].result.sparse.store.complete  # view first: the other layers' maps came later
     assert set(seen[-1][0].result.done) == {
         pipeline.SPARSE_PASS,
+        pipeline.NEXT_TOKEN_METRICS,
         pipeline.ATTENTION_MAPS,
         pipeline.ATTENTION_METRICS,
         pipeline.CONTINUATIONS,

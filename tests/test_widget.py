@@ -156,7 +156,7 @@ def test_sparsity_and_mask_changes_rerun_only_the_sparse_pass(tiny):
     first = w.result
     before = trace(w, "sparse")
     w.sparsity = 0.8
-    assert w.result.dense.store is first.dense.store  # dense pass reused (each snapshot has its own view of it)
+    assert w.result.dense.layer_outputs is first.dense.layer_outputs  # dense pass reused (snapshots copy its lists)
     assert w.metrics["achieved_sparsity"] > 0.6
     assert not np.array_equal(before, trace(w, "sparse"), equal_nan=True)
     # the frontend sets a trait the way a dropdown change does
@@ -248,7 +248,7 @@ def test_show_on_the_default_model(default_model):
     assert w.status["error"] is None
     assert w.info["model"].startswith("SmolLM2") and w.info["n_layers"] == 30
     assert len(w.metrics["per_layer_delta_ppl"]) == 30
-    assert w.view["next_tokens"]["dense"][0][1] > 0
+    assert w.next_tokens["top"]["dense"][0][1] > 0
 
 
 def test_view_changes_during_the_per_layer_curve_do_not_stop_it(tiny, monkeypatch):

@@ -90,7 +90,7 @@ class _ViewKeys(TypedDict):
     drops: list[Drop]
 
 
-class View(_ViewKeys, total=False):
+class View(_ViewKeys):
     """The ``view`` trait: the main view of one layer and head, and the mask preview (:func:`payload.view_payload`).
 
     layer: the layer shown.
@@ -105,12 +105,19 @@ class View(_ViewKeys, total=False):
     states: uint8 code per cell (figures.NOT_ALLOWED 0, KEPT 1, PARTLY_KEPT 2, DROPPED 3), for the tooltip.
     kept_pct: uint8 percentage of each cell's allowed pairs the mask keeps, for the tooltip.
     drops: the heaviest dropped cells, heaviest first (at most 5).
-    position: (language models only) the query position of ``next_tokens``, in [0, n_tokens).
-    next_tokens: (language models only) the top-5 next tokens after ``position`` under each regime.
+    """
+
+
+class NextTokenView(TypedDict):
+    """The ``next_tokens`` trait (language models, once the next-token metrics are in): apart from the view, so
+    that a click on a row, or the metrics arriving after the view, send only these.
+
+    position: the query position, in [0, n_tokens).
+    top: the top-5 next tokens after ``position`` under each regime.
     """
 
     position: int
-    next_tokens: NextTokens
+    top: NextTokens
 
 
 class DenseMap(TypedDict):
@@ -432,8 +439,8 @@ class WidgetState(TypedDict):
     time_attention (measure the attention time),
     max_tokens, export_path, compare_with ("sparse" or "adapted": the masked pass shown), adapt_steps. Outputs
     (computed by the kernel): catalog, caveat, info, tokens (the tokens as readable strings), metrics, view,
-    dense_map (the view's dense values), layer_chart (the per-layer perplexity figure), gallery, status,
-    adaptation."""
+    dense_map (the view's dense values), next_tokens (the top-5 after ``position``), layer_chart (the per-layer
+    perplexity figure), gallery, status, adaptation."""
 
     text: str
     mask: str
@@ -450,6 +457,7 @@ class WidgetState(TypedDict):
     metrics: MetricsPayload | Empty
     view: View | Empty
     dense_map: DenseMap | Empty
+    next_tokens: NextTokenView | Empty
     layer_chart: Figure | Empty
     gallery: Gallery | Empty
     status: Status
@@ -479,6 +487,7 @@ __all__ = [
     "Info",
     "MatrixPayload",
     "MetricsPayload",
+    "NextTokenView",
     "NextTokens",
     "PaintedMessage",
     "Status",

@@ -28,6 +28,8 @@ from .contract import (
     Info,
     MatrixPayload,
     MetricsPayload,
+    NextTokens,
+    NextTokenView,
     Status,
     View,
 )
@@ -66,8 +68,8 @@ def view_payload(
     as the :class:`~attnsparse_widget.contract.DenseMap`: they stay the same while only the mask changes.
 
     Besides the two figures: per cell, its state code (figures.NOT_ALLOWED, KEPT, PARTLY_KEPT, DROPPED) and the
-    percentage of its pairs kept (the tooltip's data), and the heaviest dropped pairs. The widget adds ``position``
-    and ``next_tokens`` for a language model."""
+    percentage of its pairs kept (the tooltip's data), and the heaviest dropped pairs. (The next tokens after a
+    position go apart: :func:`next_tokens_payload`.)"""
     view = map_view(res, layer, head, region, which=which)
     figure = with_binary_arrays(main_figure(view, res.tokens, view_title(res, view)))
     dense = next(trace for trace in figure["data"] if trace["name"] == "dense")
@@ -261,6 +263,16 @@ def layer_chart_payload(res: Comparison, selected: int) -> Figure | Empty:
     return cast(Figure, with_binary_arrays(chart))
 
 
+def next_tokens_payload(res: Comparison, position: int) -> NextTokenView | Empty:
+    """The ``next_tokens`` trait: the top-5 next tokens after ``position`` (-1 or out of range: the last) under
+    each regime; empty for an encoder or before the next-token metrics."""
+    if not res.is_lm or res.metrics.dense_ppl is None:
+        return {}
+    n = len(res.tokens)
+    position = position % n if -n <= position < n else n - 1
+    return {"position": position, "top": cast(NextTokens, res.next_token_top(position, k=5))}
+
+
 def _finite(value: Any) -> Any:
     """JSON has no NaN/inf: None instead (the frontend shows 'n/a'), in lists at any depth too."""
     if isinstance(value, float):
@@ -279,6 +291,7 @@ __all__ = [
     "info_payload",
     "matrix",
     "metrics_payload",
+    "next_tokens_payload",
     "status_payload",
     "view_payload",
 ]

@@ -1,11 +1,13 @@
 """The one staged engine pipeline: text and mask in, a :class:`~attnsparse_widget.result.Comparison` filled in
 stage by stage, with progress.
 
-    sparse pass        the dense pass (cached per model and text), the sparse pass, the achieved sparsity and the
-                       next-token metrics (perplexities, KL, top-1 agreement). A long text under a mask known from
+    sparse pass        the dense pass (cached per model and text), the sparse pass and the achieved sparsity: what
+                       the main view needs (an encoder's output error too). A long text under a mask known from
                        positions goes view first (:func:`~attnsparse_widget.passes.masked_pass`): the pass runs on
                        the fast kernels and records only the shown layer's maps (``Request.layer``); otherwise the
                        pass records every layer's maps, measuring each against the dense pass's as it runs
+    next-token metrics perplexities, next-token KL, top-1 agreement (language models; the LM head over every
+                       position, in chunks)
     attention maps     a view-first pass's other layers, recorded one at a time by replay and measured against the
                        dense pass as they are (nothing to do after a pass that recorded them all)
     adapted pass       with ``adapted=`` (an :class:`~attnsparse_widget.adapt.Adaptation`): the adapted model under
@@ -28,6 +30,7 @@ release live here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +67,7 @@ DEFAULT_SPARSITY = 0.5
 DENSE_LOGITS_BUDGET = 256 * 2**20  # a dense pass keeps its next-token log-probabilities up to this size
 
 SPARSE_PASS = "sparse pass"
+NEXT_TOKEN_METRICS = "next-token metrics"
 ATTENTION_MAPS = "attention maps"
 ADAPTED_PASS = "adapted pass"
 ATTENTION_METRICS = "attention metrics"
@@ -72,6 +76,7 @@ ATTENTION_TIME = "attention time"
 PER_LAYER = "per-layer curve"
 STAGES = (
     SPARSE_PASS,
+    NEXT_TOKEN_METRICS,
     ATTENTION_MAPS,
     ADAPTED_PASS,
     ATTENTION_METRICS,
@@ -143,6 +148,21 @@ def stages(model: Any, request: Request, *, tokenizer: PreTrainedTokenizerBase |
     yield from later_stages(res, request)
 
 
+def run_until(
+    model: Any, request: Request, stage: str, *, tokenizer: PreTrainedTokenizerBase | None = None
+) -> Comparison:
+    """The comparison of ``request`` once ``stage`` is done (the stages before it run too; the rest not): e.g.
+    :data:`NEXT_TOKEN_METRICS` for the headline metrics without the attention metrics and curves."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    steps = stages(model, request, tokenizer=tokenizer)
+    with contextlib.closing(steps):
+        for progress in steps:
+            if stage in progress.result.done:
+                return progress.result
+    raise ValueError(f"the stage {stage!r} does not run for this request (its result: {sorted(progress.result.done)})")
+
+
 def later_stages(res: Comparison, request: Request) -> Stages:
     """The stages after the sparse pass, in order, each skipped once done, filling in the working comparison ``res``
     (from :func:`prepare`; its owner alone may touch it) and yielding snapshots of it. Closing the generator early
@@ -154,6 +174,11 @@ def later_stages(res: Comparison, request: Request) -> Stages:
         request.time_attention,
     )
     try:
+        if NEXT_TOKEN_METRICS not in res.done:
+            yield Progress(NEXT_TOKEN_METRICS, 0, 1, res.snapshot())
+            output_metrics(res.metrics, res.dense, res.sparse)
+            res.done = res.done | {NEXT_TOKEN_METRICS}
+            yield Progress(NEXT_TOKEN_METRICS, 1, 1, res.snapshot())
         if ATTENTION_MAPS not in res.done:
             pending = [layer for layer, done in enumerate(res.sparse.store.recorded) if not done]
             for step, layer in enumerate(pending):
@@ -344,9 +369,7 @@ def prepare(model: Any, request: Request, *, tokenizer: PreTrainedTokenizerBase 
         metrics.notes.append(truncation_note(full_length, n_tokens, max_tokens))
     if adapted is not None and (adapted.mask_id != resolved.id or adapted.sparsity != requested):
         metrics.notes.append(adapted_elsewhere_note(adapted.mask_id, adapted.sparsity, resolved.id, requested))
-    if is_lm:
-        output_metrics(metrics, dense, sparse)
-    else:
+    if not is_lm:
         assert dense.full_output is not None and sparse.full_output is not None
         metrics.output_relative_error = float(
             (sparse.full_output - dense.full_output).norm() / dense.full_output.norm().clamp_min(1e-30)
@@ -372,6 +395,8 @@ def prepare(model: Any, request: Request, *, tokenizer: PreTrainedTokenizerBase 
         eos=eos_ids(tok, model),
         _decode=decode,
         _model=model,
-        done={SPARSE_PASS, ATTENTION_MAPS} if sparse.store.complete else {SPARSE_PASS},
+        done={SPARSE_PASS}
+        | ({ATTENTION_MAPS} if sparse.store.complete else set())
+        | (set() if is_lm else {NEXT_TOKEN_METRICS}),
         adaptation=adapted,
     )

@@ -27,7 +27,7 @@ import traitlets as t
 
 from . import masks, pipeline
 from .adapt import DEFAULT_STEPS, Adaptation, adaptation_steps, estimate_seconds
-from .contract import AdaptState, DenseMap, Empty, Figure, Gallery, Info, MetricsPayload, NextTokens, Status, View
+from .contract import AdaptState, DenseMap, Empty, Figure, Gallery, Info, MetricsPayload, NextTokenView, Status, View
 from .export import gif_bytes
 from .files import writable, write_atomically
 from .messages import CAVEAT, curve_skipped_note
@@ -39,6 +39,7 @@ from .payload import (
     info_payload,
     layer_chart_payload,
     metrics_payload,
+    next_tokens_payload,
     status_payload,
     view_payload,
 )
@@ -67,7 +68,13 @@ PAINT_GRACE_S = 0.4  # at most this long, the later stages wait for the browser 
 PROGRESS_INTERVAL_S = 0.1
 _VIEW_INPUTS = ("layer", "head", "zoom", "position", "compare_with")
 # the stages whose end adds metrics (sent once, when the stage ends: the per-layer chart shows the curve filling in)
-METRIC_STAGES = (pipeline.PER_LAYER, pipeline.CONTINUATIONS, pipeline.ATTENTION_TIME, pipeline.ADAPTED_PASS)
+METRIC_STAGES = (
+    pipeline.NEXT_TOKEN_METRICS,
+    pipeline.PER_LAYER,
+    pipeline.CONTINUATIONS,
+    pipeline.ATTENTION_TIME,
+    pipeline.ADAPTED_PASS,
+)
 
 
 def _esm() -> Path | str:
@@ -105,6 +112,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
     metrics = cast("t.TraitType[Any, MetricsPayload | Empty]", t.Dict().tag(sync=True))
     view = cast("t.TraitType[Any, View | Empty]", t.Dict().tag(sync=True))
     dense_map = cast("t.TraitType[Any, DenseMap | Empty]", t.Dict().tag(sync=True))  # the view's dense values
+    next_tokens = cast("t.TraitType[Any, NextTokenView | Empty]", t.Dict().tag(sync=True))  # top-5 after position
     # the per-layer perplexity figure (fills in as it is computed)
     layer_chart = cast("t.TraitType[Any, Figure | Empty]", t.Dict().tag(sync=True))
     gallery = cast("t.TraitType[Any, Gallery | Empty]", t.Dict().tag(sync=True))
@@ -438,6 +446,9 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                     self._publish_gallery(res)
                     if view or (finished and progress.stage == pipeline.ADAPTED_PASS):
                         self._publish_view(res)  # the adapted pass adds its maps and next tokens
+                    elif finished and progress.stage == pipeline.NEXT_TOKEN_METRICS:
+                        self.next_tokens = next_tokens_payload(res, self.position)
+                        self._publish_layer_chart(res)
                     elif progress.stage == pipeline.PER_LAYER:  # the curve fills in (the metrics follow at its end)
                         self._publish_layer_chart(res)
                     self._status(True, progress.stage, started, progress=progress.fraction)
@@ -540,13 +551,10 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         layer = min(max(self.layer, 0), res.n_layers - 1)
         head = self.head if -1 <= self.head < res.n_heads else -1
         view, dense = view_payload(res, layer, head, self.zoom or None, which=self._masked(res))
-        if res.metrics.dense_ppl is not None:
-            position = self.position if -len(res.tokens) <= self.position < len(res.tokens) else -1
-            view["position"] = position % len(res.tokens)
-            view["next_tokens"] = cast(NextTokens, res.next_token_top(position, k=5))
         with self.hold_sync():
             self.dense_map = dense
             self.view = view
+            self.next_tokens = next_tokens_payload(res, self.position)
             self._publish_layer_chart(res)
 
     def _publish_layer_chart(self, res: Comparison) -> None:
