@@ -248,12 +248,13 @@ def test_whole_maps_above_the_limit_are_refused_with_the_two_ways_that_fit(block
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma2"])
-@pytest.mark.parametrize("mask_id", ["sink_window", "strided"])
+@pytest.mark.parametrize("mask_id", ["sink_window", "strided", "topk", "nsa", "h2o"])
 def test_view_first_pass_records_what_the_captured_pass_records(monkeypatch, family, mask_id):
-    """A long text under a positions-only mask goes view first (passes.masked_pass: the fast kernels, then each
-    layer recorded by replay); the comparison equals the one the captured pass gives (itself checked against eager
-    above), layer by layer: the maps, the sparsity, the metrics, the continuations. Gemma-2's soft-capping keeps
-    its layers off the fast kernels: they are recorded within the pass."""
+    """A long text goes view first (passes.masked_pass: a positions-only mask on the fast kernels, a score-dependent
+    one on the eager path, sized per layer as the captured pass does; then each layer recorded by replay); the
+    comparison equals the one the captured pass gives (itself checked against eager above), layer by layer: the
+    budgets, the maps, the sparsity, the metrics, the continuations. Gemma-2's soft-capping keeps its layers off the
+    fast kernels."""
     model, tok = build(family, "eager" if family == "gemma2" else "sdpa"), ToyTokenizer()
     text = ((TOY_TEXT + " ") * 6)[:300]
     kwargs = dict(mask=mask_id, sparsity=0.6, per_layer=True, continuation_tokens=4)
@@ -265,6 +266,7 @@ def test_view_first_pass_records_what_the_captured_pass_records(monkeypatch, fam
     whole = aw.compare((model, tok), text, **kwargs)
     aw.clear_cache()
     m, w = fast.metrics, whole.metrics
+    assert fast.sparse.budgets == whole.sparse.budgets
     assert m.achieved_sparsity_per_head == w.achieved_sparsity_per_head
     assert m.sparse_ppl == pytest.approx(w.sparse_ppl, rel=1e-5)
     np.testing.assert_allclose(m.mass_recall_per_head, w.mass_recall_per_head, rtol=1e-5, atol=1e-6)

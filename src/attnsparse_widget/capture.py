@@ -224,7 +224,9 @@ def attention_forward(
             )
             return out.transpose(1, 2).contiguous(), None
         if mask is not None and _takes_fast_path(plan, module, query, mask, softcap, dropout):
-            return _fast_path(plan, module, layer, mask, query, key, value, attention_mask, scaling), None
+            fast = _fast_path(plan, module, layer, mask, query, key, value, attention_mask, scaling)
+            if fast is not None:
+                return fast, None
         rows = _rows_per_block(plan, module, query, key_states, mask, dropout)
         if rows is not None:
             args = (query, key, value, attention_mask, scaling, softcap)
@@ -252,6 +254,8 @@ def attention_forward(
             scores = scores.masked_fill_(dropped, torch.finfo(scores.dtype).min)
             if first is not None:
                 plan.first_changed[layer] = min(plan.first_changed.get(layer, first), first)
+            if plan.counts is not None and keep is not None:
+                plan.counts[layer] = ((keep & allowed).sum(dim=(-1, -2)).cpu(), allowed.sum(dim=(-1, -2)).cpu())
 
     probs32 = softmax_float32(scores)
     del scores
@@ -327,10 +331,12 @@ def _fast_path(
     value: Tensor,
     attention_mask: Tensor | None,
     scaling: float,
-) -> Tensor:
+) -> Tensor | None:
     """The attention output ``[1, Tq, H, D]`` of a masked layer whose probabilities nobody reads, by the kernel the
     plan names or :func:`~attnsparse_widget.kernels.choose_kernel` picks: the same kept pairs and softmax as the
-    eager path, without ``[H, Tq, Tk]`` scores."""
+    eager path, without ``[H, Tq, Tk]`` scores. None where SDPA would be chosen for a call long enough to take the
+    blocked path (:func:`row_block`): on a CPU, SDPA with a mask that long holds several ``[H, Tq, Tk]`` float
+    tensors (7 GB measured at 8192 tokens), while the blocked path computes each block's kept keys only."""
     n_q, n_k = query.shape[-2], key.shape[-2]
     allowed = _allowed(plan, module, attention_mask, n_q, n_k, query.device)
     ctx = _context(plan, module, layer, query, key)
@@ -346,6 +352,8 @@ def _fast_path(
     kernel = plan.kernel or kernels.choose_kernel(n_q, n_k, query.device)
     if kernel == "flex" and not plan.may_compile and not kernels.flex_compiled(query, key, value, keep):
         kernel = "sdpa"
+    if kernel == "sdpa" and plan.kernel is None and row_block(query.shape[1], n_q, n_k, plan.cell) is not None:
+        return None
     out = kernels.masked_attention(query, key, value, keep, scaling, kernel)
     return out.transpose(1, 2).contiguous()
 
@@ -434,6 +442,7 @@ def _blocked(
     compared = dense_qk is not None and len(dense_qk.lse) > layer and dense_qk.lse[layer] is not None
     out = torch.zeros(1, n_q, n_heads, value.shape[-1], dtype=value.dtype, device=value.device)
     first, kept = None, 0.0
+    kept_heads: Tensor | None = None  # kept pairs per head [1, H|1], for plan.counts
     lo, hi = plan.rows or (0, n_q)
     # a probe of some rows computes the blocks of the pass's own grid that hold them: the same numbers, bit for bit
     for a in range(lo // rows_per_block * rows_per_block, hi, rows_per_block):
@@ -463,7 +472,9 @@ def _blocked(
             if lost.numel():
                 first = offset + a + int(lost[0]) if first is None else first
             scores = scores.masked_fill_(dropped, torch.finfo(scores.dtype).min)
-            kept += float((keep & allowed_cols).sum()) / keep.shape[1]
+            kept_block = (keep & allowed_cols).sum(dim=(-1, -2))
+            kept += float(kept_block.sum()) / keep.shape[1]
+            kept_heads = kept_block if kept_heads is None else kept_heads + kept_block
         if lse is not None:
             lse[cut] = torch.logsumexp(scores.float(), dim=-1)
         probs32 = softmax_float32(scores)
@@ -481,6 +492,8 @@ def _blocked(
     if calibrating:
         assert mask is not None and mask.budget is not None
         _calibrated_layer(plan, layer, mask.budget_value, float(allowed.sum()), kept)
+    if plan.counts is not None and kept_heads is not None and plan.rows is None:
+        plan.counts[layer] = (kept_heads.cpu(), allowed.sum(dim=(-1, -2)).cpu())
     if plan.recorder is not None:
         plan.recorder.finish_layer(layer, allowed)
     return out
@@ -887,16 +900,7 @@ def layer_attention(
     pass's mask (None for the dense pass), ``budgets`` the per-layer budgets the pass chose, ``cell`` its
     :attr:`Plan.cell` (the same blocks of rows as the pass: the same numbers, bit for bit)."""
     probe = _LayerProbe(layer, rows)
-    plan = Plan(
-        layer_of=layer_indexer(model),
-        mask=mask,
-        recorder=probe,
-        seed=seed,
-        budgets=dict(budgets or {}),
-        rows=rows,
-        cell=cell,
-    )
-    _replayed(model, ids, plan, layer, outputs)
+    _replayed(model, ids, layer, outputs, probe, mask=mask, seed=seed, budgets=budgets, cell=cell, rows=rows)
     if probe.found is None:
         raise unsupported(model, f"layer {layer} did not call the attention function when replayed")
     return probe.found
@@ -920,23 +924,37 @@ def record_layer(
     rows in the store's blocks of ``cell``, and with ``dense_qk`` (a dense pass's queries and keys) the layer is
     measured against that pass's as it is recorded. The pass stops right after the layer."""
     one = _OneLayer(layer, into)
-    plan = Plan(
-        layer_of=layer_indexer(model),
-        mask=mask,
-        recorder=one,
-        seed=seed,
-        budgets=dict(budgets or {}),
-        cell=cell,
-        dense_qk=dense_qk,
-    )
-    _replayed(model, ids, plan, layer, outputs)
+    _replayed(model, ids, layer, outputs, one, mask=mask, seed=seed, budgets=budgets, cell=cell, dense_qk=dense_qk)
     if not one.done:
         raise unsupported(model, f"layer {layer} did not call the attention function when replayed")
 
 
-def _replayed(model: PreTrainedModel, ids: Tensor, plan: Plan, layer: int, outputs: LayerOutputs) -> None:
-    """A pass under ``plan`` that starts at ``layer`` (the blocks before replay ``outputs``) and ends when the
-    plan's recorder has what it wants (:class:`_Probed`)."""
+def _replayed(
+    model: PreTrainedModel,
+    ids: Tensor,
+    layer: int,
+    outputs: LayerOutputs,
+    recorder: Recorder,
+    *,
+    mask: Mask | None,
+    seed: int,
+    budgets: dict[int, int] | None,
+    cell: int,
+    rows: tuple[int, int] | None = None,
+    dense_qk: QueryKeys | None = None,
+) -> None:
+    """A pass of ``mask`` (with the pass's ``seed``, ``budgets`` and ``cell``) that starts at ``layer`` (the blocks
+    before replay ``outputs``) and ends when ``recorder`` has what it wants (:class:`_Probed`)."""
+    plan = Plan(
+        layer_of=layer_indexer(model),
+        mask=mask,
+        recorder=recorder,
+        seed=seed,
+        budgets=dict(budgets or {}),
+        rows=rows,
+        cell=cell,
+        dense_qk=dense_qk,
+    )
     try:
         with torch.inference_mode(), attention_active(model, plan), start_at_layer(model, layer, outputs):
             model(input_ids=ids, use_cache=False)

@@ -149,19 +149,22 @@ class PassResult:
         after the pass, :func:`~attnsparse_widget.capture.record_layer`), measured against the dense pass when it
         kept its queries and keys. Only the pass's owner calls it (the pipeline's worker): a snapshot's store never
         changes (:meth:`store_for` reads an unrecorded layer)."""
-        if self.store.recorded[layer]:
-            return
+        if not self.store.recorded[layer]:
+            self._record(layer, self.store, self.dense_qk)
+
+    def _record(self, layer: int, into: AttentionStore, dense_qk: QueryKeys | None) -> None:
+        """Replay ``layer`` of this pass into ``into`` (in the pass's own blocks of rows: the same numbers)."""
         record_layer(
             self.the_model(),
             self.ids,
             self.mask,
             layer,
             self.layer_outputs,
-            self.store,
+            into,
             seed=self.seed,
             budgets=self.budgets,
             cell=self.store.factor,
-            dense_qk=self.dense_qk,
+            dense_qk=dense_qk,
         )
 
     def store_for(self, layer: int) -> AttentionStore:
@@ -176,17 +179,7 @@ class PassResult:
         if found is not None:
             return found
         one = AttentionStore(len(store.recorded), store.n_heads, store.n_tokens, retain=store.retain, slab=False)
-        record_layer(
-            self.the_model(),
-            self.ids,
-            self.mask,
-            layer,
-            self.layer_outputs,
-            one,
-            seed=self.seed,
-            budgets=self.budgets,
-            cell=store.factor,
-        )
+        self._record(layer, one, None)
         with self._memo_lock:
             self._stores[layer] = one
             while len(self._stores) > RECOMPUTED_LAYERS:
@@ -267,12 +260,10 @@ def captured_pass(
     return result
 
 
-def view_first(model: PreTrainedModel, n_tokens: int, mask: Mask, calibrate: bool) -> bool:
-    """Whether a masked pass of ``mask`` over ``n_tokens`` goes view first (:func:`masked_pass`): a text longer than
-    the overview (a short one records everything in one cheap pass) and a mask known from positions alone, whose
-    budget is not sized on the scores."""
-    store = AttentionStore(num_layers(model), text_config(model).num_attention_heads, n_tokens)
-    return not store.retain and not mask.score_dependent and not calibrate
+def view_first(model: PreTrainedModel, n_tokens: int) -> bool:
+    """Whether a masked pass over ``n_tokens`` goes view first (:func:`masked_pass`): a text longer than the
+    overview (a short one records every layer in one cheap pass)."""
+    return not AttentionStore(num_layers(model), text_config(model).num_attention_heads, n_tokens).retain
 
 
 def masked_pass(
@@ -283,18 +274,29 @@ def masked_pass(
     seed: int,
     is_lm: bool,
     keep_cache: bool = False,
+    target_sparsity: float | None = None,
     compare_with: PassResult | None = None,
 ) -> PassResult:
-    """The view-first masked pass (see :func:`view_first`): the forward through the fast kernels (the masked layers
-    on FlexAttention or SDPA with the keep-mask, :mod:`.kernels`; no probabilities), recording every block's output,
-    the kept and allowed pairs per layer (the achieved sparsity) and what :func:`captured_pass` records for the
-    next-token metrics. No layer's maps are recorded: :meth:`PassResult.fill` records one afterwards by replaying
-    it from the recorded outputs, exactly as :func:`captured_pass` would have (measured against ``compare_with``
-    when that dense pass kept its queries and keys). A layer that could not take the fast path is recorded here."""
+    """The view-first masked pass (see :func:`view_first`): the forward with nothing recorded but what the view
+    needs, recording every block's output, the kept and allowed pairs per layer (the achieved sparsity) and what
+    :func:`captured_pass` records for the next-token metrics. A mask known from positions takes the fast kernels
+    (FlexAttention once compiled, :mod:`.kernels`; else the blocked eager path over each block's kept keys); a
+    score-dependent one the eager path, sized per layer towards ``target_sparsity`` as in :func:`captured_pass`.
+    No layer's maps are recorded: :meth:`PassResult.fill` records one afterwards by replaying it from the recorded
+    outputs, as :func:`captured_pass` would have (measured against ``compare_with`` when that dense pass kept its
+    queries and keys). A layer whose pairs went uncounted is recorded here."""
     n_layers = num_layers(model)
     config = text_config(model)
     store = AttentionStore(n_layers, config.num_attention_heads, ids.shape[1])
-    plan = Plan(layer_of=layer_indexer(model), mask=mask, seed=seed, cell=store.factor, counts={}, may_compile=False)
+    plan = Plan(
+        layer_of=layer_indexer(model),
+        mask=mask,
+        seed=seed,
+        cell=store.factor,
+        counts={},
+        may_compile=False,
+        target_sparsity=target_sparsity,
+    )
     result = _forward(model, ids, mask, plan, store, seed=seed, is_lm=is_lm, keep_cache=keep_cache)
     result.dense_qk = compare_with.qk if compare_with is not None else None
     assert plan.counts is not None

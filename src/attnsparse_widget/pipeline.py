@@ -120,7 +120,9 @@ class Request:
     seed: for random patterns. adapted: an adaptation to compare as well. time_attention: run the attention-time
     stage. notes: what the caller says about the run, added to the result's notes (the widget: that it left the
     per-layer curve out for a long text). layer: the layer shown first (a view-first pass records its maps before
-    the others; None: none first).
+    the others; None: none first). warm_kernel: end by compiling the FlexAttention kernel for this text's length
+    when a view-first pass of it would take that kernel, so that the next mask change does (an interactive session:
+    compiled once per process and length bucket, in the time the user reads the view).
     """
 
     text: str | None = None
@@ -135,6 +137,7 @@ class Request:
     time_attention: bool = False
     notes: tuple[str, ...] = ()
     layer: int | None = None
+    warm_kernel: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mask_params", MappingProxyType(dict(self.mask_params)))
@@ -221,6 +224,8 @@ def later_stages(res: Comparison, request: Request) -> Stages:
         if per_layer and res.is_lm and PER_LAYER not in res.done:
             yield from _compiled(res, replays=True)
             yield from _per_layer(res)
+        if request.warm_kernel and res.causal:  # the next view-first pass takes flex (the same rule as the replays)
+            yield from _compiled(res, replays=True)
     finally:
         _drop_caches(res)
 
@@ -340,8 +345,18 @@ def prepare(model: Any, request: Request, *, tokenizer: PreTrainedTokenizerBase 
             vocab = dense.last_logits.numel() if dense.last_logits is not None else 0
             next_token_stats(dense, keep_logits=8 * n_tokens * vocab <= DENSE_LOGITS_BUDGET)
         DENSE_CACHE.put(key, model, dense)
-    if view_first(model, n_tokens, resolved, calibrate):
-        sparse = masked_pass(model, ids, resolved, seed=seed, is_lm=is_lm, keep_cache=keep_cache, compare_with=dense)
+    target = requested if calibrate else None
+    if view_first(model, n_tokens):
+        sparse = masked_pass(
+            model,
+            ids,
+            resolved,
+            seed=seed,
+            is_lm=is_lm,
+            keep_cache=keep_cache,
+            target_sparsity=target,
+            compare_with=dense,
+        )
         if request.layer is not None:  # the shown layer's maps, before anything else
             sparse.fill(min(max(request.layer, 0), num_layers(model) - 1))
     else:
@@ -352,7 +367,7 @@ def prepare(model: Any, request: Request, *, tokenizer: PreTrainedTokenizerBase 
             seed=seed,
             is_lm=is_lm,
             keep_cache=keep_cache,
-            target_sparsity=requested if calibrate else None,
+            target_sparsity=target,
             compare_with=dense,
         )
 

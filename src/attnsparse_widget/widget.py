@@ -337,7 +337,8 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                 self.tokens = list(res.tokens)  # sent only when the text's tokens changed
                 self.metrics = metrics_payload(res)
                 self._publish_view(res)
-                self._status(True, pipeline.ATTENTION_METRICS, started, progress=0.0)
+                following = next((s for s in pipeline.STAGES if s not in res.done), pipeline.ATTENTION_METRICS)
+                self._status(True, following, started, progress=0.0)
             if self._threaded and self._frontend_painted:
                 # let the browser paint before the next stage takes every core (on a laptop the kernel and the
                 # browser share them): the frontend says when it has painted; never wait long for it
@@ -374,6 +375,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             time_attention=self.time_attention,
             adapted=self._current_adaptation(),
             layer=self.layer,
+            warm_kernel=True,
             notes=(curve_skipped_note(min(self._token_count(), self._token_limit()), CURVE_TOKENS),)
             if skipped_curve
             else (),
