@@ -102,7 +102,7 @@ class AttentionStore(Recorder):
     ) -> None:
         if dense is not None:
             self.recall_rows[layer], self.kl_per_head[layer] = compare_heads(probs, keep, allowed, dense)
-        self._record_allowed(layer, allowed)
+        held = self._record_allowed(layer, allowed)
         if keep is None:
             self.kept[layer] = self.allowed_count[layer]
         else:
@@ -113,9 +113,7 @@ class AttentionStore(Recorder):
         else:
             pooled = pool_sum(probs.detach()[0].to("cpu"), self.factor)
             self.pooled_probs[layer] = self._overview(layer, pooled.shape).copy_(pooled)
-            self.pooled_allowed[layer] = self._once(
-                "pool allowed", allowed, lambda: pool_sum(allowed[0], self.factor).cpu()
-            )
+            self.pooled_allowed[layer] = self._once("pool allowed", held, lambda: pool_sum(held[0], self.factor))
             if keep is not None:  # full resolution is recomputed on demand (one layer replayed)
                 self.pooled_keep[layer] = self._once("pool keep", keep, lambda: pool_sum(keep[0], self.factor).cpu())
         self.recorded[layer] = True
@@ -154,10 +152,8 @@ class AttentionStore(Recorder):
         """The last block of ``layer`` is in: its counts, pooled allowed set and attention metrics."""
         pending = self._pending
         assert pending.get("layer") == layer, "finish_layer without record_block"
-        self._record_allowed(layer, allowed)
-        self.pooled_allowed[layer] = self._once(
-            "pool allowed", allowed, lambda: pool_sum_rows(allowed[0], self.factor).cpu()
-        )
+        held = self._record_allowed(layer, allowed)
+        self.pooled_allowed[layer] = self._once("pool allowed", held, lambda: pool_sum_rows(held[0], self.factor))
         self.kept[layer] = self.allowed_count[layer] if pending["kept"] is None else pending["kept"]
         self.pooled_keep[layer] = pending["keep"]
         if pending["compared"]:
@@ -165,10 +161,17 @@ class AttentionStore(Recorder):
         pending.clear()
         self.recorded[layer] = True
 
-    def _record_allowed(self, layer: int, allowed: Tensor) -> None:
-        """The model's allowed set of ``layer`` and its count, on the CPU (once per shared object)."""
-        self.allowed[layer] = self._once("allowed", allowed, allowed.cpu)
-        self.allowed_count[layer] = self._once("count allowed", allowed, lambda: allowed.sum(dim=(-1, -2)).cpu())
+    def _record_allowed(self, layer: int, allowed: Tensor) -> Tensor:
+        """The model's allowed set of ``layer`` and its count, on the CPU (once per shared object), held once for
+        all the layers it is equal in: layers recorded one replay at a time hand over a new object each (a
+        ``[T, T]`` bool is 64 MB at 8192 tokens; a model has one or two distinct ones)."""
+        cpu = self._once("allowed", allowed, allowed.cpu)
+        held = {id(t): t for t in self.allowed if t is not None}
+        if id(cpu) not in held:
+            cpu = next((t for t in held.values() if t.shape == cpu.shape and torch.equal(t, cpu)), cpu)
+        self.allowed[layer] = cpu
+        self.allowed_count[layer] = self._once("count allowed", cpu, lambda: cpu.sum(dim=(-1, -2)))
+        return cpu
 
     def _once(self, what: str, obj: Tensor, compute: Callable[[], Tensor]) -> Tensor:
         """``compute()`` for ``obj``, reused while the next layers hand over the same object (a static mask, the
