@@ -1,7 +1,7 @@
 """The view first: when each part of a slider move reaches the browser, as ratios to one bare dense forward.
 
     .venv/bin/python benchmarks/bench_view_first.py [--tokens 8192] [--moves sink_window:0.85:0.9 topk:0.9]
-                                                    [--layer-changes 2]
+                                                    [--layer-changes 2] [--per-layer]
 
 On the embedded default model (SmolLM2-135M, 30 layers x 9 heads) at T tokens, a widget (Python side, a dummy comm,
 no browser; per-layer curve off, as the widget sets it above 2048 tokens) on one text. For each move
@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8192)
     parser.add_argument("--moves", nargs="+", default=["sink_window:0.85:0.9", "topk:0.9"])
     parser.add_argument("--layer-changes", type=int, default=2)
+    parser.add_argument("--per-layer", action="store_true", help="with the per-layer curve (a move interrupts it)")
     args = parser.parse_args()
 
     model, tok = default_model()
@@ -74,7 +75,9 @@ def main() -> None:
     with PeakSampler() as peak:
         base = peak.process.memory_info().rss
         first_mask, *_ = args.moves[0].split(":")
-        w = AttentionDiffWidget((model, tok), text=text, mask=first_mask, sparsity=0.5, per_layer=False, layer=15)
+        w = AttentionDiffWidget(
+            (model, tok), text=text, mask=first_mask, sparsity=0.5, per_layer=args.per_layer, layer=15
+        )
         arrivals = Arrivals(w)
         w.wait(None)
         for move in args.moves:
@@ -103,7 +106,8 @@ def main() -> None:
     teardown_test_comm()
     forward = seconds(in_a_thread(plain_forward(model, tok, text)))  # after the session: not in its memory peak
 
-    print(f"default model, {args.tokens} tokens, per-layer curve off; one bare dense forward (SDPA) {forward:.1f} s")
+    curve = "on" if args.per_layer else "off"
+    print(f"default model, {args.tokens} tokens, per-layer curve {curve}; one bare dense forward {forward:.1f} s")
     print(f"{'move':<24} {'main view':>16} {'headline metrics':>18} {'idle':>16} {'achieved':>9}")
     for move, view, headline, idle, achieved in rows:
 
