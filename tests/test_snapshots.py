@@ -14,6 +14,7 @@ from tiny_models import ToyTokenizer, build
 
 import attnsparse_widget as aw
 from attnsparse_widget import pipeline
+from attnsparse_widget.figures import map_view, view_title
 from attnsparse_widget.result import Comparison
 from attnsparse_widget.widget import AttentionDiffWidget
 
@@ -108,8 +109,11 @@ def check_whole(res: Comparison) -> None:
     assert (m.attention_time_dense is not None) == timed and (m.attention_time_sparse is not None) == timed
     if pipeline.PER_LAYER in res.done:
         assert len(m.per_layer_delta_ppl) == n and len(m.cumulative_delta_ppl) == n
-    elif m.per_layer_delta_ppl is not None:
+    elif m.per_layer_delta_ppl is not None:  # part way: every view of the snapshot still draws (its title too)
         assert len(m.per_layer_delta_ppl) <= n and len(m.cumulative_delta_ppl) <= n
+        for layer in range(n):
+            map_view(res, layer, -1)
+            view_title(res, map_view(res, layer, -1), per_layer=True)
 
 
 def frozen(res: Comparison) -> tuple:

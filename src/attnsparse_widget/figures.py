@@ -420,7 +420,7 @@ def view_title(res: Comparison, view: MapView, per_layer: bool = False) -> str:
     if per_layer:
         m = res.metrics
         parts.append(f"sparsity {requested_achieved(m.requested_sparsity, m.achieved_sparsity)}")
-        if m.per_layer_delta_ppl is not None:
+        if m.per_layer_delta_ppl is not None and view.layer < len(m.per_layer_delta_ppl):  # the curve may be part way
             parts.append(f"ΔPPL (mask at this layer only) {m.per_layer_delta_ppl[view.layer]:+.3f}")
     if view.factor > 1:
         parts.append(f"{view.factor}×{view.factor} tokens per cell")

@@ -345,31 +345,19 @@ def prepare(model: Any, request: Request, *, tokenizer: PreTrainedTokenizerBase 
             vocab = dense.last_logits.numel() if dense.last_logits is not None else 0
             next_token_stats(dense, keep_logits=8 * n_tokens * vocab <= DENSE_LOGITS_BUDGET)
         DENSE_CACHE.put(key, model, dense)
-    target = requested if calibrate else None
-    if view_first(model, n_tokens):
-        sparse = masked_pass(
-            model,
-            ids,
-            resolved,
-            seed=seed,
-            is_lm=is_lm,
-            keep_cache=keep_cache,
-            target_sparsity=target,
-            compare_with=dense,
-        )
-        if request.layer is not None:  # the shown layer's maps, before anything else
-            sparse.fill(min(max(request.layer, 0), num_layers(model) - 1))
-    else:
-        sparse = captured_pass(
-            model,
-            ids,
-            resolved,
-            seed=seed,
-            is_lm=is_lm,
-            keep_cache=keep_cache,
-            target_sparsity=target,
-            compare_with=dense,
-        )
+    first = view_first(model, n_tokens)  # a long text: the view first, the other layers' maps as a later stage
+    sparse = (masked_pass if first else captured_pass)(
+        model,
+        ids,
+        resolved,
+        seed=seed,
+        is_lm=is_lm,
+        keep_cache=keep_cache,
+        target_sparsity=requested if calibrate else None,
+        compare_with=dense,
+    )
+    if first and request.layer is not None:  # the shown layer's maps, before anything else
+        sparse.fill(min(max(request.layer, 0), num_layers(model) - 1))
 
     metrics = sparsity_metrics(sparse.store, requested)
     if requested is not None and (resolved.budget is not None or sparsity is not None):
