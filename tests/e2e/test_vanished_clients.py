@@ -75,7 +75,15 @@ class Watchdog:
 
 
 def kernels(root: psutil.Process) -> list[psutil.Process]:
-    return [p for p in root.children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
+    """The live kernels under ``root`` (a culled one may be a zombie for a moment: it is gone, not counted)."""
+    found = []
+    for p in root.children(recursive=True):
+        try:
+            if "ipykernel" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except psutil.NoSuchProcess:  # ZombieProcess included: it ended while we looked
+            continue
+    return found
 
 
 def answer_seconds(url: str) -> float:
