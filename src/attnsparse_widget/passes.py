@@ -8,6 +8,7 @@ import contextlib
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -120,28 +121,37 @@ class PassResult:
             assert probs is not None and allowed is not None
             keep = store.keep[layer]
             return probs[:, :, lo:hi], None if keep is None else keep[:, :, lo:hi], allowed[:, :, lo:hi]
-        key = (layer, lo, hi)
-        with self._memo_lock:
-            found = self._layers.get(key)
-            if found is not None:
-                self._layers.move_to_end(key)
-                return found
-        found = layer_attention(
-            self.the_model(),
-            self.ids,
-            self.mask,
-            layer,
-            self.layer_outputs,
-            self.seed,
-            self.budgets,
-            rows,
-            store.factor,
+        return self._memoized(
+            self._layers,
+            (layer, lo, hi),
+            lambda: layer_attention(
+                self.the_model(),
+                self.ids,
+                self.mask,
+                layer,
+                self.layer_outputs,
+                self.seed,
+                self.budgets,
+                rows,
+                store.factor,
+            ),
+            remember,
         )
+
+    def _memoized(self, memo: OrderedDict[Any, Any], key: Any, make: Callable[[], Any], remember: bool = True) -> Any:
+        """``memo[key]``, else ``make()`` (computed outside the lock: a reader on another thread is not held up),
+        kept when ``remember`` among the last :data:`RECOMPUTED_LAYERS` asked for."""
+        with self._memo_lock:
+            found = memo.get(key)
+            if found is not None:
+                memo.move_to_end(key)
+                return found
+        found = make()
         if remember:
             with self._memo_lock:
-                self._layers[key] = found
-                while len(self._layers) > RECOMPUTED_LAYERS:
-                    self._layers.popitem(last=False)
+                memo[key] = found
+                while len(memo) > RECOMPUTED_LAYERS:
+                    memo.popitem(last=False)
         return found
 
     def fill(self, layer: int) -> None:
@@ -174,17 +184,14 @@ class PassResult:
         store = self.store
         if store.recorded[layer]:
             return store
-        with self._memo_lock:
-            found = self._stores.get(layer)
-        if found is not None:
-            return found
-        one = AttentionStore(len(store.recorded), store.n_heads, store.n_tokens, retain=store.retain, slab=False)
-        self._record(layer, one, None)
-        with self._memo_lock:
-            self._stores[layer] = one
-            while len(self._stores) > RECOMPUTED_LAYERS:
-                self._stores.popitem(last=False)
-        return one
+
+        def recorded() -> AttentionStore:
+            one = AttentionStore(len(store.recorded), store.n_heads, store.n_tokens, retain=store.retain, slab=False)
+            self._record(layer, one, None)
+            return one
+
+        found: AttentionStore = self._memoized(self._stores, layer, recorded)
+        return found
 
     def release(self) -> None:
         """Drop what can be made again: the KV cache kept for a continuation, recomputed layers (a reader holding
@@ -238,8 +245,7 @@ def captured_pass(
     maps are measured afterwards from the store: that costs no recomputation, and a widget shows the sparse pass
     sooner."""
     n_layers = num_layers(model)
-    config = text_config(model)
-    store = AttentionStore(n_layers, config.num_attention_heads, ids.shape[1])
+    store = _new_store(model, ids.shape[1])
     plan = Plan(
         layer_of=layer_indexer(model),
         mask=mask,
@@ -263,7 +269,12 @@ def captured_pass(
 def view_first(model: PreTrainedModel, n_tokens: int) -> bool:
     """Whether a masked pass over ``n_tokens`` goes view first (:func:`masked_pass`): a text longer than the
     overview (a short one records every layer in one cheap pass)."""
-    return not AttentionStore(num_layers(model), text_config(model).num_attention_heads, n_tokens).retain
+    return not _new_store(model, n_tokens).retain
+
+
+def _new_store(model: PreTrainedModel, n_tokens: int) -> AttentionStore:
+    """An empty store for a pass of ``model`` over ``n_tokens`` (it retains full maps or pools, by its size)."""
+    return AttentionStore(num_layers(model), text_config(model).num_attention_heads, n_tokens)
 
 
 def masked_pass(
@@ -286,8 +297,7 @@ def masked_pass(
     outputs, as :func:`captured_pass` would have (measured against ``compare_with`` when that dense pass kept its
     queries and keys). A layer whose pairs went uncounted is recorded here."""
     n_layers = num_layers(model)
-    config = text_config(model)
-    store = AttentionStore(n_layers, config.num_attention_heads, ids.shape[1])
+    store = _new_store(model, ids.shape[1])
     plan = Plan(
         layer_of=layer_indexer(model),
         mask=mask,

@@ -430,18 +430,16 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         continuations, the per-layer curve one replayed pass at a time), each as a new snapshot, serving view
         requests (layer, head, zoom) between steps. False when a newer model request made the result stale: the
         rest is abandoned."""
-        last = None
         with contextlib.closing(steps):
             for progress in steps:
                 if self._stale(model_generation):
                     return False  # a newer request needs the model: stop, its own stages will follow
-                res = last = progress.result
+                res = progress.result
                 finished = progress.done == progress.total  # a finished stage adds metrics (and maps: the adapted)
                 view = self._take("view")
                 if not (view or finished or self._progress_due(progress.stage, progress.fraction)):
                     continue  # the next update carries this one's values (the chart is drawn from the result)
-                self._session.publish(res, model_generation)
-                last = None
+                self._session.publish(res, model_generation)  # every stage's last step comes here (finished)
                 with self.hold_sync():
                     if finished and progress.stage in METRIC_STAGES:
                         self.metrics = metrics_payload(res)
@@ -454,8 +452,6 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                     elif progress.stage == pipeline.PER_LAYER:  # the curve fills in (the metrics follow at its end)
                         self._publish_layer_chart(res)
                     self._status(True, progress.stage, started, progress=progress.fraction)
-        if last is not None:  # never the case today (a stage's last step is always published); kept for safety
-            self._session.publish(last, model_generation)
         if (shown := self._result) is not None:
             self._publish_gallery(shown)
         return not self._stale(model_generation)
