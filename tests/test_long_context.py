@@ -31,9 +31,10 @@ from test_sparse_oracle_scores import SCORE_MASKS, TEXT, reference_run
 from tiny_models import ToyTokenizer, build, configs
 
 import attnsparse_widget as aw
-from attnsparse_widget import capture, masks, pipeline
+from attnsparse_widget import capture, masks, passes, pipeline
 from attnsparse_widget import store as store_module
-from attnsparse_widget.capture import Plan, attention_active
+from attnsparse_widget.capture import Plan, QueryKeys, attention_active
+from attnsparse_widget.hooks import LayerOutputs, capture_layer_outputs
 from attnsparse_widget.introspect import layer_indexer, num_layers
 from attnsparse_widget.measure import output_metrics
 from attnsparse_widget.metrics import Metrics
@@ -259,9 +260,12 @@ def test_view_first_pass_records_what_the_captured_pass_records(monkeypatch, fam
     text = ((TOY_TEXT + " ") * 6)[:300]
     kwargs = dict(mask=mask_id, sparsity=0.6, per_layer=True, continuation_tokens=4)
     aw.clear_cache()
+    monkeypatch.setattr(passes, "QUERIES_KEPT_BYTES", 0)  # the dense queries recomputed per layer, as at 8K
     fast = aw.compare((model, tok), text, **kwargs)
     assert fast.n_layers == 3 and len(fast.tokens) > 256 and not fast.sparse.store.retain
+    assert fast.dense.qk is not None and not any(q is not None for q in fast.dense.qk.queries)
     aw.clear_cache()
+    monkeypatch.setattr(passes, "QUERIES_KEPT_BYTES", passes.QK_BUDGET)  # measured in the pass, as at 2K
     monkeypatch.setattr(pipeline, "view_first", lambda *args: False)
     whole = aw.compare((model, tok), text, **kwargs)
     aw.clear_cache()
@@ -283,3 +287,19 @@ def test_view_first_pass_records_what_the_captured_pass_records(monkeypatch, fam
         ref, _ = whole.maps(layer)
         for name in ours:
             np.testing.assert_allclose(ours[name], ref[name], atol=ATOL, err_msg=f"{name}, layer {layer}")
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_recomputed_queries_equal_the_ones_the_dense_pass_saw(family):
+    """A long text's dense pass keeps no queries; each layer's, recomputed from the recorded block outputs
+    (capture.layer_queries), equals bit for bit what that layer's attention call received in the pass."""
+    model = build(family, "eager" if family == "gemma2" else "sdpa")
+    ids = random_ids(40)
+    kept = QueryKeys.empty(num_layers(model))
+    outputs = LayerOutputs()
+    plan = Plan(layer_of=layer_indexer(model), mask=None, keep_qk=kept)
+    with torch.inference_mode(), attention_active(model, plan), capture_layer_outputs(model, outputs):
+        model(input_ids=ids, use_cache=False)
+    for layer in range(num_layers(model)):
+        again = capture.layer_queries(model, ids, layer, outputs)
+        assert torch.equal(again, kept.queries[layer]), f"layer {layer}"

@@ -87,6 +87,9 @@ class Plan:
     # with a dict: per masked layer that took the fast path, (kept pairs ``[1, H|1]``, allowed pairs ``[1, 1]``), on
     # the CPU: a pass that records no probabilities still knows the sparsity it achieved (a view-first pass)
     counts: dict[int, tuple[Tensor, Tensor]] | None = None
+    # :func:`layer_queries`: stop at this layer's attention call, its queries handed over in ``found_query``
+    query_of: int | None = None
+    found_query: Tensor | None = None
 
     def mask_for(self, layer: int) -> Mask | None:
         """The mask of ``layer`` (None: dense), with its own budget when the plan has one for it."""
@@ -144,21 +147,45 @@ class RowBlock:
 @dataclass
 class QueryKeys:
     """Per layer, the queries ``[B, H, T, D]`` and keys ``[B, H_kv, T, D]`` (after rotary embeddings) that a pass's
-    attention calls received: with the model's mask, scaling and soft-capping they give that pass's scores again."""
+    attention calls received: with the model's mask, scaling and soft-capping they give that pass's scores again.
+
+    A long text's dense pass keeps no queries (566 MB at 8192 tokens for the default model): ``recompute(layer)``
+    gives a layer's again from the pass's recorded block outputs (:func:`layer_queries`, bit for bit), and
+    :meth:`with_queries` hands a replay one layer's, computed before the replay starts (never inside a pass)."""
 
     queries: list[Tensor | None]
     keys: list[Tensor | None]
     # long texts (:func:`row_block`): per layer, the log-normaliser of every row ``[B, H, T]`` (float32): with
     # it a block of the dense probabilities is rebuilt on any columns, without the rest of the row
     lse: list[Tensor | None] = field(default_factory=list)
+    keeps_queries: bool = True  # False: the pass does not keep them (``recompute`` gives them)
+    recompute: Callable[[int], Tensor] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def empty(cls, n_layers: int) -> QueryKeys:
-        return cls([None] * n_layers, [None] * n_layers, [None] * n_layers)
+    def empty(cls, n_layers: int, keeps_queries: bool = True) -> QueryKeys:
+        return cls([None] * n_layers, [None] * n_layers, [None] * n_layers, keeps_queries)
 
     @property
     def complete(self) -> bool:
-        return all(q is not None for q in self.queries) and all(k is not None for k in self.keys)
+        """Every layer's keys, and its queries unless the pass does not keep them."""
+        queries = all(q is not None for q in self.queries) or not self.keeps_queries
+        return queries and all(k is not None for k in self.keys)
+
+    @property
+    def has_queries(self) -> bool:
+        """Whether every layer's queries are at hand (a pass may read them as it runs)."""
+        return all(q is not None for q in self.queries)
+
+    def with_queries(self, layer: int) -> QueryKeys:
+        """These queries and keys with ``layer``'s queries at hand (recomputed when not kept): what a replay of that
+        one layer reads."""
+        if self.queries[layer] is not None:
+            return self
+        if self.recompute is None:
+            raise RuntimeError(f"the queries of layer {layer} were neither kept nor can be recomputed")
+        queries: list[Tensor | None] = [None] * len(self.queries)
+        queries[layer] = self.recompute(layer)
+        return QueryKeys(queries, self.keys, self.lse, keeps_queries=False, recompute=self.recompute)
 
 
 _ACTIVE: contextvars.ContextVar[Plan | None] = contextvars.ContextVar("attnsparse_plan", default=None)
@@ -215,8 +242,11 @@ def attention_forward(
     if plan is not None:
         plan.calls += 1
         layer = plan.layer_of(module)
+        if plan.query_of == layer:  # layer_queries: this call's queries are all it wants
+            plan.found_query = query
+            raise _Probed
         mask = plan.mask_for(layer)
-        if mask is None and plan.recorder is None and softcap is None and not module.training:
+        if mask is None and plan.recorder is None and plan.keep_qk is None and softcap is None and not module.training:
             # a dense layer whose probabilities nobody reads (the other layers of a per-layer replay, dense
             # decoding): the same attention through SDPA's fused kernel, without materialising them
             out = nn.functional.scaled_dot_product_attention(
@@ -263,7 +293,9 @@ def attention_forward(
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
     out = torch.matmul(probs, value_states).transpose(1, 2).contiguous()
     if plan is not None and plan.keep_qk is not None:
-        plan.keep_qk.queries[layer], plan.keep_qk.keys[layer] = query, key
+        plan.keep_qk.keys[layer] = key
+        if plan.keep_qk.keeps_queries:
+            plan.keep_qk.queries[layer] = query
     if plan is not None and plan.recorder is not None:
         assert allowed is not None  # set above whenever there is a plan
         dense = None
@@ -438,7 +470,9 @@ def _blocked(
     lse = None
     if keep_qk is not None:
         lse = torch.empty(query.shape[:-1], dtype=torch.float32, device=query.device)
-        keep_qk.queries[layer], keep_qk.keys[layer], keep_qk.lse[layer] = query, key, lse
+        keep_qk.keys[layer], keep_qk.lse[layer] = key, lse
+        if keep_qk.keeps_queries:
+            keep_qk.queries[layer] = query
     compared = dense_qk is not None and len(dense_qk.lse) > layer and dense_qk.lse[layer] is not None
     out = torch.zeros(1, n_q, n_heads, value.shape[-1], dtype=value.dtype, device=value.device)
     first, kept = None, 0.0
@@ -927,6 +961,22 @@ def record_layer(
     _replayed(model, ids, layer, outputs, one, mask=mask, seed=seed, budgets=budgets, cell=cell, dense_qk=dense_qk)
     if not one.done:
         raise unsupported(model, f"layer {layer} did not call the attention function when replayed")
+
+
+def layer_queries(model: PreTrainedModel, ids: Tensor, layer: int, outputs: LayerOutputs) -> Tensor:
+    """The queries ``[B, H, T, D]`` (after rotary embeddings) that ``layer``'s attention call received in the pass
+    whose block outputs are ``outputs``: blocks ``0 .. layer-1`` replay them, so block ``layer`` gets exactly the
+    input it had and its projections give exactly the same queries (the same operations on the same shapes); the
+    pass stops at that call, before any attention is computed."""
+    plan = Plan(layer_of=layer_indexer(model), mask=None, query_of=layer)
+    try:
+        with torch.inference_mode(), attention_active(model, plan), start_at_layer(model, layer, outputs):
+            model(input_ids=ids, use_cache=False)
+    except _Probed:
+        pass
+    if plan.found_query is None:
+        raise unsupported(model, f"layer {layer} did not call the attention function when replayed")
+    return plan.found_query
 
 
 def _replayed(

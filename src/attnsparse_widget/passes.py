@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel
 
 from . import metrics as M
-from .capture import Plan, QueryKeys, attention_active, layer_attention, record_layer
+from .capture import Plan, QueryKeys, attention_active, layer_attention, layer_queries, record_layer
 from .compat import cache_kwarg, output_cache, without_cache
 from .hooks import LayerOutputs, capture_layer_outputs
 from .introspect import head_dims, layer_indexer, layer_stack, n_kv_heads, num_layers, text_config, unsupported
@@ -30,6 +30,9 @@ RECOMPUTED_LAYERS = 1  # full-resolution layers recomputed on demand and kept, p
 # queries at 2048 tokens for the default model, 566 MB at 8192; its keys are the KV cache's), so that its sparse
 # passes measure their attention metrics as they run (a long text's layers are never recomputed whole for them)
 QK_BUDGET = 1024 * 2**20
+# ... and its queries only up to this size (3800 tokens): a longer text's are recomputed per layer from the pass's
+# block outputs when a replay needs them (:meth:`~attnsparse_widget.capture.QueryKeys.with_queries`)
+QUERIES_KEPT_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -174,7 +177,7 @@ class PassResult:
             seed=self.seed,
             budgets=self.budgets,
             cell=self.store.factor,
-            dense_qk=dense_qk,
+            dense_qk=None if dense_qk is None else dense_qk.with_queries(layer),
         )
 
     def store_for(self, layer: int) -> AttentionStore:
@@ -256,10 +259,14 @@ def captured_pass(
     )
     if not store.retain:  # retained maps give the attention metrics afterwards, at no recomputation
         if mask is None and qk_bytes(model, ids.shape[1]) <= QK_BUDGET:
-            plan.keep_qk = QueryKeys.empty(n_layers)
-        if compare_with is not None and compare_with.qk is not None:
-            plan.dense_qk = compare_with.qk
+            replayable = layer_stack(model) is not None
+            keeps = not replayable or query_bytes(model, ids.shape[1]) <= QUERIES_KEPT_BYTES
+            plan.keep_qk = QueryKeys.empty(n_layers, keeps_queries=keeps)
+        if compare_with is not None and compare_with.qk is not None and compare_with.qk.has_queries:
+            plan.dense_qk = compare_with.qk  # else the attention metrics recompute both passes' layers afterwards
     result = _forward(model, ids, mask, plan, store, seed=seed, is_lm=is_lm, keep_cache=keep_cache)
+    if result.qk is not None and not result.qk.keeps_queries:
+        result.qk.recompute = _queries_again(model, ids, result.layer_outputs)
     if not store.complete:
         missing = [i for i, done in enumerate(store.recorded) if not done]
         raise unsupported(model, f"layers {missing} did not call the attention function")
@@ -381,6 +388,27 @@ def _forward(
                 out = model(input_ids=ids, use_cache=False)
         result.full_output = out.logits[0].float()
     return result
+
+
+def _queries_again(model: PreTrainedModel, ids: Tensor, outputs: LayerOutputs) -> Callable[[int], Tensor]:
+    """A dense pass's queries of any layer, recomputed from its block outputs (:func:`layer_queries`); it holds the
+    model weakly, as the pass does."""
+    ref = weakref.ref(model)
+
+    def recompute(layer: int) -> Tensor:
+        model = ref()
+        if model is None:
+            raise RuntimeError("the model of this pass was garbage-collected; its queries cannot be recomputed")
+        return layer_queries(model, ids, layer, outputs)
+
+    return recompute
+
+
+def query_bytes(model: PreTrainedModel, n_tokens: int) -> int:
+    """Bytes of every layer's float32 queries for a text of ``n_tokens`` (batch of one)."""
+    config = text_config(model)
+    d_qk, _ = head_dims(config)
+    return 4 * num_layers(model) * n_tokens * config.num_attention_heads * d_qk
 
 
 def qk_bytes(model: PreTrainedModel, n_tokens: int) -> int:
