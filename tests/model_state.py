@@ -41,7 +41,7 @@ def snapshot(model: PreTrainedModel, ids: torch.Tensor) -> tuple[torch.Tensor, d
             for name, m in model.named_modules()
         ],
         "registries": registries(),
-        "active_plan": capture._ACTIVE.get(),
+        "active_plan": capture.plan.ACTIVE.get(),
     }
     return logits, state
 

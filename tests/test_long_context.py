@@ -1,8 +1,8 @@
-"""Long texts: the blocked attention path (capture.row_block) against independent oracles.
+"""Long texts: the blocked attention path (capture.row_blocks.row_block) against independent oracles.
 
-Above ``capture.LONG_SCORES_BYTES`` of scores per attention call the engine computes one block of query rows at a
-time, over only the keys a block can use. Here the threshold is lowered (fixture ``blocked``) so that short texts on
-tiny models take that path, and what comes out is checked against:
+Above ``capture.row_blocks.LONG_SCORES_BYTES`` of scores per attention call the engine computes one block of query
+rows at a time, over only the keys a block can use. Here the threshold is lowered (fixture ``blocked``) so that
+short texts on tiny models take that path, and what comes out is checked against:
 
 * the stock eager model handed the same keep-mask as an explicit additive float mask (static masks; every tiny
   family, GQA, soft-capping and the models' own sliding windows included), and the default model at 1024 tokens;
@@ -33,7 +33,7 @@ from tiny_models import ToyTokenizer, build, configs
 import attnsparse_widget as aw
 from attnsparse_widget import capture, masks, passes, pipeline
 from attnsparse_widget import store as store_module
-from attnsparse_widget.capture import Plan, QueryKeys, attention_active
+from attnsparse_widget.capture import Plan, QueryKeys, attention_active, row_blocks
 from attnsparse_widget.hooks import LayerOutputs, capture_layer_outputs
 from attnsparse_widget.introspect import layer_indexer, num_layers
 from attnsparse_widget.measure import output_metrics
@@ -53,8 +53,8 @@ def blocked(monkeypatch):
     """Every attention call of more than one query takes the blocked path, ``ROWS`` rows (rounded to the store's
     cell) at a time, into stores that keep the pooled overview only, as for a long text."""
     aw.clear_cache()
-    monkeypatch.setattr(capture, "LONG_SCORES_BYTES", 0)
-    monkeypatch.setattr(capture, "row_block", _small_blocks)
+    monkeypatch.setattr(row_blocks, "LONG_SCORES_BYTES", 0)
+    monkeypatch.setattr(row_blocks, "row_block", _small_blocks)
     monkeypatch.setattr(store_module, "retains", lambda *args, **kwargs: False)
     yield
     aw.clear_cache()
@@ -169,15 +169,15 @@ def test_blocked_attention_metrics_match_numpy(blocked, mask_id):
 def test_blocked_and_one_piece_give_the_same_comparison(monkeypatch, mask_id):
     """The whole comparison, blocked or not: the same budgets, sparsity and continuations, and the same metrics
     to float tolerance. (Masks sized on sampled blocks, NSA, MoBA, Quest, may choose another budget: see
-    capture.CALIBRATION_BLOCKS.)"""
+    capture.row_blocks.CALIBRATION_BLOCKS.)"""
     model, tok = build("qwen2"), ToyTokenizer()
     text = (TOY_TEXT + " ") * 2
     kwargs = dict(mask=mask_id, sparsity=0.6, per_layer=True, continuation_tokens=4)
     aw.clear_cache()
     whole = aw.compare((model, tok), text, **kwargs)
     aw.clear_cache()
-    monkeypatch.setattr(capture, "LONG_SCORES_BYTES", 0)
-    monkeypatch.setattr(capture, "row_block", _small_blocks)
+    monkeypatch.setattr(row_blocks, "LONG_SCORES_BYTES", 0)
+    monkeypatch.setattr(row_blocks, "row_block", _small_blocks)
     monkeypatch.setattr(store_module, "retains", lambda *args, **kwargs: False)
     parts = aw.compare((model, tok), text, **kwargs)
     aw.clear_cache()
@@ -198,9 +198,9 @@ def test_default_model_at_1024_tokens_blocked_equals_eager_with_explicit_mask(de
     ids = tok(" ".join(aw.sample_texts()) * 4, return_tensors="pt").input_ids[:, :1024]
     n = ids.shape[1]
     assert n == 1024
-    monkeypatch.setattr(capture, "LONG_SCORES_BYTES", 0)
-    monkeypatch.setattr(capture, "BLOCK_SCORES_BYTES", 4 * 9 * n * 128)
-    assert capture.row_block(9, n, n, 4) == 128
+    monkeypatch.setattr(row_blocks, "LONG_SCORES_BYTES", 0)
+    monkeypatch.setattr(row_blocks, "BLOCK_SCORES_BYTES", 4 * 9 * n * 128)
+    assert row_blocks.row_block(9, n, n, 4) == 128
     mask = masks.resolve("sink_window", n, 0.9)
     store, logits, plan = capture_overview(model, ids, mask, max_side=256)
     assert store.factor == 4 and plan.first_changed

@@ -162,7 +162,7 @@ def test_decoding_row_equals_last_row(name, n, s):
 @given(n=st.integers(min_value=2, max_value=120), cut=st.tuples(st.floats(0, 1), st.floats(0, 1)), s=sparsities)
 def test_a_block_of_rows_equals_those_rows_of_the_whole_mask(name, n, cut, s):
     """Rows a..b-1 asked for on their own (the last b - a queries of b keys, as a long text's attention computes
-    them one block at a time, capture.row_block) are those rows of the whole mask."""
+    them one block at a time, capture.row_blocks.row_block) are those rows of the whole mask."""
     a, b = sorted((int(cut[0] * (n - 1)), int(cut[1] * (n - 1)) + 1))
     b = max(b, a + 1)
     mask, full, scores = realise(name, n, s)

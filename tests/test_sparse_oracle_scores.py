@@ -3,7 +3,7 @@
 The reference is a separate attention function, registered through transformers' own interface: eager math, then
 the keep-set chosen by the per-row loops of tests/reference_masks.py from the layer's logits, then the mask and
 softmax.
-Our engine (capture.py + masks/) must produce the same attention and logits on the real default model.
+Our engine (capture/ + masks/) must produce the same attention and logits on the real default model.
 """
 
 from __future__ import annotations

@@ -342,7 +342,7 @@ def calibrate(
     """The one calibration on real scores: ``mask`` with the budget whose keep-mask drops the fraction of the allowed
     pairs nearest ``target`` (the one search, :meth:`Mask.budget_for`, galloping out from ``start``), and that
     keep-mask. :meth:`Mask.budget_for_scores` (and so ``build`` with scores) and the sparse pass
-    (``capture._calibrated``, one layer's real logits) both size budgets here.
+    (``capture.calibration.calibrated``, one layer's real logits) both size budgets here.
 
     ``keep_of(candidate)``: the candidate's final keep-mask ``[..., H, Tq, Tk]`` within the allowed pairs.
     ``row_allowed``: the allowed keys of each query row ``[..., Tq]``; its sum is the allowed pairs per head.
