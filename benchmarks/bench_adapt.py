@@ -26,7 +26,7 @@ from bench_memory import PeakSampler
 from common import default_model, plain_forward, text_of
 
 import attnsparse_widget as aw
-from attnsparse_widget.adapt import adaptation_steps
+from attnsparse_widget.adapt import Training, adaptation_steps
 
 
 def step_seconds(model, tok, n_tokens: int, steps: int, cache_dir: str) -> tuple[float, float, float]:  # noqa: ANN001
@@ -40,17 +40,10 @@ def step_seconds(model, tok, n_tokens: int, steps: int, cache_dir: str) -> tuple
     with PeakSampler() as peak:
         start_rss = peak.peak
         last = time.perf_counter()
-        for progress in adaptation_steps(
-            (model, tok),
-            "sliding_window",
-            0.8,
-            steps=steps + 2,
-            texts=[text],
-            own_data=False,
-            max_tokens=n_tokens,
-            cache=False,
-            cache_dir=cache_dir,
-        ):
+        training = Training(
+            steps=steps + 2, texts=[text], own_data=False, max_tokens=n_tokens, cache=False, cache_dir=cache_dir
+        )
+        for progress in adaptation_steps((model, tok), "sliding_window", 0.8, training):
             if progress.phase != "training" or progress.done == 0 or progress.result is not None:
                 last = time.perf_counter()
                 continue

@@ -21,8 +21,8 @@ from tiny_models import ToyTokenizer, build, configs
 from transformers import AutoModelForCausalLM, BertConfig, BertModel
 
 import attnsparse_widget as aw
-from attnsparse_widget import masks
-from attnsparse_widget.adapt import adaptation_steps, attention_projections, own_samples
+from attnsparse_widget import masks, pipeline
+from attnsparse_widget.adapt import Training, adaptation_steps, attention_projections, own_samples
 
 pytestmark = pytest.mark.model
 
@@ -174,17 +174,14 @@ def test_an_interrupted_adaptation_writes_nothing_and_changes_nothing(tmp_path):
     model = build("llama")
     model.train()
     before = snapshot(model, IDS)
-    steps = adaptation_steps(
-        (model, ToyTokenizer()), "sink_window", 0.5, steps=50, texts=TRAIN, own_data=False, cache_dir=tmp_path
-    )
+    training = Training(steps=50, texts=TRAIN, own_data=False, cache_dir=tmp_path)
+    steps = adaptation_steps((model, ToyTokenizer()), "sink_window", 0.5, training)
     for progress in steps:
         if progress.phase == "training" and progress.done == 3:
             break
     steps.close()  # a Cancel in the widget
     with pytest.raises(KeyboardInterrupt):
-        for progress in adaptation_steps(
-            (model, ToyTokenizer()), "sink_window", 0.5, steps=50, texts=TRAIN, own_data=False, cache_dir=tmp_path
-        ):
+        for progress in adaptation_steps((model, ToyTokenizer()), "sink_window", 0.5, training):
             if progress.done == 2:
                 raise KeyboardInterrupt
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
@@ -303,6 +300,50 @@ def test_adapted_attention_metrics_measured_in_the_pass_match_numpy(sharp, mask_
     np.testing.assert_allclose(res.metrics.adapted_mass_recall_per_head, recall, rtol=1e-5)
     np.testing.assert_allclose(res.metrics.adapted_kl_per_head, kl, rtol=1e-4, atol=1e-6)
     assert res.metrics.adapted_kl != res.metrics.kl
+
+
+# ------------------------------------------------------------------------------------------ the pipeline's stage
+def test_the_pipeline_adapts_as_a_stage_as_adapt_then_compare_does(sharp):
+    """Request.train: the "adapting" stage trains after the sparse pass (one step of the stage per training step,
+    each carrying the training's progress), then the adapted pass and its metrics follow; the comparison equals
+    adapt() then compare(adapted=...) with the same settings (training is deterministic for a seed)."""
+    settings = dict(steps=3, texts=TRAIN, own_data=False, cache=False)
+    request = pipeline.Request(
+        text=HELD_OUT,
+        mask="sliding_window",
+        sparsity=0.7,
+        per_layer=False,
+        continuation_tokens=2,
+        train=Training(**settings),
+    )
+    progress = list(pipeline.stages(sharp, request))
+    order = list(dict.fromkeys(p.stage for p in progress))
+    assert order == [s for s in pipeline.STAGES if s in order] and pipeline.ADAPTING in order
+    assert order.index(pipeline.ADAPTING) < order.index(pipeline.ADAPTED_PASS)
+    adapting = [p for p in progress if p.stage == pipeline.ADAPTING]
+    assert [p.done for p in adapting] == [0, 0, 1, 2, 3, 3] and adapting[0].training is None
+    assert [p.training.loss is not None for p in adapting[2:]] == [True] * 4
+    assert all(p.result.adaptation is None for p in adapting[:-1]) and adapting[-1].result.adaptation is not None
+    res = progress[-1].result
+    adaptation = aw.adapt(sharp, "sliding_window", 0.7, progress=False, **settings)
+    direct = aw.compare(
+        sharp, HELD_OUT, "sliding_window", 0.7, per_layer=False, continuation_tokens=2, adapted=adaptation
+    )
+    assert res.adaptation.losses == adaptation.losses
+    m, d = res.metrics, direct.metrics
+    assert m.adapted_ppl == pytest.approx(d.adapted_ppl, rel=1e-6) and m.recovered == pytest.approx(d.recovered)
+    np.testing.assert_allclose(m.adapted_kl_per_head, d.adapted_kl_per_head, rtol=1e-5, atol=1e-7)
+    assert res.continuations == direct.continuations and set(res.continuations) == {"dense", "sparse", "adapted"}
+    # a training text is refused, as compare() refuses it
+    with pytest.raises(ValueError, match="among the adaptation's training texts"):
+        list(
+            pipeline.stages(
+                sharp,
+                pipeline.Request(
+                    text=TRAIN[0], mask="sliding_window", sparsity=0.7, per_layer=False, train=Training(**settings)
+                ),
+            )
+        )
 
 
 # --------------------------------------------------------------------------------------------------- the widget

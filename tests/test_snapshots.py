@@ -125,7 +125,7 @@ def frozen(res: Comparison) -> tuple:
     return repr(res.metrics), dict(res.continuations), set(res.done), res.adapted is None, passes  # repr: NaN == NaN
 
 
-STAGES = pipeline.STAGES
+STAGES = tuple(s for s in pipeline.STAGES if s != pipeline.ADAPTING)  # the adaptation is given (adapting: below)
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -179,6 +179,58 @@ def test_read_export_and_cancel_while_the_worker_is_held_at_each_stage(
     for res, state in ((first, first_state), (held, held_state)):
         assert frozen(res) == state
     np.testing.assert_array_equal(first.attention(1), first.attention(1))  # still readable, not released
+
+
+def test_read_export_and_cancel_while_the_worker_is_held_adapting(tiny, monkeypatch, tmp_path: Path):
+    """The Adapt button's training (stage "adapting" on the comparison on screen), held at its second step: the
+    snapshot on screen is whole, an export returns, and Cancel ends the training with the other stages done; Adapt
+    again adds the adapted pass to the same comparison, with no pass run again. Nothing read changes afterwards."""
+    monkeypatch.setenv("ATTNSPARSE_CACHE_DIR", str(tmp_path))  # the widget's adapters and samples go here
+    w = AttentionDiffWidget(tiny, text=TEXTS[0], mask="sliding_window", sparsity=0.5, per_layer=False).wait(120)
+    first = w.result
+    assert first is not None and first.adaptation is None
+    first_state = frozen(first)
+    gate = Gate(pipeline.ADAPTING)
+    gate.install(monkeypatch)
+    gate.armed = True
+    w.adapt(3)
+    assert gate.arrived.wait(HELD), "the worker never reached the adapting stage"
+    try:
+        held = w.result
+        assert held is not None and w.adaptation["state"] == "training"
+        check_whole(held)
+        assert held.adaptation is None and pipeline.ADAPTED_PASS not in held.done
+        held_state = frozen(held)
+        done = threading.Event()
+        paths: list[Path] = []
+
+        def export() -> None:
+            paths.append(w.export_png(tmp_path / "shown.png"))
+            done.set()
+
+        threading.Thread(target=export, daemon=True).start()
+        assert done.wait(HELD), "an export waited for the training"
+        assert paths[0].stat().st_size > 1000
+        w.cancel_adaptation()
+    finally:
+        gate.go.set()
+    w.wait(120)
+    assert w.adaptation["state"] == "cancelled" and w.adapted is None and w.status["busy"] is False
+    cancelled = w.result
+    assert cancelled is not None and cancelled.adapted is None and pipeline.ATTENTION_METRICS in cancelled.done
+    check_whole(cancelled)
+    runs = w._runs
+    w.adapt(2)
+    w.wait(120)
+    assert w.adaptation["state"] == "ready" and w.adapted is not None and w.status["error"] is None
+    last = w.result
+    assert last is not None and pipeline.ADAPTED_PASS in last.done and set(last.continuations) == set(last.passes())
+    check_whole(last)
+    assert w._runs == runs and last.sparse.layer_outputs is first.sparse.layer_outputs  # the same sparse pass
+    assert last.metrics.adapted_mass_recall is not None and last.metrics.mass_recall == first.metrics.mass_recall
+    for res, state in ((first, first_state), (held, held_state)):
+        assert frozen(res) == state
+    w.close()
 
 
 def test_compare_hands_back_the_final_snapshot_and_the_steps_hand_out_snapshots(tiny):

@@ -13,9 +13,10 @@ Training data: by default text the dense model writes itself, continuing the pro
 own distribution and nothing is downloaded; texts passed by the user are added. The text a comparison evaluates
 must not be among them (:meth:`Adaptation.trained_on`, checked by :func:`~attnsparse_widget.compare`).
 
-:func:`adaptation_steps` is the generator (the widget iterates it and closes it to cancel); :func:`adapt` runs it
-to the end with a tqdm bar. Nothing is written until training has finished, and then in one atomic rename, so an
-interrupted run leaves no half-written file; the user's model is only ever run, never changed.
+:func:`adaptation_steps` is the generator, its settings one :class:`Training` (the pipeline's "adapting" stage
+iterates it, and the widget's Cancel closes it); :func:`adapt` runs it to the end with a tqdm bar. Nothing is
+written until training has finished, and then in one atomic rename, so an interrupted run leaves no half-written
+file; the user's model is only ever run, never changed.
 """
 
 from __future__ import annotations
@@ -131,6 +132,16 @@ class Adaptation:
         if not probe:
             return False
         return any(probe in t or t in probe for t in map(_squash, self.texts))
+
+    def check_held_out(self, text: str) -> None:
+        """Raise ValueError when ``text`` is among the training texts (:meth:`trained_on`): its adapted perplexity
+        would measure memorisation."""
+        if self.trained_on(text):
+            raise ValueError(
+                "this text is among the adaptation's training texts, so its adapted perplexity would measure "
+                "memorisation, not what training under the mask recovers: compare on a held-out text, or adapt "
+                "without this text"
+            )
 
     def check_applies(self, base: PreTrainedModel) -> None:
         """Raise ValueError unless ``base`` is the model these adapters were trained on (same config and weights)."""
@@ -289,27 +300,51 @@ def own_samples(
 
 
 # --------------------------------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class Training:
+    """How an adaptation is trained: every setting of :func:`adapt` but the model, the mask and its sparsity (see
+    there for each). One object carries them to :func:`adaptation_steps` and to the pipeline's "adapting" stage
+    (:attr:`~attnsparse_widget.pipeline.Request.train`)."""
+
+    steps: int = DEFAULT_STEPS
+    texts: Sequence[str] | None = None
+    seed: int = 0
+    rank: int = DEFAULT_RANK
+    alpha: float | None = None
+    targets: Sequence[str] | None = None
+    lr: float = DEFAULT_LR
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    own_data: bool = True
+    cache: bool = True
+    cache_dir: PathLike | None = None
+
+
 def adaptation_steps(
     model: Any = None,
     mask: str = "sink_window",
     sparsity: float = 0.8,
+    training: Training = Training(),  # noqa: B008  # frozen: one shared default is safe
     *,
-    steps: int = DEFAULT_STEPS,
-    texts: Sequence[str] | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
-    seed: int = 0,
-    rank: int = DEFAULT_RANK,
-    alpha: float | None = None,
-    targets: Sequence[str] | None = None,
-    lr: float = DEFAULT_LR,
-    max_tokens: int = DEFAULT_MAX_TOKENS,
-    own_data: bool = True,
-    cache: bool = True,
-    cache_dir: PathLike | None = None,
     **mask_params: Any,
 ) -> Generator[AdaptProgress, None, None]:
-    """:func:`adapt` as a generator of :class:`AdaptProgress` (arguments as there); the last item's ``result`` is
-    the :class:`Adaptation`. Closing it early abandons the training: nothing is written, nothing changed."""
+    """:func:`adapt` as a generator of :class:`AdaptProgress` (its settings in ``training``); the last item's
+    ``result`` is the :class:`Adaptation`. Closing it early abandons the training: nothing is written, nothing
+    changed."""
+    t = training
+    steps, texts, seed, rank, alpha, targets, lr, max_tokens, own_data, cache, cache_dir = (
+        t.steps,
+        t.texts,
+        t.seed,
+        t.rank,
+        t.alpha,
+        t.targets,
+        t.lr,
+        t.max_tokens,
+        t.own_data,
+        t.cache,
+        t.cache_dir,
+    )
     model, tok = resolve_model(model, tokenizer)
     check_supported(model)
     _check_arguments(model, mask, sparsity, steps, rank, lr, max_tokens, mask_params)
@@ -483,24 +518,8 @@ def adapt(
     bar = None
     last: AdaptProgress | None = None
     try:
-        for last in adaptation_steps(
-            model,
-            mask,
-            sparsity,
-            steps=steps,
-            texts=texts,
-            tokenizer=tokenizer,
-            seed=seed,
-            rank=rank,
-            alpha=alpha,
-            targets=targets,
-            lr=lr,
-            max_tokens=max_tokens,
-            own_data=own_data,
-            cache=cache,
-            cache_dir=cache_dir,
-            **mask_params,
-        ):
+        training = Training(steps, texts, seed, rank, alpha, targets, lr, max_tokens, own_data, cache, cache_dir)
+        for last in adaptation_steps(model, mask, sparsity, training, tokenizer=tokenizer, **mask_params):
             if progress and last.phase == "training":
                 if bar is None:
                     bar = tqdm(total=last.total, desc=f"adapting to {mask}", unit="step")

@@ -113,6 +113,21 @@ def against_dense(dense: PassResult, other: PassResult, *, skip_unchanged: bool)
     return float(torch.cat(kl).mean()), diff2, norm2
 
 
+# what iter_attention_metrics sets on the metrics (a stage run again starts from none of them)
+ATTENTION_METRIC_FIELDS = (
+    "mass_recall_min",
+    "mass_recall_p5",
+    "mass_recall_per_head",
+    "kl_per_head",
+    "mass_recall",
+    "kl",
+    "adapted_mass_recall_per_head",
+    "adapted_kl_per_head",
+    "adapted_mass_recall",
+    "adapted_kl",
+)
+
+
 def iter_attention_metrics(res: Comparison) -> Iterator[int]:
     """Mass recall and KL(sparse‖dense) per layer and head, for the sparse pass and (when the comparison has one)
     the adapted pass, yielding each finished layer; the metrics are set once every layer is done (a caller that

@@ -10,7 +10,12 @@ stage by stage, with progress.
                        position, in chunks)
     attention maps     a view-first pass's other layers, recorded one at a time by replay and measured against the
                        dense pass as they are (nothing to do after a pass that recorded them all)
-    adapted pass       with ``adapted=`` (an :class:`~attnsparse_widget.adapt.Adaptation`): the adapted model under
+    adapting           with ``train`` (:class:`~attnsparse_widget.adapt.Training`): LoRA adapters trained under the
+                       request's mask and sparsity (:func:`~attnsparse_widget.adapt.adaptation_steps`, one step of
+                       the stage per training step; read back from the disk cache when made before), then checked
+                       against the text (it must be held out)
+    adapted pass       with ``adapted=`` or after "adapting" (an :class:`~attnsparse_widget.adapt.Adaptation`): the
+                       adapted model under
                        the same mask, measured against the dense pass as the sparse pass is, and the fraction of the
                        perplexity gap it recovers
     attention metrics  mass recall and KL(sparse‖dense) per layer and head, summarised (or, when the dense pass
@@ -33,17 +38,19 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from . import masks as mask_library
+from .adapt import Adaptation, AdaptProgress, Training, adaptation_steps
 from .dense_cache import DENSE_CACHE, DenseCache, release_free_memory
 from .introspect import check_supported, layer_stack, n_kv_heads, num_layers, text_config
 from .masks import Mask
 from .measure import (
+    ATTENTION_METRIC_FIELDS,
     adapted_output_metrics,
     compile_flex,
     flex_compile_pending,
@@ -60,15 +67,13 @@ from .replay import iter_per_layer
 from .result import Comparison
 from .tokens import decoder, eos_ids, readable_tokens, text_to_ids
 
-if TYPE_CHECKING:
-    from .adapt import Adaptation
-
 DEFAULT_SPARSITY = 0.5
 DENSE_LOGITS_BUDGET = 256 * 2**20  # a dense pass keeps its next-token log-probabilities up to this size
 
 SPARSE_PASS = "sparse pass"
 NEXT_TOKEN_METRICS = "next-token metrics"
 ATTENTION_MAPS = "attention maps"
+ADAPTING = "adapting"
 ADAPTED_PASS = "adapted pass"
 ATTENTION_METRICS = "attention metrics"
 CONTINUATIONS = "continuations"
@@ -78,6 +83,7 @@ STAGES = (
     SPARSE_PASS,
     NEXT_TOKEN_METRICS,
     ATTENTION_MAPS,
+    ADAPTING,
     ADAPTED_PASS,
     ATTENTION_METRICS,
     CONTINUATIONS,
@@ -99,6 +105,7 @@ class Progress:
     done: int
     total: int
     result: Comparison
+    training: AdaptProgress | None = None  # stage "adapting": the training's own progress (loss, phase)
 
     @property
     def fraction(self) -> float:
@@ -114,15 +121,16 @@ class Request:
     through them sweep and the app) each build one, and nothing else carries these settings. Frozen, and
     ``mask_params`` is a read-only mapping: a request handed to a worker thread cannot change under it.
 
-    text, mask, sparsity, mask_params: what to compare (as for :func:`~attnsparse_widget.compare`).
-    per_layer: run the per-layer curve stage. continuation_tokens: greedy tokens per regime (0: none; more also
-    makes the passes keep their KV cache for them). max_tokens: cut a longer text (None: the model's positions).
-    seed: for random patterns. adapted: an adaptation to compare as well. time_attention: run the attention-time
-    stage. notes: what the caller says about the run, added to the result's notes (the widget: that it left the
-    per-layer curve out for a long text). layer: the layer shown first (a view-first pass records its maps before
-    the others; None: none first). warm_kernel: end by compiling the FlexAttention kernel for this text's length
-    when a view-first pass of it would take that kernel, so that the next mask change does (an interactive session:
-    compiled once per process and length bucket, in the time the user reads the view).
+    text, mask, sparsity, mask_params: what to compare (as for :func:`~attnsparse_widget.compare`). per_layer: run
+    the per-layer curve stage. continuation_tokens: greedy tokens per regime (0: none; more also makes the passes
+    keep their KV cache for them). max_tokens: cut a longer text (None: the model's positions). seed: for random
+    patterns. adapted: an adaptation to compare as well. time_attention: run the attention-time stage. notes: what
+    the caller says about the run, added to the result's notes (the widget: that it left the per-layer curve out for
+    a long text). train: train an adaptation under this request's mask and sparsity (stage "adapting"), then run its
+    adapted pass; ``mask`` must then be a mask id. layer: the layer shown first (a view-first pass records its maps
+    before the others; None: none first). warm_kernel: end by compiling the FlexAttention kernel for this text's
+    length when a view-first pass of it would take that kernel, so that the next mask change does (an interactive
+    session: compiled once per process and length bucket, in the time the user reads the view).
     """
 
     text: str | None = None
@@ -138,6 +146,7 @@ class Request:
     notes: tuple[str, ...] = ()
     layer: int | None = None
     warm_kernel: bool = False
+    train: Training | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mask_params", MappingProxyType(dict(self.mask_params)))
@@ -189,10 +198,19 @@ def later_stages(res: Comparison, request: Request) -> Stages:
                 res.sparse.fill(layer)
             res.done = res.done | {ATTENTION_MAPS}
             yield Progress(ATTENTION_MAPS, len(pending), len(pending), res.snapshot())
+        if request.train is not None and res.is_lm and not _trained(res.adaptation, request):
+            yield from _adapting(res, request, request.train)
         if res.adaptation is not None and ADAPTED_PASS not in res.done:
             yield Progress(ADAPTED_PASS, 0, 1, res.snapshot())
             _adapted_pass(res, keep_cache=continuation_tokens > 0)
-            res.done = res.done | {ADAPTED_PASS}
+            # an adaptation trained after them (stage "adapting"): the stages that measure every masked pass run
+            # again, with it (the sparse pass's values come back from what it kept: its store, its continuation)
+            reopened = res.done & {ATTENTION_METRICS, CONTINUATIONS}
+            for name in ATTENTION_METRIC_FIELDS if ATTENTION_METRICS in reopened else ():
+                setattr(res.metrics, name, None)
+            if CONTINUATIONS in reopened:
+                res.continuations = {}
+            res.done = (res.done | {ADAPTED_PASS}) - reopened
             yield Progress(ADAPTED_PASS, 1, 1, res.snapshot())
         if ATTENTION_METRICS not in res.done:
             for layer in iter_attention_metrics(res):
@@ -242,6 +260,59 @@ def _drop_caches(res: Comparison) -> None:
     res.sparse.cache = None
     if res.adapted is not None:
         res.adapted.cache = None
+
+
+def _adapting(res: Comparison, request: Request, training: Training) -> Stages:
+    """Train an adaptation under the request's mask and sparsity, one step of the stage per training step (each
+    :class:`Progress` carries the training's own), and set it on the comparison once it is held out of the text."""
+    sparsity = DEFAULT_SPARSITY if request.sparsity is None else request.sparsity
+    if not isinstance(request.mask, str):
+        raise TypeError(
+            f"to adapt, the mask must be a mask id (str), e.g. 'sink_window'; got {type(request.mask).__name__}"
+        )
+    yield Progress(ADAPTING, 0, training.steps, res.snapshot())
+    model = res.sparse.the_model()
+    steps = adaptation_steps((model, res._tokenizer), request.mask, sparsity, training, **request.mask_params)
+    last = None
+    with contextlib.closing(steps):
+        for last in steps:
+            if last.result is None:
+                yield Progress(
+                    ADAPTING, last.done if last.phase == "training" else 0, training.steps, res.snapshot(), last
+                )
+    assert last is not None and last.result is not None
+    last.result.check_held_out(res.text)
+    _forget_adapted(res)
+    res.adaptation = last.result
+    res.done = res.done | {ADAPTING}
+    yield Progress(ADAPTING, training.steps, training.steps, res.snapshot(), last)
+
+
+def _trained(adaptation: Adaptation | None, request: Request) -> bool:
+    """Whether ``adaptation`` (the comparison's) is what the request's training makes: the same mask, parameters,
+    sparsity, steps and seed. Then the "adapting" stage has nothing to do."""
+    training = request.train
+    sparsity = DEFAULT_SPARSITY if request.sparsity is None else request.sparsity
+    return (
+        adaptation is not None
+        and training is not None
+        and adaptation.mask_id == request.mask
+        and adaptation.mask_params == dict(request.mask_params)
+        and abs(adaptation.sparsity - sparsity) < 1e-9
+        and (adaptation.steps, adaptation.seed) == (training.steps, training.seed)
+    )
+
+
+def _forget_adapted(res: Comparison) -> None:
+    """Drop an earlier adaptation's pass and metrics from the working comparison (a new one replaces it)."""
+    if res.adapted is None:
+        return
+    res.adapted = res._adapted_model = None
+    m = res.metrics
+    for name in [f.name for f in fields(m) if f.name.startswith("adapted_")] + ["recovered"]:
+        setattr(m, name, None)
+    res.continuations = {name: text for name, text in res.continuations.items() if name != "adapted"}
+    res.done = res.done - {ADAPTED_PASS}
 
 
 def _adapted_pass(res: Comparison, keep_cache: bool) -> None:
@@ -313,12 +384,7 @@ def prepare(model: Any, request: Request, *, tokenizer: PreTrainedTokenizerBase 
     ids, full_length = text_to_ids(tok, text, model, max_tokens)
     if adapted is not None:  # before any pass: a wrong adaptation fails fast
         adapted.check_applies(model)
-        if adapted.trained_on(text or ""):
-            raise ValueError(
-                "this text is among the adaptation's training texts, so its adapted perplexity would measure "
-                "memorisation, not what training under the mask recovers: compare on a held-out text, or adapt "
-                "without this text"
-            )
+        adapted.check_held_out(text or "")
     n_tokens = ids.shape[1]
     config = text_config(model)
     causal = model_is_causal(model)
@@ -398,6 +464,7 @@ def prepare(model: Any, request: Request, *, tokenizer: PreTrainedTokenizerBase 
         eos=eos_ids(tok, model),
         _decode=decode,
         _model=model,
+        _tokenizer=tok,
         done={SPARSE_PASS}
         | ({ATTENTION_MAPS} if sparse.store.complete else set())
         | (set() if is_lm else {NEXT_TOKEN_METRICS}),

@@ -56,6 +56,7 @@ class Comparison:
     # the model itself: long texts recompute full-resolution layers and logits from it (the passes and the dense
     # cache only hold weak references, so a cached pass never keeps a model alive)
     _model: Any = field(repr=False, default=None)
+    _tokenizer: Any = field(repr=False, default=None)  # the model's (an "adapting" stage tokenises its texts with it)
     # the stages of :mod:`attnsparse_widget.pipeline` that have finished on this result (its one record of progress)
     done: AbstractSet[str] = field(default_factory=frozenset)
     adaptation: Adaptation | None = None  # what the adapted pass runs (compare(..., adapted=...))

@@ -89,32 +89,30 @@ class _Group:
 
 def _run_group(group: _Group) -> list[dict[str, Any]]:
     """Run one group in this process (a worker's entry point: module-level, so it pickles)."""
-    from .adapt import adapt
-    from .compare import compare
+    from .adapt import Training
+    from .pipeline import Request, stages
 
     records = []
     for mask, sparsity in group.cells:
-        adapted = None
-        if group.adapt_steps is not None and sparsity > 0 and mask != "dense":
-            # one training per (mask, sparsity): the texts after the first read it from the disk cache
-            adapted = adapt(
-                group.model, mask, sparsity, steps=group.adapt_steps, progress=False, **group.mask_params.get(mask, {})
-            )
+        adapting = group.adapt_steps is not None and sparsity > 0 and mask != "dense"
+        # one training per (mask, sparsity) (the pipeline's "adapting" stage): the texts after the first read it
+        # from the disk cache
+        request = Request(
+            text=group.text,
+            mask=mask,
+            sparsity=sparsity,
+            mask_params=group.mask_params.get(mask, {}),
+            per_layer=False,
+            continuation_tokens=0,
+            max_tokens=group.max_tokens,
+            train=Training(steps=group.adapt_steps) if adapting and group.adapt_steps is not None else None,
+        )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", SparsityOutOfReach)
-            res = compare(
-                group.model,
-                group.text,
-                adapted=adapted,
-                mask=mask,
-                sparsity=sparsity,
-                per_layer=False,
-                continuation_tokens=0,
-                max_tokens=group.max_tokens,
-                **group.mask_params.get(mask, {}),
-            )
+            *_, last = stages(group.model, request)
+        res = last.result
         m = res.metrics
-        assert m.mass_recall is not None  # compare() fills the attention metrics
+        assert m.mass_recall is not None  # the pipeline's last stage has run: the attention metrics are in
         records.append(
             {
                 "text": group.text_index,

@@ -3,11 +3,10 @@ frontend (``js/``) renders and reports intent by setting the input traits.
 
 Changing ``text`` re-runs both passes, changing ``mask``/``sparsity``/``mask_params`` only the sparse pass (the
 dense pass is cached), and changing ``layer``/``head``/``zoom`` runs no model at all. The Adapt control trains
-LoRA adapters under the current mask (:func:`~attnsparse_widget.adapt.adapt`, with progress and Cancel), then runs
-the comparison again with its adapted pass; ``compare_with`` switches the views between the post-hoc and the
-adapted pass. Requests coalesce: a worker
-thread always computes the latest state, abandons stale work between steps, and never publishes a stale result.
-The per-layer perplexity curve fills in after the main view, one layer at a time.
+LoRA adapters under the current mask (the pipeline's "adapting" stage on the comparison on screen, with progress
+and Cancel), then adds its adapted pass; ``compare_with`` switches the views between the post-hoc and the adapted
+pass. Requests coalesce: a worker thread always computes the latest state, abandons stale work between steps, and
+never publishes a stale result. The per-layer perplexity curve fills in after the main view, one layer at a time.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import anywidget
 import traitlets as t
 
 from . import masks, pipeline
-from .adapt import DEFAULT_STEPS, Adaptation, adaptation_steps, estimate_seconds
+from .adapt import DEFAULT_STEPS, Adaptation, AdaptProgress, Training, estimate_seconds
 from .contract import AdaptState, DenseMap, Empty, Figure, Gallery, Info, MetricsPayload, NextTokenView, Status, View
 from .export import gif_bytes
 from .files import writable, write_atomically
@@ -145,6 +144,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         self._adaptation: Adaptation | None = adapted
         self._cancel_adapt = threading.Event()
         self._seconds_per_step: float | None = None
+        self._adapt_progress: AdaptProgress | None = None  # the training's last step shown
         self._threaded = ("google.colab" not in sys.modules) if threaded is None else threaded
         # the worker, the coalescing of requests ("model", "view", "export", "adapt") and the snapshot on screen
         self._session = Session(self._run, self._failed, threaded=self._threaded)
@@ -291,21 +291,16 @@ class AttentionDiffWidget(anywidget.AnyWidget):
     def _run(self, kinds: set[str], model_generation: int) -> None:
         started = time.time() * 1000
         steps: Stages | None = None
-        trained = False
-        if "adapt" in kinds:
-            trained = self._train(model_generation, started)
-            if not trained:
-                if not self._stale(model_generation) and not self.status.get("error"):
-                    self._status(False)
-                return
-        if "model" in kinds or self._working is None or trained:
+        # the Adapt button: the pipeline's "adapting" stage on the comparison on screen (no pass runs again)
+        train = Training(steps=self.adapt_steps) if "adapt" in kinds else None
+        if "model" in kinds or self._working is None:
             self._status(True, "running the model", started)
             if self._working is not None:  # the worker's own copy: its caches go before the next pass runs
                 self._working.release()  # (the snapshot on screen stays as it is)
                 self._working = None
             try:
                 skip_curve = self._skips_curve()
-                request = self._request(self.per_layer and not skip_curve, skipped_curve=skip_curve)
+                request = self._request(self.per_layer and not skip_curve, skipped_curve=skip_curve, train=train)
                 working = pipeline.prepare((self._model, self._tokenizer), request)  # the sparse pass, the headline
             except Exception as err:  # noqa: BLE001 - shown in the widget; the kernel must stay usable
                 if not self._stale(model_generation):
@@ -349,8 +344,8 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             self._publish_gallery(shown)
         if self._working is not None:
             if steps is None:  # a view request: the stages this result still lacks (the curve, once switched on)
-                steps = pipeline.later_stages(self._working, self._request(self.per_layer))
-            if not self._follow(steps, model_generation, started):
+                steps = pipeline.later_stages(self._working, self._request(self.per_layer, train=train))
+            if not self._followed(steps, model_generation, started, train is not None):
                 return
         if ("export" in kinds or self._take("export")) and self._result is not None:
             if not self._export(started):
@@ -361,9 +356,12 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         if not self._stale(model_generation):
             self._status(False)
 
-    def _request(self, per_layer: bool, *, skipped_curve: bool = False) -> pipeline.Request:
+    def _request(
+        self, per_layer: bool, *, skipped_curve: bool = False, train: Training | None = None
+    ) -> pipeline.Request:
         """The run the controls ask for now (``per_layer``: whether it includes the per-layer curve;
-        ``skipped_curve``: the widget left the curve out for this long text, which the result's notes say)."""
+        ``skipped_curve``: the widget left the curve out for this long text, which the result's notes say;
+        ``train``: the Adapt button's training)."""
         return pipeline.Request(
             text=self.text,
             mask=self.mask,
@@ -376,6 +374,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             adapted=self._current_adaptation(),
             layer=self.layer,
             warm_kernel=True,
+            train=train,
             notes=(curve_skipped_note(min(self._token_count(), self._token_limit()), CURVE_TOKENS),)
             if skipped_curve
             else (),
@@ -388,38 +387,26 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             return None
         return a if a.mask_params == dict(self.mask_params) else None
 
-    def _train(self, model_generation: int, started: float) -> bool:
-        """Run the adaptation (publishing its progress, serving view requests between steps); False when it was
-        cancelled, made stale by a newer model request, or failed (said in ``adaptation``)."""
-        self._status(True, "adapting", started, progress=0.0)
-        per_step = self._seconds_per_step
-        last = None
+    def _followed(self, steps: Stages, model_generation: int, started: float, training: bool) -> bool:
+        """:meth:`_follow`, and when the run trains an adaptation (``training``), its ends: the Cancel button (the
+        comparison's other stages go on without it), a newer model request (cancelled too) or a failure (said in
+        ``adaptation`` and the status). False when the run ends here."""
         try:
-            steps = adaptation_steps(
-                (self._model, self._tokenizer), self.mask, self.sparsity, steps=self.adapt_steps, **self.mask_params
-            )
-            with contextlib.closing(steps):
-                for last in steps:
-                    if self._cancel_adapt.is_set() or self._stale(model_generation):
-                        self.adaptation = adapt_payload("cancelled", per_step, progress=last)
-                        return False
-                    fraction = last.done / max(1, last.total)
-                    view = self._take("view") and self._result is not None
-                    if not (view or self._progress_due("adapting", fraction)):
-                        continue
-                    with self.hold_sync():
-                        self.adaptation = adapt_payload("training", per_step, progress=last)
-                        self._status(True, "adapting", started, progress=fraction)
-                        if view and self._result is not None:
-                            self._publish_view(self._result)
+            if self._follow(steps, model_generation, started):
+                return True
         except (ValueError, TypeError) as err:
-            self.adaptation = adapt_payload("failed", per_step, error=str(err))
+            if not (training and self.adaptation.get("state") == "training"):
+                raise
+            self.adaptation = adapt_payload("failed", self._seconds_per_step, error=str(err))
             self.status = failed_status(self.status, f"adapt: {err}")
             return False
-        assert last is not None and last.result is not None
-        self._adaptation = last.result
-        self.adaptation = adapt_payload("ready", per_step, adaptation=last.result)
-        return True
+        if training and self.adaptation.get("state") == "training":
+            self.adaptation = adapt_payload("cancelled", self._seconds_per_step, progress=self._adapt_progress)
+            if not self._stale(model_generation) and self._working is not None:
+                return self._follow(
+                    pipeline.later_stages(self._working, self._request(self.per_layer)), model_generation, started
+                )
+        return False
 
     def _masked(self, res: Comparison) -> str:
         """The masked pass the views show: ``compare_with`` when the result has it, else the post-hoc one."""
@@ -434,6 +421,8 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             for progress in steps:
                 if self._stale(model_generation):
                     return False  # a newer request needs the model: stop, its own stages will follow
+                if progress.stage == pipeline.ADAPTING and self._cancel_adapt.is_set():
+                    return False  # the Cancel button: nothing is written, the model is unchanged
                 res = progress.result
                 finished = progress.done == progress.total  # a finished stage adds metrics (and maps: the adapted)
                 view = self._take("view")
@@ -441,6 +430,8 @@ class AttentionDiffWidget(anywidget.AnyWidget):
                     continue  # the next update carries this one's values (the chart is drawn from the result)
                 self._session.publish(res, model_generation)  # every stage's last step comes here (finished)
                 with self.hold_sync():
+                    if progress.stage == pipeline.ADAPTING:
+                        self._adapting(progress)
                     if finished and progress.stage in METRIC_STAGES:
                         self.metrics = metrics_payload(res)
                     self._publish_gallery(res)
@@ -455,6 +446,16 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         if (shown := self._result) is not None:
             self._publish_gallery(shown)
         return not self._stale(model_generation)
+
+    def _adapting(self, progress: pipeline.Progress) -> None:
+        """The ``adaptation`` trait during the "adapting" stage: the training's steps, then the adaptation made."""
+        self._adapt_progress = progress.training
+        adaptation = progress.result.adaptation
+        if adaptation is None:
+            self.adaptation = adapt_payload("training", self._seconds_per_step, progress=progress.training)
+        else:
+            self._adaptation = adaptation
+            self.adaptation = adapt_payload("ready", self._seconds_per_step, adaptation=adaptation)
 
     def _publish_gallery(self, res: Comparison) -> None:
         """The head gallery and the chart's recall line, once the attention metrics are in (once per result)."""
