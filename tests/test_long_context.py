@@ -263,7 +263,8 @@ def test_view_first_pass_records_what_the_captured_pass_records(monkeypatch, fam
     monkeypatch.setattr(passes, "QUERIES_KEPT_BYTES", 0)  # the dense queries recomputed per layer, as at 8K
     fast = aw.compare((model, tok), text, **kwargs)
     assert fast.n_layers == 3 and len(fast.tokens) > 256 and not fast.sparse.store.retain
-    assert fast.dense.qk is not None and not any(q is not None for q in fast.dense.qk.queries)
+    assert fast.dense.qk is not None and fast.dense.kv is None
+    assert not any(t is not None for t in fast.dense.qk.queries + fast.dense.qk.keys)
     aw.clear_cache()
     monkeypatch.setattr(passes, "QUERIES_KEPT_BYTES", passes.QK_BUDGET)  # measured in the pass, as at 2K
     monkeypatch.setattr(pipeline, "view_first", lambda *args: False)
@@ -290,9 +291,9 @@ def test_view_first_pass_records_what_the_captured_pass_records(monkeypatch, fam
 
 
 @pytest.mark.parametrize("family", TINY)
-def test_recomputed_queries_equal_the_ones_the_dense_pass_saw(family):
-    """A long text's dense pass keeps no queries; each layer's, recomputed from the recorded block outputs
-    (capture.layer_queries), equals bit for bit what that layer's attention call received in the pass."""
+def test_recomputed_queries_and_keys_equal_the_ones_the_dense_pass_saw(family):
+    """A long text's dense pass keeps no queries and keys; each layer's, recomputed from the recorded block outputs
+    (capture.layer_query_keys), equal bit for bit what that layer's attention call received in the pass."""
     model = build(family, "eager" if family == "gemma2" else "sdpa")
     ids = random_ids(40)
     kept = QueryKeys.empty(num_layers(model))
@@ -301,5 +302,5 @@ def test_recomputed_queries_equal_the_ones_the_dense_pass_saw(family):
     with torch.inference_mode(), attention_active(model, plan), capture_layer_outputs(model, outputs):
         model(input_ids=ids, use_cache=False)
     for layer in range(num_layers(model)):
-        again = capture.layer_queries(model, ids, layer, outputs)
-        assert torch.equal(again, kept.queries[layer]), f"layer {layer}"
+        queries, keys = capture.layer_query_keys(model, ids, layer, outputs)
+        assert torch.equal(queries, kept.queries[layer]) and torch.equal(keys, kept.keys[layer]), f"layer {layer}"

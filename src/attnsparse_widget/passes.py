@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel
 
 from . import metrics as M
-from .capture import Plan, QueryKeys, attention_active, layer_attention, layer_queries, record_layer
+from .capture import Plan, QueryKeys, attention_active, layer_attention, layer_query_keys, record_layer
 from .compat import cache_kwarg, output_cache, without_cache
 from .hooks import LayerOutputs, capture_layer_outputs
 from .introspect import head_dims, layer_indexer, layer_stack, n_kv_heads, num_layers, text_config, unsupported
@@ -30,8 +30,9 @@ RECOMPUTED_LAYERS = 1  # full-resolution layers recomputed on demand and kept, p
 # queries at 2048 tokens for the default model, 566 MB at 8192; its keys are the KV cache's), so that its sparse
 # passes measure their attention metrics as they run (a long text's layers are never recomputed whole for them)
 QK_BUDGET = 1024 * 2**20
-# ... and its queries only up to this size (3800 tokens): a longer text's are recomputed per layer from the pass's
-# block outputs when a replay needs them (:meth:`~attnsparse_widget.capture.QueryKeys.with_queries`)
+# ... and keeps them (and its keys and values for replays that skip a prefix) only up to this size of queries
+# (3800 tokens): a longer text's are recomputed per layer from the pass's block outputs when a replay needs them
+# (:meth:`~attnsparse_widget.capture.QueryKeys.at`), so that its memory is its block outputs
 QUERIES_KEPT_BYTES = 256 * 2**20
 
 
@@ -177,7 +178,7 @@ class PassResult:
             seed=self.seed,
             budgets=self.budgets,
             cell=self.store.factor,
-            dense_qk=None if dense_qk is None else dense_qk.with_queries(layer),
+            dense_qk=None if dense_qk is None else dense_qk.at(layer),
         )
 
     def store_for(self, layer: int) -> AttentionStore:
@@ -261,12 +262,12 @@ def captured_pass(
         if mask is None and qk_bytes(model, ids.shape[1]) <= QK_BUDGET:
             replayable = layer_stack(model) is not None
             keeps = not replayable or query_bytes(model, ids.shape[1]) <= QUERIES_KEPT_BYTES
-            plan.keep_qk = QueryKeys.empty(n_layers, keeps_queries=keeps)
-        if compare_with is not None and compare_with.qk is not None and compare_with.qk.has_queries:
+            plan.keep_qk = QueryKeys.empty(n_layers, kept=keeps)
+        if compare_with is not None and compare_with.qk is not None and compare_with.qk.has_all:
             plan.dense_qk = compare_with.qk  # else the attention metrics recompute both passes' layers afterwards
     result = _forward(model, ids, mask, plan, store, seed=seed, is_lm=is_lm, keep_cache=keep_cache)
-    if result.qk is not None and not result.qk.keeps_queries:
-        result.qk.recompute = _queries_again(model, ids, result.layer_outputs)
+    if result.qk is not None and not result.qk.kept:
+        result.qk.recompute = _query_keys_again(model, ids, result.layer_outputs)
     if not store.complete:
         missing = [i for i, done in enumerate(store.recorded) if not done]
         raise unsupported(model, f"layers {missing} did not call the attention function")
@@ -369,6 +370,7 @@ def _forward(
     if (
         mask is None
         and cache is not None
+        and (result.qk is None or result.qk.kept)  # a long text's: recomputed (QUERIES_KEPT_BYTES)
         and full_attention_only(model)
         and all(hasattr(layer, "keys") for layer in getattr(cache, "layers", [None]))
     ):
@@ -390,16 +392,18 @@ def _forward(
     return result
 
 
-def _queries_again(model: PreTrainedModel, ids: Tensor, outputs: LayerOutputs) -> Callable[[int], Tensor]:
-    """A dense pass's queries of any layer, recomputed from its block outputs (:func:`layer_queries`); it holds the
-    model weakly, as the pass does."""
+def _query_keys_again(
+    model: PreTrainedModel, ids: Tensor, outputs: LayerOutputs
+) -> Callable[[int], tuple[Tensor, Tensor]]:
+    """A dense pass's queries and keys of any layer, recomputed from its block outputs (:func:`layer_query_keys`);
+    it holds the model weakly, as the pass does."""
     ref = weakref.ref(model)
 
-    def recompute(layer: int) -> Tensor:
+    def recompute(layer: int) -> tuple[Tensor, Tensor]:
         model = ref()
         if model is None:
             raise RuntimeError("the model of this pass was garbage-collected; its queries cannot be recomputed")
-        return layer_queries(model, ids, layer, outputs)
+        return layer_query_keys(model, ids, layer, outputs)
 
     return recompute
 

@@ -56,8 +56,8 @@ def attention_forward(
     if plan is not None:
         plan.calls += 1
         layer = plan.layer_of(module)
-        if plan.query_of == layer:  # layer_queries: this call's queries are all it wants
-            plan.found_query = query
+        if plan.query_of == layer:  # layer_query_keys: this call's queries and keys are all it wants
+            plan.found = (query, key)
             raise Probed
         mask = plan.mask_for(layer)
         if mask is None and plan.recorder is None and plan.keep_qk is None and softcap is None and not module.training:
@@ -107,9 +107,8 @@ def attention_forward(
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
     out = torch.matmul(probs, value_states).transpose(1, 2).contiguous()
     if plan is not None and plan.keep_qk is not None:
-        plan.keep_qk.keys[layer] = key
-        if plan.keep_qk.keeps_queries:
-            plan.keep_qk.queries[layer] = query
+        if plan.keep_qk.kept:
+            plan.keep_qk.queries[layer], plan.keep_qk.keys[layer] = query, key
     if plan is not None and plan.recorder is not None:
         assert allowed is not None  # set above whenever there is a plan
         dense = None

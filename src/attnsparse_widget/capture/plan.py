@@ -65,9 +65,9 @@ class Plan:
     # with a dict: per masked layer that took the fast path, (kept pairs ``[1, H|1]``, allowed pairs ``[1, 1]``), on
     # the CPU: a pass that records no probabilities still knows the sparsity it achieved (a view-first pass)
     counts: dict[int, tuple[Tensor, Tensor]] | None = None
-    # :func:`layer_queries`: stop at this layer's attention call, its queries handed over in ``found_query``
+    # :func:`layer_query_keys`: stop at this layer's attention call, its queries and keys handed over in ``found``
     query_of: int | None = None
-    found_query: Tensor | None = None
+    found: tuple[Tensor, Tensor] | None = None
 
     def mask_for(self, layer: int) -> Mask | None:
         """The mask of ``layer`` (None: dense), with its own budget when the plan has one for it."""
@@ -127,43 +127,44 @@ class QueryKeys:
     """Per layer, the queries ``[B, H, T, D]`` and keys ``[B, H_kv, T, D]`` (after rotary embeddings) that a pass's
     attention calls received: with the model's mask, scaling and soft-capping they give that pass's scores again.
 
-    A long text's dense pass keeps no queries (566 MB at 8192 tokens for the default model): ``recompute(layer)``
-    gives a layer's again from the pass's recorded block outputs (:func:`layer_queries`, bit for bit), and
-    :meth:`with_queries` hands a replay one layer's, computed before the replay starts (never inside a pass)."""
+    A long text's dense pass keeps neither (``kept`` False; 943 MB at 8192 tokens for the default model, its keys
+    being its KV cache's): ``recompute(layer)`` gives a layer's again from the pass's recorded block outputs
+    (:func:`~.replays.layer_query_keys`, bit for bit), and :meth:`at` hands a replay one layer's, computed before
+    the replay starts (never inside a pass)."""
 
     queries: list[Tensor | None]
     keys: list[Tensor | None]
     # long texts (:func:`row_block`): per layer, the log-normaliser of every row ``[B, H, T]`` (float32): with
     # it a block of the dense probabilities is rebuilt on any columns, without the rest of the row
     lse: list[Tensor | None] = field(default_factory=list)
-    keeps_queries: bool = True  # False: the pass does not keep them (``recompute`` gives them)
-    recompute: Callable[[int], Tensor] | None = field(default=None, repr=False, compare=False)
+    kept: bool = True  # False: the pass keeps only ``lse`` (``recompute`` gives the queries and keys)
+    recompute: Callable[[int], tuple[Tensor, Tensor]] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def empty(cls, n_layers: int, keeps_queries: bool = True) -> QueryKeys:
-        return cls([None] * n_layers, [None] * n_layers, [None] * n_layers, keeps_queries)
+    def empty(cls, n_layers: int, kept: bool = True) -> QueryKeys:
+        return cls([None] * n_layers, [None] * n_layers, [None] * n_layers, kept)
 
     @property
     def complete(self) -> bool:
-        """Every layer's keys, and its queries unless the pass does not keep them."""
-        queries = all(q is not None for q in self.queries) or not self.keeps_queries
-        return queries and all(k is not None for k in self.keys)
+        """Every layer's queries and keys, unless the pass does not keep them."""
+        return not self.kept or self.has_all
 
     @property
-    def has_queries(self) -> bool:
-        """Whether every layer's queries are at hand (a pass may read them as it runs)."""
-        return all(q is not None for q in self.queries)
+    def has_all(self) -> bool:
+        """Whether every layer's queries and keys are at hand (a pass may read them as it runs)."""
+        return all(q is not None for q in self.queries) and all(k is not None for k in self.keys)
 
-    def with_queries(self, layer: int) -> QueryKeys:
-        """These queries and keys with ``layer``'s queries at hand (recomputed when not kept): what a replay of that
-        one layer reads."""
-        if self.queries[layer] is not None:
+    def at(self, layer: int) -> QueryKeys:
+        """These queries and keys with ``layer``'s at hand (recomputed when not kept): what a replay of that one
+        layer reads."""
+        if self.queries[layer] is not None and self.keys[layer] is not None:
             return self
         if self.recompute is None:
-            raise RuntimeError(f"the queries of layer {layer} were neither kept nor can be recomputed")
+            raise RuntimeError(f"the queries and keys of layer {layer} were neither kept nor can be recomputed")
         queries: list[Tensor | None] = [None] * len(self.queries)
-        queries[layer] = self.recompute(layer)
-        return QueryKeys(queries, self.keys, self.lse, keeps_queries=False, recompute=self.recompute)
+        keys: list[Tensor | None] = [None] * len(self.keys)
+        queries[layer], keys[layer] = self.recompute(layer)
+        return QueryKeys(queries, keys, self.lse, kept=False, recompute=self.recompute)
 
 
 # the plan of the pass running in this context (:func:`~.attention.attention_active` sets it)

@@ -1,5 +1,5 @@
 """One layer of a recorded pass again: its maps (:func:`layer_attention`, :func:`record_layer`) and its queries
-(:func:`layer_queries`), by replaying the recorded block outputs up to it."""
+(:func:`layer_query_keys`), by replaying the recorded block outputs up to it."""
 
 from __future__ import annotations
 
@@ -143,20 +143,20 @@ def record_layer(
         raise unsupported(model, f"layer {layer} did not call the attention function when replayed")
 
 
-def layer_queries(model: PreTrainedModel, ids: Tensor, layer: int, outputs: LayerOutputs) -> Tensor:
-    """The queries ``[B, H, T, D]`` (after rotary embeddings) that ``layer``'s attention call received in the pass
-    whose block outputs are ``outputs``: blocks ``0 .. layer-1`` replay them, so block ``layer`` gets exactly the
-    input it had and its projections give exactly the same queries (the same operations on the same shapes); the
-    pass stops at that call, before any attention is computed."""
+def layer_query_keys(model: PreTrainedModel, ids: Tensor, layer: int, outputs: LayerOutputs) -> tuple[Tensor, Tensor]:
+    """The queries ``[B, H, T, D]`` and keys ``[B, H_kv, T, D]`` (after rotary embeddings) that ``layer``'s
+    attention call received in the pass whose block outputs are ``outputs``: blocks ``0 .. layer-1`` replay them,
+    so block ``layer`` gets exactly the input it had and its projections give exactly the same queries and keys
+    (the same operations on the same shapes); the pass stops at that call, before any attention is computed."""
     plan = Plan(layer_of=layer_indexer(model), mask=None, query_of=layer)
     try:
         with torch.inference_mode(), attention_active(model, plan), start_at_layer(model, layer, outputs):
             model(input_ids=ids, use_cache=False)
     except Probed:
         pass
-    if plan.found_query is None:
+    if plan.found is None:
         raise unsupported(model, f"layer {layer} did not call the attention function when replayed")
-    return plan.found_query
+    return plan.found
 
 
 def _replayed(

@@ -86,9 +86,9 @@ def blocked(
     lse = None
     if keep_qk is not None:
         lse = torch.empty(query.shape[:-1], dtype=torch.float32, device=query.device)
-        keep_qk.keys[layer], keep_qk.lse[layer] = key, lse
-        if keep_qk.keeps_queries:
-            keep_qk.queries[layer] = query
+        keep_qk.lse[layer] = lse
+        if keep_qk.kept:
+            keep_qk.queries[layer], keep_qk.keys[layer] = query, key
     compared = dense_qk is not None and len(dense_qk.lse) > layer and dense_qk.lse[layer] is not None
     out = torch.zeros(1, n_q, n_heads, value.shape[-1], dtype=value.dtype, device=value.device)
     first, kept = None, 0.0
