@@ -293,7 +293,7 @@ def test_view_first_pass_records_what_the_captured_pass_records(monkeypatch, fam
 @pytest.mark.parametrize("family", TINY)
 def test_recomputed_queries_and_keys_equal_the_ones_the_dense_pass_saw(family):
     """A long text's dense pass keeps no queries and keys; each layer's, recomputed from the recorded block outputs
-    (capture.layer_query_keys), equal bit for bit what that layer's attention call received in the pass."""
+    (capture.layer_inputs), equal bit for bit what that layer's attention call received in the pass."""
     model = build(family, "eager" if family == "gemma2" else "sdpa")
     ids = random_ids(40)
     kept = QueryKeys.empty(num_layers(model))
@@ -302,5 +302,5 @@ def test_recomputed_queries_and_keys_equal_the_ones_the_dense_pass_saw(family):
     with torch.inference_mode(), attention_active(model, plan), capture_layer_outputs(model, outputs):
         model(input_ids=ids, use_cache=False)
     for layer in range(num_layers(model)):
-        queries, keys = capture.layer_query_keys(model, ids, layer, outputs)
+        queries, keys, _ = capture.layer_inputs(model, ids, layer, outputs)
         assert torch.equal(queries, kept.queries[layer]) and torch.equal(keys, kept.keys[layer]), f"layer {layer}"

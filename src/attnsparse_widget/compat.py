@@ -7,7 +7,7 @@ import functools
 import inspect
 from typing import Any
 
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 from transformers.utils import ModelOutput
 
 CACHE_NAMES = ("cache", "past_key_values")  # later transformers 5.x name the KV cache `cache`
@@ -37,3 +37,8 @@ def output_cache(out: Any) -> Any:
 def without_cache(out: ModelOutput) -> ModelOutput:
     """A copy of a model output without its KV cache (a ``ModelOutput`` keeps a field set to None in its dict)."""
     return type(out)(**{name: value for name, value in out.items() if name not in CACHE_NAMES})
+
+
+def cache_of(keys_values: list[tuple[Any, Any]]) -> DynamicCache:
+    """A KV cache holding, per layer, these keys and values ``[B, H_kv, T, D]`` (full-attention layers)."""
+    return DynamicCache(ddp_cache_data=keys_values)

@@ -143,6 +143,13 @@ def flex_compiled(query: Tensor, key: Tensor, value: Tensor, keep: Tensor) -> bo
     return _flex_shape(query, key, value, keep) in _flex_compiled
 
 
+def flex_compiled_for_any_mask(query: Tensor, key: Tensor, value: Tensor) -> bool:
+    """Whether flex has run on these query, key and value shapes with a keep-mask of any head count: False means
+    no keep-mask can avoid a compilation (known before the keep-mask is made)."""
+    shape = _flex_shape(query, key, value, query.new_empty(0, 1, 1, dtype=torch.bool))
+    return any(known[:6] == shape[:6] and known[7:] == shape[7:] for known in _flex_compiled)
+
+
 @functools.cache
 def _compiled_flex() -> Callable[..., Tensor]:
     from torch.nn.attention.flex_attention import flex_attention

@@ -16,8 +16,8 @@ import torch
 from transformers import PreTrainedModel
 
 from . import metrics as M
-from .capture import Plan, QueryKeys, attention_active, layer_attention, layer_query_keys, record_layer
-from .compat import cache_kwarg, output_cache, without_cache
+from .capture import Plan, QueryKeys, attention_active, layer_attention, layer_inputs, record_layer
+from .compat import cache_kwarg, cache_of, output_cache, without_cache
 from .hooks import LayerOutputs, capture_layer_outputs
 from .introspect import head_dims, layer_indexer, layer_stack, n_kv_heads, num_layers, text_config, unsupported
 from .logits import chunks, head_can_replay, logits_at, record_base_output, verify_replay
@@ -343,7 +343,9 @@ def _forward(
     replayable = is_lm and head_can_replay(model)
     recorded: dict[str, Any] = {}
     kwargs = {"logits_to_keep": 1} if replayable else {}
-    use_cache = is_lm and (mask is None or (keep_cache and mask.row_local))  # a dense pass keeps its keys/values
+    # a dense pass keeps its keys and values (replays that skip a prefix, its continuation); a long text's passes
+    # keep none: their continuation rebuilds the cache from the block outputs (cache_from_outputs)
+    use_cache = is_lm and (mask is None or (keep_cache and mask.row_local)) and not rebuilds_cache(model, ids.shape[1])
     with torch.inference_mode(), attention_active(model, plan), capture_layer_outputs(model, outputs):
         with record_base_output(model, recorded) if replayable else contextlib.nullcontext():
             out = model(input_ids=ids, use_cache=use_cache, **kwargs)
@@ -370,7 +372,6 @@ def _forward(
     if (
         mask is None
         and cache is not None
-        and (result.qk is None or result.qk.kept)  # a long text's: recomputed (QUERIES_KEPT_BYTES)
         and full_attention_only(model)
         and all(hasattr(layer, "keys") for layer in getattr(cache, "layers", [None]))
     ):
@@ -395,15 +396,16 @@ def _forward(
 def _query_keys_again(
     model: PreTrainedModel, ids: Tensor, outputs: LayerOutputs
 ) -> Callable[[int], tuple[Tensor, Tensor]]:
-    """A dense pass's queries and keys of any layer, recomputed from its block outputs (:func:`layer_query_keys`);
-    it holds the model weakly, as the pass does."""
+    """A dense pass's queries and keys of any layer, recomputed from its block outputs (:func:`layer_inputs`); it
+    holds the model weakly, as the pass does."""
     ref = weakref.ref(model)
 
     def recompute(layer: int) -> tuple[Tensor, Tensor]:
         model = ref()
         if model is None:
             raise RuntimeError("the model of this pass was garbage-collected; its queries cannot be recomputed")
-        return layer_query_keys(model, ids, layer, outputs)
+        query, key, _ = layer_inputs(model, ids, layer, outputs)
+        return query, key
 
     return recompute
 
@@ -459,6 +461,8 @@ def greedy_continuation(model: PreTrainedModel, result: PassResult, n: int, eos:
         logits = result.last_logits
         if with_cache:
             cache, result.cache = result.cache, None  # the pass's own cache, used once (decoding extends it)
+            if cache is None and rebuilds_cache(model, seq.shape[1]):
+                cache = cache_from_outputs(model, result)
             if cache is None:  # prefill one (nothing captured: the dense layers take the fast path)
                 out = model(input_ids=seq, use_cache=True, **({"logits_to_keep": 1} if head_can_replay(model) else {}))
                 cache = output_cache(out)
@@ -479,6 +483,24 @@ def greedy_continuation(model: PreTrainedModel, result: PassResult, n: int, eos:
     result.continuation = new
     result.continuation_steps = n
     return new
+
+
+def rebuilds_cache(model: PreTrainedModel, n_tokens: int) -> bool:
+    """Whether a pass keeps no KV cache and its continuation rebuilds one from the block outputs: a text above
+    :data:`QUERIES_KEPT_BYTES` (377 MB of keys and values per pass at 8192 tokens for the default model) of a model
+    whose layers all attend over every earlier position (its cache is then one tensor pair per layer)."""
+    long = query_bytes(model, n_tokens) > QUERIES_KEPT_BYTES
+    return long and full_attention_only(model) and layer_stack(model) is not None
+
+
+def cache_from_outputs(model: PreTrainedModel, result: PassResult) -> Any:
+    """The KV cache of ``result``'s pass, rebuilt from its block outputs (:func:`layer_inputs`, one layer at a time:
+    exactly the keys and values its attention calls received, which a cached pass would have kept)."""
+    pairs = []
+    for layer in range(num_layers(model)):
+        _, keys, values = layer_inputs(model, result.ids, layer, result.layer_outputs)
+        pairs.append((keys, values))
+    return cache_of(pairs)
 
 
 def model_is_causal(model: PreTrainedModel) -> bool:

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
 from . import metrics as M
 from .capture import Plan, attention_active
-from .compat import cache_kwarg
+from .compat import cache_kwarg, cache_of
 from .hooks import LayerOutputs, start_at_layer
 from .introspect import layer_indexer, num_layers
 from .logits import chunks, logits_at, record_base_output
@@ -59,7 +59,7 @@ def replay_nll(
         and full_attention_only(model)
         and (sliced := _sliced_outputs(outputs, start, prefix)) is not None
     ):
-        cache = DynamicCache(ddp_cache_data=[(k[:, :, :prefix], v[:, :, :prefix]) for k, v in dense.kv])
+        cache = cache_of([(k[:, :, :prefix], v[:, :, :prefix]) for k, v in dense.kv])
         outputs = sliced
     else:
         prefix = 0

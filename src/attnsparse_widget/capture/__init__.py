@@ -25,7 +25,7 @@ recorded pass again).
 from .attention import ATTN_NAME, attention_active, attention_forward, register
 from .eager import allowed_from, eager_scores, repeat_kv, softmax_float32, sparse_keep
 from .plan import DenseHead, Plan, QueryKeys, Recorder, RowBlock
-from .replays import layer_attention, layer_query_keys, record_layer
+from .replays import layer_attention, layer_inputs, record_layer
 from .row_blocks import row_block
 
 __all__ = [
@@ -40,7 +40,7 @@ __all__ = [
     "attention_forward",
     "eager_scores",
     "layer_attention",
-    "layer_query_keys",
+    "layer_inputs",
     "record_layer",
     "register",
     "repeat_kv",

@@ -56,8 +56,8 @@ def attention_forward(
     if plan is not None:
         plan.calls += 1
         layer = plan.layer_of(module)
-        if plan.query_of == layer:  # layer_query_keys: this call's queries and keys are all it wants
-            plan.found = (query, key)
+        if plan.query_of == layer:  # layer_inputs: this call's queries, keys and values are all it wants
+            plan.found = (query, key, value)
             raise Probed
         mask = plan.mask_for(layer)
         if mask is None and plan.recorder is None and plan.keep_qk is None and softcap is None and not module.training:

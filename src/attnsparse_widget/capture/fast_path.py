@@ -60,6 +60,12 @@ def fast_path(
     blocked path (:func:`row_block`): on a CPU, SDPA with a mask that long holds several ``[H, Tq, Tk]`` float
     tensors (7 GB measured at 8192 tokens), while the blocked path computes each block's kept keys only."""
     n_q, n_k = query.shape[-2], key.shape[-2]
+    kernel = plan.kernel or kernels.choose_kernel(n_q, n_k, query.device)
+    long_call = row_blocks.row_block(query.shape[1], n_q, n_k, plan.cell) is not None
+    if plan.kernel is None and long_call:
+        uncompiled = not plan.may_compile and not kernels.flex_compiled_for_any_mask(query, key, value)
+        if kernel == "sdpa" or (kernel == "flex" and uncompiled):
+            return None  # declined before any [H|1, Tq, Tk] keep-mask is made (400 MB at 8192 tokens)
     allowed = allowed_for(plan, module, attention_mask, n_q, n_k, query.device)
     ctx = context_of(plan, module, layer, query, key)
     args = (mask, allowed, n_q, n_k, ctx, query.device)
@@ -71,10 +77,8 @@ def fast_path(
         plan.first_changed[layer] = min(plan.first_changed.get(layer, first), first)
     if plan.counts is not None:
         plan.counts[layer] = once_per_pass(plan, ("fast counts",), keep, _counted, keep, allowed)
-    kernel = plan.kernel or kernels.choose_kernel(n_q, n_k, query.device)
     if kernel == "flex" and not plan.may_compile and not kernels.flex_compiled(query, key, value, keep):
         kernel = "sdpa"
-    long_call = row_blocks.row_block(query.shape[1], n_q, n_k, plan.cell) is not None
     if kernel == "sdpa" and plan.kernel is None and long_call:
         return None
     out = kernels.masked_attention(query, key, value, keep, scaling, kernel)

@@ -65,9 +65,9 @@ class Plan:
     # with a dict: per masked layer that took the fast path, (kept pairs ``[1, H|1]``, allowed pairs ``[1, 1]``), on
     # the CPU: a pass that records no probabilities still knows the sparsity it achieved (a view-first pass)
     counts: dict[int, tuple[Tensor, Tensor]] | None = None
-    # :func:`layer_query_keys`: stop at this layer's attention call, its queries and keys handed over in ``found``
+    # :func:`layer_inputs`: stop at this layer's attention call, its queries, keys and values handed over in ``found``
     query_of: int | None = None
-    found: tuple[Tensor, Tensor] | None = None
+    found: tuple[Tensor, Tensor, Tensor] | None = None
 
     def mask_for(self, layer: int) -> Mask | None:
         """The mask of ``layer`` (None: dense), with its own budget when the plan has one for it."""
@@ -129,7 +129,7 @@ class QueryKeys:
 
     A long text's dense pass keeps neither (``kept`` False; 943 MB at 8192 tokens for the default model, its keys
     being its KV cache's): ``recompute(layer)`` gives a layer's again from the pass's recorded block outputs
-    (:func:`~.replays.layer_query_keys`, bit for bit), and :meth:`at` hands a replay one layer's, computed before
+    (:func:`~.replays.layer_inputs`, bit for bit), and :meth:`at` hands a replay one layer's, computed before
     the replay starts (never inside a pass)."""
 
     queries: list[Tensor | None]

@@ -1,5 +1,5 @@
 """One layer of a recorded pass again: its maps (:func:`layer_attention`, :func:`record_layer`) and its queries
-(:func:`layer_query_keys`), by replaying the recorded block outputs up to it."""
+(:func:`layer_inputs`), by replaying the recorded block outputs up to it."""
 
 from __future__ import annotations
 
@@ -143,10 +143,12 @@ def record_layer(
         raise unsupported(model, f"layer {layer} did not call the attention function when replayed")
 
 
-def layer_query_keys(model: PreTrainedModel, ids: Tensor, layer: int, outputs: LayerOutputs) -> tuple[Tensor, Tensor]:
-    """The queries ``[B, H, T, D]`` and keys ``[B, H_kv, T, D]`` (after rotary embeddings) that ``layer``'s
-    attention call received in the pass whose block outputs are ``outputs``: blocks ``0 .. layer-1`` replay them,
-    so block ``layer`` gets exactly the input it had and its projections give exactly the same queries and keys
+def layer_inputs(
+    model: PreTrainedModel, ids: Tensor, layer: int, outputs: LayerOutputs
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The queries ``[B, H, T, D]``, keys and values ``[B, H_kv, T, D]`` (keys after rotary embeddings) that
+    ``layer``'s attention call received in the pass whose block outputs are ``outputs``: blocks ``0 .. layer-1``
+    replay them, so block ``layer`` gets exactly the input it had and its projections give exactly the same tensors
     (the same operations on the same shapes); the pass stops at that call, before any attention is computed."""
     plan = Plan(layer_of=layer_indexer(model), mask=None, query_of=layer)
     try:
