@@ -189,6 +189,8 @@ def later_stages(res: Comparison, request: Request) -> Stages:
         if NEXT_TOKEN_METRICS not in res.done:
             yield Progress(NEXT_TOKEN_METRICS, 0, 1, res.snapshot())
             output_metrics(res.metrics, res.dense, res.sparse)
+            if not res.sparse.store.retain:
+                release_free_memory()  # the LM head's chunks of a long text (1.7 GB of heap at 8192 tokens)
             res.done = res.done | {NEXT_TOKEN_METRICS}
             yield Progress(NEXT_TOKEN_METRICS, 1, 1, res.snapshot())
         if ATTENTION_MAPS not in res.done:
@@ -196,6 +198,8 @@ def later_stages(res: Comparison, request: Request) -> Stages:
             for step, layer in enumerate(pending):
                 yield Progress(ATTENTION_MAPS, step, len(pending), res.snapshot())
                 res.sparse.fill(layer)
+            if pending:
+                release_free_memory()  # the replays' temporaries
             res.done = res.done | {ATTENTION_MAPS}
             yield Progress(ATTENTION_MAPS, len(pending), len(pending), res.snapshot())
         if request.train is not None and res.is_lm and not _trained(res.adaptation, request):
@@ -411,6 +415,8 @@ def prepare(model: Any, request: Request, *, tokenizer: PreTrainedTokenizerBase 
             vocab = dense.last_logits.numel() if dense.last_logits is not None else 0
             next_token_stats(dense, keep_logits=8 * n_tokens * vocab <= DENSE_LOGITS_BUDGET)
         DENSE_CACHE.put(key, model, dense)
+    if not dense.store.retain:
+        release_free_memory()  # before the sparse pass: freed temporaries (the head's chunks: 1.7 GB at 8192 tokens)
     first = view_first(model, n_tokens)  # a long text: the view first, the other layers' maps as a later stage
     sparse = (masked_pass if first else captured_pass)(
         model,

@@ -7,9 +7,12 @@ pass can also keep every layer's queries and keys (:class:`QueryKeys`); a sparse
 with its own probabilities, the dense pass's probabilities of the same layer, rebuilt head by head by the same
 operations: the attention metrics are measured while a layer's probabilities are in memory, with no replay.
 
-It is registered together with ``eager_mask`` under the same name in ``AttentionMaskInterface``: without a mask
-function transformers silently passes no mask at all (stack.md §5.4), and ``eager_mask`` always materialises the
-model's own causal / padding / sliding-window mask as an additive float mask (0 or ``finfo.min``).
+It is registered together with ``sdpa_mask`` under the same name in ``AttentionMaskInterface``: without a mask
+function transformers silently passes no mask at all (stack.md §5.4). ``sdpa_mask`` gives the model's own causal /
+padding / sliding-window mask as a boolean mask, or None where plain causality (or, for an encoder, nothing) says
+it all; the attention function reads it as the allowed pairs (``allowed_from``) and gives the others ``finfo.min``,
+as eager's additive float mask does (bit for bit; its ``[T, T]`` float copy, 268 MB at 8192 tokens, is never
+made).
 
 A model is switched to it only inside :func:`attention_active`, which restores the model's own implementation,
 its train/eval mode and every hook on exit, also when the body raises (KeyboardInterrupt included).

@@ -10,12 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AttentionInterface, AttentionMaskInterface, PreTrainedModel
-from transformers.masking_utils import eager_mask
+from transformers.masking_utils import sdpa_mask
 
 from ..hooks import model_lock, switched_to
 from ..introspect import check_supported
 from .calibration import calibrated
-from .eager import allowed_for, applied, context_of, dense_heads, eager_scores, repeat_kv, softmax_float32
+from .eager import allowed_for, allowed_from, applied, context_of, dense_heads, eager_scores, repeat_kv, softmax_float32
 from .fast_path import fast_path, takes_fast_path
 from .plan import ACTIVE, Plan, Probed, once_per_pass
 from .row_blocks import blocked, rows_per_block
@@ -63,8 +63,9 @@ def attention_forward(
         if mask is None and plan.recorder is None and plan.keep_qk is None and softcap is None and not module.training:
             # a dense layer whose probabilities nobody reads (the other layers of a per-layer replay, dense
             # decoding): the same attention through SDPA's fused kernel, without materialising them
+            allowed = allowed_for(plan, module, attention_mask, query.shape[-2], key.shape[-2], query.device)
             out = nn.functional.scaled_dot_product_attention(
-                query, key_states, value_states, attn_mask=attention_mask, scale=scaling
+                query, key_states, value_states, attn_mask=allowed, scale=scaling
             )
             return out.transpose(1, 2).contiguous(), None
         if mask is not None and takes_fast_path(plan, module, query, mask, softcap, dropout):
@@ -76,13 +77,15 @@ def attention_forward(
             args = (query, key, value, attention_mask, scaling, softcap)
             return blocked(plan, module, layer, mask, rows, *args), None
 
-    scores = eager_scores(query, key_states, attention_mask, scaling, softcap)
+    n_q, n_k = query.shape[-2], key.shape[-2]
+    if plan is not None:
+        allowed = allowed_for(plan, module, attention_mask, n_q, n_k, query.device)
+    else:
+        allowed = allowed_from(attention_mask, module, n_q, n_k, query.device)
+    scores = eager_scores(query, key_states, allowed, scaling, softcap)
 
     keep = None
-    allowed = None
     if plan is not None:
-        n_q, n_k = scores.shape[-2], scores.shape[-1]
-        allowed = allowed_for(plan, module, attention_mask, n_q, n_k, scores.device)
         if mask is not None:
             ctx = context_of(plan, module, layer, query, key)
             if plan.calibrates(layer):
@@ -110,10 +113,9 @@ def attention_forward(
         if plan.keep_qk.kept:
             plan.keep_qk.queries[layer], plan.keep_qk.keys[layer] = query, key
     if plan is not None and plan.recorder is not None:
-        assert allowed is not None  # set above whenever there is a plan
         dense = None
         if plan.dense_qk is not None:
-            dense = dense_heads(plan.dense_qk, layer, n_rep, attention_mask, scaling, softcap)
+            dense = dense_heads(plan.dense_qk, layer, n_rep, allowed, scaling, softcap)
         plan.recorder.record(layer, probs32, keep, allowed, dense)
     return out, probs
 
@@ -126,7 +128,7 @@ def register() -> None:
     global _registered
     if not _registered:
         AttentionInterface.register(ATTN_NAME, attention_forward)
-        AttentionMaskInterface.register(ATTN_NAME, eager_mask)
+        AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
         _registered = True
 
 

@@ -80,7 +80,7 @@ def blocked(
     calibrating = mask is not None and plan.calibrates(layer)
     if calibrating:
         assert mask is not None
-        args = (query, key, attention_mask, allowed, scaling, softcap)
+        args = (query, key, allowed, scaling, softcap)
         mask = mask.with_budget(budget_on_blocks(plan, mask, rows_per_block, *args, ctx))
     keep_qk, dense_qk = plan.keep_qk, plan.dense_qk
     lse = None
@@ -108,9 +108,8 @@ def blocked(
         else:  # the mask reads every key up to the block's last query
             cols = torch.arange(offset + b, device=query.device)
         cut = (slice(None), slice(None), slice(a, b))
-        cut_mask = None if attention_mask is None else take(attention_mask[cut], cols)
-        scores = eager_scores(query[cut], repeat_kv(take(key, cols, -2), n_rep), cut_mask, scaling, softcap)
         allowed_cols = take(block_allowed, cols)
+        scores = eager_scores(query[cut], repeat_kv(take(key, cols, -2), n_rep), allowed_cols, scaling, softcap)
         if mask is not None:
             if mask.score_dependent:
                 keep = block_keep(mask, scores, allowed_cols, offset + b, ctx)
@@ -134,7 +133,7 @@ def blocked(
             dense = None
             if compared:
                 assert dense_qk is not None
-                dense = dense_block(dense_qk, layer, n_rep, (a, b), cols, cut_mask, scaling, softcap)
+                dense = dense_block(dense_qk, layer, n_rep, (a, b), cols, allowed_cols, scaling, softcap)
             plan.recorder.record_block(layer, RowBlock((a, b), n_k, cols, probs32, keep, allowed_cols), dense)
         del probs32
     if first is not None:
@@ -158,7 +157,6 @@ def budget_on_blocks(
     rows_per_block: int,
     query: Tensor,
     key: Tensor,
-    attention_mask: Tensor | None,
     allowed: Tensor,
     scaling: float,
     softcap: float | None,
@@ -184,8 +182,9 @@ def budget_on_blocks(
     samples = []
     for a in picked:
         b, end = min(n_q, a + rows_per_block), offset + min(n_q, a + rows_per_block)
-        cut_mask = None if attention_mask is None else attention_mask[:, :, a:b, :end]
-        scores = eager_scores(query[:, :, a:b], repeat_kv(key[:, :, :end], n_rep), cut_mask, scaling, softcap)
+        scores = eager_scores(
+            query[:, :, a:b], repeat_kv(key[:, :, :end], n_rep), allowed[:, :, a:b, :end], scaling, softcap
+        )
         block_allowed = allowed[:, :, a:b, :end]
         samples.append((scores.float().masked_fill_(~block_allowed, float("-inf")), block_allowed, end))
     sample_allowed = sum(float(al.sum()) for _, al, _ in samples)
@@ -214,7 +213,7 @@ def dense_block(
     n_rep: int,
     rows: tuple[int, int],
     cols: Tensor,
-    attention_mask: Tensor | None,
+    allowed: Tensor,
     scaling: float,
     softcap: float | None,
 ) -> DenseHead:
@@ -228,7 +227,7 @@ def dense_block(
 
     def head(h: int) -> Tensor:
         k = keys[:, h // n_rep : h // n_rep + 1]
-        scores = eager_scores(query[:, h : h + 1, a:b], k, attention_mask, scaling, softcap)
+        scores = eager_scores(query[:, h : h + 1, a:b], k, allowed, scaling, softcap)
         # floored at e^-69 ≈ 1e-30, the floor metrics.head_row_kl puts under dense probabilities anyway: exp of the
         # masked pairs' finfo.min and of denormal results is ten to thirty times slower than of the rest here
         return scores.sub_(lse[:, h : h + 1, a:b, None]).clamp_(min=LOG_TINY).exp_()[:, 0]
