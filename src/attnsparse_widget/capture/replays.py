@@ -151,11 +151,7 @@ def layer_inputs(
     replay them, so block ``layer`` gets exactly the input it had and its projections give exactly the same tensors
     (the same operations on the same shapes); the pass stops at that call, before any attention is computed."""
     plan = Plan(layer_of=layer_indexer(model), mask=None, query_of=layer)
-    try:
-        with torch.inference_mode(), attention_active(model, plan), start_at_layer(model, layer, outputs):
-            model(input_ids=ids, use_cache=False)
-    except Probed:
-        pass
+    _run_from(model, ids, layer, outputs, plan)
     if plan.found is None:
         raise unsupported(model, f"layer {layer} did not call the attention function when replayed")
     return plan.found
@@ -187,6 +183,11 @@ def _replayed(
         cell=cell,
         dense_qk=dense_qk,
     )
+    _run_from(model, ids, layer, outputs, plan)
+
+
+def _run_from(model: PreTrainedModel, ids: Tensor, layer: int, outputs: LayerOutputs, plan: Plan) -> None:
+    """Run ``plan`` from block ``layer`` on (the blocks before replay ``outputs``) until it has what it wants."""
     try:
         with torch.inference_mode(), attention_active(model, plan), start_at_layer(model, layer, outputs):
             model(input_ids=ids, use_cache=False)
