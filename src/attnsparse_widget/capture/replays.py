@@ -116,7 +116,7 @@ def layer_attention(
     probe = _LayerProbe(layer, rows)
     _replayed(model, ids, layer, outputs, probe, mask=mask, seed=seed, budgets=budgets, cell=cell, rows=rows)
     if probe.found is None:
-        raise unsupported(model, f"layer {layer} did not call the attention function when replayed")
+        raise _not_called(model, layer)
     return probe.found
 
 
@@ -140,7 +140,7 @@ def record_layer(
     one = _OneLayer(layer, into)
     _replayed(model, ids, layer, outputs, one, mask=mask, seed=seed, budgets=budgets, cell=cell, dense_qk=dense_qk)
     if not one.done:
-        raise unsupported(model, f"layer {layer} did not call the attention function when replayed")
+        raise _not_called(model, layer)
 
 
 def layer_inputs(
@@ -153,7 +153,7 @@ def layer_inputs(
     plan = Plan(layer_of=layer_indexer(model), mask=None, query_of=layer)
     _run_from(model, ids, layer, outputs, plan)
     if plan.found is None:
-        raise unsupported(model, f"layer {layer} did not call the attention function when replayed")
+        raise _not_called(model, layer)
     return plan.found
 
 
@@ -193,3 +193,8 @@ def _run_from(model: PreTrainedModel, ids: Tensor, layer: int, outputs: LayerOut
             model(input_ids=ids, use_cache=False)
     except Probed:
         pass
+
+
+def _not_called(model: PreTrainedModel, layer: int) -> Exception:
+    """What a replay raises when ``layer`` never reached the attention function (the model is not supported)."""
+    return unsupported(model, f"layer {layer} did not call the attention function when replayed")
