@@ -16,8 +16,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
+import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"  # screenshots and timings, for a person to look at
+BUNDLE = ROOT / "src" / "attnsparse_widget" / "static" / "widget.js"
+# a browser test of the widget: its tier, and skipped where the frontend bundle is not built
+WIDGET_IN_A_BROWSER = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not BUNDLE.is_file(), reason="the frontend bundle is not built (npm run build)"),
+]
 FLAGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -10,13 +10,19 @@ import uuid
 
 import pytest
 
-from .harness import chromium, jupyterlab, open_notebook, run_cell, settled, write_notebook
-from .test_browser import ARTIFACTS, BUNDLE, TEXT
+from .harness import (
+    ARTIFACTS,
+    WIDGET_IN_A_BROWSER,
+    chromium,
+    jupyterlab,
+    open_notebook,
+    run_cell,
+    settled,
+    write_notebook,
+)
+from .test_browser import TEXT
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not BUNDLE.is_file(), reason="the frontend bundle is not built (npm run build)"),
-]
+pytestmark = WIDGET_IN_A_BROWSER
 
 SHOW = f"""import attnsparse_widget as aw
 w = aw.show(None, {TEXT!r}, mask="sliding_window", sparsity=0.8, per_layer=False)

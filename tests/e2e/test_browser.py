@@ -9,23 +9,25 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from pathlib import Path
 
 import pytest
 
-from .harness import chromium, jupyterlab, open_notebook, run_cell, settled, write_notebook
+from .harness import (
+    ARTIFACTS,
+    WIDGET_IN_A_BROWSER,
+    chromium,
+    jupyterlab,
+    open_notebook,
+    run_cell,
+    settled,
+    write_notebook,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "test-artifacts"
-BUNDLE = ROOT / "src" / "attnsparse_widget" / "static" / "widget.js"
 TEXT = (
     "The lighthouse keeper wrote in his log every evening. The storm came from the west, and the ships "
     "stayed in the harbour until the wind turned."
 )
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not BUNDLE.is_file(), reason="the frontend bundle is not built (npm run build)"),
-]
+pytestmark = WIDGET_IN_A_BROWSER
 
 SHOW = f"""import attnsparse_widget as aw
 w = aw.show(None, {TEXT!r}, mask="sink_window", sparsity=0.5)

@@ -12,19 +12,21 @@ import json
 import re
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-from .harness import chromium, jupyterlab, open_notebook, run_cell, settled, write_notebook
+from .harness import (
+    ARTIFACTS,
+    WIDGET_IN_A_BROWSER,
+    chromium,
+    jupyterlab,
+    open_notebook,
+    run_cell,
+    settled,
+    write_notebook,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "test-artifacts"
-BUNDLE = ROOT / "src" / "attnsparse_widget" / "static" / "widget.js"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not BUNDLE.is_file(), reason="the frontend bundle is not built (npm run build)"),
-]
+pytestmark = WIDGET_IN_A_BROWSER
 
 HOSTILE = (
     "<img src=x onerror=alert(1)> \"double\" 'single' back\\slash & </div> <b>bold?</b>\n"

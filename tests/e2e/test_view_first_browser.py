@@ -10,19 +10,10 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from pathlib import Path
 
-import pytest
+from .harness import ARTIFACTS, WIDGET_IN_A_BROWSER, chromium, jupyterlab, open_notebook, run_cell, write_notebook
 
-from .harness import chromium, jupyterlab, open_notebook, run_cell, write_notebook
-
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "test-artifacts"
-BUNDLE = ROOT / "src" / "attnsparse_widget" / "static" / "widget.js"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not BUNDLE.is_file(), reason="the frontend bundle is not built (npm run build)"),
-]
+pytestmark = WIDGET_IN_A_BROWSER
 TOKENS = 8192
 SHOW = f"""import attnsparse_widget as aw
 model, tok = aw.load_model()
