@@ -40,7 +40,7 @@ import warnings
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 from transformers import PreTrainedTokenizerBase
 
@@ -201,7 +201,7 @@ def later_stages(res: Comparison, request: Request) -> Stages:
                 release_free_memory()  # each replay's temporaries (a long text's: ~1 GB of heap at 8192 tokens)
             res.done = res.done | {ATTENTION_MAPS}
             yield Progress(ATTENTION_MAPS, len(pending), len(pending), res.snapshot())
-        if request.train is not None and res.is_lm and not _trained(res.adaptation, request):
+        if request.train is not None and res.is_lm and not _trained(res, request):
             yield from _adapting(res, request, request.train)
         if res.adaptation is not None and ADAPTED_PASS not in res.done:
             yield Progress(ADAPTED_PASS, 0, 1, res.snapshot())
@@ -268,14 +268,11 @@ def _drop_caches(res: Comparison) -> None:
 def _adapting(res: Comparison, request: Request, training: Training) -> Stages:
     """Train an adaptation under the request's mask and sparsity, one step of the stage per training step (each
     :class:`Progress` carries the training's own), and set it on the comparison once it is held out of the text."""
-    sparsity = DEFAULT_SPARSITY if request.sparsity is None else request.sparsity
-    if not isinstance(request.mask, str):
-        raise TypeError(
-            f"to adapt, the mask must be a mask id (str), e.g. 'sink_window'; got {type(request.mask).__name__}"
-        )
     yield Progress(ADAPTING, 0, training.steps, res.snapshot())
+    # what the sparse pass was asked; adaptation_steps says what is wrong with a Mask object or a budget parameter
+    mask, sparsity = cast(str, request.mask), cast(float, res.metrics.requested_sparsity)
     model = res.sparse.the_model()
-    steps = adaptation_steps((model, res._tokenizer), request.mask, sparsity, training, **request.mask_params)
+    steps = adaptation_steps((model, res._tokenizer), mask, sparsity, training, **request.mask_params)
     last = None
     with contextlib.closing(steps):
         for last in steps:
@@ -291,14 +288,14 @@ def _adapting(res: Comparison, request: Request, training: Training) -> Stages:
     yield Progress(ADAPTING, training.steps, training.steps, res.snapshot(), last)
 
 
-def _trained(adaptation: Adaptation | None, request: Request) -> bool:
-    """Whether ``adaptation`` (the comparison's) is what the request's training makes: the same mask, parameters,
+def _trained(res: Comparison, request: Request) -> bool:
+    """Whether the comparison's adaptation is what the request's training makes: the same mask, parameters,
     sparsity, steps and seed. Then the "adapting" stage has nothing to do."""
-    training = request.train
-    sparsity = DEFAULT_SPARSITY if request.sparsity is None else request.sparsity
+    adaptation, training, sparsity = res.adaptation, request.train, res.metrics.requested_sparsity
     return (
         adaptation is not None
         and training is not None
+        and sparsity is not None
         and adaptation.mask_id == request.mask
         and adaptation.mask_params == dict(request.mask_params)
         and abs(adaptation.sparsity - sparsity) < 1e-9

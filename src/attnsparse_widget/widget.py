@@ -25,7 +25,7 @@ import anywidget
 import traitlets as t
 
 from . import masks, pipeline
-from .adapt import DEFAULT_STEPS, Adaptation, AdaptProgress, Training, estimate_seconds
+from .adapt import DEFAULT_STEPS, Adaptation, Training, estimate_seconds
 from .contract import AdaptState, DenseMap, Empty, Figure, Gallery, Info, MetricsPayload, NextTokenView, Status, View
 from .export import gif_bytes
 from .files import writable, write_atomically
@@ -144,7 +144,6 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         self._adaptation: Adaptation | None = adapted
         self._cancel_adapt = threading.Event()
         self._seconds_per_step: float | None = None
-        self._adapt_progress: AdaptProgress | None = None  # the training's last step shown
         self._threaded = ("google.colab" not in sys.modules) if threaded is None else threaded
         # the worker, the coalescing of requests ("model", "view", "export", "adapt") and the snapshot on screen
         self._session = Session(self._run, self._failed, threaded=self._threaded)
@@ -401,7 +400,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             self.status = failed_status(self.status, f"adapt: {err}")
             return False
         if training and self.adaptation.get("state") == "training":
-            self.adaptation = adapt_payload("cancelled", self._seconds_per_step, progress=self._adapt_progress)
+            self.adaptation = cast(AdaptState, {**self.adaptation, "state": "cancelled"})  # at its last step shown
             if not self._stale(model_generation) and self._working is not None:
                 return self._follow(
                     pipeline.later_stages(self._working, self._request(self.per_layer)), model_generation, started
@@ -449,7 +448,6 @@ class AttentionDiffWidget(anywidget.AnyWidget):
 
     def _adapting(self, progress: pipeline.Progress) -> None:
         """The ``adaptation`` trait during the "adapting" stage: the training's steps, then the adaptation made."""
-        self._adapt_progress = progress.training
         adaptation = progress.result.adaptation
         if adaptation is None:
             self.adaptation = adapt_payload("training", self._seconds_per_step, progress=progress.training)
