@@ -128,26 +128,27 @@ def block_mask(keep: Tensor) -> object:
 
 # ------------------------------------------------------------------------------------------------ the kernels
 _flex_failed = False
-_flex_compiled: set[tuple[object, ...]] = set()  # the shapes flex has run on in this process
+# the shapes flex has run on in this process, each with its keep-mask's heads (the mask function reads it)
+_flex_compiled: set[tuple[tuple[object, ...], int]] = set()
 
 
-def _flex_shape(query: Tensor, key: Tensor, value: Tensor, keep: Tensor) -> tuple[object, ...]:
-    """What a flex compilation is specialised on: device, dtype, head counts and sizes, the keep-mask's heads (the
-    mask function reads it), the length bucket."""
+def _flex_shape(query: Tensor, key: Tensor, value: Tensor) -> tuple[object, ...]:
+    """What a flex compilation is specialised on, but the keep-mask's heads: device, dtype, head counts and sizes,
+    the length bucket."""
     _, heads, n, d_qk = query.shape
-    return (query.device.type, query.dtype, heads, key.shape[1], d_qk, value.shape[-1], keep.shape[0], bucket(n))
+    return (query.device.type, query.dtype, heads, key.shape[1], d_qk, value.shape[-1], bucket(n))
 
 
 def flex_compiled(query: Tensor, key: Tensor, value: Tensor, keep: Tensor) -> bool:
     """Whether flex has already run on these shapes in this process: its next call will not compile."""
-    return _flex_shape(query, key, value, keep) in _flex_compiled
+    return (_flex_shape(query, key, value), keep.shape[0]) in _flex_compiled
 
 
 def flex_compiled_for_any_mask(query: Tensor, key: Tensor, value: Tensor) -> bool:
     """Whether flex has run on these query, key and value shapes with a keep-mask of any head count: False means
     no keep-mask can avoid a compilation (known before the keep-mask is made)."""
-    shape = _flex_shape(query, key, value, query.new_empty(0, 1, 1, dtype=torch.bool))
-    return any(known[:6] == shape[:6] and known[7:] == shape[7:] for known in _flex_compiled)
+    shape = _flex_shape(query, key, value)
+    return any(known == shape for known, _ in _flex_compiled)
 
 
 @functools.cache
@@ -179,7 +180,7 @@ def flex(query: Tensor, key: Tensor, value: Tensor, keep: Tensor, scale: float) 
     # buckets) it would silently run the uncompiled reference, which materialises every score
     with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
         out = _compiled_flex()(q, k, v, block_mask=mask, scale=scale, enable_gqa=query.shape[1] != key.shape[1])
-    _flex_compiled.add(_flex_shape(query, key, value, keep))
+    _flex_compiled.add((_flex_shape(query, key, value), keep.shape[0]))
     return out[:, :, :n]
 
 
