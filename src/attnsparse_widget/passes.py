@@ -260,9 +260,7 @@ def captured_pass(
     )
     if not store.retain:  # retained maps give the attention metrics afterwards, at no recomputation
         if mask is None and qk_bytes(model, ids.shape[1]) <= QK_BUDGET:
-            replayable = layer_stack(model) is not None
-            keeps = not replayable or query_bytes(model, ids.shape[1]) <= QUERIES_KEPT_BYTES
-            plan.keep_qk = QueryKeys.empty(n_layers, kept=keeps)
+            plan.keep_qk = QueryKeys.empty(n_layers, kept=not recomputes_inputs(model, ids.shape[1]))
         if compare_with is not None and compare_with.qk is not None and compare_with.qk.has_all:
             plan.dense_qk = compare_with.qk  # else the attention metrics recompute both passes' layers afterwards
     result = _forward(model, ids, mask, plan, store, seed=seed, is_lm=is_lm, keep_cache=keep_cache)
@@ -485,12 +483,18 @@ def greedy_continuation(model: PreTrainedModel, result: PassResult, n: int, eos:
     return new
 
 
+def recomputes_inputs(model: PreTrainedModel, n_tokens: int) -> bool:
+    """Whether a pass over ``n_tokens`` keeps no attention inputs (queries, keys, values) but recomputes them from
+    its block outputs when needed (:func:`layer_inputs`): a text above :data:`QUERIES_KEPT_BYTES` of a model whose
+    blocks can be replayed."""
+    return query_bytes(model, n_tokens) > QUERIES_KEPT_BYTES and layer_stack(model) is not None
+
+
 def rebuilds_cache(model: PreTrainedModel, n_tokens: int) -> bool:
-    """Whether a pass keeps no KV cache and its continuation rebuilds one from the block outputs: a text above
-    :data:`QUERIES_KEPT_BYTES` (377 MB of keys and values per pass at 8192 tokens for the default model) of a model
-    whose layers all attend over every earlier position (its cache is then one tensor pair per layer)."""
-    long = query_bytes(model, n_tokens) > QUERIES_KEPT_BYTES
-    return long and full_attention_only(model) and layer_stack(model) is not None
+    """Whether a pass keeps no KV cache and its continuation rebuilds one from the block outputs: it recomputes its
+    attention inputs (377 MB of keys and values per pass at 8192 tokens for the default model) and every layer of
+    the model attends over every earlier position (its cache is then one tensor pair per layer)."""
+    return recomputes_inputs(model, n_tokens) and full_attention_only(model)
 
 
 def cache_from_outputs(model: PreTrainedModel, result: PassResult) -> Any:
