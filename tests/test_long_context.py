@@ -33,7 +33,7 @@ from tiny_models import ToyTokenizer, build, configs
 import attnsparse_widget as aw
 from attnsparse_widget import capture, masks, passes, pipeline
 from attnsparse_widget import store as store_module
-from attnsparse_widget.capture import Plan, QueryKeys, attention_active, row_blocks
+from attnsparse_widget.capture import Plan, QueryKeys, Recomputation, attention_active, row_blocks
 from attnsparse_widget.hooks import LayerOutputs, capture_layer_outputs
 from attnsparse_widget.introspect import layer_indexer, num_layers
 from attnsparse_widget.measure import output_metrics
@@ -261,7 +261,9 @@ def test_view_first_pass_records_what_the_captured_pass_records(monkeypatch, fam
     kwargs = dict(mask=mask_id, sparsity=0.6, per_layer=True, continuation_tokens=4)
     aw.clear_cache()
     monkeypatch.setattr(passes, "QUERIES_KEPT_BYTES", 0)  # the dense queries recomputed per layer, as at 8K
+    monkeypatch.setattr(passes, "OUTPUTS_EVERY", 2)  # and blocks 0 and 2 computed again from block 1's output
     fast = aw.compare((model, tok), text, **kwargs)
+    assert [out is not None for out in fast.sparse.layer_outputs.outputs] == [False, True, False]
     assert fast.n_layers == 3 and len(fast.tokens) > 256 and not fast.sparse.store.retain
     assert fast.dense.qk is not None and fast.dense.kv is None
     assert not any(t is not None for t in fast.dense.qk.queries + fast.dense.qk.keys)
@@ -304,3 +306,91 @@ def test_recomputed_queries_and_keys_equal_the_ones_the_dense_pass_saw(family):
     for layer in range(num_layers(model)):
         queries, keys, _ = capture.layer_inputs(model, ids, layer, outputs)
         assert torch.equal(queries, kept.queries[layer]) and torch.equal(keys, kept.keys[layer]), f"layer {layer}"
+
+
+def _pass_outputs(model, ids, plan, every):
+    """Block outputs of one pass under ``plan`` keeping every ``every``-th, with what computes the others again."""
+    outputs = LayerOutputs()
+    with torch.inference_mode(), attention_active(model, plan), capture_layer_outputs(model, outputs, every):
+        model(input_ids=ids, use_cache=False)
+    outputs.recompute = Recomputation.of(plan)
+    return outputs
+
+
+ROUTES = {  # a pass that takes each route of the attention function, and the route it must report
+    "dense-sdpa": (None, {}, "dense-sdpa"),
+    "blocked dense": (None, {"recorder": "store"}, "blocked"),
+    "blocked sparse": ("sink_window", {"recorder": "store"}, "blocked"),
+    "blocked score-dependent": ("topk", {"recorder": "store"}, "blocked"),
+    "fast sdpa": ("sink_window", {"kernel": "sdpa"}, "sdpa"),
+    "fast flex": ("sink_window", {"kernel": "flex"}, "flex"),
+    "eager": ("h2o", {"kernel": "eager"}, "eager"),  # not row-local: never blocked
+}
+
+
+# soft-capping keeps Gemma-2's layers off SDPA and the fast kernels: it takes the other routes
+ROUTE_CASES = [
+    (family, route)
+    for family in ("llama", "qwen2", "gemma2")
+    for route in ROUTES
+    if family != "gemma2" or ROUTES[route][2] not in ("flex", "sdpa", "dense-sdpa")
+]
+
+
+@pytest.mark.parametrize(("family", "route"), ROUTE_CASES)
+def test_skipped_block_outputs_are_computed_again_bit_for_bit(blocked, family, route):
+    """A long text keeps every k-th block output only (passes.OUTPUTS_EVERY); a replay from block l computes the
+    blocks after the nearest kept one again (capture.outputs_before), each by the route its attention call took in
+    the pass. Every block output computed so equals, bit for bit, the one the same pass produced (recorded here with
+    every output kept), on each route: SDPA for unread dense layers, the blocked path, the fast kernels, eager."""
+    mask_id, how, expected = ROUTES[route]
+    if expected == "flex" and not aw.kernels.flex_available("cpu"):
+        pytest.skip("FlexAttention does not compile on this machine")
+    model = build(family, "eager" if family == "gemma2" else "sdpa", n_layers=7)
+    ids = random_ids(40)
+    mask = None if mask_id is None else masks.resolve(mask_id, 40, 0.6)
+
+    def plan():
+        heads = model.config.get_text_config().num_attention_heads
+        recorder = AttentionStore(7, heads, 40) if how.get("recorder") else None
+        return Plan(layer_of=layer_indexer(model), mask=mask, recorder=recorder, kernel=how.get("kernel"))
+
+    every = _pass_outputs(model, ids, plan(), every=1)
+    first = plan()
+    some = _pass_outputs(model, ids, first, every=3)
+    assert {kind for kind, _ in first.taken.values()} == {expected}
+    assert [i for i, out in enumerate(some.outputs) if out is not None] == [2, 5]
+    for layer in range(1, 8):
+        again = capture.outputs_before(model, ids, layer, some).outputs[layer - 1]
+        want = every.outputs[layer - 1]
+        again, want = (again[0], want[0]) if isinstance(want, tuple) else (again, want)
+        assert torch.equal(again, want), f"block {layer - 1}"
+
+
+@pytest.mark.parametrize("mask_id", ["sink_window", "topk"])
+def test_a_comparison_keeping_every_third_block_output_equals_one_keeping_all(monkeypatch, mask_id):
+    """Keeping every third block output changes nothing a comparison shows, bit for bit: every layer's maps of both
+    passes, the metrics, the per-layer curves (replays from every layer), the continuations (a KV cache rebuilt
+    from the outputs) and a region recomputed at full resolution."""
+    model, tok = build("llama", n_layers=7), ToyTokenizer()
+    text = ((TOY_TEXT + " ") * 6)[:300]
+    kwargs = dict(mask=mask_id, sparsity=0.6, per_layer=True, continuation_tokens=4)
+    monkeypatch.setattr(passes, "QUERIES_KEPT_BYTES", 0)
+    results = {}
+    for every in (1, 3):
+        aw.clear_cache()
+        monkeypatch.setattr(passes, "OUTPUTS_EVERY", every)
+        results[every] = aw.compare((model, tok), text, **kwargs)
+    aw.clear_cache()
+    some, all_ = results[3], results[1]
+    assert [i for i, out in enumerate(some.dense.layer_outputs.outputs) if out is not None] == [2, 5]
+    assert some.metrics == all_.metrics
+    assert some.continuations == all_.continuations
+    for layer in range(7):
+        ours, _ = some.maps(layer)
+        ref, _ = all_.maps(layer)
+        for name in ours:
+            np.testing.assert_array_equal(ours[name], ref[name], err_msg=f"{name}, layer {layer}")
+    region = dict(region=(100, 140, 60, 100))
+    for name, values in some.maps(4, **region)[0].items():
+        np.testing.assert_array_equal(values, all_.maps(4, **region)[0][name], err_msg=name)

@@ -55,8 +55,8 @@ def build(name: str, attn_implementation: str = "sdpa", n_layers: int | None = N
     config = configs()[name]
     if n_layers is not None:
         config.num_hidden_layers = n_layers
-        if getattr(config, "layer_types", None):
-            config.layer_types = config.layer_types[:n_layers]
+        if types := getattr(config, "layer_types", None):  # cut, or repeated over the added layers
+            config.layer_types = [types[i % len(types)] for i in range(n_layers)]
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
     return model.eval()

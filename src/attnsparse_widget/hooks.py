@@ -52,30 +52,60 @@ def model_lock(model: nn.Module) -> threading.RLock:
 
 @dataclass
 class LayerOutputs:
-    """Outputs of every transformer block of one forward pass, to restart later passes from any block."""
+    """Outputs of the transformer blocks of one forward pass, to restart later passes from any block.
+
+    With ``every`` = k > 1 only the outputs of blocks k−1, 2k−1, … are kept (None for the others): a pass that
+    starts at block l first computes blocks c+1 … l−1 again from the nearest kept output c, each by the route the
+    recorded pass took (``recompute``, set by the pass: :func:`~attnsparse_widget.capture.replays.outputs_before`)."""
 
     outputs: list[Any] = field(default_factory=list)
+    every: int = 1
+    # how to compute a skipped block again exactly (a :class:`~attnsparse_widget.capture.plan.Recomputation`, set
+    # by the pass that recorded these outputs; typed loosely here: this module sits below the capture layer)
+    recompute: Any = None
+    # the skipped block output computed again last, (block, output): a sweep over the layers in order computes
+    # each skipped block once. A cache, replaced whole (one assignment): any reader sees a valid entry or none
+    recent: tuple[int, Any] | None = field(default=None, repr=False, compare=False)
+
+    def nearest(self, block: int) -> tuple[int, Any]:
+        """The output at hand nearest before or at ``block``, kept or recent: (its block, the output); (−1, None)
+        when there is none (a pass starts at the embeddings)."""
+        kept = next((i for i in range(block, -1, -1) if self.outputs[i] is not None), -1)
+        recent = self.recent
+        if recent is not None and kept < recent[0] <= block:
+            return recent
+        return kept, None if kept < 0 else self.outputs[kept]
+
+    @classmethod
+    def only(cls, block: int, output: Any, n_blocks: int) -> LayerOutputs:
+        """Outputs holding ``block``'s alone: what a pass that starts at ``block + 1`` replays."""
+        outputs: list[Any] = [None] * n_blocks
+        outputs[block] = output
+        return cls(outputs=outputs)
 
 
 @contextlib.contextmanager
-def capture_layer_outputs(model: nn.Module, into: LayerOutputs) -> Iterator[LayerOutputs]:
-    """Record each block's output (as returned) during the passes inside the block.
+def capture_layer_outputs(model: nn.Module, into: LayerOutputs, every: int = 1) -> Iterator[LayerOutputs]:
+    """Record the output (as returned) of every ``every``-th block (blocks ``every − 1``, ``2·every − 1``, …) during
+    the passes inside the block.
 
-    Hidden states are copied into one slab for all blocks (``[L, B, T, D]``, allocated at the first block): kept
-    for as long as the result lives, they would otherwise pin scattered pieces of the heap that the pass's large
-    temporaries were allocated around, and the process would keep that memory."""
+    Hidden states are copied into one slab for all kept blocks (``[L / every, B, T, D]``, allocated at the first
+    one): kept for as long as the result lives, they would otherwise pin scattered pieces of the heap that the
+    pass's large temporaries were allocated around, and the process would keep that memory."""
     stack = layer_stack(model)
     if stack is None:
         yield into
         return
     into.outputs = [None] * len(stack)
+    into.every = every
     handles = []
     slab: list[Tensor] = []
+    n_kept = len(stack) // every
 
     def kept(i: int, hidden: Tensor) -> Tensor:
         if not slab or slab[0].shape[1:] != hidden.shape or slab[0].dtype != hidden.dtype:
-            slab[:] = [torch.empty((len(stack), *hidden.shape), dtype=hidden.dtype, device=hidden.device)]
-        return slab[0][i].copy_(hidden)
+            slab[:] = [torch.empty((n_kept, *hidden.shape), dtype=hidden.dtype, device=hidden.device)]
+        return slab[0][i // every].copy_(hidden)
 
     def hook_for(i: int) -> Callable[..., None]:
         def hook(_module: nn.Module, _args: Any, output: Any) -> None:
@@ -90,11 +120,36 @@ def capture_layer_outputs(model: nn.Module, into: LayerOutputs) -> Iterator[Laye
 
     try:
         for i, block in enumerate(stack):
-            handles.append(block.register_forward_hook(hook_for(i)))
+            if i % every == every - 1:
+                handles.append(block.register_forward_hook(hook_for(i)))
         yield into
     finally:
         for h in handles:
             h.remove()
+
+
+class BlockOutput(Exception):
+    """Raised by :func:`stop_after` with the output of the block it waited for."""
+
+    def __init__(self, output: Any) -> None:
+        super().__init__("block output reached")
+        self.output = output
+
+
+@contextlib.contextmanager
+def stop_after(model: nn.Module, layer: int) -> Iterator[None]:
+    """Passes inside the block stop right after block ``layer``, raising :class:`BlockOutput` with its output."""
+    stack = layer_stack(model)
+    assert stack is not None
+
+    def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+        raise BlockOutput(output)
+
+    handle = stack[layer].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 _NO_OVERRIDE = object()
@@ -117,18 +172,20 @@ def replaced_forward(module: nn.Module, forward: Callable[..., Any]) -> Iterator
 
 @contextlib.contextmanager
 def start_at_layer(model: nn.Module, layer: int, outputs: LayerOutputs) -> Iterator[None]:
-    """Skip blocks ``0 .. layer-1`` by replaying their recorded outputs: the pass starts computing at ``layer``.
+    """Skip blocks ``0 .. layer-1``: each returns block ``layer-1``'s recorded output (only the last one's reaches a
+    block that computes), so the pass starts computing at ``layer``.
 
-    Exact when the recorded outputs came from a pass with the same inputs and the same masks on those blocks.
+    Exact when the recorded output came from a pass with the same inputs and the same masks on those blocks.
     """
     stack = layer_stack(model)
     if stack is None or layer == 0:
         yield
         return
+    recorded = outputs.outputs[layer - 1]
+    assert recorded is not None, f"block {layer - 1}'s output was not kept: compute it first (outputs_before)"
     with contextlib.ExitStack() as replaced:
         for i in range(layer):
-            recorded = outputs.outputs[i]
-            replaced.enter_context(replaced_forward(stack[i], lambda *a, _out=recorded, **k: _out))
+            replaced.enter_context(replaced_forward(stack[i], lambda *a, **k: recorded))
         yield
 
 

@@ -16,7 +16,15 @@ import torch
 from transformers import PreTrainedModel
 
 from . import metrics as M
-from .capture import Plan, QueryKeys, attention_active, layer_attention, layer_inputs, record_layer
+from .capture import (
+    Plan,
+    QueryKeys,
+    Recomputation,
+    attention_active,
+    layer_attention,
+    layer_inputs,
+    record_layer,
+)
 from .compat import cache_kwarg, cache_of, output_cache, without_cache
 from .hooks import LayerOutputs, capture_layer_outputs
 from .introspect import head_dims, layer_indexer, layer_stack, n_kv_heads, num_layers, text_config, unsupported
@@ -34,6 +42,10 @@ QK_BUDGET = 1024 * 2**20
 # (3800 tokens): a longer text's are recomputed per layer from the pass's block outputs when a replay needs them
 # (:meth:`~attnsparse_widget.capture.QueryKeys.at`), so that its memory is its block outputs
 QUERIES_KEPT_BYTES = 256 * 2**20
+# ... and keeps the output of every OUTPUTS_EVERY-th block only (19 MB each at 8192 tokens, 566 MB per pass for all
+# 30): a replay from block l computes the blocks after the nearest kept one again, each by the route the pass took
+# (:func:`~attnsparse_widget.capture.replays.outputs_before`: exact, bit for bit). 1 keeps them all.
+OUTPUTS_EVERY = 1
 
 
 @dataclass
@@ -344,11 +356,13 @@ def _forward(
     # a dense pass keeps its keys and values (replays that skip a prefix, its continuation); a long text's passes
     # keep none: their continuation rebuilds the cache from the block outputs (cache_from_outputs)
     use_cache = is_lm and (mask is None or (keep_cache and mask.row_local)) and not rebuilds_cache(model, ids.shape[1])
-    with torch.inference_mode(), attention_active(model, plan), capture_layer_outputs(model, outputs):
+    every = outputs_every(model, ids.shape[1])
+    with torch.inference_mode(), attention_active(model, plan), capture_layer_outputs(model, outputs, every):
         with record_base_output(model, recorded) if replayable else contextlib.nullcontext():
             out = model(input_ids=ids, use_cache=use_cache, **kwargs)
     if plan.calls == 0:
         raise unsupported(model, "no attention call went through the registered attention function")
+    outputs.recompute = Recomputation.of(plan)
     result = PassResult(
         store=store,
         layer_outputs=outputs,
@@ -488,6 +502,12 @@ def recomputes_inputs(model: PreTrainedModel, n_tokens: int) -> bool:
     its block outputs when needed (:func:`layer_inputs`): a text above :data:`QUERIES_KEPT_BYTES` of a model whose
     blocks can be replayed."""
     return query_bytes(model, n_tokens) > QUERIES_KEPT_BYTES and layer_stack(model) is not None
+
+
+def outputs_every(model: PreTrainedModel, n_tokens: int) -> int:
+    """Every how many blocks a pass over ``n_tokens`` keeps a block's output (:class:`LayerOutputs`): a text that
+    recomputes its attention inputs keeps every :data:`OUTPUTS_EVERY`-th, the others all of them."""
+    return OUTPUTS_EVERY if recomputes_inputs(model, n_tokens) else 1
 
 
 def rebuilds_cache(model: PreTrainedModel, n_tokens: int) -> bool:

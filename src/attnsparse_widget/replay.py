@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel
 
 from . import metrics as M
-from .capture import Plan, attention_active
+from .capture import Plan, attention_active, outputs_before
 from .compat import cache_kwarg, cache_of
 from .hooks import LayerOutputs, start_at_layer
 from .introspect import layer_indexer, num_layers
@@ -52,6 +52,7 @@ def replay_nll(
     nll = dense.nll.clone()
     if prefix >= n - 1:
         return nll
+    outputs = outputs_before(model, ids, start, outputs)
     cache = None
     if (
         prefix > 0

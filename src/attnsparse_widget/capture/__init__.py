@@ -27,8 +27,8 @@ recorded pass again).
 
 from .attention import ATTN_NAME, attention_active, attention_forward, register
 from .eager import allowed_from, eager_scores, repeat_kv, softmax_float32, sparse_keep
-from .plan import DenseHead, Plan, QueryKeys, Recorder, RowBlock
-from .replays import layer_attention, layer_inputs, record_layer
+from .plan import DenseHead, Plan, QueryKeys, Recomputation, Recorder, RowBlock
+from .replays import layer_attention, layer_inputs, outputs_before, record_layer
 from .row_blocks import row_block
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "DenseHead",
     "Plan",
     "QueryKeys",
+    "Recomputation",
     "Recorder",
     "RowBlock",
     "allowed_from",
@@ -44,6 +45,7 @@ __all__ = [
     "eager_scores",
     "layer_attention",
     "layer_inputs",
+    "outputs_before",
     "record_layer",
     "register",
     "repeat_kv",

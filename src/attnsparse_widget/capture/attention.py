@@ -60,22 +60,33 @@ def attention_forward(
             plan.found = (query, key, value)
             raise Probed
         mask = plan.mask_for(layer)
-        if mask is None and plan.recorder is None and plan.keep_qk is None and softcap is None and not module.training:
+        route = plan.route_of(layer)
+        unread = plan.recorder is None and plan.keep_qk is None and softcap is None and not module.training
+        if route == ("dense-sdpa", 0) or (route is None and mask is None and unread):
             # a dense layer whose probabilities nobody reads (the other layers of a per-layer replay, dense
             # decoding): the same attention through SDPA's fused kernel, without materialising them
+            plan.taken[layer] = ("dense-sdpa", 0)
             allowed = allowed_for(plan, module, attention_mask, query.shape[-2], key.shape[-2], query.device)
             out = nn.functional.scaled_dot_product_attention(
                 query, key_states, value_states, attn_mask=allowed, scale=scaling
             )
             return out.transpose(1, 2).contiguous(), None
-        if mask is not None and takes_fast_path(plan, module, query, mask, softcap, dropout):
-            fast = fast_path(plan, module, layer, mask, query, key, value, attention_mask, scaling)
+        fast_route = route is not None and route[0] in ("flex", "sdpa")
+        if mask is not None and (
+            fast_route or (route is None and takes_fast_path(plan, module, query, mask, softcap, dropout))
+        ):
+            kernel = route[0] if route is not None else None
+            fast = fast_path(plan, module, layer, mask, query, key, value, attention_mask, scaling, kernel)
             if fast is not None:
                 return fast, None
-        rows = rows_per_block(plan, module, query, key_states, mask, dropout)
+        rows = route[1] if route is not None and route[0] == "blocked" else None
+        if route is None:
+            rows = rows_per_block(plan, module, query, key_states, mask, dropout)
         if rows is not None:
+            plan.taken[layer] = ("blocked", rows)
             args = (query, key, value, attention_mask, scaling, softcap)
             return blocked(plan, module, layer, mask, rows, *args), None
+        plan.taken[layer] = ("eager", 0)
 
     n_q, n_k = query.shape[-2], key.shape[-2]
     if plan is not None:

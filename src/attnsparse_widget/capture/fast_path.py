@@ -53,16 +53,19 @@ def fast_path(
     value: Tensor,
     attention_mask: Tensor | None,
     scaling: float,
+    kernel: str | None = None,
 ) -> Tensor | None:
     """The attention output ``[1, Tq, H, D]`` of a masked layer whose probabilities nobody reads, by the kernel the
     plan names or :func:`~attnsparse_widget.kernels.choose_kernel` picks: the same kept pairs and softmax as the
     eager path, without ``[H, Tq, Tk]`` scores. None where SDPA would be chosen for a call long enough to take the
     blocked path (:func:`row_block`): on a CPU, SDPA with a mask that long holds several ``[H, Tq, Tk]`` float
-    tensors (7 GB measured at 8192 tokens), while the blocked path computes each block's kept keys only."""
+    tensors (7 GB measured at 8192 tokens), while the blocked path computes each block's kept keys only. ``kernel``
+    given (the layer's :data:`~.plan.Route` in a pass that computes skipped blocks again): that kernel, always."""
     n_q, n_k = query.shape[-2], key.shape[-2]
-    kernel = plan.kernel or kernels.choose_kernel(n_q, n_k, query.device)
+    forced = kernel or plan.kernel
+    kernel = forced or kernels.choose_kernel(n_q, n_k, query.device)
     long_call = row_blocks.row_block(query.shape[1], n_q, n_k, plan.cell) is not None
-    if plan.kernel is None and long_call:
+    if forced is None and long_call:
         uncompiled = not plan.may_compile and not kernels.flex_compiled_for_any_mask(query, key, value)
         if kernel == "sdpa" or (kernel == "flex" and uncompiled):
             return None  # declined before any [H|1, Tq, Tk] keep-mask is made (400 MB at 8192 tokens)
@@ -77,11 +80,17 @@ def fast_path(
         plan.first_changed[layer] = min(plan.first_changed.get(layer, first), first)
     if plan.counts is not None:
         plan.counts[layer] = once_per_pass(plan, ("fast counts",), keep, _counted, keep, allowed)
-    if kernel == "flex" and not plan.may_compile and not kernels.flex_compiled(query, key, value, keep):
+    if (
+        kernel == "flex"
+        and forced is None
+        and not plan.may_compile
+        and not kernels.flex_compiled(query, key, value, keep)
+    ):
         kernel = "sdpa"
-    if kernel == "sdpa" and plan.kernel is None and long_call:
+    if kernel == "sdpa" and forced is None and long_call:
         return None
     out = kernels.masked_attention(query, key, value, keep, scaling, kernel)
+    plan.taken[layer] = (kernel, 0)
     return out.transpose(1, 2).contiguous()
 
 

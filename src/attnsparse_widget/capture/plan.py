@@ -68,6 +68,14 @@ class Plan:
     # :func:`layer_inputs`: stop at this layer's attention call, its queries, keys and values handed over in ``found``
     query_of: int | None = None
     found: tuple[Tensor, Tensor, Tensor] | None = None
+    # per layer, how its attention output was computed (:data:`Route`); with ``routes`` set, each layer takes the
+    # route given there instead of choosing (a pass computing skipped blocks again, :func:`~.replays.outputs_before`)
+    taken: dict[int, Route] = field(default_factory=dict)
+    routes: dict[int, Route] | None = None
+
+    def route_of(self, layer: int) -> Route | None:
+        """The route ``layer`` must take (None: the attention function chooses)."""
+        return None if self.routes is None else self.routes[layer]
 
     def mask_for(self, layer: int) -> Mask | None:
         """The mask of ``layer`` (None: dense), with its own budget when the plan has one for it."""
@@ -81,6 +89,40 @@ class Plan:
     def calibrates(self, layer: int) -> bool:
         """Whether this pass still has to choose ``layer``'s budget on its real scores."""
         return self.target_sparsity is not None and calibrated_per_layer(self.mask) and layer not in self.budgets
+
+
+# How one attention call computed its output: ("dense-sdpa", 0) a dense layer nobody reads, by SDPA; ("flex", 0) or
+# ("sdpa", 0) a masked one on the fast path's kernel; ("blocked", rows) one block of ``rows`` query rows at a time;
+# ("eager", 0) in one piece. The same inputs by the same route give the same output bit for bit; by another route
+# only to float rounding (other kernels sum in other orders).
+Route = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Recomputation:
+    """What computes a pass's skipped blocks again exactly (:attr:`~attnsparse_widget.hooks.LayerOutputs.every`):
+    the pass's mask, seed, per-layer budgets and blocks of rows (``cell``), and the route each layer took."""
+
+    mask: Mask | None
+    seed: int
+    budgets: dict[int, int]
+    cell: int
+    routes: dict[int, Route]
+
+    @classmethod
+    def of(cls, plan: Plan) -> Recomputation:
+        return cls(plan.mask, plan.seed, dict(plan.budgets), plan.cell, dict(plan.taken))
+
+    def plan(self, layer_of: Callable[[nn.Module], int]) -> Plan:
+        """A plan that computes every layer as the pass did, recording nothing."""
+        return Plan(
+            layer_of=layer_of,
+            mask=self.mask,
+            seed=self.seed,
+            budgets=dict(self.budgets),
+            cell=self.cell,
+            routes=self.routes,
+        )
 
 
 DenseHead = Callable[[int], Tensor]  # head h -> the dense pass's float32 probabilities of that head, [B, Tq, Tk]

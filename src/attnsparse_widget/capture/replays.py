@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from ..hooks import LayerOutputs, start_at_layer
+from ..hooks import BlockOutput, LayerOutputs, start_at_layer, stop_after
 from ..introspect import layer_indexer, unsupported
 from ..masks import Mask
 from .attention import attention_active
-from .plan import DenseHead, Plan, Probed, QueryKeys, Recorder, RowBlock
+from .plan import DenseHead, Plan, Probed, QueryKeys, Recomputation, Recorder, RowBlock
 
 Tensor = torch.Tensor
 
@@ -186,8 +186,42 @@ def _replayed(
     _run_from(model, ids, layer, outputs, plan)
 
 
+def outputs_before(model: PreTrainedModel, ids: Tensor, layer: int, outputs: LayerOutputs) -> LayerOutputs:
+    """``outputs`` with block ``layer − 1``'s output at hand, for a pass that starts at ``layer``
+    (:func:`~attnsparse_widget.hooks.start_at_layer`): when that block's output was not kept
+    (:attr:`LayerOutputs.every`), blocks ``c + 1 … layer − 1`` are computed again from the nearest kept output ``c``.
+
+    Exact, bit for bit: block ``c + 1`` gets exactly the input it had in the recorded pass (``c``'s output), and
+    each block computed again takes the route its attention call took then (:data:`~.plan.Route`: the same kernel,
+    the same blocks of rows, the same per-layer budget and seed), so it performs the same operations on the same
+    tensors and gives the same output, which is the next block's input. Only the probabilities are not recorded,
+    and recording never changes the output (the recorder reads what the route computed)."""
+    if layer == 0 or outputs.outputs[layer - 1] is not None:
+        return outputs
+    n_blocks = len(outputs.outputs)
+    known, output = outputs.nearest(layer - 1)
+    if known == layer - 1:
+        return LayerOutputs.only(known, output, n_blocks)
+    recomputation = outputs.recompute
+    assert isinstance(recomputation, Recomputation), "skipped block outputs need the pass's Recomputation"
+    start = LayerOutputs() if known < 0 else LayerOutputs.only(known, output, n_blocks)
+    plan = recomputation.plan(layer_indexer(model))
+    found = None
+    try:
+        with torch.inference_mode(), attention_active(model, plan), start_at_layer(model, known + 1, start):
+            with stop_after(model, layer - 1):
+                model(input_ids=ids, use_cache=False)
+    except BlockOutput as reached:
+        found = reached.output
+    if found is None:
+        raise _not_called(model, layer - 1)
+    outputs.recent = (layer - 1, found)
+    return LayerOutputs.only(layer - 1, found, n_blocks)
+
+
 def _run_from(model: PreTrainedModel, ids: Tensor, layer: int, outputs: LayerOutputs, plan: Plan) -> None:
     """Run ``plan`` from block ``layer`` on (the blocks before replay ``outputs``) until it has what it wants."""
+    outputs = outputs_before(model, ids, layer, outputs)
     try:
         with torch.inference_mode(), attention_active(model, plan), start_at_layer(model, layer, outputs):
             model(input_ids=ids, use_cache=False)
