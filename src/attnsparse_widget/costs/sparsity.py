@@ -21,34 +21,14 @@ modelled); the numbers describe one forward pass over ``T`` tokens (a prefill) a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .introspect import head_dim, head_dims, is_mla, n_heads, n_kv_heads, text_config
-from .masks.base import allowed_pairs as _allowed_pairs
-from .masks.base import window_count, window_for_sparsity
-
-__all__ = [
-    "ACCELERATORS",
-    "ATTENTION_OPS",
-    "Accelerator",
-    "attention_roofline",
-    "bound_by",
-    "ridge_crossings",
-    "allowed_pairs",
-    "attention_flops",
-    "budget_for_sparsity",
-    "budget_sparsity",
-    "skippable_tiles",
-    "head_dims",  # the model's shape, from introspect: part of what a cost is computed from
-    "n_kv_heads",
-    "kv_cache_bytes",
-    "kv_values_per_token_per_layer",
-    "projection_and_mlp_flops",
-    "text_config",
-]
+from ..introspect import head_dim, head_dims, is_mla, n_heads, n_kv_heads, text_config
+from ..masks.base import allowed_pairs as _allowed_pairs
+from ..masks.base import window_count, window_for_sparsity
+from .hardware import ACCELERATORS, Accelerator
 
 
 def _check_len(seq_len: Any) -> int:
@@ -227,31 +207,6 @@ def skippable_tiles(keep: Any, allowed: Any = None, tile: int = 64) -> float:
 
 
 # ------------------------------------------------------------------------------------------------------ roofline
-@dataclass(frozen=True)
-class Accelerator:
-    """An accelerator's published peaks: dense BF16 tensor-core FLOP/s and HBM bandwidth in bytes/s."""
-
-    name: str
-    peak_flops: float
-    bandwidth: float
-    source: str
-
-    @property
-    def ridge(self) -> float:
-        """The ridge point in FLOPs per byte: an operation with less arithmetic intensity is memory-bound."""
-        return self.peak_flops / self.bandwidth
-
-
-# Dense BF16 (the "with sparsity" figures are 2x and need 2:4 structured weights) and HBM bandwidth, per GPU, from
-# NVIDIA's data sheets: A100 SXM4 80GB (A100 Tensor Core GPU data sheet, 2021: BF16 312 TFLOPS, HBM2e 2,039 GB/s);
-# H100 SXM5 (H100 Tensor Core GPU data sheet, 2023: BF16 1,979 TFLOPS with sparsity = 989.4 dense, HBM3 3.35 TB/s);
-# HGX B200 at 1,000 W (NVIDIA Blackwell / HGX B200 data sheet, 2024: BF16 4.5 PFLOPS with sparsity = 2.25 dense,
-# HBM3e 8 TB/s).
-ACCELERATORS: dict[str, Accelerator] = {
-    "A100": Accelerator("A100 SXM4 80GB", 312e12, 2.039e12, "NVIDIA A100 data sheet (BF16 dense, HBM2e)"),
-    "H100": Accelerator("H100 SXM5", 989.4e12, 3.35e12, "NVIDIA H100 data sheet (BF16 dense, HBM3)"),
-    "B200": Accelerator("HGX B200", 2.25e15, 8.0e12, "NVIDIA HGX B200 data sheet (BF16 dense, HBM3e)"),
-}
 ATTENTION_OPS = ("QK^T", "softmax", "PV", "KV-cache read")
 SOFTMAX_FLOPS_PER_PAIR = 5  # max, subtract, exp, sum, divide
 
