@@ -332,3 +332,137 @@ export interface WidgetState {
 export function filled<T extends object>(value: T | Empty | null | undefined): value is T {
   return value !== null && value !== undefined && Object.keys(value).length > 0;
 }
+
+// ------------------------------------------------------------------------------------------ the cost explorer
+/** The cost explorer's controls (`CostExplorer.settings`, set by the browser; `explorer.state` is a copy). */
+export interface ExplorerSettings {
+  preset: string;
+  variant: string;
+  hidden: number;
+  heads: number;
+  kv_heads: number;
+  head_dim: number;
+  layers: number;
+  rope: boolean;
+  q_lora_rank: number;
+  kv_lora_rank: number;
+  qk_nope: number;
+  qk_rope: number;
+  v_head: number;
+  index_heads: number;
+  index_head_dim: number;
+  index_topk: number;
+  requests: number[][];
+  dtype: string;
+  tp: number;
+  dp: number;
+  flash: boolean;
+  tile: number[];
+  page_size: number;
+  window: number;
+  topk: number;
+  accelerator: string;
+  pipeline: string;
+  mask: string;
+  sparsity: number;
+  selected: string;
+}
+
+/** A tensor of the layer: `shape` with a name per dim (`dims`), the `bytes` it moves (stored values only), `role` ("activation", "weight", "cache" or "chip": never leaves the chip), and its `column` left to right. */
+export interface ExplorerTensor {
+  id: string;
+  name: string;
+  shape: number[];
+  dims: string[];
+  bytes: number;
+  role: string;
+  column: number;
+}
+
+/** An op on one accelerator: `seconds` = max(compute, memory) at the `peak` FLOP/s of the `dtype` it runs in and the HBM `bandwidth` (bytes/s); `ridge` in FLOPs per byte; `bound` "compute" or "memory"; `comm_seconds`: its all-reduce over NVLink. */
+export interface ExplorerRoofline {
+  accelerator: string;
+  dtype: string;
+  seconds: number;
+  compute_seconds: number;
+  memory_seconds: number;
+  comm_seconds: number;
+  bound: string;
+  ridge: number;
+  peak: number;
+  bandwidth: number;
+}
+
+/** An op between tensors (ids in `inputs` and `output`), at `column`, with its costs (:class:`~attnsparse_widget.costs.OpCost`) and its roofline on every accelerator. */
+export interface ExplorerOp {
+  id: string;
+  name: string;
+  kind: string;
+  stage: string;
+  column: number;
+  inputs: string[];
+  output: string;
+  flops: number;
+  bytes_read: number;
+  bytes_written: number;
+  comm_bytes: number;
+  intensity: number;
+  dtype: string;
+  rooflines: ExplorerRoofline[];
+}
+
+/** One layer's and the whole model's totals (the busiest data-parallel rank, `dp_rank`), the KV cache of all layers (with paging: `kv_blocks` allocated, `kv_occupancy` filled; else None), seconds per accelerator. */
+export interface ExplorerTotals {
+  layer_flops: number;
+  model_flops: number;
+  layer_bytes: number;
+  model_bytes: number;
+  comm_bytes: number;
+  kv_cache_bytes: number;
+  kv_blocks: number | null;
+  kv_occupancy: number | null;
+  layer_seconds: Record<string, number>;
+  model_seconds: Record<string, number>;
+  layers: number;
+  dp_rank: number;
+}
+
+/** FlashAttention's tiles of `rows` x `cols`: per head, `computed` of `total`; `grid` the first request's tiles, each the percentage of heads that compute it (u1). */
+export interface ExplorerTiles {
+  rows: number;
+  cols: number;
+  computed: number;
+  total: number;
+  grid: MatrixPayload;
+}
+
+/** The `graph` trait of the cost explorer: what it draws (src/attnsparse_widget/cost_graph.py). */
+export interface ExplorerGraph {
+  title: string;
+  variant: string;
+  pipeline: string;
+  tensors: ExplorerTensor[];
+  ops: ExplorerOp[];
+  totals: ExplorerTotals;
+  pairs: number;
+  dense_pairs: number;
+  mask: MatrixPayload;
+  tiles: ExplorerTiles;
+  block_table: number[][];
+  tp_heads: number[][];
+  tp_kv_heads: number;
+  dp_requests: number[][];
+  crossover: number[][];
+  crossover_at: number | null;
+  measured_dense: number | null;
+  measured_sparse: number | null;
+  svg: string;
+}
+
+/** Every synced trait of the cost explorer: `settings` (inputs), `graph` (computed; `{}` before the first) and `error` (why the settings could not be costed; "" when they could). */
+export interface ExplorerState {
+  _kind: string;
+  settings: ExplorerSettings;
+  graph: ExplorerGraph | Empty;
+  error: string;
+}

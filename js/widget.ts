@@ -3,11 +3,12 @@
 // Python owns the state and the computation (src/attnsparse_widget/widget.py). Here every trait change repaints
 // only what depends on it, and a pane that is not on screen is only marked stale and painted when it is shown.
 import Plotly from "plotly.js-cartesian-dist-min";
-import type { RenderProps } from "@anywidget/types";
+import type { AnyModel, RenderProps } from "@anywidget/types";
 import { filled, type AdaptMessage, type AdaptState, type CancelAdaptMessage, type DownloadMessage, type ExportGifMessage,
   type Figure, type Gallery, type Info, type MetricsPayload, type PaintedMessage, type Status, type NextTokenView, type View,
-  type WidgetState } from "./contract";
+  type WidgetState, type ExplorerState } from "./contract";
 import { decodeMatrix } from "./payload";
+import { renderExplorer } from "./explorer";
 import { cellInfo, cellsOf, decodeTree, firstDivergence, timeText, visibleToken, weightText, withDenseMap, type Cells,
   type Decoded } from "./figures";
 import { galleryFigure, galleryOrder, restitch, slotAt, slotInfo, type SortKey } from "./gallery";
@@ -605,4 +606,11 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
   };
 }
 
-export default { render };
+/** One bundle, two widgets: the cost explorer (its `_kind` trait) or the comparison view. */
+function renderAny(props: RenderProps<WidgetState>) {
+  const kind = (props.model as unknown as AnyModel<{ _kind?: string }>).get("_kind");
+  if (kind === "cost-explorer") return renderExplorer(props.model as unknown as AnyModel<ExplorerState>, props.el);
+  return render(props);
+}
+
+export default { render: renderAny };

@@ -65,9 +65,12 @@ for _w in [_o for _o in _gc.get_objects() if issubclass(type(_o), _aw.AttentionD
     if _w.result is None:  # the page would show an error or an empty widget: say what happened
         raise RuntimeError(f"widget {{_w.model_id}} ended without a result; its status: {{_w.status}}")
     _w.export_png(_folder / f"{{_w.model_id}}.png", overwrite=True)
+for _x in [_o for _o in _gc.get_objects() if issubclass(type(_o), _aw.CostExplorer)]:  # its picture, as SVG
+    _x.export_svg(_folder / f"{{_x.model_id}}.svg")
 """
 SITE_PAGES = {  # repository files staged as pages of the site: their name there
     "MASKS.md": "masks.md",
+    "COSTS.md": "costs.md",
     "benchmarks/README.md": "benchmarks.md",
     "ARCHITECTURE.md": "architecture.md",
 }
@@ -185,9 +188,11 @@ def site_notebook(executed: Path) -> nbformat.NotebookNode:
                 out.data = {"text/html": plotly_html(data[PLOTLY_MIME], f"{stem}-figure-{figures}")}
             elif WIDGET_MIME in data:
                 model_id = data[WIDGET_MIME]["model_id"]
-                png = pictures / f"{model_id}.png"
+                png, svg = pictures / f"{model_id}.png", pictures / f"{model_id}.svg"
                 if png.is_file():
                     out.data = widget_picture(png.read_bytes())
+                elif svg.is_file():  # the cost explorer's picture, as it draws it
+                    out.data = {"image/svg+xml": svg.read_text(encoding="utf-8")}
                 elif text := progress_text(widget_states, model_id):
                     out.data = {"text/plain": text}  # a progress bar, as it ended (its saved text is its start)
                 else:

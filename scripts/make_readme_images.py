@@ -7,6 +7,7 @@ hero.gif         ``export_gif``: the layers stepping, dense | sparse | sparse - 
 widget.png       the widget in JupyterLab (Debian's Chromium under Playwright): controls, main view, metrics
 gallery.png      the same widget's head gallery: mass recall of every layer and head
 degradation.png  ``plot_sweep`` of a sweep over the sample texts: perplexity against achieved sparsity per mask
+explorer.png     the cost explorer in JupyterLab (Chromium): the default model's layer, QKᵀ clicked
 """
 
 from __future__ import annotations
@@ -77,12 +78,33 @@ def curve(out: Path) -> None:
     print("degradation.png")
 
 
+def explorer_shot(out: Path) -> None:
+    """The cost explorer in JupyterLab, its QKᵀ op clicked (its numbers and roofline beside the picture)."""
+    from harness import chromium, jupyterlab, open_notebook, run_cell, write_notebook
+
+    cells = ["import attnsparse_widget as aw\nex = aw.explore()\nex"]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_notebook(root / "explore.ipynb", cells)
+        with jupyterlab(root) as url, chromium() as browser:
+            page, _ = open_notebook(
+                browser, f"{url}/lab/workspaces/{uuid.uuid4().hex[:8]}/tree/explore.ipynb", width=1500, height=1300
+            )
+            run_cell(page, 0)
+            page.locator(".asx-root[data-rendered]").wait_for(timeout=120_000)
+            page.locator(".asx-op", has_text="QK^T").first.click()
+            page.locator(".asx-details .asx-roofline.js-plotly-plot").wait_for(timeout=60_000)
+            time.sleep(1)
+            page.locator(".asx-root").screenshot(path=str(out / "explorer.png"))
+            print("explorer.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
-    parser.add_argument("--only", nargs="+", choices=("hero", "widget", "gallery", "curve"), default=None)
+    parser.add_argument("--only", nargs="+", choices=("hero", "widget", "gallery", "curve", "explorer"), default=None)
     args = parser.parse_args()
-    which = set(args.only or ("hero", "widget", "gallery", "curve"))
+    which = set(args.only or ("hero", "widget", "gallery", "curve", "explorer"))
     args.out.mkdir(parents=True, exist_ok=True)
     if "hero" in which:
         hero(args.out)
@@ -90,6 +112,8 @@ def main() -> None:
         browser_shots(args.out, which)
     if "curve" in which:
         curve(args.out)
+    if "explorer" in which:
+        explorer_shot(args.out)
 
 
 if __name__ == "__main__":

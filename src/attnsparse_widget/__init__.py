@@ -9,10 +9,11 @@
 
 from __future__ import annotations
 
-from . import masks
+from . import costs, masks
 from .adapt import Adaptation, adapt
 from .compare import compare
 from .dense_cache import clear_cache
+from .explorer import CostExplorer, explore
 from .export import ExportError
 from .introspect import UnsupportedModelError
 from .metrics import Metrics
@@ -26,6 +27,7 @@ __all__ = [
     "Adaptation",
     "AttentionDiffWidget",
     "Comparison",
+    "CostExplorer",
     "ExportError",
     "Metrics",
     "SweepTable",
@@ -33,6 +35,8 @@ __all__ = [
     "adapt",
     "clear_cache",
     "compare",
+    "costs",
+    "explore",
     "load_model",
     "long_text",
     "masks",

@@ -40,14 +40,24 @@ VOILA_MISSING = "attnsparse app is served by Voila, which is not installed: pip 
 
 
 def app_notebook(
-    model: str | None, text: str | None, mask: str = "sink_window", sparsity: float = 0.5, per_layer: bool = True
+    model: str | None,
+    text: str | None,
+    mask: str = "sink_window",
+    sparsity: float = 0.5,
+    per_layer: bool = True,
+    explore: bool = False,
 ) -> str:
-    """The notebook Voila serves: one cell that shows the widget (its source shown nowhere)."""
+    """The notebook Voila serves: one cell that shows the widget, or with ``explore`` the cost explorer (on the
+    preset ``model`` names, else the embedded default model) (its source shown nowhere)."""
     text_arg = "" if text is None else f"text={text!r}, "  # None: the widget's own default text
     curve_arg = "" if per_layer else ", per_layer=False"
-    source = (
-        f"import attnsparse_widget as aw\naw.show({model!r}, {text_arg}mask={mask!r}, sparsity={sparsity!r}{curve_arg})"
-    )
+    if explore:
+        source = f"import attnsparse_widget as aw\naw.explore({model!r})"
+    else:
+        source = (
+            f"import attnsparse_widget as aw\n"
+            f"aw.show({model!r}, {text_arg}mask={mask!r}, sparsity={sparsity!r}{curve_arg})"
+        )
     cell: dict[str, object] = {
         "cell_type": "code",
         "execution_count": None,
@@ -108,6 +118,7 @@ def serve(
     text: str | None = None,
     open_browser: bool = False,
     per_layer: bool = True,
+    explore: bool = False,
 ) -> int:
     """Run the app until interrupted (Ctrl+C or SIGTERM); returns Voila's exit status. Stopping it stops Voila,
     whose shutdown ends every kernel it started."""
@@ -119,7 +130,7 @@ def serve(
         print(exposure_warning(host, port), file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="attnsparse-app-") as tmp:
         notebook = Path(tmp) / "attnsparse.ipynb"
-        notebook.write_text(app_notebook(model, text, per_layer=per_layer), encoding="utf-8")
+        notebook.write_text(app_notebook(model, text, per_layer=per_layer, explore=explore), encoding="utf-8")
         paths = [str(APP_FILES), os.environ.get("JUPYTER_PATH", "")]
         env = {**os.environ, "JUPYTER_PATH": os.pathsep.join(p for p in paths if p)}
         print(f"attnsparse app: http://{host}:{port}/ (Ctrl+C stops it)", file=sys.stderr)

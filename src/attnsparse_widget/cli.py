@@ -3,6 +3,7 @@
 attnsparse compare --text "..." --mask sink_window --sparsity 0.5
 attnsparse masks                      # every mask id with its description and parameters
 attnsparse app [--port 8866]          # the widget as a standalone web app (Voila), on 127.0.0.1
+attnsparse app --explore              # the attention cost explorer as the app
 """
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--text", default=None, metavar="FILE", help="a file with the text the app opens on")
     app.add_argument("--open", action="store_true", help="open the app in a browser")
     app.add_argument("--no-per-layer", action="store_true", help="start with the per-layer curve switched off")
+    app.add_argument(
+        "--explore",
+        action="store_true",
+        help="serve the attention cost explorer instead (--model: a preset such as DeepSeek-V3, default SmolLM2-135M)",
+    )
     return parser
 
 
@@ -149,6 +155,7 @@ def _app(args: argparse.Namespace) -> int:
             text=text,
             open_browser=args.open,
             per_layer=not args.no_per_layer,
+            explore=args.explore,
         )
     except (ValueError, ImportError) as err:
         print(f"attnsparse: error: {err}", file=sys.stderr)

@@ -470,6 +470,173 @@ class WidgetState(TypedDict):
     adaptation: AdaptState
 
 
+# ------------------------------------------------------------------------------------------- the cost explorer
+class ExplorerSettings(TypedDict):
+    """The cost explorer's controls (``CostExplorer.settings``, set by the browser; ``explorer.state`` is a copy).
+
+    preset: the model's name ("custom" for dims set by hand). variant: "MHA", "GQA", "MQA", "MLA" or "DSA".
+    hidden, heads, kv_heads, head_dim, layers, rope: the attention's dims; q_lora_rank, kv_lora_rank, qk_nope,
+    qk_rope, v_head: MLA's (used by MLA and DSA); index_heads, index_head_dim, index_topk: DSA's indexer.
+    requests: ``[context, new]`` per request. dtype: "fp32", "bf16", "fp16" or "fp8". tp, dp: ranks. flash:
+    FlashAttention, with ``tile`` ``[B_r, B_c]``. page_size, window, topk: 0 for off. accelerator: "A100", "H100"
+    or "B200" (the one the totals stress). pipeline: "auto", "prefill" or "decode" (MLA). mask: a library mask id
+    ("" for none; "realised" for a comparison's), with ``sparsity``. selected: the clicked op or tensor id ("")."""
+
+    preset: str
+    variant: str
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    layers: int
+    rope: bool
+    q_lora_rank: int
+    kv_lora_rank: int
+    qk_nope: int
+    qk_rope: int
+    v_head: int
+    index_heads: int
+    index_head_dim: int
+    index_topk: int
+    requests: list[list[int]]
+    dtype: str
+    tp: int
+    dp: int
+    flash: bool
+    tile: list[int]
+    page_size: int
+    window: int
+    topk: int
+    accelerator: str
+    pipeline: str
+    mask: str
+    sparsity: float
+    selected: str
+
+
+class ExplorerTensor(TypedDict):
+    """A tensor of the layer: ``shape`` with a name per dim (``dims``), the ``bytes`` it moves (stored values only),
+    ``role`` ("activation", "weight", "cache" or "chip": never leaves the chip), and its ``column`` left to right."""
+
+    id: str
+    name: str
+    shape: list[int]
+    dims: list[str]
+    bytes: float
+    role: str
+    column: int
+
+
+class ExplorerRoofline(TypedDict):
+    """An op on one accelerator: ``seconds`` = max(compute, memory) at the ``peak`` FLOP/s of the ``dtype`` it runs
+    in and the HBM ``bandwidth`` (bytes/s); ``ridge`` in FLOPs per byte; ``bound`` "compute" or "memory";
+    ``comm_seconds``: its all-reduce over NVLink."""
+
+    accelerator: str
+    dtype: str
+    seconds: float
+    compute_seconds: float
+    memory_seconds: float
+    comm_seconds: float
+    bound: str
+    ridge: float
+    peak: float
+    bandwidth: float
+
+
+class ExplorerOp(TypedDict):
+    """An op between tensors (ids in ``inputs`` and ``output``), at ``column``, with its costs
+    (:class:`~attnsparse_widget.costs.OpCost`) and its roofline on every accelerator."""
+
+    id: str
+    name: str
+    kind: str
+    stage: str
+    column: int
+    inputs: list[str]
+    output: str
+    flops: float
+    bytes_read: float
+    bytes_written: float
+    comm_bytes: float
+    intensity: float
+    dtype: str
+    rooflines: list[ExplorerRoofline]
+
+
+class ExplorerTotals(TypedDict):
+    """One layer's and the whole model's totals (the busiest data-parallel rank, ``dp_rank``), the KV cache of all
+    layers (with paging: ``kv_blocks`` allocated, ``kv_occupancy`` filled; else None), seconds per accelerator."""
+
+    layer_flops: float
+    model_flops: float
+    layer_bytes: float
+    model_bytes: float
+    comm_bytes: float
+    kv_cache_bytes: float
+    kv_blocks: int | None
+    kv_occupancy: float | None
+    layer_seconds: dict[str, float]
+    model_seconds: dict[str, float]
+    layers: int
+    dp_rank: int
+
+
+class ExplorerTiles(TypedDict):
+    """FlashAttention's tiles of ``rows`` x ``cols``: per head, ``computed`` of ``total``; ``grid`` the first
+    request's tiles, each the percentage of heads that compute it (u1)."""
+
+    rows: int
+    cols: int
+    computed: float
+    total: int
+    grid: MatrixPayload
+
+
+class ExplorerGraph(TypedDict):
+    """The ``graph`` trait of the cost explorer: what it draws (src/attnsparse_widget/cost_graph.py).
+
+    pipeline: the MLA pipeline costed ("prefill" decompressed, "decode" absorbed; "" for other variants). pairs:
+    pairs per head scored by the batch (``dense_pairs`` with no mask). mask: the batch's mask picture (f2: the
+    fraction of a cell's pairs computed, NaN outside every request). block_table: paged KV's block ids per request
+    ([] without paging). tp_heads: the query heads of each TP rank; tp_kv_heads: key/value heads per rank.
+    dp_requests: the requests of each DP rank. crossover: MLA's ``[new, decompressed FLOPs, absorbed FLOPs]`` rows
+    ([] for other variants) and ``crossover_at`` where they cross. measured_dense / measured_sparse: a comparison's
+    attention seconds on this machine (None when not measured). svg: the picture (src/attnsparse_widget/cost_svg.py),
+    every tensor and op a group with its ``data-id``."""
+
+    title: str
+    variant: str
+    pipeline: str
+    tensors: list[ExplorerTensor]
+    ops: list[ExplorerOp]
+    totals: ExplorerTotals
+    pairs: float
+    dense_pairs: float
+    mask: MatrixPayload
+    tiles: ExplorerTiles
+    block_table: list[list[int]]
+    tp_heads: list[list[int]]
+    tp_kv_heads: int
+    dp_requests: list[list[int]]
+    crossover: list[list[float]]
+    crossover_at: float | None
+    measured_dense: float | None
+    measured_sparse: float | None
+    svg: str
+
+
+class ExplorerState(TypedDict):
+    """Every synced trait of the cost explorer: ``_kind`` ("cost-explorer": the bundle's one entry renders the
+    explorer), ``settings`` (inputs), ``graph`` (computed; ``{}`` before the first) and ``error`` (why the settings
+    could not be costed; "" when they could)."""
+
+    _kind: str
+    settings: ExplorerSettings
+    graph: ExplorerGraph | Empty
+    error: str
+
+
 __all__ = [
     "AdaptMessage",
     "AdaptState",
@@ -481,6 +648,14 @@ __all__ = [
     "Drop",
     "DownloadMessage",
     "Empty",
+    "ExplorerGraph",
+    "ExplorerOp",
+    "ExplorerRoofline",
+    "ExplorerSettings",
+    "ExplorerState",
+    "ExplorerTensor",
+    "ExplorerTiles",
+    "ExplorerTotals",
     "ExportGifMessage",
     "Figure",
     "Gallery",

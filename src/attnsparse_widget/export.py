@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from .bundle import STATIC
 from .figures import PANELS, layer_figure, main_figure, map_view, mask_figure, view_title, visible_token
 from .files import writable, write_atomically
 from .messages import CAVEAT, requested_achieved
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 VIEWS = {"side_by_side": PANELS, "dense": ("dense",), "sparse": ("sparse",), "diff": ("diff",)}
 SIZES = {"side_by_side": (1200, 480), "dense": (560, 520), "sparse": (600, 520), "diff": (560, 520)}
 HTML_MAX_SIDE = 128  # cells per axis in the HTML page's per-layer maps (keeps the page a few MB)
-STATIC = Path(__file__).parent / "static"
 T = TypeVar("T")
 
 
@@ -101,6 +101,40 @@ def render_pngs(
                 f"Install it (Debian/Ubuntu: apt-get install chromium) or point BROWSER_PATH at a Chrome binary."
             ) from err
         raise
+
+
+def svg_to_png(svg: str, width: int, height: int, scale: float = 2.0) -> bytes:
+    """PNG bytes of an SVG document of ``width`` x ``height`` px, rendered by kaleido's Chromium: the SVG is the one
+    image of an empty plotly figure (the same browser session as every other export; no second renderer)."""
+    import base64
+
+    source = "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
+    figure = {
+        "data": [],
+        "layout": {
+            "width": width,
+            "height": height,
+            "margin": {"l": 0, "r": 0, "t": 0, "b": 0},
+            "xaxis": {"visible": False, "range": [0, 1]},
+            "yaxis": {"visible": False, "range": [0, 1]},
+            "plot_bgcolor": "white",
+            "images": [
+                {
+                    "source": source,
+                    "xref": "paper",
+                    "yref": "paper",
+                    "x": 0,
+                    "y": 1,
+                    "sizex": 1,
+                    "sizey": 1,
+                    "xanchor": "left",
+                    "yanchor": "top",
+                    "layer": "above",
+                }
+            ],  # fmt: skip
+        },
+    }
+    return render_pngs([figure], (width, height), scale)[0]
 
 
 def _rgb(png: bytes) -> np.ndarray:

@@ -26,7 +26,9 @@ import traitlets as t
 
 from . import masks, pipeline
 from .adapt import DEFAULT_STEPS, Adaptation, Training, estimate_seconds
+from .bundle import css, esm
 from .contract import AdaptState, DenseMap, Empty, Figure, Gallery, Info, MetricsPayload, NextTokenView, Status, View
+from .explorer import CostExplorer, explore
 from .export import gif_bytes
 from .files import writable, write_atomically
 from .messages import CAVEAT, curve_skipped_note
@@ -47,7 +49,6 @@ from .result import Comparison
 from .session import Session
 from .tokens import max_positions
 
-STATIC = Path(__file__).parent / "static"
 DEFAULT_TEXT = (
     "The lighthouse keeper wrote in his log every evening. The storm came from the west, and the ships stayed in "
     "the harbour until the wind turned."
@@ -76,21 +77,11 @@ METRIC_STAGES = (
 )
 
 
-def _esm() -> Path | str:
-    bundle = STATIC / "widget.js"
-    if bundle.is_file():
-        return bundle
-    return (  # multi-line on purpose: anywidget reads a one-line string with a suffix as a file path
-        "export default {\n  render({ el }) {\n    el.textContent = 'attnsparse-widget: the frontend bundle is "
-        "missing (src/attnsparse_widget/static/widget.js); build it with npm install && npm run build.';\n  },\n};\n"
-    )
-
-
 class AttentionDiffWidget(anywidget.AnyWidget):
     """Dense vs sparse attention of one model on one text, with controls that re-run the engine."""
 
-    _esm = _esm()
-    _css = STATIC / "widget.css" if (STATIC / "widget.css").is_file() else ""
+    _esm = esm()
+    _css = css()
 
     # inputs: set from Python or by the frontend's controls
     text = t.Unicode(DEFAULT_TEXT).tag(sync=True)
@@ -523,6 +514,14 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         if not target:
             raise ValueError("pass a path, e.g. w.export_gif('layers.gif'), or set w.export_path")
         return res.export_gif(target, **kwargs)
+
+    def explore(self, **settings: Any) -> CostExplorer:
+        """The cost explorer on the comparison on screen: this model, this text's length and the keep-mask the
+        pass applied at the shown layer (:func:`~attnsparse_widget.explorer.explore`; ``settings`` as there)."""
+        res = self.result
+        if res is None:
+            raise RuntimeError("nothing to explore yet: the widget has no comparison on screen (w.wait() first)")
+        return explore(res, layer=self.layer, **settings)
 
     def export_png(self, path: str | Path, **kwargs: Any) -> Path:
         """Write a PNG of the main view the widget shows (layer, head, mask, sparsity) to ``path``, once its work

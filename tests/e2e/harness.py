@@ -200,3 +200,23 @@ def slider_step(page) -> str:  # noqa: ANN001
     page.keyboard.press("ArrowRight")
     settled(page, before, timeout=300_000)
     return page.locator(".asw-sparsity").input_value()
+
+
+def explorer_repaint_ms(page, requests: str) -> float:  # noqa: ANN001
+    """Set the cost explorer's requests control to ``requests`` ("context:new, ...") and return the milliseconds
+    from the control's change until the explorer has repainted (its ``data-rendered`` count went up, then a frame)."""
+    return page.evaluate(
+        """(value) => new Promise((done) => {
+            const root = document.querySelector('.asx-root');
+            const before = Number(root.dataset.rendered);
+            const input = document.querySelector('.asx-requests-text');
+            const start = performance.now();
+            new MutationObserver((_, obs) => {
+                if (Number(root.dataset.rendered) > before) { obs.disconnect();
+                    requestAnimationFrame(() => done(performance.now() - start)); }
+            }).observe(root, { attributes: true, attributeFilter: ['data-rendered'] });
+            input.value = value;
+            input.dispatchEvent(new Event('change'));
+        })""",
+        requests,
+    )

@@ -113,6 +113,8 @@ def test_app_notebook_shows_the_widget_with_the_given_model_and_text() -> None:
     assert "aw.show('gpt2', text=\"Hello 'there'\"" in source
     assert "text=" not in json.loads(app_notebook(None, None))["cells"][0]["source"]  # the widget's own default
     assert "per_layer=False" in json.loads(app_notebook(None, None, per_layer=False))["cells"][0]["source"]
+    explorer = json.loads(app_notebook("DeepSeek-V3", None, explore=True))["cells"][0]["source"]
+    assert "aw.explore('DeepSeek-V3')" in explorer and "aw.show" not in explorer  # attnsparse app --explore
 
 
 @pytest.mark.parametrize("argv", [["app", "--port", "0"], ["app", "--port", "70000"], ["app", "--text", "/no/such"]])

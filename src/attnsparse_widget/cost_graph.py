@@ -1,0 +1,343 @@
+"""The cost explorer's picture as it travels to the browser (:func:`graph_payload`): one attention layer's tensors
+and ops from :func:`~attnsparse_widget.costs.op_costs`, laid out in columns left to right, each op with its roofline
+on every accelerator, the totals, and what a click shows (the batch's mask, FlashAttention's tiles, the paged
+block table, the TP and DP splits, MLA's crossover chart). The arithmetic is all in :mod:`.costs`; this module
+only arranges it. The explorer's settings (:class:`~attnsparse_widget.contract.ExplorerSettings`) say what to
+cost: :func:`config_of` and :func:`workload_of` read them."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from . import costs, masks
+from .contract import (
+    ExplorerGraph,
+    ExplorerOp,
+    ExplorerRoofline,
+    ExplorerSettings,
+    ExplorerTensor,
+    ExplorerTiles,
+    ExplorerTotals,
+)
+from .cost_svg import graph_svg
+from .costs import Workload
+from .payload import matrix
+
+VARIANTS = ("MHA", "GQA", "MQA", "MLA", "DSA")
+MASK_SIDE = 256  # the batch's mask picture: at most this many cells a side
+CROSSOVER_POINTS = 64  # points of MLA's crossover chart
+# DeepSeek-V3's MLA and V3.2's indexer: the dims a variant switch to MLA or DSA starts from
+MLA_DIMS = {"q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope": 128, "qk_rope": 64, "v_head": 128}
+DSA_DIMS = {"index_heads": 64, "index_head_dim": 128, "index_topk": 2048}
+
+
+def settings_of(config: Any, **workload: Any) -> ExplorerSettings:
+    """Settings for ``config`` (a preset name, a config object or dict) with the workload's defaults: one prefill of
+    1024 tokens in bf16 on one GPU, the H100."""
+    name = config if isinstance(config, str) else "custom"
+    shape = costs.model_shape(costs.preset(config) if isinstance(config, str) else config)
+    settings = ExplorerSettings(
+        preset=name,
+        variant=shape.variant,
+        hidden=shape.hidden,
+        heads=shape.heads,
+        kv_heads=shape.kv_heads,
+        head_dim=shape.d_qk if not shape.mla else shape.qk_nope + shape.qk_rope,
+        layers=shape.layers,
+        rope=shape.rope,
+        q_lora_rank=shape.q_lora_rank or MLA_DIMS["q_lora_rank"],
+        kv_lora_rank=shape.kv_lora_rank or MLA_DIMS["kv_lora_rank"],
+        qk_nope=shape.qk_nope or MLA_DIMS["qk_nope"],
+        qk_rope=shape.qk_rope or MLA_DIMS["qk_rope"],
+        v_head=shape.v_head or MLA_DIMS["v_head"],
+        index_heads=shape.index_heads or DSA_DIMS["index_heads"],
+        index_head_dim=shape.index_head_dim or DSA_DIMS["index_head_dim"],
+        index_topk=shape.index_topk or DSA_DIMS["index_topk"],
+        requests=[[1024, 1024]],
+        dtype="bf16",
+        tp=1,
+        dp=1,
+        flash=False,
+        tile=list(costs.workload.FLASH_TILE),
+        page_size=0,
+        window=0,
+        topk=0,
+        accelerator="H100",
+        pipeline="auto",
+        mask="",
+        sparsity=0.9,
+        selected="",
+    )
+    return {**settings, **workload}  # type: ignore[typeddict-item]
+
+
+def config_of(settings: ExplorerSettings) -> dict[str, Any]:
+    """The model config (a dict of transformers keys) the settings describe: their variant decides the key/value
+    heads (MHA: every query head's own, MQA: one) and whether MLA's ranks and DSA's indexer are in it."""
+    variant = settings["variant"]
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    heads = settings["heads"]
+    kv = {"MHA": heads, "MQA": 1}.get(variant, settings["kv_heads"])
+    config: dict[str, Any] = dict(
+        name=settings["preset"],
+        hidden_size=settings["hidden"],
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        head_dim=settings["head_dim"],
+        num_hidden_layers=settings["layers"],
+    )
+    if settings["rope"]:
+        config["rope_theta"] = 10000.0
+    else:
+        config["model_type"] = "gpt2"
+    if variant in ("MLA", "DSA"):
+        config.update(
+            q_lora_rank=settings["q_lora_rank"],
+            kv_lora_rank=settings["kv_lora_rank"],
+            qk_nope_head_dim=settings["qk_nope"],
+            qk_rope_head_dim=settings["qk_rope"],
+            v_head_dim=settings["v_head"],
+        )
+    if variant == "DSA":
+        config.update(
+            index_n_heads=settings["index_heads"],
+            index_head_dim=settings["index_head_dim"],
+            index_topk=settings["index_topk"],
+        )
+    return config
+
+
+def workload_of(settings: ExplorerSettings) -> Workload:
+    """The :class:`~attnsparse_widget.costs.Workload` the settings describe (0 turns paging, a window, top-k off)."""
+    return Workload(
+        [(int(c), int(n)) for c, n in settings["requests"]],
+        tp=settings["tp"],
+        dp=settings["dp"],
+        dtype=settings["dtype"],
+        flash=settings["flash"],
+        page_size=settings["page_size"] or None,
+        window=settings["window"] or None,
+        topk=settings["topk"] or None,
+        tile=(int(settings["tile"][0]), int(settings["tile"][1])),
+    )
+
+
+def mask_of(settings: ExplorerSettings, workload: Workload) -> np.ndarray | None:
+    """The keep-mask ``[T, T]`` of the settings' library mask at their sparsity over the longest request's keys
+    (None: none chosen). A score-dependent pattern needs real scores: it is refused with how to get them."""
+    name = settings["mask"]
+    if not name:
+        return None
+    mask = masks.get(name)
+    if mask.score_dependent:
+        raise ValueError(
+            f"{name} chooses its pairs from the model's scores: open the explorer on a comparison that ran it, "
+            f"aw.explore(aw.compare(text, mask={name!r})), to count its realised mask"
+        )
+    n = max(context for context, _ in workload.requests)
+    return np.asarray(masks.build(name, n, sparsity=settings["sparsity"]), dtype=bool)
+
+
+# ------------------------------------------------------------------------------------------------ the payload
+def _rooflines(op: costs.OpCost) -> list[ExplorerRoofline]:
+    out = []
+    for key, acc in costs.ACCELERATORS.items():
+        r = op.roofline(acc)
+        out.append(
+            ExplorerRoofline(
+                accelerator=key,
+                dtype=r.dtype,
+                seconds=r.seconds,
+                compute_seconds=r.compute_seconds,
+                memory_seconds=r.memory_seconds,
+                comm_seconds=r.comm_seconds,
+                bound=r.bound,
+                ridge=r.ridge,
+                peak=acc.peak(r.dtype),
+                bandwidth=acc.bandwidth,
+            )
+        )
+    return out
+
+
+def _layout(ops: list[costs.OpCost]) -> tuple[list[ExplorerTensor], list[ExplorerOp]]:
+    """Tensors and ops in columns, left to right: a tensor made by an op sits one column right of it, an op one
+    column right of its latest input; weights and caches read by an op sit in the column of its other inputs."""
+    tensors: list[ExplorerTensor] = []
+    latest: dict[str, int] = {}  # tensor name -> index of its newest node
+    out_ops: list[ExplorerOp] = []
+
+    def node(spec: costs.TensorSpec, column: int) -> int:
+        tensors.append(
+            ExplorerTensor(
+                id=f"t{len(tensors)}",
+                name=spec.name,
+                shape=list(spec.shape),
+                dims=list(spec.dims),
+                bytes=spec.bytes,
+                role=spec.role,
+                column=column,
+            )
+        )
+        return len(tensors) - 1
+
+    for i, op in enumerate(ops):
+        made = [latest.get(t.name) for t in op.inputs if t.role == "activation"]
+        column = 1 + max((tensors[j]["column"] for j in made if j is not None), default=0)
+        inputs = []
+        for spec in op.inputs:
+            j = latest.get(spec.name) if spec.role == "activation" else None
+            if j is None:  # a weight, a cache, or the layer's input: a node beside the op's other inputs
+                j = node(spec, column - 1)
+                if spec.role == "activation":
+                    latest[spec.name] = j
+            inputs.append(tensors[j]["id"])
+        out = node(op.output, column + 1)
+        latest[op.output.name] = out
+        out_ops.append(
+            ExplorerOp(
+                id=f"op{i}",
+                name=op.name,
+                kind=op.kind,
+                stage=op.stage,
+                column=column,
+                inputs=inputs,
+                output=tensors[out]["id"],
+                flops=op.flops,
+                bytes_read=op.bytes_read,
+                bytes_written=op.bytes_written,
+                comm_bytes=op.comm_bytes,
+                intensity=op.intensity,
+                dtype=op.dtype,
+                rooflines=_rooflines(op),
+            )
+        )
+    return tensors, out_ops
+
+
+def _batch_mask(workload: Workload, keep: np.ndarray | None) -> np.ndarray:
+    """The batch's mask picture over all requests' queries (rows) and keys (columns), at most :data:`MASK_SIDE`
+    cells a side: per cell, the fraction of its pairs that are computed (kept; 0 for the future and for dropped
+    pairs), NaN where the cell holds no pair of a request (another request's keys: never computed). A top-k
+    without a realised mask shows the fraction of each row it keeps (which keys win depends on the scores)."""
+    n_q, n_k = workload.new_tokens, workload.context_tokens
+    f_q, f_k = max(1, math.ceil(n_q / MASK_SIDE)), max(1, math.ceil(n_k / MASK_SIDE))
+    rows, cols = math.ceil(n_q / f_q), math.ceil(n_k / f_k)
+    kept = np.zeros((rows, cols))
+    local = np.zeros((rows, cols))
+    heads = None if keep is None else costs.workload.as_mask(keep)
+    r0 = c0 = 0
+    for context, new in workload.requests:
+        q = np.arange(new)[:, None] + context - new
+        k = np.arange(context)[None]
+        if heads is not None:
+            mine = heads[:, context - new : context, :context].mean(0)
+        else:
+            mine = (k <= q).astype(float)
+            if workload.window is not None:
+                mine *= k > q - workload.window
+            if workload.topk is not None:
+                mine *= np.minimum(1.0, workload.topk / np.minimum(q + 1, workload.window or context))
+        rr, cc = (r0 + np.arange(new)) // f_q, (c0 + np.arange(context)) // f_k
+        np.add.at(kept, (rr[:, None], cc[None]), mine)
+        np.add.at(local, (rr[:, None], cc[None]), 1.0)
+        r0, c0 = r0 + new, c0 + context
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(local > 0, kept / local, np.nan)
+
+
+def graph_payload(
+    settings: ExplorerSettings,
+    *,
+    keep: np.ndarray | None = None,
+    measured: dict[str, float | None] | None = None,
+) -> ExplorerGraph:
+    """What the explorer draws for ``settings`` (see the module docstring); ``keep`` a realised keep-mask
+    (``[T, T]`` or ``[H, T, T]``, from a comparison) in place of the settings' own mask; ``measured`` the
+    comparison's attention times on this machine."""
+    config = config_of(settings)
+    workload = workload_of(settings)
+    if keep is None:
+        keep = mask_of(settings, workload)
+    pipeline = None if settings["pipeline"] == "auto" else settings["pipeline"]
+    shape = costs.model_shape(config)
+    if not shape.mla:
+        pipeline = None
+    counted = Workload(workload.requests, tp=workload.tp, dp=workload.dp, dtype=workload.dtype, flash=workload.flash,
+                       page_size=workload.page_size, tile=workload.tile) if keep is not None else workload  # fmt: skip
+    rank, ops = costs.ops.busiest_rank(config, counted, pipeline=pipeline, mask=keep)
+    tensors, out_ops = _layout(ops)
+    layer = costs.layer_totals(config, counted, mask=keep, pipeline=pipeline)
+    seconds = {
+        key: costs.layer_totals(config, counted, key, mask=keep, pipeline=pipeline)["seconds"] or 0.0
+        for key in costs.ACCELERATORS
+    }
+    dense = costs.attention_pairs(Workload(workload.requests))
+    pairs = costs.attention_pairs(counted, keep)
+    heads, kv_heads = costs.ops.tp_heads(shape, workload.tp)
+    grid = costs.tile_grid(counted, keep)
+    paged = costs.paged_kv(workload)
+    used = "" if not shape.mla else ("prefill" if any(o.name == "kv_b_proj" for o in ops) else "decode")
+    graph = ExplorerGraph(
+        title=f"{settings['preset']} · {shape.variant} · {len(workload.requests)} request(s)",
+        variant=shape.variant,
+        pipeline=used,
+        tensors=tensors,
+        ops=out_ops,
+        totals=ExplorerTotals(
+            layer_flops=layer["flops"],
+            model_flops=layer["flops"] * shape.layers,
+            layer_bytes=layer["bytes_read"] + layer["bytes_written"],
+            model_bytes=(layer["bytes_read"] + layer["bytes_written"]) * shape.layers,
+            comm_bytes=layer["comm_bytes"] * shape.layers,
+            kv_cache_bytes=layer["kv_cache_bytes"] * shape.layers,
+            kv_blocks=layer["kv_blocks"],
+            kv_occupancy=layer["kv_occupancy"],
+            layer_seconds=seconds,
+            model_seconds={k: s * shape.layers for k, s in seconds.items()},
+            layers=shape.layers,
+            dp_rank=rank,
+        ),
+        pairs=float(pairs),
+        dense_pairs=float(dense),
+        mask=matrix(_batch_mask(counted, keep), "f2"),
+        tiles=ExplorerTiles(
+            rows=workload.tile[0],
+            cols=workload.tile[1],
+            computed=grid.computed,
+            total=grid.total,
+            grid=matrix(np.round(100 * grid.grids[0]).astype(np.uint8), "u1"),
+        ),
+        block_table=[list(t) for t in paged.table] if paged is not None else [],
+        tp_heads=[list(range(r * heads, (r + 1) * heads)) for r in range(workload.tp)],
+        tp_kv_heads=kv_heads,
+        dp_requests=[list(r) for r in costs.dp_ranks(workload)],
+        crossover=_crossover(config, workload) if shape.mla else [],
+        crossover_at=_finite(costs.mla_crossover(config, workload.requests[0][0])) if shape.mla else None,
+        measured_dense=None if measured is None else measured.get("dense"),
+        measured_sparse=None if measured is None else measured.get("sparse"),
+        svg="",
+    )
+    graph["svg"] = graph_svg(graph)
+    return graph
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _crossover(config: dict[str, Any], workload: Workload) -> list[list[float]]:
+    """MLA's two pipelines' FLOPs for one request over the first request's keys, against its new tokens:
+    ``[new, decompressed, absorbed]`` rows, log-spaced from 1 to the keys."""
+    context = workload.requests[0][0]
+    points = sorted({max(1, round(context ** (i / (CROSSOVER_POINTS - 1)))) for i in range(CROSSOVER_POINTS)})
+    rows = []
+    for new in points:
+        w = Workload([(context, new)], dtype=workload.dtype)
+        flops = [sum(o.flops for o in costs.op_costs(config, w, pipeline=p)) for p in costs.PIPELINES]
+        rows.append([float(new), *flops])
+    return rows

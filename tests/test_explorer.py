@@ -1,0 +1,152 @@
+"""The cost explorer (aw.explore, CostExplorer): what it sends has the contract's shape, its numbers are costs'
+own, every control recosts, a bad setting is explained and keeps the picture, the state restores it, and from a
+comparison it counts the realised keep-mask."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import get_type_hints
+
+import numpy as np
+import pytest
+from ipywidgets.widgets.tests.utils import setup_test_comm, teardown_test_comm
+from test_contract import _synced, assert_conforms
+from tiny_models import ToyTokenizer, build
+
+import attnsparse_widget as aw
+from attnsparse_widget import contract, costs, masks
+from attnsparse_widget.cost_graph import config_of, workload_of
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def comm():
+    setup_test_comm()
+    yield
+    teardown_test_comm()
+
+
+def test_the_explorer_state_declares_every_synced_trait_and_conforms():
+    ex = aw.explore()
+    declared = set(contract.ExplorerState.__required_keys__)
+    assert _synced(aw.CostExplorer) == declared
+    hints = get_type_hints(contract.ExplorerState)
+    for name in declared:
+        assert_conforms(getattr(ex, name), hints[name])
+    assert ex.error == "" and ex.settings["preset"] == "SmolLM2-135M"
+
+
+def test_the_picture_carries_costs_own_numbers():
+    ex = aw.explore(requests=[[2048, 2048], [2048, 1]], tp=3, flash=True)
+    settings = ex.settings
+    ops = costs.op_costs(config_of(settings), workload_of(settings))
+    assert [(o["name"], o["flops"], o["bytes_read"], o["comm_bytes"]) for o in ex.graph["ops"]] == [
+        (o.name, o.flops, o.bytes_read, o.comm_bytes) for o in ops
+    ]
+    h100 = next(r for r in ex.graph["ops"][0]["rooflines"] if r["accelerator"] == "H100")
+    assert h100["seconds"] == pytest.approx(ops[0].roofline("H100").seconds)
+    assert ex.graph["pairs"] == costs.attention_pairs(workload_of(settings))
+    totals = costs.model_totals(config_of(settings), workload_of(settings), "H100")
+    assert ex.graph["totals"]["model_flops"] == pytest.approx(totals["flops"])
+    assert ex.graph["totals"]["model_seconds"]["H100"] == pytest.approx(totals["seconds"])
+    # every tensor and op of the picture is a clickable group of the SVG
+    svg = ex.graph["svg"]
+    ids = set(re.findall(r'data-id="([^"]+)"', svg))
+    assert ids == {t["id"] for t in ex.graph["tensors"]} | {o["id"] for o in ex.graph["ops"]}
+
+
+def test_a_control_recosts_and_a_block_follows_its_dims():
+    ex = aw.explore()
+    before = {t["name"]: t for t in ex.graph["tensors"]}
+    ex.settings = {**ex.settings, "requests": [[8192, 8192]]}
+    after = {t["name"]: t for t in ex.graph["tensors"]}
+    assert after["Q"]["shape"] == [9, 8192, 64] and before["Q"]["shape"] == [9, 1024, 64]
+    ex.settings = {**ex.settings, "variant": "MLA"}
+    names = {o["name"] for o in ex.graph["ops"]}
+    assert {"kv_a_proj_with_mqa", "kv_b_proj"} <= names and ex.graph["pipeline"] == "prefill"
+    assert ex.graph["crossover"] and ex.graph["crossover_at"] is not None
+    ex.settings = {**ex.settings, "variant": "DSA", "requests": [[8192, 1]]}
+    assert {"indexer scores", "top-k"} <= {o["name"] for o in ex.graph["ops"]}
+    # a click only selects: the picture is not recomputed
+    graph = ex.graph
+    ex.settings = {**ex.settings, "selected": "op3"}
+    assert ex.graph is graph
+
+
+def test_a_bad_setting_is_explained_and_keeps_the_last_picture():
+    ex = aw.explore()
+    graph = ex.graph
+    ex.settings = {**ex.settings, "tp": 2}  # 9 query heads
+    assert "tp=2 must divide the 9 query heads" in ex.error
+    assert ex.graph == graph
+    ex.settings = {**ex.settings, "tp": 3}
+    assert ex.error == "" and ex.graph["tp_heads"] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    ex.settings = {**ex.settings, "mask": "h2o"}
+    assert "aw.explore(aw.compare(" in ex.error  # a score-dependent mask needs a comparison's scores
+    with pytest.raises(ValueError, match="unknown explorer settings"):
+        aw.explore(context=8192)
+    with pytest.raises(ValueError, match="neither a preset"):
+        aw.explore("no-such/model-anywhere")
+
+
+def test_a_library_mask_is_counted_from_its_keep_mask():
+    ex = aw.explore(requests=[[512, 512]], mask="sliding_window", sparsity=0.75)
+    keep = masks.build("sliding_window", 512, sparsity=0.75)
+    assert ex.graph["pairs"] == pytest.approx(float(keep.sum()))
+    assert ex.graph["dense_pairs"] == 512 * 513 // 2
+    assert ex.graph["tiles"]["computed"] == costs.tile_grid(costs.Workload([(512, 512)]), keep).computed
+
+
+def test_the_state_restores_the_same_picture():
+    ex = aw.explore("DeepSeek-V3", requests=[[8192, 1]] * 4, dp=2, page_size=64, accelerator="B200")
+    again = aw.explore(**ex.state)
+    assert again.graph == ex.graph
+    assert ex.graph["block_table"][1] == list(range(128, 256))
+    assert ex.graph["totals"]["kv_blocks"] == 2 * 128  # the busiest rank's two requests (one table, every layer)
+
+
+def test_export_svg_writes_the_picture_on_screen(tmp_path):
+    ex = aw.explore()
+    path = ex.export_svg(tmp_path / "layer.svg")
+    text = path.read_text(encoding="utf-8")
+    assert text == ex.graph["svg"] and text.startswith("<svg") and "q_proj" in text
+
+
+def test_the_frontend_offers_every_library_mask():
+    source = (ROOT / "js" / "explorer_figures.ts").read_text(encoding="utf-8")
+    listed = re.search(r"export const MASKS = \[([^\]]*)\]", source, flags=re.S)
+    assert listed is not None
+    assert re.findall(r'"(\w+)"', listed.group(1)) == masks.ids()
+
+
+@pytest.mark.model
+def test_from_a_comparison_it_counts_the_realised_mask():
+    model, tok = build("llama", "sdpa"), ToyTokenizer()
+    res = aw.compare((model, tok), "the cat sat on the mat and looked at the dog", mask="sink_window",
+                     sparsity=0.5, per_layer=False, continuation_tokens=0)  # fmt: skip
+    ex = aw.explore(res, layer=1)
+    n = len(res.tokens)
+    keep = res.keep_mask(1)
+    assert ex.settings["requests"] == [[n, n]] and ex.settings["mask"] == "realised"
+    assert ex.graph["pairs"] == pytest.approx(keep.sum() / keep.shape[0])
+    assert ex.graph["pairs"] < ex.graph["dense_pairs"] == n * (n + 1) // 2
+    assert ex.settings["heads"] == 4 and ex.settings["kv_heads"] == 2
+    kept = np.asarray(keep, dtype=bool)
+    assert ex.graph["tiles"]["computed"] == costs.tile_grid(costs.Workload([(n, n)]), kept).computed
+
+
+@pytest.mark.model
+def test_the_widget_opens_the_explorer_on_its_comparison():
+    model, tok = build("llama", "sdpa"), ToyTokenizer()
+    w = aw.AttentionDiffWidget((model, tok), text="the cat sat on the mat", mask="sliding_window", sparsity=0.5,
+                               per_layer=False, threaded=False)  # fmt: skip
+    w.layer = 2
+    ex = w.explore(flash=True)
+    keep = w.result.keep_mask(2)
+    assert ex.settings["mask"] == "realised" and ex.settings["flash"] is True
+    assert ex.graph["pairs"] == pytest.approx(keep.sum() / keep.shape[0])
+    assert any(o["name"] == "attention" for o in ex.graph["ops"])
