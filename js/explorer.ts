@@ -126,6 +126,7 @@ export function renderExplorer(m: AnyModel<ExplorerState>, el: HTMLElement): () 
 
   // ------------------------------------------------------------------------------------- the picture
   let box: Box | null = null;
+  let shownFull: Box | null = null; // the whole picture's viewBox
   let drag: { x: number; y: number; moved: boolean } | null = null;
   const svgOf = () => canvas.querySelector("svg");
   const applyBox = () => { const svg = svgOf(); if (svg && box) svg.setAttribute("viewBox", box.join(" ")); };
@@ -212,7 +213,15 @@ export function renderExplorer(m: AnyModel<ExplorerState>, el: HTMLElement): () 
     totals.replaceChildren(h("div", { class: "asx-title" }, g.title), table(rows));
   };
 
+  /** The clicked tensor or op marked in the picture, and its details. */
+  const paintSelection = (g: ExplorerGraph) => {
+    canvas.querySelectorAll(".asx-selected").forEach((n) => n.classList.remove("asx-selected"));
+    canvas.querySelector(`[data-id="${settings().selected}"]`)?.classList.add("asx-selected");
+    paintDetails(g);
+  };
+
   let shownSvg = "";
+  let shownSelection = settings().selected;
   const paint = () => {
     syncControls();
     error.textContent = m.get("error");
@@ -221,26 +230,32 @@ export function renderExplorer(m: AnyModel<ExplorerState>, el: HTMLElement): () 
     if (!hasGraph(g)) return;
     performance.mark("attnsparse:explorer:start");
     if (g.svg !== shownSvg) {
-      const keep = box;
       canvas.innerHTML = g.svg; // the kernel's own SVG (cost_svg.py escapes every text in it)
       shownSvg = g.svg;
       const svg = svgOf()!;
       const full = (svg.getAttribute("viewBox") ?? "0 0 800 400").split(" ").map(Number) as Box;
-      box = keep && keep[2] <= full[2] * 4 ? keep : full;
+      // a picture of the same size keeps the user's pan and zoom; another one is shown whole
+      box = box && shownFull && full.every((v, i) => v === shownFull![i]) ? box : full;
+      shownFull = full;
       svg.removeAttribute("width"); svg.removeAttribute("height");
-      svg.style.width = "100%"; svg.style.height = `${Math.min(560, Math.max(260, full[3]))}px`;
+      svg.style.width = "100%"; svg.style.height = "auto"; // the picture's own aspect, as wide as the output
       applyBox();
     }
-    canvas.querySelectorAll(".asx-selected").forEach((n) => n.classList.remove("asx-selected"));
-    canvas.querySelector(`[data-id="${settings().selected}"]`)?.classList.add("asx-selected");
     paintTotals(g);
-    paintDetails(g);
+    paintSelection(g);
     root.dataset.rendered = String(Number(root.dataset.rendered ?? 0) + 1);
     performance.mark("attnsparse:explorer:end");
   };
   m.on("change:graph", paint);
   m.on("change:error", paint);
-  m.on("change:settings", syncControls);
+  m.on("change:settings", () => {
+    syncControls();
+    const g = m.get("graph");
+    if (hasGraph(g) && settings().selected !== shownSelection) {
+      shownSelection = settings().selected; // a click: the costs stay, the details change
+      paintSelection(g);
+    }
+  });
   paint();
   return () => { for (const p of plots) Plotly.purge(p); };
 }

@@ -71,6 +71,10 @@ def test_a_control_recosts_and_a_block_follows_its_dims():
     assert ex.graph["crossover"] and ex.graph["crossover_at"] is not None
     ex.settings = {**ex.settings, "variant": "DSA", "requests": [[8192, 1]]}
     assert {"indexer scores", "top-k"} <= {o["name"] for o in ex.graph["ops"]}
+    # another preset brings its dims and keeps the batch
+    ex.settings = {**ex.settings, "preset": "Llama-3.1-8B"}
+    assert (ex.settings["heads"], ex.settings["kv_heads"], ex.settings["variant"]) == (32, 8, "GQA")
+    assert ex.settings["requests"] == [[8192, 1]] and ex.graph["title"].startswith("Llama-3.1-8B")
     # a click only selects: the picture is not recomputed
     graph = ex.graph
     ex.settings = {**ex.settings, "selected": "op3"}
@@ -150,3 +154,47 @@ def test_the_widget_opens_the_explorer_on_its_comparison():
     assert ex.settings["mask"] == "realised" and ex.settings["flash"] is True
     assert ex.graph["pairs"] == pytest.approx(keep.sum() / keep.shape[0])
     assert any(o["name"] == "attention" for o in ex.graph["ops"])
+
+
+@pytest.mark.parametrize(
+    "workload",
+    [
+        costs.Workload([(600, 600), (300, 1), (700, 200)]),
+        costs.Workload([(600, 600)], window=50),
+        costs.Workload([(900, 900), (900, 3)], topk=40),
+    ],
+    ids=["mixed batch", "window", "top-k"],
+)
+def test_the_mask_picture_is_each_cells_kept_fraction(workload):
+    """The batch's mask picture (cost_graph._batch_mask, counted per row and cell) against every pair laid out one by
+    one and pooled: per cell the mean of the kept fraction over the request pairs in it, NaN where there are none."""
+    from attnsparse_widget.cost_graph import MASK_SIDE, _batch_mask
+
+    def pairwise(keep=None):
+        full = np.full((workload.new_tokens, workload.context_tokens), np.nan)
+        r = c = 0
+        for context, new in workload.requests:
+            q, k = np.arange(context - new, context)[:, None], np.arange(context)[None]
+            if keep is not None:
+                mine = keep[:, context - new : context, :context].mean(0)
+            else:
+                first = 0 if workload.window is None else np.maximum(0, q - workload.window + 1)
+                mine = ((k <= q) & (k >= first)).astype(float)
+                if workload.topk is not None:
+                    mine *= np.minimum(1.0, workload.topk / (q + 1 - first))
+            full[r : r + new, c : c + context] = mine
+            r, c = r + new, c + context
+        f_q, f_k = -(-workload.new_tokens // MASK_SIDE), -(-workload.context_tokens // MASK_SIDE)
+        rows, cols = -(-full.shape[0] // f_q), -(-full.shape[1] // f_k)
+        pooled = np.full((rows, cols), np.nan)
+        for i in range(rows):
+            for j in range(cols):
+                block = full[i * f_q : (i + 1) * f_q, j * f_k : (j + 1) * f_k]
+                if (~np.isnan(block)).any():
+                    pooled[i, j] = np.nanmean(block)
+        return pooled
+
+    np.testing.assert_allclose(_batch_mask(workload, None), pairwise(), equal_nan=True)
+    if workload.window is None and workload.topk is None:  # a realised per-head mask, as a comparison gives
+        keep = np.random.default_rng(0).random((3, 700, 700)) < 0.3
+        np.testing.assert_allclose(_batch_mask(workload, keep), pairwise(keep), equal_nan=True)

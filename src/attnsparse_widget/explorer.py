@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     pass
 
 REALISED = "realised"  # the mask setting of an explorer opened on a comparison: its realised keep-mask
+# the settings a preset sets (the rest, the batch and how it runs, stay when the preset changes)
+MODEL_KEYS = ("variant", "hidden", "heads", "kv_heads", "head_dim", "layers", "rope", "q_lora_rank", "kv_lora_rank",
+              "qk_nope", "qk_rope", "v_head", "index_heads", "index_head_dim", "index_topk")  # fmt: skip
 
 
 class CostExplorer(anywidget.AnyWidget):
@@ -51,6 +54,11 @@ class CostExplorer(anywidget.AnyWidget):
     @t.observe("settings")
     def _settings_changed(self, change: Any) -> None:
         old, new = dict(change["old"] or {}), dict(change["new"] or {})
+        if new.get("preset") != old.get("preset") and new.get("preset") in costs.PRESETS:
+            # another preset: its dims, the batch and the rest of the settings kept
+            model = settings_of(new["preset"])
+            self.settings = {**new, **{k: model[k] for k in MODEL_KEYS}}  # type: ignore[literal-required]
+            return  # observed again with the preset's dims
         old.pop("selected", None), new.pop("selected", None)
         if old != new:  # a click only selects: the costs stay
             self._recost()
