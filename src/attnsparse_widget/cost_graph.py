@@ -280,8 +280,7 @@ def graph_payload(
     shape = costs.model_shape(config)
     if not shape.mla:
         pipeline = None
-    counted = Workload(workload.requests, tp=workload.tp, dp=workload.dp, dtype=workload.dtype, flash=workload.flash,
-                       page_size=workload.page_size, tile=workload.tile) if keep is not None else workload  # fmt: skip
+    counted = workload.changed(window=None, topk=None) if keep is not None else workload  # the mask says it all
     rank, ops = costs.ops.busiest_rank(config, counted, pipeline=pipeline, mask=keep)
     tensors, out_ops = _layout(ops)
     layer = costs.layer_totals(config, counted, mask=keep, pipeline=pipeline)

@@ -265,9 +265,7 @@ def _with_topk(workload: Workload, shape: ModelShape) -> Workload:
     """DSA's core attention: each query keeps ``topk`` (the workload's, else the model's ``index_topk``)."""
     if workload.topk is not None:
         return workload
-    return Workload(workload.requests, tp=workload.tp, dp=workload.dp, dtype=workload.dtype, flash=workload.flash,
-                    page_size=workload.page_size, window=workload.window, topk=shape.index_topk,
-                    tile=workload.tile)  # fmt: skip
+    return workload.changed(topk=shape.index_topk)
 
 
 def _indexer(layer: _Layer, shape: ModelShape, workload: Workload, c_q: TensorSpec, x: TensorSpec) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -103,11 +103,14 @@ class Workload:
         """Keys of the batch (ΣS)."""
         return sum(context for context, _ in self.requests)
 
+    def changed(self, **changes: Any) -> Workload:
+        """This workload with ``changes`` (any of its settings, ``requests`` included), checked again."""
+        settings = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Workload(**{**settings, **changes})
+
     def with_requests(self, requests: Sequence[tuple[int, int]]) -> Workload:
         """The same settings over other requests (one data-parallel rank's)."""
-        copy = replace(self)
-        object.__setattr__(copy, "requests", tuple(requests))
-        return copy
+        return self.changed(requests=requests)
 
 
 # --------------------------------------------------------------------------------------------------------- pairs
