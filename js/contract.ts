@@ -454,6 +454,7 @@ export interface ExplorerGraph {
   dp_requests: number[][];
   crossover: number[][];
   crossover_at: number | null;
+  pipeline_flops: Record<string, number>;
   measured_dense: number | null;
   measured_sparse: number | null;
   svg: string;

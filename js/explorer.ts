@@ -101,6 +101,18 @@ export function renderExplorer(m: AnyModel<ExplorerState>, el: HTMLElement): () 
   select("dtype", "dtype", DTYPES);
   number("TP", "tp", 1); number("DP", "dp", 1);
   check("FlashAttention", "flash");
+  const tileInputs = [0, 1].map((axis) => {
+    const i = h("input", { type: "number", min: "1", step: "1", class: `asx-tile-${axis ? "cols" : "rows"}` });
+    i.addEventListener("change", () => {
+      const v = Math.round(Number(i.value));
+      const tile = [...settings().tile];
+      if (Number.isFinite(v) && v >= 1) { tile[axis] = v; set({ tile }); }
+    });
+    return i;
+  });
+  const tileWrap = h("label", { class: "asx-field asx-tile" });
+  tileWrap.append(h("span", {}, "tile B_r x B_c"), tileInputs[0], tileInputs[1]);
+  controls.append(tileWrap);
   number("page size (0: off)", "page_size", 0); number("window (0: off)", "window", 0); number("top-k (0: off)", "topk", 0);
   select("accelerator", "accelerator", ACCELERATORS);
   select("MLA pipeline", "pipeline", ["auto", "prefill", "decode"], ["cheaper", "decompressed (prefill)", "absorbed (decode)"]);
@@ -117,6 +129,8 @@ export function renderExplorer(m: AnyModel<ExplorerState>, el: HTMLElement): () 
       else if (document.activeElement !== control) control.value = String(v);
     }
     if (document.activeElement !== requests) requests.value = formatRequests(s.requests);
+    tileInputs.forEach((i, axis) => { if (document.activeElement !== i) i.value = String(s.tile[axis]); });
+    tileWrap.hidden = !s.flash;
     const mla = s.variant === "MLA" || s.variant === "DSA";
     for (const key of ["q_lora_rank", "kv_lora_rank", "qk_nope", "qk_rope", "v_head", "pipeline"] as const) inputs.get(key)!.parentElement!.hidden = !mla;
     for (const key of ["index_heads", "index_head_dim", "index_topk"] as const) inputs.get(key)!.parentElement!.hidden = s.variant !== "DSA";
@@ -207,6 +221,10 @@ export function renderExplorer(m: AnyModel<ExplorerState>, el: HTMLElement): () 
       ["KV cache", `${si(t.kv_cache_bytes, "B")}${t.kv_blocks !== null ? ` in ${t.kv_blocks} blocks, ${((t.kv_occupancy ?? 0) * 100).toFixed(1)}% full` : ""}`],
       ["pairs per head", `${si(g.pairs)} of ${si(g.dense_pairs)} causal`],
     ];
+    if (g.pipeline) {
+      const f = g.pipeline_flops;
+      rows.push(["MLA pipelines, one layer", `decompressed ${si(f.prefill, "FLOP")} · absorbed ${si(f.decode, "FLOP")}: drawn ${g.pipeline === "prefill" ? "decompressed" : "absorbed"}`]);
+    }
     if (g.measured_dense !== null || g.measured_sparse !== null) {
       rows.push(["measured on this machine", `attention ${seconds(g.measured_dense)} dense, ${seconds(g.measured_sparse)} sparse (this machine, not ${acc})`]);
     }

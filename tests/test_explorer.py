@@ -69,6 +69,8 @@ def test_a_control_recosts_and_a_block_follows_its_dims():
     names = {o["name"] for o in ex.graph["ops"]}
     assert {"kv_a_proj_with_mqa", "kv_b_proj"} <= names and ex.graph["pipeline"] == "prefill"
     assert ex.graph["crossover"] and ex.graph["crossover_at"] is not None
+    flops = ex.graph["pipeline_flops"]  # both pipelines side by side; the cheaper one drawn
+    assert flops["prefill"] < flops["decode"] and ex.graph["totals"]["layer_flops"] == flops["prefill"]
     ex.settings = {**ex.settings, "variant": "DSA", "requests": [[8192, 1]]}
     assert {"indexer scores", "top-k"} <= {o["name"] for o in ex.graph["ops"]}
     # another preset brings its dims and keeps the batch

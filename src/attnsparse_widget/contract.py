@@ -601,9 +601,10 @@ class ExplorerGraph(TypedDict):
     fraction of a cell's pairs computed, NaN outside every request). block_table: paged KV's block ids per request
     ([] without paging). tp_heads: the query heads of each TP rank; tp_kv_heads: key/value heads per rank.
     dp_requests: the requests of each DP rank. crossover: MLA's ``[new, decompressed FLOPs, absorbed FLOPs]`` rows
-    ([] for other variants) and ``crossover_at`` where they cross. measured_dense / measured_sparse: a comparison's
-    attention seconds on this machine (None when not measured). svg: the picture (src/attnsparse_widget/cost_svg.py),
-    every tensor and op a group with its ``data-id``."""
+    ([] for other variants) and ``crossover_at`` where they cross; pipeline_flops: this batch's layer FLOPs on each
+    pipeline, side by side ("prefill", "decode"; {} for other variants). measured_dense / measured_sparse: a
+    comparison's attention seconds on this machine (None when not measured). svg: the picture
+    (src/attnsparse_widget/cost_svg.py), every tensor and op a group with its ``data-id``."""
 
     title: str
     variant: str
@@ -621,6 +622,7 @@ class ExplorerGraph(TypedDict):
     dp_requests: list[list[int]]
     crossover: list[list[float]]
     crossover_at: float | None
+    pipeline_flops: dict[str, float]
     measured_dense: float | None
     measured_sparse: float | None
     svg: str

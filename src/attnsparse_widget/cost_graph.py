@@ -330,6 +330,9 @@ def graph_payload(
         dp_requests=[list(r) for r in costs.dp_ranks(workload)],
         crossover=_crossover(config, workload) if shape.mla else [],
         crossover_at=_finite(costs.mla_crossover(config, workload.requests[0][0])) if shape.mla else None,
+        pipeline_flops={p: costs.layer_totals(config, counted, mask=keep, pipeline=p)["flops"] for p in costs.PIPELINES}
+        if shape.mla
+        else {},
         measured_dense=None if measured is None else measured.get("dense"),
         measured_sparse=None if measured is None else measured.get("sparse"),
         svg="",
