@@ -320,6 +320,8 @@ export interface WidgetState {
   export_path: string;
   per_layer: boolean;
   time_attention: boolean;
+  /** the mask at its paper's own budget and parameters (sparsity="paper"): the slider is set aside */
+  paper_budget: boolean;
   max_tokens: number;
   /** the masked pass shown: "sparse" (post-hoc) or "adapted" */
   compare_with: string;

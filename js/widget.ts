@@ -85,6 +85,9 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
   const maskPaper = h("div", { class: "asw-mask-desc" });
   const slider = h("input", { type: "range", min: "0", max: "99", step: "1", class: "asw-sparsity", "aria-label": "sparsity" }) as HTMLInputElement;
   const sparsityLabel = h("span", { class: "asw-sparsity-label" });
+  const paperBudget = h("input", { type: "checkbox", class: "asw-paper", "aria-label": "the paper's budget" }) as HTMLInputElement;
+  const paperLabel = h("label", { class: "asw-paper-label", title: "every parameter, the budget included, as the mask's paper ships it (sparsity=\"paper\")" });
+  paperLabel.append(paperBudget, document.createTextNode(" paper"));
   const params = h("div", { class: "asw-params" });
   const layer = h("input", { type: "range", min: "0", max: "0", step: "1", class: "asw-layer", "aria-label": "layer" }) as HTMLInputElement;
   const layerLabel = h("span", { class: "asw-layer-label" });
@@ -109,7 +112,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
   controls.append(
     row(text, run),
     row(h("label", {}, "mask"), maskSel, maskPaper),
-    row(h("label", {}, "sparsity"), slider, sparsityLabel, params),
+    row(h("label", {}, "sparsity"), slider, paperLabel, sparsityLabel, params),
     row(h("label", {}, "layer"), layer, layerLabel, h("label", {}, "head"), headSel, busy),
     adaptRow,
   );
@@ -206,6 +209,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
   maskSel.onchange = () => { m.set("mask_params", {}); set("mask", maskSel.value); };
   slider.oninput = () => paintSparsity();
   slider.onchange = () => set("sparsity", Number(slider.value) / 100);
+  paperBudget.onchange = () => set("paper_budget", paperBudget.checked);
   layer.oninput = () => { layerLabel.textContent = `L${layer.value}`; };
   layer.onchange = () => set("layer", Number(layer.value));
   headSel.onchange = () => set("head", Number(headSel.value));
@@ -283,10 +287,12 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
     const met = metricsOf();
     const info = infoOf();
     const achieved = met.achieved_sparsity;
-    let textOut = `requested ${slider.value}% · achieved ${pct(achieved)}`;
+    const paper = Boolean(m.get("paper_budget"));
+    slider.disabled = paper;
+    let textOut = paper ? `the paper's budget · achieved ${pct(achieved)}` : `requested ${slider.value}% · achieved ${pct(achieved)}`;
     const [lo, hi] = info.reachable ?? [];
     const req = Number(slider.value) / 100;
-    if (typeof lo === "number" && typeof hi === "number" && (req > hi + 0.01 || req < lo - 0.01)) {
+    if (!paper && typeof lo === "number" && typeof hi === "number" && (req > hi + 0.01 || req < lo - 0.01)) {
       textOut += ` (this mask reaches ${pct(lo, 0)}–${pct(hi, 0)} at ${info.n_tokens} tokens)`;
     }
     sparsityLabel.textContent = textOut;
@@ -313,6 +319,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
     positionInput.max = String(Math.max(0, (info.n_tokens ?? 1) - 1));
     perLayer.checked = Boolean(m.get("per_layer"));
     timeAttention.checked = Boolean(m.get("time_attention"));
+    paperBudget.checked = Boolean(m.get("paper_budget"));
     note.textContent = info.note ?? "";
     note.style.display = info.note ? "" : "none";
     paintSparsity();
@@ -578,6 +585,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
   m.on("change:next_tokens", () => invalidate("output"));
   m.on("change:status", paintStatus);
   for (const name of ["text", "sparsity", "layer", "head", "per_layer"] as const) m.on(`change:${name}`, paintControls);
+  m.on("change:paper_budget", () => { paintControls(); paintSparsity(); });
 
   paintCatalog();
   paintParams();

@@ -1,6 +1,7 @@
 """``attnsparse``: the command line.
 
 attnsparse compare --text "..." --mask sink_window --sparsity 0.5
+attnsparse compare --text "..." --mask dsa --sparsity paper   # DSA as DeepSeek ships it (k = 2048)
 attnsparse masks                      # every mask id with its description and parameters
 attnsparse app [--port 8866]          # the widget as a standalone web app (Voila), on 127.0.0.1
 attnsparse app --explore              # the attention cost explorer as the app
@@ -51,7 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--text", default=DEFAULT_TEXT, help="input text (default: a short paragraph)")
     cmp.add_argument("--model", default=None, help="hub id or local path (default: embedded SmolLM2-135M)")
     cmp.add_argument("--mask", default="sink_window", help=f"mask id, one of: {', '.join(masks.ids())}")
-    cmp.add_argument("--sparsity", type=float, default=None, help="fraction of allowed pairs dropped, [0, 1)")
+    cmp.add_argument(
+        "--sparsity",
+        type=_sparsity,
+        default=None,
+        help="fraction of allowed pairs dropped, [0, 1); or 'paper': the mask's paper's own budget and parameters",
+    )
     cmp.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a mask parameter")
     cmp.add_argument("--tokens", type=int, default=20, help="greedy continuation length (default 20)")
     cmp.add_argument("--max-tokens", type=int, default=None, help="truncate the text to this many tokens")
@@ -139,6 +145,16 @@ def _read_text(path: str, option: str) -> str | None:
     except OSError as err:
         print(f"attnsparse: error: cannot read {option}: {err}", file=sys.stderr)
         return None
+
+
+def _sparsity(value: str) -> float | str:
+    """``--sparsity``: a number, or "paper"."""
+    if value == "paper":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) or 'paper', got {value!r}") from None
 
 
 def _app(args: argparse.Namespace) -> int:

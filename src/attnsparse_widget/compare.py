@@ -8,7 +8,7 @@ pass), :mod:`.dense_cache`, :mod:`.measure` (the metrics), :mod:`.replay` (the p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
@@ -25,7 +25,7 @@ def compare(
     model: Any = None,
     text: str | None = None,
     mask: str | Mask = "sink_window",
-    sparsity: float | None = None,
+    sparsity: float | Literal["paper"] | None = None,
     *,
     tokenizer: PreTrainedTokenizerBase | None = None,
     per_layer: bool = True,
@@ -44,7 +44,9 @@ def compare(
         text: the input text.
         mask: a mask id (see ``masks.available()``) or a ``Mask`` instance.
         sparsity: fraction of the allowed query-key pairs to drop, in [0, 1). None: 0.5, unless the mask's budget
-            parameter is given explicitly (e.g. ``window=64``).
+            parameter is given explicitly (e.g. ``window=64``). ``"paper"``: every parameter, the budget included,
+            as the mask's paper ships it (DSA's k = 2048: 0.5625 at 8192 tokens); ``res.metrics.notes`` says what
+            was used and ``res.metrics.achieved_sparsity`` what it dropped.
         per_layer: also compute the per-layer and cumulative perplexity curves (about L extra forward passes).
         continuation_tokens: greedy tokens to generate under each regime (0 to skip).
         max_tokens: truncate the text to this many tokens (otherwise a text longer than the model's positions

@@ -436,7 +436,8 @@ class ExportGifMessage(_ExportGifKeys, total=False):
 class WidgetState(TypedDict):
     """Every synced trait of the widget and its type. Inputs (set by Python or the frontend's controls): text, mask,
     sparsity, mask_params, layer, head, zoom (``[q0, q1, k0, k1]`` or ``[]``), position (-1: the last), per_layer,
-    time_attention (measure the attention time),
+    time_attention (measure the attention time), paper_budget (the mask at its paper's own budget and parameters,
+    ``sparsity="paper"``: the slider is set aside),
     max_tokens, export_path, compare_with ("sparse" or "adapted": the masked pass shown), adapt_steps. Outputs
     (computed by the kernel): catalog, caveat, info, tokens (the tokens as readable strings), metrics, view,
     dense_map (the view's dense values), next_tokens (the top-5 after ``position``), layer_chart (the per-layer
@@ -464,6 +465,7 @@ class WidgetState(TypedDict):
     export_path: str
     per_layer: bool
     time_attention: bool
+    paper_budget: bool
     max_tokens: int
     compare_with: str
     adapt_steps: int

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 CAVEAT = (
     "A post-hoc mask on a model trained with dense attention shows degradation, not how a model trained with "
     "sparse attention (NSA, DSA) behaves. MLA compresses the KV cache and drops no pairs."
@@ -56,3 +58,8 @@ def below_dense_note(delta_nll: float, noise: float, n_scored: int) -> str:
         f"the mask lowers perplexity beyond this text's noise ({measured}): some heads attend to tokens that mislead "
         f"the next-token prediction here, and dropping them helps on this text; it need not on another"
     )
+
+
+def paper_note(mask: Any, achieved: float) -> str:
+    """What ``sparsity='paper'`` ran: the mask at its paper's parameters, and the sparsity that gave."""
+    return f"sparsity='paper': {mask!r} as its paper ships it, {achieved:.4f} of the allowed pairs dropped"

@@ -40,7 +40,7 @@ import warnings
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from transformers import PreTrainedTokenizerBase
 
@@ -60,7 +60,7 @@ from .measure import (
     sparsity_metrics,
     timed_layers,
 )
-from .messages import NOTE_NO_REPLAY, adapted_elsewhere_note, truncation_note
+from .messages import NOTE_NO_REPLAY, adapted_elsewhere_note, paper_note, truncation_note
 from .models import display_name, resolve_model
 from .passes import captured_pass, greedy_continuation, masked_pass, model_is_causal, next_token_stats, view_first
 from .replay import iter_per_layer
@@ -135,7 +135,7 @@ class Request:
 
     text: str | None = None
     mask: str | Mask = "sink_window"
-    sparsity: float | None = None
+    sparsity: float | Literal["paper"] | None = None
     mask_params: Mapping[str, Any] = field(default_factory=dict)
     per_layer: bool = True
     continuation_tokens: int = 20
@@ -150,6 +150,13 @@ class Request:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mask_params", MappingProxyType(dict(self.mask_params)))
+        if isinstance(self.sparsity, str) and self.sparsity != mask_library.PAPER:
+            raise ValueError(
+                f"sparsity must be a number in [0, 1) or 'paper' (every parameter, the budget included, from the "
+                f"mask's paper), got {self.sparsity!r}"
+            )
+        if self.sparsity == mask_library.PAPER and self.train is not None:
+            raise ValueError("adapting takes a sparsity in [0, 1): pass a number, not 'paper', with train=")
 
 
 def stages(model: Any, request: Request, *, tokenizer: PreTrainedTokenizerBase | None = None) -> Stages:
@@ -394,11 +401,14 @@ def prepare(model: Any, request: Request, *, tokenizer: PreTrainedTokenizerBase 
         raise ValueError(
             f"mask {cls.id!r} is a decoding-time idea and needs a causal model; {type(model).__name__} is an encoder"
         )
-    requested = sparsity
-    if requested is None and not (cls.budget is not None and cls.budget in mask_params) and not isinstance(mask, Mask):
-        requested = DEFAULT_SPARSITY
+    paper = sparsity == mask_library.PAPER  # the paper's own budget: no sparsity is asked, the achieved one reported
+    requested = None if paper else cast(float | None, sparsity)
+    if requested is None and not paper and not (cls.budget is not None and cls.budget in mask_params):
+        requested = None if isinstance(mask, Mask) else DEFAULT_SPARSITY
     # the request is judged on the mask the sparse pass applies (below), not on this estimate
-    resolved = mask_library.resolve(mask, n_tokens, requested, causal, warn=False, **mask_params)
+    resolved = mask_library.resolve(
+        mask, n_tokens, mask_library.PAPER if paper else requested, causal, warn=False, **mask_params
+    )
     # a score-dependent budget set by the slider is sized again per layer on the layer's real scores
     calibrate = requested is not None and mask_library.calibrated_per_layer(resolved)
     keep_cache = continuation_tokens > 0
@@ -435,6 +445,9 @@ def prepare(model: Any, request: Request, *, tokenizer: PreTrainedTokenizerBase 
         if shortfall is not None:  # more than 0.02 from the request: say what was used and why, here and as a note
             warnings.warn(shortfall, mask_library.SparsityOutOfReach, stacklevel=2)
             metrics.notes.append(shortfall)
+    if paper:
+        note = mask_library.at_paper(mask, n_tokens, **mask_params)[1]
+        metrics.notes.append(paper_note(resolved, metrics.achieved_sparsity) if note is None else note)
     metrics.notes.extend(request.notes)
     if full_length > n_tokens:
         metrics.notes.append(truncation_note(full_length, n_tokens, max_tokens))

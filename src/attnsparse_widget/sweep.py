@@ -19,11 +19,11 @@ import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, as_completed
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from .masks import SparsityOutOfReach
+from .masks import PAPER, SparsityOutOfReach
 
 COLUMNS = (
     "text",
@@ -81,7 +81,7 @@ class _Group:
     model: Any
     text_index: int
     text: str
-    cells: tuple[tuple[str, float], ...]
+    cells: tuple[tuple[str, float | Literal["paper"]], ...]
     max_tokens: int | None
     mask_params: dict[str, dict[str, Any]]
     adapt_steps: int | None = None
@@ -94,7 +94,8 @@ def _run_group(group: _Group) -> list[dict[str, Any]]:
 
     records = []
     for mask, sparsity in group.cells:
-        adapting = group.adapt_steps is not None and sparsity > 0 and mask != "dense"
+        # the paper's budget is run as it is, not adapted to (adapting takes a sparsity)
+        adapting = group.adapt_steps is not None and sparsity != PAPER and sparsity > 0 and mask != "dense"
         # one training per (mask, sparsity) (the pipeline's "adapting" stage): the texts after the first read it
         # from the disk cache
         request = Request(
@@ -137,7 +138,7 @@ def _run_group(group: _Group) -> list[dict[str, Any]]:
     return records
 
 
-def _check(masks: Sequence[str], sparsities: Sequence[float], texts: Sequence[str]) -> None:
+def _check(masks: Sequence[str], sparsities: Sequence[float | str], texts: Sequence[str]) -> None:
     from . import masks as library
     from .masks.base import check_sparsity
 
@@ -150,14 +151,15 @@ def _check(masks: Sequence[str], sparsities: Sequence[float], texts: Sequence[st
     if not sparsities:
         raise ValueError("sparsities must be a non-empty list of values in [0, 1)")
     for s in sparsities:
-        check_sparsity(s)
+        if s != PAPER:
+            check_sparsity(s)
 
 
 def sweep(
     model: Any = None,
     texts: Sequence[str] | None = None,
     masks: Sequence[str] = ("sliding_window", "sink_window", "topk"),
-    sparsities: Sequence[float] = (0.3, 0.5, 0.7, 0.8, 0.9),
+    sparsities: Sequence[float | Literal["paper"]] = (0.3, 0.5, 0.7, 0.8, 0.9),
     *,
     executor: Executor | None = None,
     max_tokens: int | None = None,
@@ -173,6 +175,8 @@ def sweep(
         model: as for :func:`~attnsparse_widget.compare` (None: the embedded default). With a process-based
             ``executor`` pass None or a hub id / path: every worker loads it itself.
         texts: the texts (default: :func:`~attnsparse_widget.sample_texts`).
+        sparsities: fractions of the allowed pairs to drop; ``"paper"`` among them runs each mask as its paper
+            ships it (its ``requested_sparsity`` is "paper", never adapted to: adapting takes a number).
         executor: a ``concurrent.futures.Executor`` to run the per-text groups on (default: this process).
         mask_params: per mask id, its own parameters, e.g. ``{"sink_window": {"sinks": 1}}``.
         progress: show a tqdm progress bar (one step per finished combination).
@@ -183,7 +187,7 @@ def sweep(
     from .texts import sample_texts
 
     texts = list(sample_texts() if texts is None else texts)
-    masks, sparsities = list(masks), [float(s) for s in sparsities]
+    masks, sparsities = list(masks), [s if s == PAPER else float(s) for s in sparsities]
     _check(masks, sparsities, texts)
     if adapt_steps is not None and (
         isinstance(adapt_steps, bool) or not isinstance(adapt_steps, int) or adapt_steps < 1
@@ -231,15 +235,17 @@ def plot_sweep(table: Iterable[dict[str, Any]], y: str = "sparse_ppl", log_y: bo
     for mask in dict.fromkeys(r["mask"] for r in records):
         rows = [r for r in records if r["mask"] == mask]
         xs, ys, lo, hi, text = [], [], [], [], []
-        for s in sorted({r["requested_sparsity"] for r in rows}):
-            cell = [r for r in rows if r["requested_sparsity"] == s]
+        cells = [[r for r in rows if r["requested_sparsity"] == s] for s in {r["requested_sparsity"]: 0 for r in rows}]
+        for cell in sorted(cells, key=lambda c: float(np.mean([r["achieved_sparsity"] for r in c]))):
+            s = cell[0]["requested_sparsity"]
             values = [r[y] for r in cell]
             xs.append(float(np.mean([r["achieved_sparsity"] for r in cell])))
             ys.append(float(np.mean(values)))
             lo.append(min(values))
             hi.append(max(values))
+            asked = "the paper's budget" if s == PAPER else f"requested {s:.0%}"
             text.append(
-                f"requested {s:.0%}, {len(cell)} text(s), range {min(values):.3g} – {max(values):.3g}"
+                f"{asked}, {len(cell)} text(s), range {min(values):.3g} – {max(values):.3g}"
                 + (" (out of reach: nearest used)" if any(r["out_of_reach"] for r in cell) else "")
             )
         spread = {

@@ -53,7 +53,7 @@ DEFAULT_TEXT = (
     "The lighthouse keeper wrote in his log every evening. The storm came from the west, and the ships stayed in "
     "the harbour until the wind turned."
 )
-_MODEL_INPUTS = ("text", "mask", "sparsity", "mask_params", "max_tokens")
+_MODEL_INPUTS = ("text", "mask", "sparsity", "paper_budget", "mask_params", "max_tokens")
 # the widget analyses a text up to the model's positions (max_position_embeddings); this many for a model that
 # states none
 MAX_TOKENS = 8192
@@ -112,6 +112,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
     per_layer = t.Bool(True).tag(sync=True)  # compute the per-layer perplexity curve (about 2L replayed passes)
     # measure the attention's wall time, dense against the mask on a block-sparse kernel (Mask tab; compiles once)
     time_attention = t.Bool(False).tag(sync=True)
+    paper_budget = t.Bool(False).tag(sync=True)  # the mask as its paper ships it (sparsity="paper")
     max_tokens = t.Int(MAX_TOKENS).tag(sync=True)  # a longer text is cut to its first max_tokens (with a note)
     compare_with = t.Unicode("sparse").tag(sync=True)  # the masked pass shown: "sparse" (post-hoc) or "adapted"
     adapt_steps = t.Int(DEFAULT_STEPS).tag(sync=True)  # training steps of the Adapt button
@@ -355,7 +356,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
         return pipeline.Request(
             text=self.text,
             mask=self.mask,
-            sparsity=self.sparsity,
+            sparsity=masks.PAPER if self.paper_budget else self.sparsity,
             mask_params=self.mask_params,
             per_layer=per_layer,
             continuation_tokens=CONTINUATION_TOKENS,
@@ -580,7 +581,7 @@ def show(
     model: Any = None,
     text: str = DEFAULT_TEXT,
     mask: str = "sink_window",
-    sparsity: float = 0.5,
+    sparsity: float | Literal["paper"] = 0.5,
     *,
     tokenizer: Any = None,
     **options: Any,
@@ -589,8 +590,11 @@ def show(
 
     ``options`` are the mask's own parameters (``window=64``) and the widget's settings (``layer=12``, ``head=3``,
     ``per_layer=False`` to skip the per-layer curve on long texts, ``export_path="layers.gif"``). Returns the
-    widget: set ``w.sparsity = 0.8`` or ``w.mask = "topk"`` from Python, or use its controls.
+    widget: set ``w.sparsity = 0.8`` or ``w.mask = "topk"`` from Python, or use its controls. ``sparsity="paper"``
+    runs the mask as its paper ships it (``w.paper_budget``, the "paper" box beside the slider).
     """
+    if sparsity == masks.PAPER:  # the "paper" choice beside the slider
+        return AttentionDiffWidget(model, tokenizer, text=text, mask=mask, paper_budget=True, **options)
     return AttentionDiffWidget(model, tokenizer, text=text, mask=mask, sparsity=sparsity, **options)
 
 

@@ -15,7 +15,7 @@ import textwrap
 import warnings
 from collections.abc import Mapping
 from dataclasses import fields
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -124,9 +124,16 @@ def get(name: str | Mask, **params: Any) -> Mask:
 
 
 def resolve(
-    name: str | Mask, n_keys: int, sparsity: float | None, causal: bool = True, *, warn: bool = True, **params: Any
+    name: str | Mask,
+    n_keys: int,
+    sparsity: float | str | None,
+    causal: bool = True,
+    *,
+    warn: bool = True,
+    **params: Any,
 ) -> Mask:
-    """The pattern with its budget set: from ``sparsity`` if given, else from ``params``/defaults.
+    """The pattern with its budget set: from ``sparsity`` if given, else from ``params``/defaults; ``"paper"``
+    (:data:`PAPER`): every parameter, the budget included, from the paper (:func:`at_paper`).
 
     Passing both ``sparsity`` and the budget parameter is ambiguous and raises. From ``LONG_TEXT_TOKENS`` keys on,
     parameters not passed take the paper's sizes where the defaults are shrunk for short texts
@@ -134,16 +141,42 @@ def resolve(
     budget the sparse pass calibrates again on the real scores, :func:`calibrated_per_layer`, and judges by its
     outcome, :func:`sparsity_shortfall`).
     """
+    if sparsity == PAPER:
+        return at_paper(name, n_keys, **params)[0]
     mask = get(name, **{**paper_sizes(name, n_keys, params), **params})
     if sparsity is None:
         return mask
-    check_sparsity(sparsity)
+    fraction = check_sparsity(sparsity)
     if mask.budget is not None and mask.budget in params:
         raise ValueError(
             f"pass either sparsity={sparsity} or {mask.budget}={params[mask.budget]} for {mask.id!r}, not both: "
             f"the sparsity slider sets {mask.budget}"
         )
-    return mask.with_sparsity(sparsity, n_keys, causal, warn=warn)
+    return mask.with_sparsity(fraction, n_keys, causal, warn=warn)
+
+
+PAPER: Literal["paper"] = "paper"  # sparsity="paper": the papers' own parameters, budget included (at_paper)
+
+
+def at_paper(name: str | Mask, n_keys: int, **params: Any) -> tuple[Mask, str | None]:
+    """The pattern as its paper ships it, for a text of ``n_keys`` tokens: every parameter of
+    ``Mask.paper_params``, the budget included (DSA's k = 2048, NSA's 16 blocks of 64 and a 512-key window,
+    Quest's 1024-token budget, StreamingLLM's 4 sinks in a 2048-token cache), ``params`` overriding them; and what
+    to tell the user, or None: a pattern whose paper gives no sizes takes its defaults, and a text no longer than
+    the paper's budget keeps every pair that budget covers (both are said, with the values used)."""
+    mask = get(name)
+    paper = dict(type(mask).paper_params)
+    sized = get(mask.id, **{**paper, **params})
+    used = ", ".join(f"{f.name}={getattr(sized, f.name)}" for f in fields(sized))
+    if not paper:
+        return sized, f"{mask.id} has no budget from its paper: sparsity='paper' used its defaults ({used})"
+    budget = type(mask).budget
+    if budget is not None and budget in paper and int(getattr(sized, budget)) >= n_keys:
+        return sized, (
+            f"the text ({n_keys} tokens) is no longer than {mask.id}'s paper budget ({budget}="
+            f"{getattr(sized, budget)}): every pair within it is kept ({used})"
+        )
+    return sized, None
 
 
 def paper_sizes(name: str | Mask, n_keys: int, params: Mapping[str, Any] | None = None) -> dict[str, int]:
@@ -235,8 +268,10 @@ def reference_markdown() -> str:
             "The defaults above are sized for texts of a few hundred tokens, where a paper's own sizes drop nothing "
             f"or everything. At {PAPER_TABLE_TOKENS} tokens (the default model's full context) they act as "
             f"published. From {LONG_TEXT_TOKENS} tokens on, the sizes in bold are the defaults "
-            "(`masks.paper_sizes`); the slider still sets the budget. Sparsity of score-dependent masks: on the "
-            "surrogate scores of `Mask.realised_sparsity` (the budget fixes it for `dsa`; on a model it depends on "
+            "(`masks.paper_sizes`); the slider still sets the budget. `sparsity=\"paper\"` (in `compare`, `show`, "
+            "`sweep`, the widget's *paper* box and `--sparsity paper`) runs a mask at all of these, its budget "
+            "included, and reports the sparsity that gives (`masks.at_paper`). Sparsity of score-dependent masks: on "
+            "the surrogate scores of `Mask.realised_sparsity` (the budget fixes it for `dsa`; on a model it depends on "
             "the scores for the others).",
             110,
             break_on_hyphens=False,
