@@ -160,13 +160,17 @@ def progress_text(states: dict[str, Any], model_id: str) -> str | None:
     return " ".join(t for t in texts if t) if found else None
 
 
-def widget_picture(png: bytes) -> dict[str, str]:
-    alt = "The widget's main view when the notebook finished (a static picture; run the notebook for the live one)"
+def widget_picture(png: bytes, svg: bool = False) -> dict[str, str]:
+    """A widget's static picture for the site: the comparison widget's main view (PNG), or the cost explorer's
+    picture (its own SVG, ``svg``)."""
+    what = "The cost explorer's picture" if svg else "The widget's main view"
+    alt = f"{what} when the notebook finished (a static picture; run the notebook for the live one)"
     img = base64.b64encode(png).decode("ascii")
+    kind = "svg+xml" if svg else "png"
     return {
-        "text/html": f'<figure class="asw-widget-picture"><img src="data:image/png;base64,{img}" alt="{alt}">'
+        "text/html": f'<figure class="asw-widget-picture"><img src="data:image/{kind};base64,{img}" alt="{alt}">'
         f"<figcaption>{html.escape(alt)}.</figcaption></figure>",
-        "text/plain": "[the widget's main view]",
+        "text/plain": f"[{what[4:]}]",
     }
 
 
@@ -192,7 +196,7 @@ def site_notebook(executed: Path) -> nbformat.NotebookNode:
                 if png.is_file():
                     out.data = widget_picture(png.read_bytes())
                 elif svg.is_file():  # the cost explorer's picture, as it draws it
-                    out.data = {"image/svg+xml": svg.read_text(encoding="utf-8")}
+                    out.data = widget_picture(svg.read_bytes(), svg=True)
                 elif text := progress_text(widget_states, model_id):
                     out.data = {"text/plain": text}  # a progress bar, as it ended (its saved text is its start)
                 else:
