@@ -120,6 +120,20 @@ def test_export_svg_writes_the_picture_on_screen(tmp_path):
     path = ex.export_svg(tmp_path / "layer.svg")
     text = path.read_text(encoding="utf-8")
     assert text == ex.graph["svg"] and text.startswith("<svg") and "q_proj" in text
+    # every label is inside the picture: nothing is drawn left of it
+    assert min(float(x) for x in re.findall(r'<text x="(-?[\d.]+)"[^>]*text-anchor="end"', text)) > 40
+
+
+@pytest.mark.model  # kaleido's Chromium, as every PNG export
+def test_export_png_renders_the_same_picture(tmp_path):
+    import imageio.v3 as iio
+
+    ex = aw.explore()
+    path = ex.export_png(tmp_path / "layer.png", scale=1)
+    width, height = (float(v) for v in re.findall(r'width="([\d.]+)" height="([\d.]+)"', ex.graph["svg"])[0])
+    image = iio.imread(path)
+    assert image.shape[:2] == (round(height), round(width))
+    assert (image[..., :3] < 200).any()  # something is drawn, not a blank page
 
 
 def test_the_frontend_offers_every_library_mask():

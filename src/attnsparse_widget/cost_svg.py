@@ -15,6 +15,7 @@ from .contract import ExplorerGraph, ExplorerOp, ExplorerTensor
 EDGE_MIN, EDGE_PER_DOUBLING, EDGE_MAX = 10.0, 7.0, 120.0  # px: an edge of n is MIN + PER·log2(n), at most MAX
 DEPTH_SCALE = 0.5  # depth edges are drawn shorter: they recede
 COLUMN_GAP, ROW_GAP, MARGIN = 56.0, 46.0, 30.0
+LABEL_ROOM = 56.0  # left of the first column: the height labels of its blocks ("ΣS_q=8192")
 OP_W, OP_H = 118.0, 30.0
 FILL = {"activation": "#9ecae1", "weight": "#d9d9d9", "cache": "#fdae6b", "chip": "#ffffff"}
 STROKE = {"activation": "#3182bd", "weight": "#737373", "cache": "#e6550d", "chip": "#9e9ac8"}
@@ -65,7 +66,7 @@ def layout(graph: ExplorerGraph) -> tuple[dict[str, Box], float, float]:
     for op in graph["ops"]:
         items.setdefault(op["column"] * 2 - 1, []).append((op["id"], OP_W, OP_H, 0.0))
     boxes: dict[str, Box] = {}
-    x = MARGIN
+    x = MARGIN + LABEL_ROOM
     height = 0.0
     for column in sorted(items):
         entries = items[column]
