@@ -268,7 +268,7 @@ def reference_markdown() -> str:
             "The defaults above are sized for texts of a few hundred tokens, where a paper's own sizes drop nothing "
             f"or everything. At {PAPER_TABLE_TOKENS} tokens (the default model's full context) they act as "
             f"published. From {LONG_TEXT_TOKENS} tokens on, the sizes in bold are the defaults "
-            "(`masks.paper_sizes`); the slider still sets the budget. `sparsity=\"paper\"` (in `compare`, `show`, "
+            '(`masks.paper_sizes`); the slider still sets the budget. `sparsity="paper"` (in `compare`, `show`, '
             "`sweep`, the widget's *paper* box and `--sparsity paper`) runs a mask at all of these, its budget "
             "included, and reports the sparsity that gives (`masks.at_paper`). Sparsity of score-dependent masks: on "
             "the surrogate scores of `Mask.realised_sparsity` (the budget fixes it for `dsa`; on a model it depends on "
