@@ -36,7 +36,7 @@ def test_what_was_used_is_said_when_the_paper_gives_no_budget_or_the_text_is_sho
 
 @pytest.mark.unit
 def test_a_sparsity_that_is_neither_a_number_nor_paper_is_refused():
-    with pytest.raises(ValueError, match="or 'paper'"):
+    with pytest.raises(TypeError, match="a number in \\[0, 1\\) or 'paper'"):
         pipeline.Request(text="x", sparsity="papers")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="adapting takes a sparsity"):
         pipeline.Request(text="x", sparsity="paper", train=Training(steps=5))

@@ -151,7 +151,7 @@ class Request:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mask_params", MappingProxyType(dict(self.mask_params)))
         if isinstance(self.sparsity, str) and self.sparsity != mask_library.PAPER:
-            raise ValueError(
+            raise TypeError(
                 f"sparsity must be a number in [0, 1) or 'paper' (every parameter, the budget included, from the "
                 f"mask's paper), got {self.sparsity!r}"
             )

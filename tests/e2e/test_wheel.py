@@ -1,5 +1,6 @@
 """The built wheel, as a user gets it: ``python -m build`` makes it; it installs into a fresh virtual environment,
-away from the repository and with no Node on the PATH, and ``aw.show`` renders in JupyterLab served from there.
+away from the repository and with no Node on the PATH, and ``aw.show`` and ``aw.explore`` render in JupyterLab
+served from there.
 The wheel carries plotly.js once (inside the widget's bundle)."""
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def test_wheel_in_a_fresh_environment_without_node(wheel: Path, tmp_path: Path) 
 
     root = tmp_path / "lab"
     root.mkdir()
-    write_notebook(root / "wheel.ipynb", ["import attnsparse_widget as aw\naw.show(per_layer=False)"])
+    write_notebook(root / "wheel.ipynb", ["import attnsparse_widget as aw\naw.show(per_layer=False)", "aw.explore()"])
     with jupyterlab(root, python=python, env=env) as url, chromium() as browser:
         page, errors = open_notebook(browser, f"{url}/lab/tree/wheel.ipynb")
         run_cell(page, 0)
@@ -72,4 +73,7 @@ def test_wheel_in_a_fresh_environment_without_node(wheel: Path, tmp_path: Path) 
         settled(page)
         before = page.locator(".asw-sparsity").input_value()
         assert slider_step(page) != before
+        run_cell(page, 1)  # the cost explorer, from the same bundle of the wheel
+        page.locator(".asx-root[data-rendered] .asx-tensor").first.wait_for(timeout=120_000)
+        assert page.locator(".asx-op", has_text="QK^T").count() == 1
         assert not errors, errors
