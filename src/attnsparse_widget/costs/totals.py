@@ -7,7 +7,7 @@ import math
 from typing import Any, TypedDict
 
 from .hardware import Accelerator, accelerator
-from .ops import busiest_rank, tp_heads
+from .ops import OpCost, busiest_rank, tp_heads
 from .shape import ModelShape, model_shape
 from .workload import Workload, dp_ranks, paged_kv
 
@@ -49,16 +49,20 @@ def layer_totals(
     pipeline: str | None = None,
 ) -> Totals:
     """One attention layer's totals (see :class:`Totals` and :func:`~.ops.op_costs`)."""
+    rank, ops = busiest_rank(config, workload, pipeline=pipeline, mask=mask)
+    return totals_of(config, workload, rank, ops, accelerator_name)
+
+
+def totals_of(
+    config: Any, workload: Workload, rank: int, ops: list[OpCost], accelerator_name: str | Accelerator | None = None
+) -> Totals:
+    """The :class:`Totals` of ops already costed (``rank, ops`` from :func:`~.ops.busiest_rank`): what
+    :func:`layer_totals` returns, without costing the layer again."""
     shape = model_shape(config)
-    rank, ops = busiest_rank(shape, workload, pipeline=pipeline, mask=mask)
     members = dp_ranks(workload)[rank]
     tokens = sum(workload.requests[i][0] for i in members)
     paged = paged_kv(workload.with_requests([workload.requests[i] for i in members]))
     slots = tokens if paged is None else paged.total_blocks * paged.page_size
-    seconds = None
-    if accelerator_name is not None:
-        acc = accelerator(accelerator_name)
-        seconds = sum(r.seconds + r.comm_seconds for r in (op.roofline(acc) for op in ops))
     return Totals(
         flops=sum(op.flops for op in ops),
         bytes_read=sum(op.bytes_read for op in ops),
@@ -67,10 +71,16 @@ def layer_totals(
         kv_cache_bytes=slots * kv_bytes_per_token(shape, workload),
         kv_blocks=None if paged is None else paged.total_blocks,
         kv_occupancy=None if paged is None else paged.occupancy(tokens),
-        seconds=seconds,
+        seconds=None if accelerator_name is None else seconds_of(ops, accelerator_name),
         dp_rank=rank,
         layers=1,
     )
+
+
+def seconds_of(ops: list[OpCost], accelerator_name: str | Accelerator) -> float:
+    """The ops' lower-bound time on an accelerator: each op's roofline seconds plus its all-reduce."""
+    acc = accelerator(accelerator_name)
+    return sum(r.seconds + r.comm_seconds for r in (op.roofline(acc) for op in ops))
 
 
 def model_totals(
