@@ -54,12 +54,11 @@ def model_lock(model: nn.Module) -> threading.RLock:
 class LayerOutputs:
     """Outputs of the transformer blocks of one forward pass, to restart later passes from any block.
 
-    With ``every`` = k > 1 only the outputs of blocks k−1, 2k−1, … are kept (None for the others): a pass that
-    starts at block l first computes blocks c+1 … l−1 again from the nearest kept output c, each by the route the
-    recorded pass took (``recompute``, set by the pass: :func:`~attnsparse_widget.capture.replays.outputs_before`)."""
+    A block whose output was not kept (:func:`capture_layer_outputs`' ``every``) has None: a pass that starts at
+    block l first computes blocks c+1 … l−1 again from the nearest kept output c, each by the route the recorded
+    pass took (``recompute``, set by the pass: :func:`~attnsparse_widget.capture.replays.outputs_before`)."""
 
     outputs: list[Any] = field(default_factory=list)
-    every: int = 1
     # how to compute a skipped block again exactly (a :class:`~attnsparse_widget.capture.plan.Recomputation`, set
     # by the pass that recorded these outputs; typed loosely here: this module sits below the capture layer)
     recompute: Any = None
@@ -97,7 +96,6 @@ def capture_layer_outputs(model: nn.Module, into: LayerOutputs, every: int = 1) 
         yield into
         return
     into.outputs = [None] * len(stack)
-    into.every = every
     handles = []
     slab: list[Tensor] = []
     n_kept = len(stack) // every

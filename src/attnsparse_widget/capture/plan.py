@@ -100,8 +100,8 @@ Route = tuple[str, int]
 
 @dataclass(frozen=True)
 class Recomputation:
-    """What computes a pass's skipped blocks again exactly (:attr:`~attnsparse_widget.hooks.LayerOutputs.every`):
-    the pass's mask, seed, per-layer budgets and blocks of rows (``cell``), and the route each layer took."""
+    """What computes a pass's skipped blocks again exactly (``passes.OUTPUTS_EVERY``): the pass's mask, seed,
+    per-layer budgets and blocks of rows (``cell``), and the route each layer took."""
 
     mask: Mask | None
     seed: int

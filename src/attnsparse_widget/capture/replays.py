@@ -189,7 +189,7 @@ def _replayed(
 def outputs_before(model: PreTrainedModel, ids: Tensor, layer: int, outputs: LayerOutputs) -> LayerOutputs:
     """``outputs`` with block ``layer − 1``'s output at hand, for a pass that starts at ``layer``
     (:func:`~attnsparse_widget.hooks.start_at_layer`): when that block's output was not kept
-    (:attr:`LayerOutputs.every`), blocks ``c + 1 … layer − 1`` are computed again from the nearest kept output ``c``.
+    (``passes.OUTPUTS_EVERY``), blocks ``c + 1 … layer − 1`` are computed again from the nearest kept output ``c``.
 
     Exact, bit for bit: block ``c + 1`` gets exactly the input it had in the recorded pass (``c``'s output), and
     each block computed again takes the route its attention call took then (:data:`~.plan.Route`: the same kernel,
