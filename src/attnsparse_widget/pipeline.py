@@ -406,9 +406,11 @@ def prepare(model: Any, request: Request, *, tokenizer: PreTrainedTokenizerBase 
     if requested is None and not paper and not (cls.budget is not None and cls.budget in mask_params):
         requested = None if isinstance(mask, Mask) else DEFAULT_SPARSITY
     # the request is judged on the mask the sparse pass applies (below), not on this estimate
-    resolved = mask_library.resolve(
-        mask, n_tokens, mask_library.PAPER if paper else requested, causal, warn=False, **mask_params
-    )
+    paper_said: str | None = None  # what sparsity="paper" used, when the paper alone does not say it
+    if paper:
+        resolved, paper_said = mask_library.at_paper(mask, n_tokens, **mask_params)
+    else:
+        resolved = mask_library.resolve(mask, n_tokens, requested, causal, warn=False, **mask_params)
     # a score-dependent budget set by the slider is sized again per layer on the layer's real scores
     calibrate = requested is not None and mask_library.calibrated_per_layer(resolved)
     keep_cache = continuation_tokens > 0
@@ -446,8 +448,7 @@ def prepare(model: Any, request: Request, *, tokenizer: PreTrainedTokenizerBase 
             warnings.warn(shortfall, mask_library.SparsityOutOfReach, stacklevel=2)
             metrics.notes.append(shortfall)
     if paper:
-        note = mask_library.at_paper(mask, n_tokens, **mask_params)[1]
-        metrics.notes.append(paper_note(resolved, metrics.achieved_sparsity) if note is None else note)
+        metrics.notes.append(paper_note(resolved, metrics.achieved_sparsity) if paper_said is None else paper_said)
     metrics.notes.extend(request.notes)
     if full_length > n_tokens:
         metrics.notes.append(truncation_note(full_length, n_tokens, max_tokens))
