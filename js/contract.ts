@@ -370,7 +370,7 @@ export interface ExplorerSettings {
   selected: string;
 }
 
-/** A tensor of the layer: `shape` with a name per dim (`dims`), the `bytes` it moves (stored values only), `role` ("activation", "weight", "cache" or "chip": never leaves the chip), and its `column` left to right. */
+/** A tensor of the layer: `shape` with a name per dim (`dims`), the `bytes` it moves (stored values only), `role` ("activation", "weight", "cache" or "chip": never leaves the chip), its `column` left to right and its `lane` (the row of the picture it is drawn in: MLA draws each pipeline in a lane of its own, `lanes`). */
 export interface ExplorerTensor {
   id: string;
   name: string;
@@ -379,6 +379,7 @@ export interface ExplorerTensor {
   bytes: number;
   role: string;
   column: number;
+  lane: number;
 }
 
 /** An op on one accelerator: `seconds` = max(compute, memory) at the `peak` FLOP/s of the `dtype` it runs in and the HBM `bandwidth` (bytes/s); `ridge` in FLOPs per byte; `bound` "compute" or "memory"; `comm_seconds`: its all-reduce over NVLink. */
@@ -402,6 +403,7 @@ export interface ExplorerOp {
   kind: string;
   stage: string;
   column: number;
+  lane: number;
   inputs: string[];
   output: string;
   flops: number;
@@ -443,6 +445,8 @@ export interface ExplorerGraph {
   title: string;
   variant: string;
   pipeline: string;
+  lanes: string[];
+  costed_lane: number;
   tensors: ExplorerTensor[];
   ops: ExplorerOp[];
   totals: ExplorerTotals;

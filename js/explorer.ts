@@ -223,7 +223,7 @@ export function renderExplorer(m: AnyModel<ExplorerState>, el: HTMLElement): () 
     ];
     if (g.pipeline) {
       const f = g.pipeline_flops;
-      rows.push(["MLA pipelines, one layer", `decompressed ${si(f.prefill, "FLOP")} · absorbed ${si(f.decode, "FLOP")}: drawn ${g.pipeline === "prefill" ? "decompressed" : "absorbed"}`]);
+      rows.push(["MLA pipelines, one layer", `decompressed ${si(f.prefill, "FLOP")} · absorbed ${si(f.decode, "FLOP")}: the totals count the ${g.pipeline === "prefill" ? "decompressed" : "absorbed"} one (both drawn)`]);
     }
     if (g.measured_dense !== null || g.measured_sparse !== null) {
       rows.push(["measured on this machine", `attention ${seconds(g.measured_dense)} dense, ${seconds(g.measured_sparse)} sparse (this machine, not ${acc})`]);

@@ -46,7 +46,7 @@ describe("numbers", () => {
 });
 
 const op: ExplorerOp = {
-  id: "op6", name: "QK^T", kind: "matmul", stage: "attention", column: 4, inputs: ["t1", "t2"], output: "t3",
+  id: "op6", name: "QK^T", kind: "matmul", stage: "attention", column: 4, lane: 0, inputs: ["t1", "t2"], output: "t3",
   flops: 1e12, bytes_read: 2e9, bytes_written: 1e9, comm_bytes: 0, intensity: 1e12 / 3e9, dtype: "bf16",
   rooflines: [
     { accelerator: "A100", dtype: "bf16", seconds: 0.0032, compute_seconds: 0.0032, memory_seconds: 0.00147, comm_seconds: 0, bound: "compute", ridge: 153, peak: 312e12, bandwidth: 2.039e12 },

@@ -17,6 +17,7 @@ from tiny_models import ToyTokenizer, build
 import attnsparse_widget as aw
 from attnsparse_widget import contract, costs, masks
 from attnsparse_widget.cost_graph import config_of, workload_of
+from attnsparse_widget.cost_svg import layout
 
 pytestmark = pytest.mark.unit
 
@@ -81,6 +82,43 @@ def test_a_control_recosts_and_a_block_follows_its_dims():
     graph = ex.graph
     ex.settings = {**ex.settings, "selected": "op3"}
     assert ex.graph is graph
+
+
+def test_mla_draws_both_pipelines_in_lanes_of_their_own():
+    ex = aw.explore("DeepSeek-V3", requests=[[8192, 8192]])
+    graph, settings = ex.graph, ex.settings
+    config, workload = config_of(settings), workload_of(settings)
+    for lane, pipeline in enumerate(costs.PIPELINES):  # decompressed above absorbed, each exactly as costs counts it
+        drawn = [(o["name"], o["flops"]) for o in graph["ops"] if o["lane"] == lane]
+        assert drawn == [(o.name, o.flops) for o in costs.op_costs(config, workload, pipeline=pipeline)]
+        assert graph["pipeline_flops"][pipeline] == sum(f for _, f in drawn)
+    assert graph["pipeline"] == "prefill" and graph["costed_lane"] == 0  # a prefill: decompressed is cheaper
+    assert "costed in the totals" in graph["lanes"][0] and "not costed" in graph["lanes"][1]
+    assert graph["totals"]["layer_flops"] == graph["pipeline_flops"]["prefill"]
+    boxes, starts, _, _ = layout(graph)
+    lowest = max(boxes[t["id"]].y + boxes[t["id"]].h for t in graph["tensors"] if t["lane"] == 0)
+    assert starts[1] > lowest  # the absorbed lane's title and blocks start below every block of the first lane
+    assert all(boxes[t["id"]].y - boxes[t["id"]].dy > starts[1] for t in graph["tensors"] if t["lane"] == 1)
+    assert re.search(r'data-lane="1" opacity=', graph["svg"]) and not re.search(r'data-lane="0" opacity=', graph["svg"])
+    ex.settings = {**ex.settings, "pipeline": "decode"}  # the user picks the absorbed one: it is the one costed
+    assert ex.graph["costed_lane"] == 1 and ex.graph["totals"]["layer_flops"] == graph["pipeline_flops"]["decode"]
+    assert aw.explore().graph["lanes"] == [] and {o["lane"] for o in aw.explore().graph["ops"]} == {0}
+
+
+@pytest.mark.parametrize("preset", ["SmolLM2-135M", "DeepSeek-V3", "DeepSeek-V3.2"])
+def test_the_layout_runs_left_to_right_with_no_two_boxes_overlapping(preset):
+    graph = aw.explore(preset, requests=[[4096, 4096], [4096, 1]], flash=preset == "SmolLM2-135M").graph
+    boxes, _, width, height = layout(graph)
+    column = {t["id"]: t["column"] for t in graph["tensors"]}
+    for op in graph["ops"]:  # an op sits right of every input and left of its output, in its own lane
+        assert all(column[i] < op["column"] for i in op["inputs"]) and column[op["output"]] == op["column"] + 1
+        assert all(boxes[i].right < boxes[op["id"]].x for i in op["inputs"])
+        assert boxes[op["id"]].x + boxes[op["id"]].w < boxes[op["output"]].x
+    rects = [(b.x, b.y - b.dy, b.x + b.w + b.dx, b.y + b.h) for b in boxes.values()]  # with the top and side faces
+    for k, (x0, y0, x1, y1) in enumerate(rects):
+        assert 0 <= x0 and x1 <= width and 0 <= y0 and y1 <= height
+        for a0, b0, a1, b1 in rects[k + 1 :]:
+            assert x1 <= a0 or a1 <= x0 or y1 <= b0 or b1 <= y0, "two boxes overlap"
 
 
 def test_a_bad_setting_is_explained_and_keeps_the_last_picture():

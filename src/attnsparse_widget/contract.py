@@ -518,7 +518,8 @@ class ExplorerSettings(TypedDict):
 
 class ExplorerTensor(TypedDict):
     """A tensor of the layer: ``shape`` with a name per dim (``dims``), the ``bytes`` it moves (stored values only),
-    ``role`` ("activation", "weight", "cache" or "chip": never leaves the chip), and its ``column`` left to right."""
+    ``role`` ("activation", "weight", "cache" or "chip": never leaves the chip), its ``column`` left to right and its
+    ``lane`` (the row of the picture it is drawn in: MLA draws each pipeline in a lane of its own, ``lanes``)."""
 
     id: str
     name: str
@@ -527,6 +528,7 @@ class ExplorerTensor(TypedDict):
     bytes: float
     role: str
     column: int
+    lane: int
 
 
 class ExplorerRoofline(TypedDict):
@@ -547,7 +549,7 @@ class ExplorerRoofline(TypedDict):
 
 
 class ExplorerOp(TypedDict):
-    """An op between tensors (ids in ``inputs`` and ``output``), at ``column``, with its costs
+    """An op between tensors (ids in ``inputs`` and ``output``), at ``column`` of ``lane``, with its costs
     (:class:`~attnsparse_widget.costs.OpCost`) and its roofline on every accelerator."""
 
     id: str
@@ -555,6 +557,7 @@ class ExplorerOp(TypedDict):
     kind: str
     stage: str
     column: int
+    lane: int
     inputs: list[str]
     output: str
     flops: float
@@ -598,7 +601,9 @@ class ExplorerTiles(TypedDict):
 class ExplorerGraph(TypedDict):
     """The ``graph`` trait of the cost explorer: what it draws (src/attnsparse_widget/cost_graph.py).
 
-    pipeline: the MLA pipeline costed ("prefill" decompressed, "decode" absorbed; "" for other variants). pairs:
+    pipeline: the MLA pipeline costed ("prefill" decompressed, "decode" absorbed; "" for other variants). lanes: the
+    picture's rows, top to bottom, each with its title (MLA: both pipelines, decompressed above absorbed, the one not
+    costed drawn faded; [] for one unnamed lane); costed_lane: the lane the totals count. pairs:
     pairs per head scored by the batch (``dense_pairs`` with no mask). mask: the batch's mask picture (f2: the
     fraction of a cell's pairs computed, NaN outside every request). block_table: paged KV's block ids per request
     ([] without paging). tp_heads: the query heads of each TP rank; tp_kv_heads: key/value heads per rank.
@@ -611,6 +616,8 @@ class ExplorerGraph(TypedDict):
     title: str
     variant: str
     pipeline: str
+    lanes: list[str]
+    costed_lane: int
     tensors: list[ExplorerTensor]
     ops: list[ExplorerOp]
     totals: ExplorerTotals

@@ -23,7 +23,7 @@ from .contract import (
     ExplorerTiles,
     ExplorerTotals,
 )
-from .cost_svg import graph_svg
+from .cost_svg import graph_svg, si
 from .costs import Workload
 from .payload import matrix
 
@@ -173,12 +173,19 @@ def _rooflines(op: costs.OpCost) -> list[ExplorerRoofline]:
     return out
 
 
-def _layout(ops: list[costs.OpCost]) -> tuple[list[ExplorerTensor], list[ExplorerOp]]:
+def _layout(
+    ops: list[costs.OpCost],
+    lane: int = 0,
+    tensors: list[ExplorerTensor] | None = None,
+    out_ops: list[ExplorerOp] | None = None,
+) -> tuple[list[ExplorerTensor], list[ExplorerOp]]:
     """Tensors and ops in columns, left to right: a tensor made by an op sits one column right of it, an op one
-    column right of its latest input; weights and caches read by an op sit in the column of its other inputs."""
-    tensors: list[ExplorerTensor] = []
-    latest: dict[str, int] = {}  # tensor name -> index of its newest node
-    out_ops: list[ExplorerOp] = []
+    column right of its latest input; weights and caches read by an op sit in the column of its other inputs. A
+    second lane (MLA's other pipeline) is appended to the ``tensors`` and ``out_ops`` of the first: ids stay
+    unique across the picture."""
+    tensors = [] if tensors is None else tensors
+    out_ops = [] if out_ops is None else out_ops
+    latest: dict[str, int] = {}  # tensor name -> index of its newest node in this lane
 
     def node(spec: costs.TensorSpec, column: int) -> int:
         tensors.append(
@@ -190,11 +197,12 @@ def _layout(ops: list[costs.OpCost]) -> tuple[list[ExplorerTensor], list[Explore
                 bytes=spec.bytes,
                 role=spec.role,
                 column=column,
+                lane=lane,
             )
         )
         return len(tensors) - 1
 
-    for i, op in enumerate(ops):
+    for op in ops:
         made = [latest.get(t.name) for t in op.inputs if t.role == "activation"]
         column = 1 + max((tensors[j]["column"] for j in made if j is not None), default=0)
         inputs = []
@@ -209,11 +217,12 @@ def _layout(ops: list[costs.OpCost]) -> tuple[list[ExplorerTensor], list[Explore
         latest[op.output.name] = out
         out_ops.append(
             ExplorerOp(
-                id=f"op{i}",
+                id=f"op{len(out_ops)}",
                 name=op.name,
                 kind=op.kind,
                 stage=op.stage,
                 column=column,
+                lane=lane,
                 inputs=inputs,
                 output=tensors[out]["id"],
                 flops=op.flops,
@@ -291,7 +300,13 @@ def graph_payload(
     counted = workload.changed(window=None, topk=None) if keep is not None else workload  # the mask says it all
     # the layer is costed once: a realised mask is counted on every cost (0.1 to 0.3 s a count at 8192 tokens)
     rank, ops = costs.ops.busiest_rank(config, counted, pipeline=pipeline, mask=keep)
-    tensors, out_ops = _layout(ops)
+    used = "" if not shape.mla else ("prefill" if any(o.name == "kv_b_proj" for o in ops) else "decode")
+    # MLA: both pipelines drawn, decompressed above absorbed (each costed once: the one not used here now)
+    by_pipeline = {p: _pipeline_ops(config, counted, keep, p, used, ops) for p in costs.PIPELINES} if used else {}
+    tensors: list[ExplorerTensor] = []
+    out_ops: list[ExplorerOp] = []
+    for lane, lane_ops in enumerate(by_pipeline.values() if used else [ops]):
+        _layout(lane_ops, lane, tensors, out_ops)
     layer = costs.totals.totals_of(config, counted, rank, ops)
     seconds = {key: costs.totals.seconds_of(ops, key) for key in costs.ACCELERATORS}
     dense = costs.attention_pairs(Workload(workload.requests))
@@ -299,11 +314,13 @@ def graph_payload(
     heads, kv_heads = costs.ops.tp_heads(shape, workload.tp)
     grid = costs.tile_grid(counted, keep)
     paged = costs.paged_kv(workload)
-    used = "" if not shape.mla else ("prefill" if any(o.name == "kv_b_proj" for o in ops) else "decode")
+    pipeline_flops = {p: float(sum(o.flops for o in p_ops)) for p, p_ops in by_pipeline.items()}
     graph = ExplorerGraph(
         title=f"{settings['preset']} · {shape.variant} · {len(workload.requests)} request(s)",
         variant=shape.variant,
         pipeline=used,
+        lanes=[_lane_title(p, used, pipeline_flops) for p in by_pipeline],
+        costed_lane=list(by_pipeline).index(used) if used else 0,
         tensors=tensors,
         ops=out_ops,
         totals=ExplorerTotals(
@@ -336,11 +353,7 @@ def graph_payload(
         dp_requests=[list(r) for r in costs.dp_ranks(workload)],
         crossover=_crossover(config, workload) if shape.mla else [],
         crossover_at=_finite(costs.mla_crossover(config, workload.requests[0][0])) if shape.mla else None,
-        pipeline_flops={
-            p: sum(o.flops for o in _pipeline_ops(config, counted, keep, p, used, ops)) for p in costs.PIPELINES
-        }
-        if shape.mla
-        else {},
+        pipeline_flops=pipeline_flops,
         measured_dense=None if measured is None else measured.get("dense"),
         measured_sparse=None if measured is None else measured.get("sparse"),
         svg="",
@@ -359,6 +372,17 @@ def _pipeline_ops(
 ) -> list[costs.OpCost]:
     """The layer's ops on MLA's ``pipeline``: ``ops`` when that is the one costed (``used``), else costed now."""
     return ops if pipeline == used else costs.ops.busiest_rank(config, workload, pipeline=pipeline, mask=keep)[1]
+
+
+PIPELINE_NAMES = {"prefill": "decompressed (prefill) pipeline", "decode": "absorbed (decode) pipeline"}
+
+
+def _lane_title(pipeline: str, used: str, flops: dict[str, float]) -> str:
+    """A lane's title: the MLA pipeline it draws, its FLOPs per layer, and whether the totals count it."""
+    other = flops["decode" if pipeline == "prefill" else "prefill"]
+    ratio = flops[pipeline] / other if other else math.inf
+    counted = "costed in the totals" if pipeline == used else "not costed"
+    return f"{PIPELINE_NAMES[pipeline]}: {si(flops[pipeline])} FLOP per layer, {ratio:.2f}x the other; {counted}"
 
 
 def _finite(value: float) -> float | None:

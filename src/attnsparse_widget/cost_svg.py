@@ -17,6 +17,7 @@ DEPTH_SCALE = 0.5  # depth edges are drawn shorter: they recede
 COLUMN_GAP, ROW_GAP, MARGIN = 56.0, 46.0, 30.0
 LABEL_ROOM = 56.0  # left of the first column: the height labels of its blocks ("ΣS_q=8192")
 OP_W, OP_H = 118.0, 30.0
+LANE_TITLE = 8.0  # a lane's title (MLA's pipelines): its baseline this far below the lane's top
 FILL = {"activation": "#9ecae1", "weight": "#d9d9d9", "cache": "#fdae6b", "chip": "#ffffff"}
 STROKE = {"activation": "#3182bd", "weight": "#737373", "cache": "#e6550d", "chip": "#9e9ac8"}
 
@@ -56,32 +57,45 @@ def block_size(tensor: ExplorerTensor) -> tuple[float, float, float]:
     return w, h, d
 
 
-def layout(graph: ExplorerGraph) -> tuple[dict[str, Box], float, float]:
-    """Every tensor's and op's box, and the picture's width and height: columns left to right (tensors and ops
-    alternate), items of a column stacked top to bottom in graph order."""
-    items: dict[int, list[tuple[str, float, float, float]]] = {}
+def layout(graph: ExplorerGraph) -> tuple[dict[str, Box], list[float], float, float]:
+    """Every tensor's and op's box, where each lane starts (its title's baseline), and the picture's width and
+    height. Within a lane: columns left to right (tensors and ops alternate), items of a column stacked top to
+    bottom in graph order. Lanes (MLA's two pipelines) stack top to bottom, each below the tallest column of the
+    one above."""
+    lanes: dict[int, dict[int, list[tuple[str, float, float, float]]]] = {}
     for tensor in graph["tensors"]:
         w, h, d = block_size(tensor)
-        items.setdefault(tensor["column"] * 2, []).append((tensor["id"], w, h, d))
+        lanes.setdefault(tensor["lane"], {}).setdefault(tensor["column"] * 2, []).append((tensor["id"], w, h, d))
     for op in graph["ops"]:
-        items.setdefault(op["column"] * 2 - 1, []).append((op["id"], OP_W, OP_H, 0.0))
+        lanes.setdefault(op["lane"], {}).setdefault(op["column"] * 2 - 1, []).append((op["id"], OP_W, OP_H, 0.0))
     boxes: dict[str, Box] = {}
-    x = MARGIN + LABEL_ROOM
-    height = 0.0
-    for column in sorted(items):
-        entries = items[column]
-        width = max(w + 0.7 * d for _, w, _, d in entries)
-        y = MARGIN + 24.0
-        for ident, w, h, d in entries:
-            y += 0.4 * d  # room for the top face
-            boxes[ident] = Box(x + (width - w - 0.7 * d) / 2, y, w, h, 0.7 * d, 0.4 * d)
-            y += h + ROW_GAP
-        height = max(height, y)
-        x += width + COLUMN_GAP
-    return boxes, x - COLUMN_GAP + MARGIN, height + MARGIN
+    starts: list[float] = []
+    top = MARGIN + 24.0  # below the picture's title
+    width = 0.0
+    for lane in sorted(lanes):
+        items = lanes[lane]
+        if graph["lanes"]:
+            starts.append(top + LANE_TITLE)
+            top += LANE_TITLE + 14.0
+        x = MARGIN + LABEL_ROOM
+        bottom = top
+        for column in sorted(items):
+            entries = items[column]
+            column_width = max(w + 0.7 * d for _, w, _, d in entries)
+            y = top
+            for ident, w, h, d in entries:
+                y += 0.4 * d  # room for the top face
+                boxes[ident] = Box(x + (column_width - w - 0.7 * d) / 2, y, w, h, 0.7 * d, 0.4 * d)
+                y += h + ROW_GAP
+            bottom = max(bottom, y)
+            x += column_width + COLUMN_GAP
+        width = max(width, x - COLUMN_GAP + MARGIN)
+        top = bottom
+    return boxes, starts, width, top + MARGIN
 
 
-def _num(n: float) -> str:
+def si(n: float) -> str:
+    """``n`` to three digits with an SI suffix (k, M, G, T): 38659424256 is "38.7G"."""
     for size, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if n >= size:
             return f"{n / size:.3g}{suffix}"
@@ -115,13 +129,13 @@ def _block(tensor: ExplorerTensor, box: Box) -> str:
     if len(labels) >= 3:
         parts.append(_text(x + w + dx + 2, y - dy + 2, "asx-dim", labels[-3]))
     parts.append(_text(x + w / 2, y - dy - 5, "asx-name", tensor["name"], "middle"))
-    title = escape(f"{tensor['name']}: [{', '.join(labels)}], {_num(tensor['bytes'])}B ({tensor['role']})")
+    title = escape(f"{tensor['name']}: [{', '.join(labels)}], {si(tensor['bytes'])}B ({tensor['role']})")
     return f'<g class="asx-tensor" data-id="{tensor["id"]}"><title>{title}</title>{"".join(parts)}</g>'
 
 
 def _op(op: ExplorerOp, box: Box) -> str:
     label = escape(op["name"])
-    sub = f"{_num(op['flops'])}FLOP · {_num(op['bytes_read'] + op['bytes_written'])}B"
+    sub = f"{si(op['flops'])}FLOP · {si(op['bytes_read'] + op['bytes_written'])}B"
     return (
         f'<g class="asx-op asx-{escape(op["kind"])}" data-id="{op["id"]}"><title>{label}: {sub}</title>'
         f'<rect x="{box.x:.1f}" y="{box.y:.1f}" width="{box.w:.1f}" height="{box.h:.1f}" rx="6" fill="#fff7bc" '
@@ -141,23 +155,31 @@ def _arrow(a: Box, b: Box) -> str:
 STYLE = (
     ".asx-name{font:600 11px sans-serif;fill:#252525}.asx-dim{font:9px sans-serif;fill:#525252}"
     ".asx-opname{font:600 10px sans-serif;fill:#252525}.asx-opcost{font:8.5px sans-serif;fill:#636363}"
-    ".asx-title{font:600 13px sans-serif;fill:#252525}"
+    ".asx-title{font:600 13px sans-serif;fill:#252525}.asx-lanetitle{font:600 11px sans-serif;fill:#54278f}"
 )
 
 
 def graph_svg(graph: ExplorerGraph) -> str:
     """The whole picture as one standalone SVG document (``data-id`` on every tensor and op)."""
-    boxes, width, height = layout(graph)
-    arrows = []
-    for op in graph["ops"]:
-        for source in op["inputs"]:
-            arrows.append(_arrow(boxes[source], boxes[op["id"]]))
-        arrows.append(_arrow(boxes[op["id"]], boxes[op["output"]]))
-    body = [_block(t, boxes[t["id"]]) for t in graph["tensors"]] + [_op(o, boxes[o["id"]]) for o in graph["ops"]]
+    boxes, starts, width, height = layout(graph)
+    lanes = []
+    for lane in range(max(1, len(graph["lanes"]))):
+        ops = [o for o in graph["ops"] if o["lane"] == lane]
+        arrows = [_arrow(boxes[source], boxes[o["id"]]) for o in ops for source in o["inputs"]]
+        arrows += [_arrow(boxes[o["id"]], boxes[o["output"]]) for o in ops]
+        body = [_block(t, boxes[t["id"]]) for t in graph["tensors"] if t["lane"] == lane]
+        body += [_op(o, boxes[o["id"]]) for o in ops]
+        title = _text(MARGIN, starts[lane], "asx-lanetitle", graph["lanes"][lane]) if graph["lanes"] else ""
+        # a lane the totals do not count (MLA's other pipeline) is drawn faded: there to compare, not costed
+        faded = ' opacity="0.55"' if lane != graph["costed_lane"] else ""
+        lanes.append(
+            f'<g class="asx-lane" data-lane="{lane}"{faded}>{title}<g class="asx-arrows">{"".join(arrows)}</g>'
+            f"{''.join(body)}</g>"
+        )
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="asx-graph" width="{width:.0f}" height="{height:.0f}" '
         f'viewBox="0 0 {width:.0f} {height:.0f}"><style>{STYLE}</style><defs><marker id="asx-head" '
         'viewBox="0 0 8 8" refX="7" refY="4" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L8,4 '
         f'L0,8 z" fill="#969696"/></marker></defs><text x="{MARGIN}" y="{MARGIN}" class="asx-title">'
-        f'{escape(graph["title"])}</text><g class="asx-arrows">{"".join(arrows)}</g>{"".join(body)}</svg>'
+        f"{escape(graph['title'])}</text>{''.join(lanes)}</svg>"
     )

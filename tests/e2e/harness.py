@@ -170,6 +170,10 @@ def serving(url: str, log: Path, seconds: float = 60) -> None:
     raise RuntimeError(log.read_text()[-3000:])
 
 
+# a file of the app's page (Voila): polling it tells that the server answers without running the app's notebook in
+# a kernel of its own (the page's root would: a second model load competing with the page's own)
+VOILA_STATIC = "voila/templates/attnsparse/static/index.css"
+
 # the addresses a page may load from: this machine's loopback server and in-page data
 LOCAL = ("http://127.0.0.1", "data:", "blob:", "about:")
 
@@ -188,9 +192,25 @@ def open_app(context, url: str, requests: list[str], errors: list[str]):  # noqa
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
     page.goto(url, wait_until="domcontentloaded", timeout=120_000)
-    page.locator(".asw-main.js-plotly-plot").wait_for(timeout=300_000)
-    settled(page, timeout=300_000)
+    try:
+        page.locator(".asw-main.js-plotly-plot").wait_for(timeout=300_000)
+        settled(page, timeout=300_000)
+    except Exception:
+        keep_evidence(page, "app-not-painted", errors)
+        raise
     return page
+
+
+def keep_evidence(page, name: str, errors: list[str]) -> None:  # noqa: ANN001
+    """A page that did not get where a test waited for: its screenshot, text and errors go to test-artifacts/ so
+    that a failure in CI can be read afterwards."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+        text = page.evaluate("() => document.body.innerText")
+    except Exception as err:  # noqa: BLE001 - evidence is best effort, the test fails anyway
+        text = f"(the page could not be read: {err})"
+    (ARTIFACTS / f"{name}.txt").write_text(f"{page.url}\n\nerrors: {errors}\n\n{text[-20000:]}\n")
 
 
 def slider_step(page) -> str:  # noqa: ANN001

@@ -4,10 +4,12 @@ no process behind when stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -16,36 +18,52 @@ import pytest
 from attnsparse_widget.app import app_notebook, exposure_warning, is_loopback, voila_command
 from attnsparse_widget.cli import main
 
-from .harness import LOCAL, chromium, free_port, open_app, serving, settled, slider_step
+from .harness import (
+    LOCAL,
+    VOILA_STATIC,
+    chromium,
+    explorer_repaint_ms,
+    free_port,
+    keep_evidence,
+    open_app,
+    serving,
+    settled,
+    slider_step,
+)
 
 pytestmark = pytest.mark.browser
 
 TEXT = "The lighthouse keeper wrote in his log every evening. The storm came from the west."
 
 
-def test_app_in_a_real_browser(tmp_path: Path) -> None:
-    text_file = tmp_path / "text.txt"
-    text_file.write_text(TEXT, encoding="utf-8")
+@contextlib.contextmanager
+def app_running(tmp_path: Path, *args: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``attnsparse app ARGS`` on a free port, answering: yields its URL and process; stopped (SIGTERM) after."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     log = open(tmp_path / "app.log", "w")  # noqa: SIM115 - closed below
     app = subprocess.Popen(
-        # the per-layer curve off: every slider move here would replay the model once per layer before it settles
-        [
-            sys.executable,
-            "-m",
-            "attnsparse_widget.cli",
-            "app",
-            f"--port={port}",
-            f"--text={text_file}",
-            "--no-per-layer",
-        ],
+        [sys.executable, "-m", "attnsparse_widget.cli", "app", f"--port={port}", *args],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    started: set[int] = set()
     try:
-        serving(url, tmp_path / "app.log")
+        serving(url + VOILA_STATIC, tmp_path / "app.log")
+        yield url, app
+    finally:
+        app.send_signal(signal.SIGTERM)
+        try:
+            app.wait(30)
+        finally:
+            log.close()
+
+
+def test_app_in_a_real_browser(tmp_path: Path) -> None:
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(TEXT, encoding="utf-8")
+    started: set[int] = set()
+    # the per-layer curve off: every slider move here would replay the model once per layer before it settles
+    with app_running(tmp_path, f"--text={text_file}", "--no-per-layer") as (url, app):
         requests: list[str] = []
         errors: list[str] = []
         with chromium() as browser:
@@ -69,25 +87,50 @@ def test_app_in_a_real_browser(tmp_path: Path) -> None:
             started = {p.pid for p in psutil.Process(app.pid).children(recursive=True)}
 
             a.reload(wait_until="domcontentloaded")  # a reload: a fresh page and widget, working again
-            a.locator(".asw-main.js-plotly-plot").wait_for(timeout=300_000)
-            settled(a, timeout=300_000)
+            try:
+                a.locator(".asw-main.js-plotly-plot").wait_for(timeout=300_000)
+                settled(a, timeout=300_000)
+            except Exception:
+                keep_evidence(a, "app-reload-not-painted", errors)
+                raise
             slider_step(a)
             started |= {p.pid for p in psutil.Process(app.pid).children(recursive=True)}
         off_machine = sorted({u for u in requests if not u.startswith(LOCAL)})
         assert not off_machine, f"the app fetched from off the machine: {off_machine}"
         assert not errors, errors
-    finally:
-        app.send_signal(signal.SIGTERM)
-        try:
-            app.wait(30)
-        finally:
-            log.close()
     assert app.returncode is not None
     deadline = time.time() + 30  # Voila's shutdown ends its kernels; each kernel also exits when its parent goes
     while time.time() < deadline and any(_alive(pid) for pid in started):
         time.sleep(0.5)
     left = [pid for pid in started if _alive(pid)]
     assert not left, f"processes left behind: {[psutil.Process(pid).cmdline() for pid in left]}"
+
+
+def test_app_explore_serves_the_cost_explorer(tmp_path: Path) -> None:
+    """``attnsparse app --explore --model DeepSeek-V3``: the explorer's picture in the app's page, MLA's two
+    pipelines drawn, a control that repaints it, a click on an op that shows its details, nothing off the machine."""
+    requests: list[str] = []
+    errors: list[str] = []
+    with app_running(tmp_path, "--explore", "--model=DeepSeek-V3") as (url, _), chromium() as browser:
+        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        page.goto(url, wait_until="domcontentloaded", timeout=120_000)
+        try:
+            page.locator(".asx-root[data-rendered] .asx-tensor").first.wait_for(timeout=180_000)
+        except Exception:
+            keep_evidence(page, "app-explore-not-painted", errors)
+            raise
+        assert page.locator(".asx-preset select").input_value() == "DeepSeek-V3"
+        explorer_repaint_ms(page, "4096:4096")  # a control repaints the picture (the time is not a test)
+        page.locator(".asx-op", has_text="kv_b_proj").first.click()
+        page.locator(".asx-details h4", has_text="kv_b_proj").wait_for(timeout=30_000)
+        page.close()
+    off_machine = sorted({u for u in requests if not u.startswith(LOCAL)})
+    assert not off_machine, f"the app fetched from off the machine: {off_machine}"
+    assert not errors, errors
 
 
 def _alive(pid: int) -> bool:

@@ -39,14 +39,13 @@ import websocket
 from attnsparse_widget.app import CULL_IDLE_S, CULL_INTERVAL_S
 from attnsparse_widget.app_server import LEGACY_REFUSED, V1
 
-from .harness import CHROMIUM, FLAGS, free_port, jupyterlab, serving
+from .harness import CHROMIUM, FLAGS, VOILA_STATIC, free_port, jupyterlab, serving
 
 pytestmark = pytest.mark.browser
 
 GROWTH_LIMIT = 300 << 20  # what a vanished client may cost the server, at most
 WATCHDOG_LIMIT = 2 << 30  # above this the server is killed: the test fails instead of the machine
 HOLD_S = 8  # how long the raw client stays connected, reading nothing
-STATIC = "/voila/templates/attnsparse/static/index.css"  # a file of the app's page
 
 
 class Watchdog:
@@ -116,7 +115,7 @@ def app_server(tmp_path: Path) -> Iterator[tuple[str, psutil.Process]]:
         [sys.executable, "-m", "attnsparse_widget.cli", "app", f"--port={port}"], stdout=log, stderr=subprocess.STDOUT
     )
     try:
-        serving(f"{url}{STATIC}", tmp_path / "app.log")
+        serving(f"{url}/{VOILA_STATIC}", tmp_path / "app.log")
         (server,) = [p for p in psutil.Process(app.pid).children() if "app_server" in " ".join(p.cmdline())]
         yield url, server
     finally:
@@ -188,7 +187,7 @@ def test_app_survives_a_silent_websocket_and_a_killed_browser(tmp_path: Path) ->
             deadline = dropped + CULL_IDLE_S + 4 * CULL_INTERVAL_S + 120  # + the comparison's remaining stages
             while kernels(server) and time.monotonic() < deadline:
                 growth.append(server.memory_info().rss - before)
-                slowest = max(slowest, answer_seconds(url + STATIC))
+                slowest = max(slowest, answer_seconds(f"{url}/{VOILA_STATIC}"))
                 time.sleep(1)
             ended_after = time.monotonic() - dropped
         finally:
