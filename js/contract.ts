@@ -431,7 +431,7 @@ export interface ExplorerTotals {
   dp_rank: number;
 }
 
-/** FlashAttention's tiles of `rows` x `cols`: per head, `computed` of `total`; `grid` the first request's tiles, each the percentage of heads that compute it (u1). */
+/** FlashAttention's tiles of `rows` x `cols` on the busiest data-parallel rank (the one the totals show): per head, `computed` of `total`; `grid` its first request's tiles, each the percentage of heads that compute it (u1). */
 export interface ExplorerTiles {
   rows: number;
   cols: number;

@@ -8,7 +8,7 @@ import type { AnyModel } from "@anywidget/types";
 import type { ExplorerGraph, ExplorerSettings, ExplorerState, Figure } from "./contract";
 import { decodeMatrix } from "./payload";
 import { ACCELERATORS, batchPreset, crossoverFigure, DTYPES, formatRequests, matrixFigure, opRows, panBy, parseRequests, PRESETS,
-  rooflineFigure, seconds, si, MASKS, tensorRows, VARIANTS, zoomAt, type Box } from "./explorer_figures";
+  ranksFigure, rooflineFigure, si, MASKS, tensorRows, totalsRows, VARIANTS, zoomAt, type Box } from "./explorer_figures";
 
 function hasGraph(g: ExplorerGraph | Record<string, never>): g is ExplorerGraph {
   return "ops" in g;
@@ -198,12 +198,16 @@ export function renderExplorer(m: AnyModel<ExplorerState>, el: HTMLElement): () 
       if (op.kind === "cache" && g.block_table.length) {
         details.append(h("h5", {}, "block table (paged KV)"), table(g.block_table.map((ids, i): [string, string] => [`request ${i}`, ids.length > 12 ? `${ids.slice(0, 12).join(" ")} … (${ids.length} blocks)` : ids.join(" ")])));
       }
+      const strips = [];
       if (op.comm_bytes > 0 || g.tp_heads.length > 1) {
         details.append(h("h5", {}, "tensor parallel ranks"), table(g.tp_heads.map((heads, r): [string, string] => [`rank ${r}`, `query heads ${heads[0]}–${heads[heads.length - 1]}, ${g.tp_kv_heads} KV head(s)`])));
+        strips.push({ name: "query head", ranks: g.tp_heads });
       }
       if (g.dp_requests.length > 1) {
         details.append(h("h5", {}, "data parallel ranks"), table(g.dp_requests.map((reqs, r): [string, string] => [`rank ${r}${r === g.totals.dp_rank ? " (busiest: shown)" : ""}`, reqs.length ? `requests ${reqs.join(", ")}` : "idle"])));
+        strips.push({ name: "request", ranks: g.dp_requests });
       }
+      if (strips.length) plot(ranksFigure(`TP ${g.tp_heads.length} x DP ${g.dp_requests.length}: which rank computes what`, strips), "asx-ranks");
     } else if (tensor) {
       details.append(h("h4", {}, tensor.name), table(tensorRows(tensor)));
     } else {
@@ -213,22 +217,7 @@ export function renderExplorer(m: AnyModel<ExplorerState>, el: HTMLElement): () 
   };
 
   const paintTotals = (g: ExplorerGraph) => {
-    const acc = settings().accelerator;
-    const t = g.totals;
-    const rows: [string, string][] = [
-      ["layer", `${si(t.layer_flops, "FLOP")}, ${si(t.layer_bytes, "B")} moved, ≥ ${seconds(t.layer_seconds[acc])} on ${acc}`],
-      [`model (${t.layers} layers)`, `${si(t.model_flops, "FLOP")}, ${si(t.model_bytes, "B")} moved, ≥ ${seconds(t.model_seconds[acc])} on ${acc}`],
-      ["KV cache", `${si(t.kv_cache_bytes, "B")}${t.kv_blocks !== null ? ` in ${t.kv_blocks} blocks, ${((t.kv_occupancy ?? 0) * 100).toFixed(1)}% full` : ""}`],
-      ["pairs per head", `${si(g.pairs)} of ${si(g.dense_pairs)} causal`],
-    ];
-    if (g.pipeline) {
-      const f = g.pipeline_flops;
-      rows.push(["MLA pipelines, one layer", `decompressed ${si(f.prefill, "FLOP")} · absorbed ${si(f.decode, "FLOP")}: the totals count the ${g.pipeline === "prefill" ? "decompressed" : "absorbed"} one (both drawn)`]);
-    }
-    if (g.measured_dense !== null || g.measured_sparse !== null) {
-      rows.push(["measured on this machine", `attention ${seconds(g.measured_dense)} dense, ${seconds(g.measured_sparse)} sparse (this machine, not ${acc})`]);
-    }
-    totals.replaceChildren(h("div", { class: "asx-title" }, g.title), table(rows));
+    totals.replaceChildren(h("div", { class: "asx-title" }, g.title), table(totalsRows(g, settings().accelerator)));
   };
 
   /** The clicked tensor or op marked in the picture, and its details. */

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
-import type { ExplorerOp } from "./contract";
-import { batchPreset, crossoverFigure, formatRequests, opRows, panBy, parseRequests, rooflineFigure, seconds, si, zoomAt, type Box } from "./explorer_figures";
+import type { ExplorerGraph, ExplorerOp } from "./contract";
+import { batchPreset, crossoverFigure, formatRequests, opRows, panBy, parseRequests, ranksFigure, rooflineFigure, seconds, si, totalsRows, zoomAt, type Box } from "./explorer_figures";
 
 describe("the batch's requests", () => {
   it("parse context:new pairs with repeats and refuse the rest", () => {
@@ -76,5 +76,32 @@ describe("an op's details", () => {
     const fig = crossoverFigure([[1, 10, 1], [1000, 20, 400]], 167.2);
     expect(fig.data).toHaveLength(2);
     expect((fig.layout.shapes as { x0: number }[])[0].x0).toBe(167.2);
+  });
+});
+
+describe("the totals", () => {
+  const totals = {
+    layer_flops: 2e12, model_flops: 6e13, layer_bytes: 4e9, model_bytes: 1.2e11, comm_bytes: 0, kv_cache_bytes: 5e8, kv_blocks: 16, kv_occupancy: 0.75,
+    layer_seconds: { A100: 0.0064, H100: 0.002, B200: 0.001 }, model_seconds: { A100: 0.192, H100: 0.06, B200: 0.03 }, layers: 30, dp_rank: 0,
+  };
+  const graph = { totals, pairs: 500, dense_pairs: 1000, pipeline: "decode", pipeline_flops: { prefill: 3e12, decode: 2e12 }, measured_dense: 0.5, measured_sparse: 0.25 } as unknown as ExplorerGraph;
+  it("give the lower-bound time on every accelerator, the chosen one marked", () => {
+    const rows = Object.fromEntries(totalsRows(graph, "H100"));
+    expect(rows["≥ time, one layer"]).toBe("A100 6.40 ms · ▸ H100 2.00 ms · B200 1.00 ms");
+    expect(rows["≥ time, whole model"]).toBe("A100 192 ms · ▸ H100 60.0 ms · B200 30.0 ms");
+    expect(rows["model (30 layers)"]).toBe("60.0 TFLOP, 120 GB moved");
+    expect(rows["KV cache"]).toBe("500 MB in 16 blocks, 75.0% full");
+    expect(rows["MLA pipelines, one layer"]).toContain("the totals count the absorbed one");
+    expect(rows["measured on this machine"]).toBe("attention 500 ms dense, 250 ms sparse (this machine, not a GPU)");
+  });
+});
+
+describe("the TP and DP picture", () => {
+  it("colours each head and request by the rank that computes it", () => {
+    const fig = ranksFigure("ranks", [{ name: "query head", ranks: [[0, 1], [2, 3]] }, { name: "request", ranks: [[0, 2], [1]] }]);
+    const trace = fig.data[0] as { z: (number | null)[][]; text: string[][]; y: string[] };
+    expect(trace.y).toEqual(["query head", "request"]);
+    expect(trace.z).toEqual([[0, 0, 1, 1], [0, 1, 0, null]]);
+    expect(trace.text[1][2]).toBe("request 2 → rank 0");
   });
 });

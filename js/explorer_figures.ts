@@ -1,7 +1,7 @@
 // The cost explorer's pure parts (no DOM, no plotly): reading and writing the batch's requests, pan and zoom of the
 // picture, numbers as text, and the plotly figures of an op's details (roofline, MLA's crossover, a mask heatmap).
 // The kernel does every count (src/attnsparse_widget/costs/); nothing here computes a cost.
-import type { ExplorerOp, ExplorerTensor, Figure } from "./contract";
+import type { ExplorerGraph, ExplorerOp, ExplorerTensor, Figure } from "./contract";
 
 export const PRESETS = ["SmolLM2-135M", "GPT-2 small", "Llama-3.1-8B", "Mistral-7B", "Qwen2.5-7B", "Gemma-2-9B", "DeepSeek-V3", "DeepSeek-V3.2"];
 export const VARIANTS = ["MHA", "GQA", "MQA", "MLA", "DSA"];
@@ -151,3 +151,47 @@ export function matrixFigure(title: string, z: Float32Array[], colorscale: strin
   };
 }
 
+
+/** The totals table: one layer and the whole model (FLOPs, bytes), the lower-bound time on every accelerator
+ * (the chosen one marked), the KV cache, the pairs, MLA's two pipelines and the times measured on this machine. */
+export function totalsRows(g: ExplorerGraph, accelerator: string): [string, string][] {
+  const t = g.totals;
+  const times = (per: Record<string, number>) =>
+    Object.entries(per).map(([acc, s]) => `${acc === accelerator ? "▸ " : ""}${acc} ${seconds(s)}`).join(" · ");
+  const rows: [string, string][] = [
+    ["layer", `${si(t.layer_flops, "FLOP")}, ${si(t.layer_bytes, "B")} moved`],
+    [`model (${t.layers} layers)`, `${si(t.model_flops, "FLOP")}, ${si(t.model_bytes, "B")} moved`],
+    ["≥ time, one layer", times(t.layer_seconds)],
+    ["≥ time, whole model", times(t.model_seconds)],
+    ["KV cache", `${si(t.kv_cache_bytes, "B")}${t.kv_blocks !== null ? ` in ${t.kv_blocks} blocks, ${((t.kv_occupancy ?? 0) * 100).toFixed(1)}% full` : ""}`],
+    ["pairs per head", `${si(g.pairs)} of ${si(g.dense_pairs)} causal`],
+  ];
+  if (g.pipeline) {
+    const f = g.pipeline_flops;
+    rows.push(["MLA pipelines, one layer", `decompressed ${si(f.prefill, "FLOP")} · absorbed ${si(f.decode, "FLOP")}: the totals count the ${g.pipeline === "prefill" ? "decompressed" : "absorbed"} one (both drawn)`]);
+  }
+  if (g.measured_dense !== null || g.measured_sparse !== null) {
+    rows.push(["measured on this machine", `attention ${seconds(g.measured_dense)} dense, ${seconds(g.measured_sparse)} sparse (this machine, not a GPU)`]);
+  }
+  return rows;
+}
+
+/** Which rank each item goes to, as one coloured strip per kind: ``assignments[k][r]`` lists the items (query
+ * heads, requests) of rank r for strip k. Each cell is one item, coloured and labelled by its rank. */
+export function ranksFigure(title: string, strips: { name: string; ranks: number[][] }[]): Figure {
+  const width = Math.max(1, ...strips.map((s) => s.ranks.reduce((n, items) => n + items.length, 0)));
+  const z: (number | null)[][] = [];
+  const text: string[][] = [];
+  for (const strip of strips) {
+    const row: (number | null)[] = Array(width).fill(null);
+    const labels: string[] = Array(width).fill("");
+    strip.ranks.forEach((items, rank) => items.forEach((item) => { row[item] = rank; labels[item] = `${strip.name} ${item} → rank ${rank}`; }));
+    z.push(row);
+    text.push(labels);
+  }
+  const ranks = Math.max(1, ...strips.map((s) => s.ranks.length));
+  return {
+    data: [{ type: "heatmap", z, text, hoverinfo: "text", y: strips.map((s) => s.name), colorscale: "Viridis", zmin: 0, zmax: Math.max(1, ranks - 1), xgap: width > 32 ? 0 : 2, ygap: 6, showscale: true, colorbar: { title: { text: "rank" }, dtick: 1 }, hoverongaps: false }],
+    layout: { title: { text: title }, xaxis: { title: { text: "query head / request" }, dtick: width > 32 ? undefined : 1 }, margin: { l: 90, r: 10, t: 36, b: 44 } },
+  };
+}

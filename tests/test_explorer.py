@@ -145,6 +145,19 @@ def test_a_library_mask_is_counted_from_its_keep_mask():
     assert ex.graph["tiles"]["computed"] == costs.tile_grid(costs.Workload([(512, 512)]), keep).computed
 
 
+@pytest.mark.parametrize("flash", [True, False])
+def test_the_tiles_are_the_busiest_ranks_as_the_fused_op_counts_them(flash):
+    ex = aw.explore(requests=[[4096, 4096], [1024, 1024]], dp=2, flash=flash)  # rank 0 holds the 4096-token prefill
+    tiles = ex.graph["tiles"]
+    assert ex.graph["totals"]["dp_rank"] == 0 and ex.graph["dp_requests"] == [[0], [1]]
+    assert (tiles["computed"], tiles["total"]) == (32 * 33 // 2, 32 * 32)  # 32 x 32 tiles of 128: the triangle
+    if flash:  # one count: the numbers a click on the fused op shows
+        fused = next(
+            o for o in costs.op_costs(config_of(ex.settings), workload_of(ex.settings)) if o.name == "attention"
+        )
+        assert fused.details["tiles"].computed == tiles["computed"]
+
+
 def test_the_state_restores_the_same_picture():
     ex = aw.explore("DeepSeek-V3", requests=[[8192, 1]] * 4, dp=2, page_size=64, accelerator="B200")
     again = aw.explore(**ex.state)

@@ -588,8 +588,9 @@ class ExplorerTotals(TypedDict):
 
 
 class ExplorerTiles(TypedDict):
-    """FlashAttention's tiles of ``rows`` x ``cols``: per head, ``computed`` of ``total``; ``grid`` the first
-    request's tiles, each the percentage of heads that compute it (u1)."""
+    """FlashAttention's tiles of ``rows`` x ``cols`` on the busiest data-parallel rank (the one the totals show):
+    per head, ``computed`` of ``total``; ``grid`` its first request's tiles, each the percentage of heads that
+    compute it (u1)."""
 
     rows: int
     cols: int

@@ -312,7 +312,15 @@ def graph_payload(
     dense = costs.attention_pairs(Workload(workload.requests))
     pairs = costs.attention_pairs(counted, keep)
     heads, kv_heads = costs.ops.tp_heads(shape, workload.tp)
-    grid = costs.tile_grid(counted, keep)
+    # FlashAttention's tiles on the rank the totals show: the fused op's own count with flash (never counted
+    # twice), else counted here (what flash would skip)
+    fused = next((o for o in ops if "tiles" in o.details), None)
+    members = costs.dp_ranks(counted)[rank]
+    grid = (
+        fused.details["tiles"]
+        if fused
+        else costs.tile_grid(counted.with_requests([counted.requests[i] for i in members]), keep)
+    )
     paged = costs.paged_kv(workload)
     pipeline_flops = {p: float(sum(o.flops for o in p_ops)) for p, p_ops in by_pipeline.items()}
     graph = ExplorerGraph(

@@ -19,6 +19,7 @@ from attnsparse_widget.app import app_notebook, exposure_warning, is_loopback, v
 from attnsparse_widget.cli import main
 
 from .harness import (
+    ARTIFACTS,
     LOCAL,
     VOILA_STATIC,
     chromium,
@@ -127,6 +128,16 @@ def test_app_explore_serves_the_cost_explorer(tmp_path: Path) -> None:
         explorer_repaint_ms(page, "4096:4096")  # a control repaints the picture (the time is not a test)
         page.locator(".asx-op", has_text="kv_b_proj").first.click()
         page.locator(".asx-details h4", has_text="kv_b_proj").wait_for(timeout=30_000)
+        assert page.locator(".asx-lane").count() == 2  # MLA's two pipelines, each in its lane
+        # TP 4: the output projection's all-reduce, and the picture of which heads each rank computes
+        rendered = page.locator(".asx-root").get_attribute("data-rendered")
+        page.locator(".asx-tp input").fill("4")
+        page.locator(".asx-tp input").dispatch_event("change")
+        page.wait_for_function(f"() => document.querySelector('.asx-root').dataset.rendered !== '{rendered}'")
+        page.locator(".asx-op", has_text="o_proj").first.click()
+        page.locator(".asx-details .asx-ranks.js-plotly-plot").wait_for(timeout=30_000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.locator(".asx-details").screenshot(path=str(ARTIFACTS / "app-explore-ranks.png"))
         page.close()
     off_machine = sorted({u for u in requests if not u.startswith(LOCAL)})
     assert not off_machine, f"the app fetched from off the machine: {off_machine}"
