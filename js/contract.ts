@@ -272,6 +272,11 @@ export interface CancelAdaptMessage {
   type: "cancel_adapt";
 }
 
+/** Browser → kernel: the Cost tab's button (open the cost explorer on the comparison on screen). */
+export interface ExploreMessage {
+  type: "explore";
+}
+
 /** Kernel → browser: a file to download; its bytes are the first buffer. */
 export interface DownloadMessage {
   type: "download";
@@ -322,6 +327,8 @@ export interface WidgetState {
   time_attention: boolean;
   /** the mask at its paper's own budget and parameters (sparsity="paper"): the slider is set aside */
   paper_budget: boolean;
+  /** the cost explorer on the comparison on screen (the Cost tab's button): a widget reference, "anywidget:<model id>", rendered inside the widget; null until opened */
+  explorer: string | null;
   max_tokens: number;
   /** the masked pass shown: "sparse" (post-hoc) or "adapted" */
   compare_with: string;

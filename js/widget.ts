@@ -6,7 +6,7 @@ import Plotly from "plotly.js-cartesian-dist-min";
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { filled, type AdaptMessage, type AdaptState, type CancelAdaptMessage, type DownloadMessage, type ExportGifMessage,
   type Figure, type Gallery, type Info, type MetricsPayload, type PaintedMessage, type Status, type NextTokenView, type View,
-  type WidgetState, type ExplorerState } from "./contract";
+  type WidgetState, type ExplorerState, type ExploreMessage } from "./contract";
 import { decodeMatrix } from "./payload";
 import { renderExplorer } from "./explorer";
 import { cellInfo, cellsOf, decodeTree, firstDivergence, timeText, visibleToken, weightText, withDenseMap, type Cells,
@@ -30,7 +30,14 @@ type RelayoutEvent = Record<string, unknown>;
 /** A plot element once plotly has drawn it: it has gained plotly's event API. */
 type PlotElement = HTMLElement & { on(name: string, fn: (ev: never) => void): void };
 
-type Pane = "main" | "gallery" | "output" | "mask";
+type Pane = "main" | "gallery" | "output" | "mask" | "cost";
+
+/** What anywidget 0.11 adds to a view's props: ``host.getWidget(ref)`` renders a child widget (composition) and
+ * ``signal`` ends with the view. Older hosts hand neither: the Cost tab then says how to open the explorer. */
+interface Host {
+  getWidget(ref: string): Promise<{ render(props: { el: HTMLElement; signal?: AbortSignal }): Promise<void> }>;
+}
+type HostedProps = RenderProps<WidgetState> & { host?: Host; signal?: AbortSignal };
 const CONFIG = { displaylogo: false, responsive: false, modeBarButtonsToRemove: ["sendDataToCloud", "lasso2d", "select2d", "autoScale2d"] };
 
 function h<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string, string> = {}, text?: string) {
@@ -72,7 +79,7 @@ function draw(el: HTMLElement, fig: Figure, width: number, height: number): Prom
   });
 }
 
-function render({ model: m, el }: RenderProps<WidgetState>) {
+function render({ model: m, el, host }: HostedProps) {
   const root = h("div", { class: "asw-root" });
   el.appendChild(root);
 
@@ -119,7 +126,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
 
   const tabs = h("div", { class: "asw-tabs", role: "tablist" });
   const panes = {} as Record<Pane, HTMLElement>;
-  const tabNames: [Pane, string][] = [["main", "Dense vs sparse"], ["gallery", "Head gallery"], ["output", "Output shift"], ["mask", "Mask"]];
+  const tabNames: [Pane, string][] = [["main", "Dense vs sparse"], ["gallery", "Head gallery"], ["output", "Output shift"], ["mask", "Mask"], ["cost", "Cost"]];
   for (const [key, label] of tabNames) {
     const b = h("button", { class: "asw-tab", "data-tab": key, role: "tab" }, label);
     b.onclick = () => select(key);
@@ -159,11 +166,16 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
   timeLabel.prepend(timeAttention);
   const timeInfo = h("div", { class: "asw-time-info" });
   panes.mask.append(maskInfo, row(timeLabel, timeInfo), maskPlot);
+
+  const exploreButton = h("button", { class: "asw-explore", title: "FLOPs, bytes, KV cache and rooflines of this model's attention, counted from the keep-mask this comparison applied" }, "Open the cost explorer on this comparison");
+  const costHint = h("span", { class: "asw-hint asw-cost-hint" });
+  const costView = h("div", { class: "asw-cost" });
+  panes.cost.append(row(exploreButton, costHint), costView);
   root.append(caveat, controls, error, note, tabs, ...Object.values(panes), tooltip);
 
   // ---------------------------------------------------------------------------------------------- the state
   let current: Pane = "main";
-  const stale: Record<Pane, boolean> = { main: true, gallery: true, output: true, mask: true };
+  const stale: Record<Pane, boolean> = { main: true, gallery: true, output: true, mask: true, cost: true };
   let view: Decoded<View> | null = null; // decoded once per `view` message, reused by painters and tooltip
   let cells: Cells | null = null;
   let gallery: { g: Gallery; dense: Float32Array[]; sparse: Float32Array[]; order: [number, number][] } | null = null;
@@ -200,7 +212,34 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
     if (key === "main") return paintMain();
     if (key === "gallery") return paintGallery();
     if (key === "output") return paintOutput();
+    if (key === "cost") return Promise.resolve(); // the explorer paints itself
     return paintMask();
+  }
+
+  // ------------------------------------------------------------------------------------------ the Cost tab
+  let explorerView: AbortController | null = null; // ends the explorer's view when another replaces it
+  exploreButton.onclick = () => {
+    const msg: ExploreMessage = { type: "explore" };
+    costHint.textContent = "counting this comparison's mask…";
+    m.send(msg);
+  };
+  async function paintCost() {
+    const ref = m.get("explorer");
+    explorerView?.abort();
+    costView.replaceChildren();
+    if (!ref) {
+      costHint.textContent = "the layer shown, this text's length and the keep-mask the pass applied, counted exactly";
+      return;
+    }
+    if (!host) {
+      costHint.textContent = "this front end cannot show a widget inside another: run ex = w.explore(); ex in a cell";
+      return;
+    }
+    explorerView = new AbortController();
+    const target = h("div");
+    costView.append(target);
+    await (await host.getWidget(ref)).render({ el: target, signal: explorerView.signal });
+    costHint.textContent = `opened on layer ${m.get("layer")} with the ${m.get("mask")} mask: press again after a change`;
   }
 
   // ---------------------------------------------------------------------------------------------- controls
@@ -560,6 +599,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
     const sent = m.get("view");
     view = filled(sent) && sent.figure ? withDenseMap(decodeTree(sent), m.get("dense_map")) : null;
     cells = view ? cellsOf(view) : null;
+    exploreButton.disabled = !view;
     // tell the kernel once this is on screen: it waits (briefly) before its next stage takes every core
     const painted: PaintedMessage = { type: "painted" };
     invalidate("main", "mask", "output").then(() => requestAnimationFrame(() => m.send(painted)));
@@ -586,6 +626,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
   m.on("change:status", paintStatus);
   for (const name of ["text", "sparsity", "layer", "head", "per_layer"] as const) m.on(`change:${name}`, paintControls);
   m.on("change:paper_budget", () => { paintControls(); paintSparsity(); });
+  m.on("change:explorer", () => void paintCost());
 
   paintCatalog();
   paintParams();
@@ -593,6 +634,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
   paintStatus();
   paintAdapt();
   onView();
+  void paintCost();
   select("main");
 
   // the output area may be laid out after render (or resized later): repaint the visible pane at the new width
@@ -608,6 +650,7 @@ function render({ model: m, el }: RenderProps<WidgetState>) {
   resize.observe(root);
   return () => {
     resize.disconnect();
+    explorerView?.abort();
     clearTimeout(pending);
     if (timer) clearInterval(timer);
     for (const p of [mainPlot, galleryPlot, layerPlot, maskPlot]) Plotly.purge(p);

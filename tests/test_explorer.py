@@ -221,6 +221,17 @@ def test_the_widget_opens_the_explorer_on_its_comparison():
     assert ex.settings["mask"] == "realised" and ex.settings["flash"] is True
     assert ex.graph["pairs"] == pytest.approx(keep.sum() / keep.shape[0])
     assert any(o["name"] == "attention" for o in ex.graph["ops"])
+    # the Cost tab's button: the explorer inside the widget, a reference on the wire
+    assert w.explorer is None
+    w._on_custom_message(w, {"type": "explore"}, [])
+    first = w.explorer
+    assert isinstance(first, aw.CostExplorer) and first.graph["pairs"] == ex.graph["pairs"]
+    assert_conforms(w.get_state("explorer")["explorer"], get_type_hints(contract.WidgetState)["explorer"])
+    assert w.get_state("explorer")["explorer"] == f"anywidget:{first.model_id}"
+    w.layer = 0  # pressed again on another layer: a new explorer counts it, the one it replaces is closed
+    w._on_custom_message(w, {"type": "explore"}, [])
+    assert w.explorer is not first and first.comm is None
+    assert w.explorer.graph["pairs"] == pytest.approx(w.result.keep_mask(0).sum() / keep.shape[0])
 
 
 @pytest.mark.parametrize(

@@ -395,6 +395,15 @@ class CancelAdaptMessage(TypedDict):
     type: Literal["cancel_adapt"]
 
 
+class ExploreMessage(TypedDict):
+    """Browser → kernel custom message: the Cost tab's button (open the cost explorer on the comparison on screen).
+
+    type: always "explore".
+    """
+
+    type: Literal["explore"]
+
+
 class DownloadMessage(TypedDict):
     """Kernel → browser custom message: a file to hand to the browser as a download; its bytes are the first buffer.
 
@@ -441,7 +450,9 @@ class WidgetState(TypedDict):
     max_tokens, export_path, compare_with ("sparse" or "adapted": the masked pass shown), adapt_steps. Outputs
     (computed by the kernel): catalog, caveat, info, tokens (the tokens as readable strings), metrics, view,
     dense_map (the view's dense values), next_tokens (the top-5 after ``position``), layer_chart (the per-layer
-    perplexity figure), gallery, status, adaptation."""
+    perplexity figure), gallery, status, adaptation, explorer (the cost explorer on the comparison on screen, opened
+    by the Cost tab: a widget reference, "anywidget:<model id>", that the frontend renders inside the widget; None
+    until opened)."""
 
     text: str
     mask: str
@@ -466,6 +477,7 @@ class WidgetState(TypedDict):
     per_layer: bool
     time_attention: bool
     paper_budget: bool
+    explorer: str | None
     max_tokens: int
     compare_with: str
     adapt_steps: int

@@ -113,6 +113,7 @@ class AttentionDiffWidget(anywidget.AnyWidget):
     # measure the attention's wall time, dense against the mask on a block-sparse kernel (Mask tab; compiles once)
     time_attention = t.Bool(False).tag(sync=True)
     paper_budget = t.Bool(False).tag(sync=True)  # the mask as its paper ships it (sparsity="paper")
+    explorer = anywidget.WidgetTrait().tag(sync=True)  # the cost explorer the Cost tab opened (None: not yet)
     max_tokens = t.Int(MAX_TOKENS).tag(sync=True)  # a longer text is cut to its first max_tokens (with a note)
     compare_with = t.Unicode("sparse").tag(sync=True)  # the masked pass shown: "sparse" (post-hoc) or "adapted"
     adapt_steps = t.Int(DEFAULT_STEPS).tag(sync=True)  # training steps of the Adapt button
@@ -199,6 +200,17 @@ class AttentionDiffWidget(anywidget.AnyWidget):
             self.adapt()
         if isinstance(content, dict) and content.get("type") == "cancel_adapt":
             self.cancel_adaptation()
+        if isinstance(content, dict) and content.get("type") == "explore":
+            self._open_explorer()
+
+    def _open_explorer(self) -> None:
+        """The Cost tab's button: the cost explorer on the comparison on screen, shown inside the widget (the
+        explorer it replaces is closed). The button is enabled once a comparison is on screen."""
+        if self.result is None:
+            return
+        previous, self.explorer = self.explorer, self.explore()
+        if previous is not None:
+            previous.close()
 
     def adapt(self, steps: int | None = None) -> AttentionDiffWidget:
         """Train adapters under the current mask and sparsity (``steps``: default ``adapt_steps``), then show the

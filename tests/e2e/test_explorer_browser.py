@@ -1,8 +1,11 @@
 """The cost explorer in a real browser (JupyterLab + Chromium): it renders its picture, a control changes a
 block's size (timed from the control to the repaint), and a click on an op shows the numbers op_costs gives.
 
+The widget's Cost tab opens the explorer on its comparison, inside the widget.
+
 Screenshots go to test-artifacts/ (explorer.png: the default model's layer; explorer-clicked.png: QKᵀ's details
-after the batch grew to 8192 tokens) and the repaint times to explorer-timings.txt, for a person to look at."""
+after the batch grew to 8192 tokens; widget-cost-tab.png: the widget's Cost tab, softmax clicked) and the repaint
+times to explorer-timings.txt, for a person to look at."""
 
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ pytestmark = WIDGET_IN_A_BROWSER
 CELL = """import attnsparse_widget as aw
 ex = aw.explore()
 ex"""
+WIDGET_CELL = """w = aw.show(text="The lighthouse keeper wrote in his log every evening.", per_layer=False)
+w"""
 
 
 def _q_block(page) -> tuple[float, float]:  # noqa: ANN001
@@ -39,7 +44,7 @@ def _q_block(page) -> tuple[float, float]:  # noqa: ANN001
 
 def test_the_explorer_renders_follows_its_controls_and_shows_op_costs(tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
-    write_notebook(tmp_path / "explore.ipynb", [CELL])
+    write_notebook(tmp_path / "explore.ipynb", [CELL, WIDGET_CELL])
     with jupyterlab(tmp_path) as url, chromium() as browser:
         page, errors = open_notebook(browser, f"{url}/lab/workspaces/{uuid.uuid4().hex[:8]}/tree/explore.ipynb")
         run_cell(page, 0)
@@ -71,5 +76,17 @@ def test_the_explorer_renders_follows_its_controls_and_shows_op_costs(tmp_path):
             "control to repainted picture, ms: " + ", ".join(f"{t:.0f}" for t in times) + f" (median {median:.0f}; "
             "target 150, a timing: recorded here, never asserted)\n"
         )
+        # the widget's Cost tab opens the explorer on its comparison, inside the widget (anywidget's composition)
+        run_cell(page, 1)
+        widget = page.locator(".asw-root:not(.asx-root)").last
+        widget.locator(".asw-main.js-plotly-plot").wait_for(timeout=300_000)
+        widget.locator(".asw-tab[data-tab='cost']").click()
+        widget.locator(".asw-explore:not([disabled])").click()
+        inner = widget.locator(".asw-cost .asx-root[data-rendered]")
+        inner.locator(".asx-tensor").first.wait_for(timeout=120_000)
+        assert inner.locator(".asx-mask select").input_value() == "realised"  # the comparison's own keep-mask
+        inner.locator(".asx-op", has_text="softmax").first.click()
+        inner.locator(".asx-details .asx-mask.js-plotly-plot").wait_for(timeout=30_000)
+        widget.screenshot(path=str(ARTIFACTS / "widget-cost-tab.png"))
         assert not errors, errors
         page.close()
