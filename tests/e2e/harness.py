@@ -183,22 +183,35 @@ def request_of(page) -> int:  # noqa: ANN001
     return int(page.locator(".asw-root").get_attribute("data-request"))
 
 
-def open_app(context, url: str, requests: list[str], errors: list[str]):  # noqa: ANN001, ANN201
-    """Open a page that shows one widget (an app: Voila, marimo) and wait until its first view is painted; every
-    request goes to ``requests``, every page error, console error and HTTP error to ``errors``."""
+def watched_page(context, requests: list[str], errors: list[str]):  # noqa: ANN001, ANN201
+    """A new page of ``context`` whose every request goes to ``requests``, every page error, console error and HTTP
+    error to ``errors``."""
     page = context.new_page()
     page.on("request", lambda r: requests.append(r.url))
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    return page
+
+
+def open_app(context, url: str, requests: list[str], errors: list[str]):  # noqa: ANN001, ANN201
+    """Open a page that shows one widget (an app: Voila, marimo) and wait until its first view is painted
+    (:func:`painted`); requests and errors are collected as :func:`watched_page` does."""
+    page = watched_page(context, requests, errors)
     page.goto(url, wait_until="domcontentloaded", timeout=120_000)
+    painted(page, "app-not-painted", errors)
+    return page
+
+
+def painted(page, name: str, errors: list[str]) -> None:  # noqa: ANN001
+    """Wait until the page's widget has painted its main view and is idle; a page that does not get there leaves
+    its evidence as ``name`` (:func:`keep_evidence`) before the test fails."""
     try:
         page.locator(".asw-main.js-plotly-plot").wait_for(timeout=300_000)
         settled(page, timeout=300_000)
     except Exception:
-        keep_evidence(page, "app-not-painted", errors)
+        keep_evidence(page, name, errors)
         raise
-    return page
 
 
 def keep_evidence(page, name: str, errors: list[str]) -> None:  # noqa: ANN001

@@ -27,9 +27,10 @@ from .harness import (
     free_port,
     keep_evidence,
     open_app,
+    painted,
     serving,
-    settled,
     slider_step,
+    watched_page,
 )
 
 pytestmark = pytest.mark.browser
@@ -88,12 +89,7 @@ def test_app_in_a_real_browser(tmp_path: Path) -> None:
             started = {p.pid for p in psutil.Process(app.pid).children(recursive=True)}
 
             a.reload(wait_until="domcontentloaded")  # a reload: a fresh page and widget, working again
-            try:
-                a.locator(".asw-main.js-plotly-plot").wait_for(timeout=300_000)
-                settled(a, timeout=300_000)
-            except Exception:
-                keep_evidence(a, "app-reload-not-painted", errors)
-                raise
+            painted(a, "app-reload-not-painted", errors)
             slider_step(a)
             started |= {p.pid for p in psutil.Process(app.pid).children(recursive=True)}
         off_machine = sorted({u for u in requests if not u.startswith(LOCAL)})
@@ -113,11 +109,7 @@ def test_app_explore_serves_the_cost_explorer(tmp_path: Path) -> None:
     requests: list[str] = []
     errors: list[str] = []
     with app_running(tmp_path, "--explore", "--model=DeepSeek-V3") as (url, _), chromium() as browser:
-        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-        page.on("request", lambda r: requests.append(r.url))
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        page = watched_page(browser.new_context(viewport={"width": 1400, "height": 1000}), requests, errors)
         page.goto(url, wait_until="domcontentloaded", timeout=120_000)
         try:
             page.locator(".asx-root[data-rendered] .asx-tensor").first.wait_for(timeout=180_000)
