@@ -208,6 +208,15 @@ def test_from_a_comparison_it_counts_the_realised_mask():
     assert ex.settings["heads"] == 4 and ex.settings["kv_heads"] == 2
     kept = np.asarray(keep, dtype=bool)
     assert ex.graph["tiles"]["computed"] == costs.tile_grid(costs.Workload([(n, n)]), kept).computed
+    # a static pattern keeps the same pairs in every head: held once, counted the same as head by head
+    assert ex._keep.shape == (n, n)
+    assert aw.CostExplorer(ex.settings, keep=kept).graph == ex.graph
+    # a score-dependent one chooses per head: held per head
+    res = aw.compare((model, tok), "the cat sat on the mat and looked at the dog", mask="topk", sparsity=0.5,
+                     per_layer=False, continuation_tokens=0)  # fmt: skip
+    per_head = res.keep_mask(1)
+    assert not all(np.array_equal(per_head[0], h) for h in per_head[1:])
+    assert aw.explore(res, layer=1)._keep.shape == per_head.shape
 
 
 @pytest.mark.model

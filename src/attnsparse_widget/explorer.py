@@ -119,7 +119,7 @@ def explore(config_or_comparison: Any = None, *, layer: int | None = None, **set
         model = res.dense.the_model()
         base = settings_of(model.config, preset=res.model_name, requests=[[len(res.tokens)] * 2], mask=REALISED)
         shown = res.n_layers // 2 if layer is None else layer
-        keep = res.keep_mask(shown)
+        keep = _held(res.keep_mask(shown))
         measured = {"dense": res.metrics.attention_time_dense, "sparse": res.metrics.attention_time_sparse}
     elif config_or_comparison is None:
         base = settings_of("SmolLM2-135M")
@@ -135,6 +135,15 @@ def explore(config_or_comparison: Any = None, *, layer: int | None = None, **set
             f"unknown explorer settings {sorted(unknown)}: use keys of ExplorerSettings ({', '.join(base)})"
         )
     return CostExplorer(cast(ExplorerSettings, {**base, **settings}), keep=keep, measured=measured)
+
+
+def _held(keep: np.ndarray) -> np.ndarray:
+    """A realised keep-mask as the explorer holds it: one ``[T, T]`` when every head keeps the same pairs (a static
+    pattern: the same counts from 1/H of the memory, 67 MB instead of 604 MB for the default model at 8192
+    tokens), else the ``[H, T, T]`` it is (a score-dependent pattern chooses per head)."""
+    if keep.ndim == 3 and all(np.array_equal(keep[0], head) for head in keep[1:]):
+        return np.ascontiguousarray(keep[0])
+    return keep
 
 
 def _hub_config(name: str) -> Any:
