@@ -48,7 +48,7 @@ def main() -> None:
                 page, errors = open_notebook(browser, f"{url}/lab/workspaces/{uuid.uuid4().hex[:8]}/tree/explore.ipynb")
                 run_cell(page, 0)
                 page.locator(".asx-root[data-rendered]").wait_for(timeout=600_000)
-                batches = BATCHES if not name.startswith("comparison") else ("1024:1024", "1024:1", "512:512, 1024:1 x3")
+                batches = ("1024:1024", "1024:1", "512:512, 1024:1 x3") if name.startswith("comparison") else BATCHES
                 times = [explorer_repaint_ms(page, batches[i % len(batches)]) for i in range(args.repeats)]
                 assert not errors, errors
         print(f"{name}: control to repaint, ms: {', '.join(f'{t:.0f}' for t in times)}")
