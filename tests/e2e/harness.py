@@ -239,13 +239,15 @@ def explorer_repaint_ms(page, requests: str) -> float:  # noqa: ANN001
     """Set the cost explorer's requests control to ``requests`` ("context:new, ...") and return the milliseconds
     from the control's change until the explorer has repainted (its ``data-rendered`` count went up, then a frame)."""
     return page.evaluate(
-        """(value) => new Promise((done) => {
+        """(value) => new Promise((done, fail) => {
             const root = document.querySelector('.asx-root');
             const before = Number(root.dataset.rendered);
             const input = document.querySelector('.asx-requests-text');
             const start = performance.now();
+            const late = setTimeout(() => fail(new Error(`no repaint 60 s after requests = ${value}: a value equal `
+                + 'to the current one repaints nothing')), 60000);
             new MutationObserver((_, obs) => {
-                if (Number(root.dataset.rendered) > before) { obs.disconnect();
+                if (Number(root.dataset.rendered) > before) { obs.disconnect(); clearTimeout(late);
                     requestAnimationFrame(() => done(performance.now() - start)); }
             }).observe(root, { attributes: true, attributeFilter: ['data-rendered'] });
             input.value = value;
