@@ -209,7 +209,7 @@ def test_from_a_comparison_it_counts_the_realised_mask():
     kept = np.asarray(keep, dtype=bool)
     assert ex.graph["tiles"]["computed"] == costs.tile_grid(costs.Workload([(n, n)]), kept).computed
     # a static pattern keeps the same pairs in every head: held once, counted the same as head by head
-    assert ex._keep.shape == (n, n)
+    assert ex._keep.shape == (n, n) and np.array_equal(ex._keep.unpacked(), kept[0])  # held packed, 8 pairs a byte
     assert aw.CostExplorer(ex.settings, keep=kept).graph == ex.graph
     # a score-dependent one chooses per head: held per head
     res = aw.compare((model, tok), "the cat sat on the mat and looked at the dog", mask="topk", sparsity=0.5,
