@@ -1,6 +1,7 @@
 """``attnsparse app`` in Debian's Chromium: the standalone web app (Voila) renders the widget, repaints on a slider
-move, gives each browser session its own kernel, survives a reload, fetches nothing off the machine, and leaves
-no process behind when stopped."""
+move, gives each browser session its own kernel, survives a reload, opens the cost explorer in its Cost tab, fetches
+nothing off the machine, and leaves no process behind when stopped; ``attnsparse app --explore`` serves the cost
+explorer."""
 
 from __future__ import annotations
 
@@ -91,6 +92,10 @@ def test_app_in_a_real_browser(tmp_path: Path) -> None:
             a.reload(wait_until="domcontentloaded")  # a reload: a fresh page and widget, working again
             painted(a, "app-reload-not-painted", errors)
             slider_step(a)
+            # the Cost tab: the cost explorer on this comparison, inside the app's widget (anywidget's composition)
+            a.locator(".asw-tab[data-tab='cost']").click()
+            a.locator(".asw-explore:not([disabled])").click()
+            a.locator(".asw-cost .asx-root[data-rendered] .asx-tensor").first.wait_for(timeout=120_000)
             started |= {p.pid for p in psutil.Process(app.pid).children(recursive=True)}
         off_machine = sorted({u for u in requests if not u.startswith(LOCAL)})
         assert not off_machine, f"the app fetched from off the machine: {off_machine}"
