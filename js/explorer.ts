@@ -200,7 +200,7 @@ export function renderExplorer(m: AnyModel<ExplorerState>, el: HTMLElement): () 
       }
       const strips = [];
       if (op.comm_bytes > 0 || g.tp_heads.length > 1) {
-        details.append(h("h5", {}, "tensor parallel ranks"), table(g.tp_heads.map((heads, r): [string, string] => [`rank ${r}`, `query heads ${heads[0]}–${heads[heads.length - 1]}, ${g.tp_kv_heads} KV head(s)`])));
+        details.append(h("h5", {}, "tensor parallel ranks"), table(g.tp_heads.map((heads, r): [string, string] => [`rank ${r}`, `query heads ${heads[0]}–${heads[heads.length - 1]}, ${g.pipeline ? "the whole latent KV cache (replicated)" : `${g.tp_kv_heads} KV head(s)`}`])));
         strips.push({ name: "query head", ranks: g.tp_heads });
       }
       if (g.dp_requests.length > 1) {
