@@ -315,12 +315,7 @@ def graph_payload(
     # FlashAttention's tiles on the rank the totals show: the fused op's own count with flash (never counted
     # twice), else counted here (what flash would skip)
     fused = next((o for o in ops if "tiles" in o.details), None)
-    members = costs.dp_ranks(counted)[rank]
-    grid = (
-        fused.details["tiles"]
-        if fused
-        else costs.tile_grid(counted.with_requests([counted.requests[i] for i in members]), keep)
-    )
+    grid = fused.details["tiles"] if fused else costs.tile_grid(costs.workload.rank_workload(counted, rank), keep)
     paged = costs.paged_kv(workload)
     pipeline_flops = {p: float(sum(o.flops for o in p_ops)) for p, p_ops in by_pipeline.items()}
     graph = ExplorerGraph(

@@ -28,7 +28,16 @@ from typing import Any
 
 from .hardware import Accelerator, accelerator
 from .shape import ModelShape, model_shape
-from .workload import Workload, attention_pairs, dp_ranks, keys_read, paged_kv, pairs_available, tile_grid
+from .workload import (
+    Workload,
+    attention_pairs,
+    dp_ranks,
+    keys_read,
+    paged_kv,
+    pairs_available,
+    rank_workload,
+    tile_grid,
+)
 
 PIPELINES = ("prefill", "decode")  # MLA: decompressed ("naive") and weight-absorbed
 
@@ -312,8 +321,8 @@ def busiest_rank(config: Any, workload: Workload, *, pipeline: str | None = None
     for rank, members in enumerate(dp_ranks(workload)):
         if not members:
             continue
-        sub = workload.with_requests([workload.requests[i] for i in members])
-        ops = _rank_ops(shape, sub, pipeline, mask)  # a mask is read at each request's own rows
+        # a mask is read at each request's own rows
+        ops = _rank_ops(shape, rank_workload(workload, rank), pipeline, mask)
         if best is None or sum(o.flops for o in ops) > sum(o.flops for o in best[1]):
             best = (rank, ops)
     assert best is not None

@@ -9,7 +9,7 @@ from typing import Any, TypedDict
 from .hardware import Accelerator, accelerator
 from .ops import OpCost, busiest_rank, tp_heads
 from .shape import ModelShape, model_shape
-from .workload import Workload, dp_ranks, paged_kv
+from .workload import Workload, paged_kv, rank_workload
 
 
 class Totals(TypedDict):
@@ -59,9 +59,9 @@ def totals_of(
     """The :class:`Totals` of ops already costed (``rank, ops`` from :func:`~.ops.busiest_rank`): what
     :func:`layer_totals` returns, without costing the layer again."""
     shape = model_shape(config)
-    members = dp_ranks(workload)[rank]
-    tokens = sum(workload.requests[i][0] for i in members)
-    paged = paged_kv(workload.with_requests([workload.requests[i] for i in members]))
+    mine = rank_workload(workload, rank)
+    tokens = sum(context for context, _ in mine.requests)
+    paged = paged_kv(mine)
     slots = tokens if paged is None else paged.total_blocks * paged.page_size
     return Totals(
         flops=sum(op.flops for op in ops),

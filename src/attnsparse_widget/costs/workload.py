@@ -291,3 +291,9 @@ def paged_kv(workload: Workload) -> PagedKV | None:
 def dp_ranks(workload: Workload) -> tuple[tuple[int, ...], ...]:
     """Which requests each data-parallel rank runs: request i on rank ``i mod dp`` (ranks may stay idle)."""
     return tuple(tuple(range(rank, len(workload.requests), workload.dp)) for rank in range(workload.dp))
+
+
+def rank_workload(workload: Workload, rank: int) -> Workload:
+    """The requests data-parallel rank ``rank`` runs (:func:`dp_ranks`), as a workload of their own with the same
+    settings: what one GPU of that rank computes."""
+    return workload.with_requests([workload.requests[i] for i in dp_ranks(workload)[rank]])
