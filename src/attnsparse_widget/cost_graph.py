@@ -173,21 +173,14 @@ def _rooflines(op: costs.OpCost) -> list[ExplorerRoofline]:
     return out
 
 
-def _layout(
-    ops: list[costs.OpCost],
-    lane: int = 0,
-    tensors: list[ExplorerTensor] | None = None,
-    out_ops: list[ExplorerOp] | None = None,
-) -> tuple[list[ExplorerTensor], list[ExplorerOp]]:
-    """Tensors and ops in columns, left to right: a tensor made by an op sits one column right of it, an op one
-    column right of its latest input; weights and caches read by an op sit in the column of its other inputs. A
-    second lane (MLA's other pipeline) is appended to the ``tensors`` and ``out_ops`` of the first: ids stay
-    unique across the picture."""
-    tensors = [] if tensors is None else tensors
-    out_ops = [] if out_ops is None else out_ops
-    latest: dict[str, int] = {}  # tensor name -> index of its newest node in this lane
+def _layout(lanes: list[list[costs.OpCost]]) -> tuple[list[ExplorerTensor], list[ExplorerOp]]:
+    """Tensors and ops in columns, left to right, lane by lane (MLA: one lane per pipeline; ids unique across the
+    picture): a tensor made by an op sits one column right of it, an op one column right of its latest input;
+    weights and caches read by an op sit in the column of its other inputs."""
+    tensors: list[ExplorerTensor] = []
+    out_ops: list[ExplorerOp] = []
 
-    def node(spec: costs.TensorSpec, column: int) -> int:
+    def node(spec: costs.TensorSpec, column: int, lane: int) -> int:
         tensors.append(
             ExplorerTensor(
                 id=f"t{len(tensors)}",
@@ -202,38 +195,40 @@ def _layout(
         )
         return len(tensors) - 1
 
-    for op in ops:
-        made = [latest.get(t.name) for t in op.inputs if t.role == "activation"]
-        column = 1 + max((tensors[j]["column"] for j in made if j is not None), default=0)
-        inputs = []
-        for spec in op.inputs:
-            j = latest.get(spec.name) if spec.role == "activation" else None
-            if j is None:  # a weight, a cache, or the layer's input: a node beside the op's other inputs
-                j = node(spec, column - 1)
-                if spec.role == "activation":
-                    latest[spec.name] = j
-            inputs.append(tensors[j]["id"])
-        out = node(op.output, column + 1)
-        latest[op.output.name] = out
-        out_ops.append(
-            ExplorerOp(
-                id=f"op{len(out_ops)}",
-                name=op.name,
-                kind=op.kind,
-                stage=op.stage,
-                column=column,
-                lane=lane,
-                inputs=inputs,
-                output=tensors[out]["id"],
-                flops=op.flops,
-                bytes_read=op.bytes_read,
-                bytes_written=op.bytes_written,
-                comm_bytes=op.comm_bytes,
-                intensity=op.intensity,
-                dtype=op.dtype,
-                rooflines=_rooflines(op),
+    for lane, ops in enumerate(lanes):
+        latest: dict[str, int] = {}  # tensor name -> index of its newest node in this lane
+        for op in ops:
+            made = [latest.get(t.name) for t in op.inputs if t.role == "activation"]
+            column = 1 + max((tensors[j]["column"] for j in made if j is not None), default=0)
+            inputs = []
+            for spec in op.inputs:
+                j = latest.get(spec.name) if spec.role == "activation" else None
+                if j is None:  # a weight, a cache, or the layer's input: a node beside the op's other inputs
+                    j = node(spec, column - 1, lane)
+                    if spec.role == "activation":
+                        latest[spec.name] = j
+                inputs.append(tensors[j]["id"])
+            out = node(op.output, column + 1, lane)
+            latest[op.output.name] = out
+            out_ops.append(
+                ExplorerOp(
+                    id=f"op{len(out_ops)}",
+                    name=op.name,
+                    kind=op.kind,
+                    stage=op.stage,
+                    column=column,
+                    lane=lane,
+                    inputs=inputs,
+                    output=tensors[out]["id"],
+                    flops=op.flops,
+                    bytes_read=op.bytes_read,
+                    bytes_written=op.bytes_written,
+                    comm_bytes=op.comm_bytes,
+                    intensity=op.intensity,
+                    dtype=op.dtype,
+                    rooflines=_rooflines(op),
+                )
             )
-        )
     return tensors, out_ops
 
 
@@ -303,10 +298,7 @@ def graph_payload(
     used = "" if not shape.mla else ("prefill" if any(o.name == "kv_b_proj" for o in ops) else "decode")
     # MLA: both pipelines drawn, decompressed above absorbed (each costed once: the one not used here now)
     by_pipeline = {p: _pipeline_ops(config, counted, keep, p, used, ops) for p in costs.PIPELINES} if used else {}
-    tensors: list[ExplorerTensor] = []
-    out_ops: list[ExplorerOp] = []
-    for lane, lane_ops in enumerate(by_pipeline.values() if used else [ops]):
-        _layout(lane_ops, lane, tensors, out_ops)
+    tensors, out_ops = _layout(list(by_pipeline.values()) if used else [ops])
     layer = costs.totals.totals_of(config, counted, rank, ops)
     seconds = {key: costs.totals.seconds_of(ops, key) for key in costs.ACCELERATORS}
     dense = costs.attention_pairs(Workload(workload.requests))
