@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import anywidget
 import numpy as np
@@ -24,9 +24,6 @@ from .contract import Empty, ExplorerGraph, ExplorerSettings
 from .cost_graph import graph_payload, settings_of
 from .export import svg_to_png
 from .files import write_atomically
-
-if TYPE_CHECKING:
-    pass
 
 REALISED = "realised"  # the mask setting of an explorer opened on a comparison: its realised keep-mask
 # the settings a preset sets (the rest, the batch and how it runs, stay when the preset changes)
